@@ -1,0 +1,117 @@
+"""The attack protocol: configuration, context, and the bound every attack keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+NORMS = ("linf", "l2")
+
+Model = Callable[["torch.Tensor"], "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Settings shared by every attack.
+
+    ``eps`` bounds the perturbation in ``norm``; ``bounds`` is the valid input
+    range (``None`` for unbounded feature vectors). ``step_size=None`` means the
+    attack's own default (PGD: ``2.5 * eps / steps``, FGSM: ``eps``).
+    """
+
+    eps: float
+    norm: str = "linf"
+    steps: int = 40
+    step_size: Optional[float] = None
+    restarts: int = 1
+    random_start: bool = False
+    bounds: Optional[Tuple[float, float]] = (0.0, 1.0)
+    seed: int = 0
+    refine: int = 0
+    batch_size: int = 256
+    early_stop: bool = True
+
+    def resolved_step_size(self) -> float:
+        if self.step_size is not None:
+            return float(self.step_size)
+        return 2.5 * self.eps / max(self.steps, 1)
+
+
+@dataclass
+class AttackContext:
+    """What an attack may need beyond the batch: device, training data, cache.
+
+    ``train_x``/``train_y`` are the samples a learned attack (the GAN) trains
+    on, disjoint from the evaluation samples where the data allows it.
+    ``facts`` is filled by the attack with what the report should show
+    (for the GAN: how the generator was obtained).
+    """
+
+    device: Any = "cpu"
+    train_x: Any = None
+    train_y: Any = None
+    cache_dir: Optional[Path] = None
+    retrain: bool = False
+    progress: Optional[Callable[[str], None]] = None
+    warn: Optional[Callable[[str], None]] = None
+    quiet: bool = False
+    facts: dict = field(default_factory=dict)
+
+
+class Attack(Protocol):
+    """An attack maps (model, x, y) to adversarial inputs inside the bound.
+
+    ``model`` is frozen, in eval mode, on ``ctx.device`` and already includes
+    any preprocessing; ``x`` and ``y`` are on ``ctx.device``. The result has
+    the shape and dtype of ``x``, satisfies ``||x_adv - x|| <= eps`` in
+    ``cfg.norm`` and lies inside ``cfg.bounds``.
+    """
+
+    name: str
+
+    def __call__(self, model: Model, x: "torch.Tensor", y: "torch.Tensor",
+                 cfg: AttackConfig, ctx: AttackContext) -> "torch.Tensor": ...
+
+
+def _flat_norms(t: "torch.Tensor", norm: str) -> "torch.Tensor":
+    flat = t.reshape(t.shape[0], -1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1)
+    return flat.norm(p=2, dim=1)
+
+
+def project(delta: "torch.Tensor", eps: float, norm: str) -> "torch.Tensor":
+    """Project a batch of perturbations onto the eps-ball of ``norm``."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    if norm == "l2":
+        norms = _flat_norms(delta, "l2").clamp_min(1e-12)
+        factor = (eps / norms).clamp(max=1.0)
+        return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+def clip_bounds(x: "torch.Tensor", bounds: Optional[Tuple[float, float]]) -> "torch.Tensor":
+    """Clip into ``bounds``; a no-op for ``None``."""
+    if bounds is None:
+        return x
+    return x.clamp(bounds[0], bounds[1])
+
+
+def bound(x: "torch.Tensor", x_adv: "torch.Tensor", eps: float, norm: str,
+          bounds: Optional[Tuple[float, float]]) -> "torch.Tensor":
+    """Return ``x_adv`` projected onto the eps-ball around ``x`` and into bounds.
+
+    Clipping after projection never leaves the ball: with ``x`` inside the
+    bounds, clipping only shrinks each coordinate of the perturbation.
+    """
+    return clip_bounds(x + project(x_adv - x, eps, norm), bounds)
+
+
+def perturbation_norms(x: "torch.Tensor", x_adv: "torch.Tensor", norm: str) -> "torch.Tensor":
+    """Per-sample norm of ``x_adv - x``."""
+    return _flat_norms(x_adv - x, norm)

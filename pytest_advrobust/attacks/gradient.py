@@ -1,0 +1,155 @@
+"""Gradient attacks: FGSM and PGD (L-inf and L2), batched and seeded.
+
+PGD stops attacking a sample as soon as it is misclassified: that sample's
+result is already final, so the robust accuracy does not change while the
+cost falls with every sample that is fooled early. Restarts keep, per
+sample, the first successful perturbation, else the one with the highest loss.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .base import AttackConfig, AttackContext, Model, clip_bounds, project
+
+__all__ = ["fgsm", "pgd", "pgd_from", "random_start"]
+
+
+def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _input_grad(model: Model, x: torch.Tensor, y: torch.Tensor):
+    """Logits at ``x`` and the gradient of the summed cross-entropy w.r.t. ``x``."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return logits.detach(), grad.detach()
+
+
+def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return grad.sign()
+    flat = grad.reshape(grad.shape[0], -1).norm(p=2, dim=1).clamp_min(1e-12)
+    return grad / _view(flat, grad)
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random point of the eps-ball around each sample (not clipped).
+
+    Noise is drawn on the CPU from ``generator`` so the same seed gives the
+    same start on every device.
+    """
+    shape = x.shape
+    if norm == "linf":
+        noise = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * eps
+    else:
+        direction = torch.randn(shape, generator=generator, dtype=torch.float64)
+        flat = direction.reshape(shape[0], -1)
+        direction = direction / flat.norm(p=2, dim=1).clamp_min(1e-12).view(-1, *([1] * (len(shape) - 1)))
+        d = flat.shape[1]
+        radius = torch.rand(shape[0], generator=generator, dtype=torch.float64) ** (1.0 / d) * eps
+        noise = direction * radius.view(-1, *([1] * (len(shape) - 1)))
+    return x + noise.to(device=x.device, dtype=x.dtype)
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, max(1, size)):
+        yield slice(start, min(n, start + size))
+
+
+def fgsm(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
+         ctx: Optional[AttackContext] = None) -> torch.Tensor:
+    """One gradient step of size ``step_size`` (default ``eps``), projected and clipped."""
+    step = cfg.step_size if cfg.step_size is not None else cfg.eps
+    out = torch.empty_like(x)
+    for sl in _batches(x.shape[0], cfg.batch_size):
+        xb, yb = x[sl], y[sl]
+        _, grad = _input_grad(model, xb, yb)
+        adv = xb + step * _ascent_direction(grad, cfg.norm)
+        out[sl] = clip_bounds(xb + project(adv - xb, cfg.eps, cfg.norm), cfg.bounds).detach()
+    return out
+
+
+def _pgd_batch(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor,
+               eps: float, norm: str, steps: int, step: float, bounds, early_stop: bool):
+    """Run PGD on one batch; return (x_adv, fooled mask, loss per sample)."""
+    x_adv = clip_bounds(x + project(x_start - x, eps, norm), bounds).detach()
+    n = x.shape[0]
+    active = torch.arange(n, device=x.device)
+    for _ in range(steps):
+        if active.numel() == 0:
+            break
+        xa, ya = x_adv[active], y[active]
+        logits, grad = _input_grad(model, xa, ya)
+        if early_stop:
+            still = logits.argmax(dim=1) == ya
+            if not bool(still.all()):
+                active, xa, ya, grad = active[still], xa[still], ya[still], grad[still]
+                if active.numel() == 0:
+                    break
+        moved = xa + step * _ascent_direction(grad, norm)
+        x0 = x[active]
+        x_adv[active] = clip_bounds(x0 + project(moved - x0, eps, norm), bounds).detach()
+    with torch.no_grad():
+        logits = model(x_adv).float()
+        loss = F.cross_entropy(logits, y, reduction="none")
+        fooled = logits.argmax(dim=1) != y
+    return x_adv, fooled, loss
+
+
+def pgd_from(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor,
+             cfg: AttackConfig, ctx: Optional[AttackContext] = None,
+             steps: Optional[int] = None) -> torch.Tensor:
+    """PGD steps started at ``x_start`` (no restarts, no random start).
+
+    ``steps`` defaults to ``cfg.refine`` when it is positive, else ``cfg.steps``;
+    the step size defaults to ``2.5 * eps / steps``.
+    """
+    if steps is None:
+        steps = cfg.refine if cfg.refine > 0 else cfg.steps
+    step = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(steps, 1)
+    out = torch.empty_like(x)
+    for sl in _batches(x.shape[0], cfg.batch_size):
+        adv, _, _ = _pgd_batch(model, x[sl], y[sl], x_start[sl], cfg.eps, cfg.norm, steps,
+                               step, cfg.bounds, cfg.early_stop)
+        out[sl] = adv
+    return out
+
+
+def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
+        ctx: Optional[AttackContext] = None) -> torch.Tensor:
+    """Projected gradient descent with optional random start and restarts.
+
+    Each restart after the first starts at a random point of the ball (the
+    first one does too when ``cfg.random_start``). Per sample, the first
+    restart that fools the model wins; otherwise the highest loss wins.
+    """
+    step = cfg.resolved_step_size()
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    out = torch.empty_like(x)
+    for sl in _batches(x.shape[0], cfg.batch_size):
+        xb, yb = x[sl], y[sl]
+        best = xb.clone()
+        best_fooled = torch.zeros(xb.shape[0], dtype=torch.bool, device=xb.device)
+        best_loss = torch.full((xb.shape[0],), -float("inf"), device=xb.device)
+        for r in range(max(1, cfg.restarts)):
+            start = random_start(xb, cfg.eps, cfg.norm, gen) if (cfg.random_start or r > 0) else xb
+            todo = ~best_fooled
+            if not bool(todo.any()):
+                break
+            idx = todo.nonzero(as_tuple=True)[0]
+            adv, fooled, loss = _pgd_batch(model, xb[idx], yb[idx], start[idx], cfg.eps,
+                                           cfg.norm, cfg.steps, step, cfg.bounds, cfg.early_stop)
+            better = fooled | (loss > best_loss[idx])
+            take = idx[better]
+            best[take] = adv[better]
+            best_loss[take] = loss[better]
+            best_fooled[idx[fooled]] = True
+        out[sl] = best
+    return out

@@ -1,0 +1,65 @@
+"""The object behind the ``adversarial_batch`` fixture."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+
+from .evaluate import predict, summarize
+from .modelguard import Preprocessed, borrowed, resolve_device
+
+__all__ = ["AdversarialBatch"]
+
+
+class AdversarialBatch:
+    """The evaluation batch and its adversarial twin (CPU tensors).
+
+    Attributes: ``x``, ``y``, ``x_adv``, ``settings`` (the attack's settings as
+    a dict: attack, eps, norm, steps, ...), ``report`` (the numbers the marker
+    judges), ``training`` (how the generator was obtained, for the GAN).
+    """
+
+    def __init__(self, outcome: Any, report: Dict[str, Any]):
+        self._outcome = outcome
+        self.x: torch.Tensor = outcome.x
+        self.y: torch.Tensor = outcome.y
+        self.x_adv: torch.Tensor = outcome.x_adv
+        self.settings: Dict[str, Any] = outcome.settings.to_dict()
+        self.report: Dict[str, Any] = report
+        self.training: Optional[Dict[str, Any]] = outcome.training
+
+    @property
+    def eps(self) -> float:
+        return float(self.report["eps"])
+
+    @property
+    def attack(self) -> str:
+        return self._outcome.settings.attack_label
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def evaluate(self, model: Any, batch_size: Optional[int] = None) -> Dict[str, Any]:
+        """Clean and adversarial numbers of ``model`` on this batch.
+
+        Returns the numeric part of the marker's report (accuracies with 95%
+        intervals, gap, losses, per-class accuracy, success rate). The model
+        is restored afterwards, like every model the plugin touches.
+        """
+        s = self._outcome.settings
+        device = resolve_device(s.device)
+        bs = batch_size or s.batch_size
+        with borrowed(model, device) as m:
+            net = Preprocessed(m, *s.preprocessing).to(device) if s.preprocessing else m
+            y = self.y.to(device)
+            clean = predict(net, self.x.to(device), y, bs, s.model)
+            adv = predict(net, self.x_adv.to(device), y, bs, s.model)
+        out = summarize(self.y, clean, adv, s.metric)
+        out.update(eps=self.eps, attack=self.attack, norm=s.norm)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"AdversarialBatch(n={len(self)}, attack={self.attack!r}, eps={self.eps:g}, "
+                f"clean={self.report['clean_accuracy']:.3f}, "
+                f"adversarial={self.report['adversarial_accuracy']:.3f})")

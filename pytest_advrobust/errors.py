@@ -1,0 +1,15 @@
+"""Errors that reach the user as one sentence, never as a deep traceback."""
+
+from __future__ import annotations
+
+
+class AdvRobustError(Exception):
+    """A problem with the user's input (model, data, marker, option).
+
+    The message is one sentence that names the user's own word (the option,
+    the marker argument or the fixture) and is shown without a traceback.
+    """
+
+
+class CacheIntegrityError(Exception):
+    """A cache entry failed verification; callers set it aside and retrain."""

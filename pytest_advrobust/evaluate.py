@@ -1,0 +1,115 @@
+"""Clean vs adversarial metrics: accuracies with intervals, the gap, losses, per class.
+
+Everything is computed from per-sample predictions and losses, so that the
+worst case over several attacks is a per-sample choice and the summary
+numbers follow from it deterministically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .errors import AdvRobustError
+from .modelguard import check_logits
+
+__all__ = ["Predictions", "predict", "merge_worst_case", "wilson_interval", "summarize", "gap_of"]
+
+Z95 = 1.959963984540054
+
+
+@dataclass
+class Predictions:
+    """Per-sample predictions and cross-entropy losses (CPU tensors)."""
+
+    pred: torch.Tensor
+    loss: torch.Tensor
+    correct: torch.Tensor
+    num_classes: int
+
+
+def predict(model: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+            fixture: str = "robust_model") -> Predictions:
+    """Run ``model`` on ``x`` in batches; check its logits; return predictions."""
+    preds, losses = [], []
+    num_classes = None
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            logits = check_logits(model(xb), xb.shape[0], fixture).float()
+            if num_classes is None:
+                num_classes = logits.shape[1]
+            if int(yb.max()) >= logits.shape[1]:
+                raise AdvRobustError(
+                    f"data has label {int(yb.max())} but the model from fixture {fixture!r} "
+                    f"gives only {logits.shape[1]} classes")
+            preds.append(logits.argmax(dim=1).cpu())
+            losses.append(F.cross_entropy(logits, yb, reduction="none").cpu())
+    pred = torch.cat(preds)
+    return Predictions(pred=pred, loss=torch.cat(losses).double(), correct=pred == y.cpu(),
+                       num_classes=int(num_classes or 0))
+
+
+def merge_worst_case(results: List[Tuple[torch.Tensor, Predictions]]) -> Tuple[torch.Tensor, Predictions]:
+    """Per sample, the first attack that fools the model, else the highest loss."""
+    x_best, best = results[0]
+    x_best = x_best.clone()
+    pred, loss, correct = best.pred.clone(), best.loss.clone(), best.correct.clone()
+    for x_adv, p in results[1:]:
+        take = correct & (~p.correct | (p.loss > loss))
+        take_dev = take.to(x_best.device)
+        x_best[take_dev] = x_adv[take_dev]
+        pred[take], loss[take], correct[take] = p.pred[take], p.loss[take], p.correct[take]
+    return x_best, Predictions(pred=pred, loss=loss, correct=correct, num_classes=best.num_classes)
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> Tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (95% by default)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def gap_of(clean: float, adv: float, metric: str) -> float:
+    if metric == "relative":
+        return (clean - adv) / clean if clean > 0 else 0.0
+    return clean - adv
+
+
+def summarize(y: torch.Tensor, clean: Predictions, adv: Predictions, metric: str) -> Dict:
+    """The numeric part of the report for one eps."""
+    n = int(y.shape[0])
+    k_clean = int(clean.correct.sum())
+    k_adv = int(adv.correct.sum())
+    clean_acc = k_clean / n
+    adv_acc = k_adv / n
+    per_class: Dict[str, float] = {}
+    yc = y.cpu()
+    for c in sorted(set(yc.tolist())):
+        mask = yc == c
+        per_class[str(c)] = round(float(adv.correct[mask].double().mean()), 6)
+    was_right = clean.correct
+    success = float((was_right & ~adv.correct).sum()) / max(1, int(was_right.sum()))
+    clean_loss = float(clean.loss.mean())
+    adv_loss = float(adv.loss.mean())
+    return {
+        "n": n,
+        "clean_accuracy": clean_acc,
+        "clean_ci": list(wilson_interval(k_clean, n)),
+        "adversarial_accuracy": adv_acc,
+        "adversarial_ci": list(wilson_interval(k_adv, n)),
+        "gap": gap_of(clean_acc, adv_acc, metric),
+        "clean_loss": clean_loss,
+        "adversarial_loss": adv_loss,
+        "loss_gap": adv_loss - clean_loss,
+        "per_class": per_class,
+        "attack_success_rate": success,
+    }

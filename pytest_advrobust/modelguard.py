@@ -1,0 +1,140 @@
+"""Hold the user's model for the duration of an evaluation and give it back as it came.
+
+:func:`borrowed` freezes the model (eval mode, no parameter gradients), moves
+it to the evaluation device, and on exit restores every module's train/eval
+mode, every parameter's ``requires_grad`` and every tensor's device, also
+when the attack or the model raises. Weights are never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .errors import AdvRobustError
+
+__all__ = ["borrowed", "Preprocessed", "check_logits", "resolve_device", "model_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AdvRobustError(f"--advrobust-device={name} was asked for, "
+                                 "but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AdvRobustError(f"--advrobust-device={name} was asked for, but this machine "
+                                 f"has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def model_device(model: Any) -> Optional[torch.device]:
+    if isinstance(model, nn.Module):
+        for t in list(model.parameters()) + list(model.buffers()):
+            return t.device
+    return None
+
+
+class _Snapshot:
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.modes: List[Tuple[nn.Module, bool]] = [(m, m.training) for m in model.modules()]
+        self.grads: List[Tuple[nn.Parameter, bool]] = [(p, p.requires_grad)
+                                                       for p in model.parameters()]
+        self.param_devices = [(mod, name, p.device) for mod in model.modules()
+                              for name, p in mod._parameters.items() if p is not None]
+        self.buffer_devices = [(mod, name, b.device) for mod in model.modules()
+                               for name, b in mod._buffers.items() if b is not None]
+        devices = {d for _, _, d in self.param_devices + self.buffer_devices}
+        self.single_device = devices.pop() if len(devices) == 1 else None
+
+    def restore(self) -> None:
+        if self.single_device is not None:
+            self.model.to(self.single_device)
+        else:
+            with torch.no_grad():
+                for mod, name, dev in self.param_devices:
+                    p = mod._parameters[name]
+                    if p is not None and p.device != dev:
+                        p.data = p.data.to(dev)
+                for mod, name, dev in self.buffer_devices:
+                    b = mod._buffers[name]
+                    if b is not None and b.device != dev:
+                        mod._buffers[name] = b.to(dev)
+        for m, mode in self.modes:
+            m.training = mode
+        for p, flag in self.grads:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def borrowed(model: Any, device: torch.device) -> Iterator[Any]:
+    """Freeze ``model`` on ``device`` for the block; restore it afterwards.
+
+    A plain callable (not an ``nn.Module``) is used as it is.
+    """
+    if not isinstance(model, nn.Module):
+        yield model
+        return
+    snap = _Snapshot(model)
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if snap.single_device is None or snap.single_device != device:
+            model.to(device)
+        yield model
+    finally:
+        snap.restore()
+
+
+class Preprocessed(nn.Module):
+    """``model((x - mean) / std)``: the attack works in the unnormalised input space."""
+
+    def __init__(self, model: Callable, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.inner = model
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
+
+    def _shape(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if t.numel() == 1:
+            return t.reshape(())
+        if x.dim() == 4:
+            return t.view(1, -1, 1, 1)
+        return t.view(1, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self._shape(self.mean.to(x.device, x.dtype), x)
+        std = self._shape(self.std.to(x.device, x.dtype), x)
+        return self.inner((x - mean) / std)
+
+
+def check_logits(out: Any, n: int, fixture: str) -> torch.Tensor:
+    """Check that the model gave (n, classes) finite logits; return them."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        raise AdvRobustError(f"model from fixture {fixture!r} returned a {type(out).__name__}; "
+                             "it must return one tensor of logits of shape (n, classes)")
+    if hasattr(out, "logits") and isinstance(getattr(out, "logits"), torch.Tensor):
+        raise AdvRobustError(f"model from fixture {fixture!r} returned an object with .logits; "
+                             "wrap it so that it returns the logits tensor")
+    if not isinstance(out, torch.Tensor):
+        raise AdvRobustError(f"model from fixture {fixture!r} returned {type(out).__name__}, "
+                             "not a tensor of logits of shape (n, classes)")
+    if out.dim() != 2 or out.shape[0] != n or out.shape[1] < 2:
+        raise AdvRobustError(f"model from fixture {fixture!r} returned shape {tuple(out.shape)} "
+                             f"for {n} inputs; expected logits of shape ({n}, classes) "
+                             "with at least 2 classes")
+    if not out.dtype.is_floating_point:
+        raise AdvRobustError(f"model from fixture {fixture!r} returned {out.dtype} outputs; "
+                             "expected floating-point logits")
+    if not torch.isfinite(out).all():
+        bad = "NaN" if torch.isnan(out).any() else "infinite"
+        raise AdvRobustError(f"model from fixture {fixture!r} returned {bad} logits")
+    return out

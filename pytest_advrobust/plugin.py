@@ -1,0 +1,596 @@
+"""pytest hooks of pytest-advrobust: options, marker, fixtures, the gate, summary, xdist.
+
+Algorithms live in the modules this one calls; nothing heavy (torch) is
+imported until a robust test actually runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set
+
+import pytest
+
+from . import __version__
+from .errors import AdvRobustError
+from .report import build_report, failure_message, junit_properties, summary_lines
+from .settings import (DEFAULTS, RobustSettings, VALUE_OPTIONS, base_settings, from_marker,
+                       resolve_value)
+
+ROBUST_FIXTURES = ("adversarial_batch", "gan_generator")
+SKIP_REASON = "robustness test: pass --advrobust to run it"
+
+
+class AdvRobustWarning(UserWarning):
+    """A robustness evaluation needs a human look (sanity flag, baseline, environment)."""
+
+
+@dataclass
+class _State:
+    enabled: bool
+    values: Dict[str, Any]
+    base: RobustSettings
+    cache_dir: Optional[Path]
+    json_path: Optional[Path]
+    images_dir: Optional[Path]
+    baseline_path: Path
+    save_baseline: Optional[str]
+    compare: bool
+    strict: bool
+    retrain: bool
+    warm: bool
+    outcomes: Dict[Any, Any] = field(default_factory=dict)
+    reports: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    collected: Set[str] = field(default_factory=set)
+    collected_files: Set[str] = field(default_factory=set)
+    baseline: Any = None
+    baseline_loaded: bool = False
+    notes: List[str] = field(default_factory=list)
+
+
+STATE_KEY = pytest.StashKey[_State]()
+OUTCOME_KEY = pytest.StashKey[Any]()
+
+
+# ----------------------------------------------------------------- options
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("advrobust", "adversarial robustness tests (pytest-advrobust)")
+    group.addoption("--advrobust", action="store_true", default=None,
+                    help="run robustness tests (marked robust or using adversarial_batch / "
+                         "gan_generator); without it they are skipped. ini: advrobust")
+    parser.addini("advrobust", "run robustness tests by default", type="bool", default=False)
+    helps = {
+        "device": "device for attacks and GAN training: auto (default), cpu, cuda, cuda:N",
+        "seed": "seed of sample selection, attacks and GAN training (default 0)",
+        "samples": "default number of evaluation samples n (default 512)",
+        "eps": "default perturbation bound (default 0.1 for linf, 0.5 for l2)",
+        "batch_size": "batch size for attacks and evaluation (default 256)",
+        "sanity": "sanity checks against gradient masking: off, cheap (default), full",
+        "tolerance": "largest allowed fall of adversarial accuracy below the baseline "
+                     "(default 0.02)",
+        "missing_baseline": "what a test without a baseline entry does under "
+                            "--advrobust-compare: fail, warn (default), skip",
+    }
+    for name, (opt, ini, parse) in VALUE_OPTIONS.items():
+        group.addoption(opt, type=parse, default=None, metavar=name.upper(),
+                        help=f"{helps[name]}. ini: {ini}")
+        parser.addini(ini, helps[name])
+    group.addoption("--advrobust-json", metavar="PATH", default=None,
+                    help="write the JSON report (all robust tests) to PATH. ini: advrobust_json")
+    parser.addini("advrobust_json", "path of the JSON report")
+    group.addoption("--advrobust-cache-dir", metavar="DIR", default=None,
+                    help="GAN cache folder (default .pytest_cache/d/advrobust, or "
+                         "$ADVROBUST_CACHE_DIR). ini: advrobust_cache_dir")
+    parser.addini("advrobust_cache_dir", "GAN cache folder")
+    group.addoption("--advrobust-retrain", action="store_true", default=False,
+                    help="train generators even when the cache holds them")
+    group.addoption("--advrobust-baseline", metavar="PATH", default=None,
+                    help="baseline file (default <rootdir>/advrobust-baseline.json). "
+                         "ini: advrobust_baseline")
+    parser.addini("advrobust_baseline", "baseline file")
+    group.addoption("--advrobust-save-baseline", nargs="?", const="all", default=None,
+                    choices=("all", "new"),
+                    help="write the baseline from this run; =new adds only missing entries")
+    group.addoption("--advrobust-compare", action="store_true", default=None,
+                    help="fail tests whose adversarial accuracy fell below the baseline by "
+                         "more than the tolerance. ini: advrobust_compare")
+    parser.addini("advrobust_compare", "compare against the baseline", type="bool",
+                  default=False)
+    group.addoption("--advrobust-strict", action="store_true", default=None,
+                    help="turn sanity flags into test errors. ini: advrobust_strict")
+    parser.addini("advrobust_strict", "sanity flags fail tests", type="bool", default=False)
+    group.addoption("--advrobust-images", metavar="DIR", default=None,
+                    help="write a PNG gallery (and curve) per robust test into DIR. "
+                         "ini: advrobust_images")
+    parser.addini("advrobust_images", "folder for PNG galleries")
+    group.addoption("--advrobust-warm", action="store_true", default=False,
+                    help="only train and cache the generators the selected tests need, "
+                         "then skip them (used by `advrobust warm`)")
+    parser.addini("advrobust_model_fixture", "default name of the model fixture",
+                  default=DEFAULTS["model_fixture"])
+    parser.addini("advrobust_data_fixture", "default name of the data fixture",
+                  default=DEFAULTS["data_fixture"])
+    parser.addini("advrobust_train_data_fixture",
+                  "default name of the optional fixture with data for GAN training",
+                  default=DEFAULTS["train_data_fixture"])
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _flag(config: pytest.Config, opt: str, ini: str) -> bool:
+    value = config.getoption(opt)
+    return bool(value) if value is not None else bool(config.getini(ini))
+
+
+def _path_option(config: pytest.Config, opt: str, ini: str) -> Optional[Path]:
+    value = config.getoption(opt) or config.getini(ini) or None
+    if value is None:
+        return None
+    path = Path(os.path.expanduser(str(value)))
+    return path if path.is_absolute() else Path(config.rootpath) / path
+
+
+def _identifier_ini(config: pytest.Config, ini: str) -> str:
+    value = str(config.getini(ini)).strip()
+    if not value.isidentifier():
+        raise pytest.UsageError(f"ini option {ini} = {value!r} is not a fixture name")
+    return value
+
+
+@pytest.hookimpl(trylast=True)  # after the cache provider has set config.cache
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "robust(threshold, attack='gan', eps=None, norm='linf', steps=40, step_size=None, "
+        "restarts=1, random_start=False, n_samples=None, metric='absolute', seed=None, "
+        "model='robust_model', data='robust_data', bounds=(0, 1), preprocessing=None, "
+        "refine=0, tolerance=None, sanity=None, threshold_eps=None, batch_size=None): "
+        "fail the test when clean minus adversarial accuracy exceeds threshold "
+        "(runs with --advrobust)")
+    values: Dict[str, Any] = {}
+    try:
+        for name, (opt, ini, _) in VALUE_OPTIONS.items():
+            values[name] = resolve_value(name, config.getoption(opt), config.getini(ini))
+    except AdvRobustError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    values["model_fixture"] = _identifier_ini(config, "advrobust_model_fixture")
+    values["data_fixture"] = _identifier_ini(config, "advrobust_data_fixture")
+    values["train_data_fixture"] = _identifier_ini(config, "advrobust_train_data_fixture")
+
+    cache_dir = None
+    if config.getoption("advrobust_cache_dir") or config.getini("advrobust_cache_dir") or \
+            os.environ.get("ADVROBUST_CACHE_DIR"):
+        cache_dir = _path_option(config, "advrobust_cache_dir", "advrobust_cache_dir") or \
+            Path(os.path.expanduser(os.environ["ADVROBUST_CACHE_DIR"]))
+    elif getattr(config, "cache", None) is not None:
+        cache_dir = Path(config.cache.mkdir("advrobust"))
+    else:  # -p no:cacheprovider
+        cache_dir = Path(config.rootpath) / ".pytest_cache" / "d" / "advrobust"
+
+    images = _path_option(config, "advrobust_images", "advrobust_images")
+    baseline = _path_option(config, "advrobust_baseline", "advrobust_baseline") or \
+        Path(config.rootpath) / "advrobust-baseline.json"
+    state = _State(
+        enabled=_flag(config, "advrobust", "advrobust"),
+        values=values,
+        base=base_settings(values),
+        cache_dir=cache_dir,
+        json_path=_path_option(config, "advrobust_json", "advrobust_json"),
+        images_dir=images,
+        baseline_path=baseline,
+        save_baseline=config.getoption("advrobust_save_baseline"),
+        compare=_flag(config, "advrobust_compare", "advrobust_compare"),
+        strict=_flag(config, "advrobust_strict", "advrobust_strict"),
+        retrain=bool(config.getoption("advrobust_retrain")),
+        warm=bool(config.getoption("advrobust_warm")),
+    )
+    if state.warm:
+        state.enabled = True
+    config.stash[STATE_KEY] = state
+
+    from .attacks import register_attack
+
+    config.hook.pytest_advrobust_register_attacks(register=register_attack)
+    config.pluginmanager.register(_ReportCollector(state), "advrobust-reports")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(state), "advrobust-xdist")
+
+
+def _state(config: pytest.Config) -> _State:
+    return config.stash[STATE_KEY]
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+# -------------------------------------------------------------- collection
+
+def _is_robust(item: pytest.Item) -> bool:
+    if item.get_closest_marker("robust") is not None:
+        return True
+    names = getattr(item, "fixturenames", ())
+    return any(n in names for n in ROBUST_FIXTURES)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if _is_robust(item):
+        state = _state(item.config)
+        state.collected.add(item.nodeid)
+        state.collected_files.add(item.nodeid.split("::", 1)[0])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    state = _state(config)
+    if state.enabled:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if _is_robust(item):
+            item.add_marker(skip)
+
+
+# ---------------------------------------------------------------- fixtures
+
+def _settings_for(request: pytest.FixtureRequest, require_threshold: bool) -> RobustSettings:
+    state = _state(request.config)
+    marker = request.node.get_closest_marker("robust")
+    if marker is None:
+        return state.base
+    return from_marker(marker.kwargs, marker.args, state.base,
+                       require_threshold=require_threshold)
+
+
+def _fixture_value(request: pytest.FixtureRequest, name: str, role: str, arg: str,
+                   ini: str, optional: bool = False) -> Any:
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError:
+        if optional:
+            return None
+        raise AdvRobustError(
+            f"fixture {name!r} not found: define it in conftest.py to return the {role}, "
+            f"or name another fixture with robust({arg}=...) or the ini option {ini}") from None
+
+
+def _progress(config: pytest.Config):
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None or config.get_verbosity() < 0:
+        return None
+
+    def write(line: str) -> None:
+        tr.write_line(f"advrobust: {line}")
+    return write
+
+
+def _warn(message: str) -> None:
+    warnings.warn(AdvRobustWarning(message), stacklevel=2)
+
+
+def _outcome(request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
+    """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
+    from .runner import run_evaluation
+
+    state = _state(request.config)
+    model = _fixture_value(request, settings.model, "model", "model",
+                           "advrobust_model_fixture")
+    data = _fixture_value(request, settings.data, "evaluation data", "data",
+                          "advrobust_data_fixture")
+    train = _fixture_value(request, settings.train_data, "GAN training data", "",
+                           "advrobust_train_data_fixture", optional=True)
+    key = (id(model), id(data), id(train), settings.evaluation_key())
+    hit = state.outcomes.get(key)
+    if hit is not None:  # same numbers; this test's own threshold and tolerance
+        return dataclasses.replace(hit[0], settings=settings)
+    outcome = run_evaluation(model, data, settings, train_data=train,
+                             cache_dir=state.cache_dir, retrain=state.retrain,
+                             progress=_progress(request.config), warn=_warn,
+                             quiet=request.config.get_verbosity() < 0)
+    state.outcomes[key] = (outcome, model, data, train)  # keep objects alive: ids stay unique
+    return outcome
+
+
+def _fail_cleanly(exc: AdvRobustError) -> None:
+    pytest.fail(str(exc), pytrace=False)
+
+
+def _warm_only(request: pytest.FixtureRequest, settings: RobustSettings) -> None:
+    """``--advrobust-warm``: obtain the generators this test needs, then skip it."""
+    from .warm import warm_generators
+
+    state = _state(request.config)
+    model = _fixture_value(request, settings.model, "model", "model", "advrobust_model_fixture")
+    data = _fixture_value(request, settings.data, "evaluation data", "data",
+                          "advrobust_data_fixture")
+    train = _fixture_value(request, settings.train_data, "GAN training data", "",
+                           "advrobust_train_data_fixture", optional=True)
+    facts = warm_generators(model, data, settings, train_data=train,
+                            cache_dir=state.cache_dir, retrain=state.retrain,
+                            progress=_progress(request.config), warn=_warn)
+    modes = ", ".join(f"eps={f['eps']:g}: {f['mode']}" for f in facts) or "no GAN attack"
+    pytest.skip(f"advrobust warm: {modes}")
+
+
+@pytest.fixture(autouse=True)
+def _advrobust_gate(request: pytest.FixtureRequest) -> None:
+    """Evaluates marked tests during setup; the verdict is given after the test body."""
+    state = _state(request.config)
+    if not state.enabled or not isinstance(request.node, pytest.Item):
+        return
+    marker = request.node.get_closest_marker("robust")
+    if marker is None and not any(n in request.fixturenames for n in ROBUST_FIXTURES):
+        return
+    try:
+        settings = _settings_for(request, require_threshold=True)
+        if state.warm:
+            _warm_only(request, settings)
+        if marker is not None:
+            request.node.stash[OUTCOME_KEY] = _outcome(request, settings)
+    except AdvRobustError as exc:
+        _fail_cleanly(exc)
+
+
+@pytest.fixture
+def adversarial_batch(request: pytest.FixtureRequest):
+    """The evaluation batch and its adversarial twin: ``x``, ``y``, ``x_adv``,
+    ``settings``, ``report`` and ``evaluate(model)``. Uses the test's ``robust``
+    marker when it has one, else the command-line / ini defaults."""
+    from .batch import AdversarialBatch
+
+    try:
+        settings = _settings_for(request, require_threshold=False)
+        outcome = request.node.stash.get(OUTCOME_KEY, None) or _outcome(request, settings)
+    except AdvRobustError as exc:
+        _fail_cleanly(exc)
+    return AdversarialBatch(outcome, build_report(request.node.nodeid, outcome))
+
+
+@pytest.fixture
+def gan_generator(request: pytest.FixtureRequest):
+    """The trained (or cached) generator for this test's model, data and settings:
+    an ``nn.Module`` in eval mode whose output on ``x`` is a bounded ``x_adv``."""
+    from .warm import generator_for
+
+    state = _state(request.config)
+    try:
+        settings = _settings_for(request, require_threshold=False)
+        model = _fixture_value(request, settings.model, "model", "model",
+                               "advrobust_model_fixture")
+        data = _fixture_value(request, settings.data, "evaluation data", "data",
+                              "advrobust_data_fixture")
+        train = _fixture_value(request, settings.train_data, "GAN training data", "",
+                               "advrobust_train_data_fixture", optional=True)
+        return generator_for(model, data, settings, train_data=train,
+                             cache_dir=state.cache_dir, retrain=state.retrain,
+                             progress=_progress(request.config), warn=_warn)
+    except AdvRobustError as exc:
+        _fail_cleanly(exc)
+
+
+# ---------------------------------------------------------------- the gate
+
+def _judge(item: pytest.Item, outcome: Any) -> Optional[str]:
+    """Build the report, attach it to the item, return a failure message or None."""
+    state = _state(item.config)
+    rep = build_report(item.nodeid, outcome)
+    item.config.hook.pytest_advrobust_report(report=rep, item=item)
+    problems: List[str] = []
+    failing = outcome.failing_points()
+    if failing:
+        problems.append(failure_message(rep, failing))
+    for flag in rep["sanity"]:
+        text = f"sanity flag {flag['flag']}: {flag['message']} {flag.get('suggests', '')}".strip()
+        if state.strict:
+            problems.append(text + " (--advrobust-strict)")
+        else:
+            _warn(f"{item.nodeid}: {text}")
+    if state.compare:
+        problems += _compare_with_baseline(item, rep, outcome.settings)
+    if state.images_dir is not None:
+        _write_images(state.images_dir, item.nodeid, outcome, rep)
+    if problems and rep["verdict"] == "pass":
+        rep["verdict"] = "fail"
+    item.user_properties.extend(junit_properties(rep))
+    item.user_properties.append(("advrobust_report", json.dumps(rep, sort_keys=True)))
+    return "\n".join(problems) if problems else None
+
+
+def _load_baseline(state: _State) -> Any:
+    from .baseline import load_baseline
+
+    if not state.baseline_loaded:
+        state.baseline = load_baseline(state.baseline_path)
+        state.baseline_loaded = True
+    return state.baseline
+
+
+def _compare_with_baseline(item: pytest.Item, rep: Dict[str, Any],
+                           settings: RobustSettings) -> List[str]:
+    from .baseline import compare
+
+    state = _state(item.config)
+    baseline = _load_baseline(state) or {"tests": {}}
+    entry = baseline.get("tests", {}).get(item.nodeid)
+    cmp = compare(entry, rep, settings.tolerance)
+    rep["baseline"] = {"adversarial_accuracy": cmp.baseline, "delta": cmp.delta,
+                       "tolerance": cmp.tolerance, "status": cmp.status}
+    if cmp.status == "regressed":
+        return [cmp.message]
+    if cmp.status == "missing":
+        policy = state.values["missing_baseline"]
+        text = (f"no baseline entry for this test in {state.baseline_path.name}; "
+                "save one with --advrobust-save-baseline")
+        if policy == "fail":
+            return [text + " (--advrobust-missing-baseline=fail)"]
+        if policy == "warn":
+            _warn(f"{item.nodeid}: {text}")
+        else:
+            rep["baseline"]["status"] = "missing (skipped)"
+    return []
+
+
+def _write_images(folder: Path, nodeid: str, outcome: Any, rep: Dict[str, Any]) -> None:
+    from .images import safe_filename, save_curve, save_gallery
+
+    stem = safe_filename(nodeid)
+    paths = [save_gallery(folder / f"{stem}.png", outcome.x, outcome.x_adv, outcome.y,
+                          outcome.clean.pred, outcome.adv.pred)]
+    if outcome.curve:
+        paths.append(save_curve(folder / f"{stem}-curve.png", outcome.curve,
+                                threshold=rep["threshold"], title=nodeid))
+    rep["images"] = [str(p) for p in paths]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    outcome = item.stash.get(OUTCOME_KEY, None)
+    if outcome is None:
+        return (yield)
+    try:
+        result = yield
+    except BaseException:
+        _judge_quietly(item, outcome)
+        raise
+    try:
+        message = _judge(item, outcome)
+    except AdvRobustError as exc:
+        _fail_cleanly(exc)
+    if message:
+        pytest.fail(message, pytrace=False)
+    return result
+
+
+def _judge_quietly(item: pytest.Item, outcome: Any) -> None:
+    try:
+        _judge(item, outcome)
+    except Exception:  # the body already failed; its error is the one to show
+        pass
+
+
+# ------------------------------------------------ collecting and reporting
+
+class _ReportCollector:
+    """Gathers the per-test reports from the test reports themselves, so that the
+    same code serves a plain run and an xdist controller."""
+
+    def __init__(self, state: _State):
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == "advrobust_report":
+                self.state.reports[report.nodeid] = json.loads(value)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = _state(session.config)
+    if state.enabled and state.compare and _is_controller(session.config):
+        _check_fingerprint(session.config, state)
+
+
+def _current_environment(state: _State) -> Dict[str, Any]:
+    from .baseline import environment_fingerprint
+
+    from .modelguard import resolve_device
+
+    try:
+        device = str(resolve_device(state.values["device"]))
+    except AdvRobustError:
+        device = "cpu"
+    return environment_fingerprint(device, state.values["seed"])
+
+
+def _check_fingerprint(config: pytest.Config, state: _State) -> None:
+    from .baseline import fingerprint_differences
+
+    try:
+        baseline = _load_baseline(state)
+    except AdvRobustError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if not baseline or not baseline.get("environment"):
+        return
+    diffs = fingerprint_differences(baseline["environment"], _current_environment(state))
+    if diffs:
+        msg = (f"baseline {state.baseline_path.name} was recorded in another environment "
+               f"({'; '.join(diffs)}); numbers may differ for that reason alone")
+        state.notes.append(msg)
+        config.issue_config_time_warning(AdvRobustWarning(msg), stacklevel=2)
+
+
+def _save_baseline(config: pytest.Config, state: _State) -> None:
+    from .baseline import save_baseline
+
+    existing = _load_baseline(state)
+    collected = set(state.collected)
+    # Entries of test files that this run did not collect are kept, unless the
+    # file is gone: a partial run must not prune the rest of the suite.
+    for nodeid in (existing or {}).get("tests", {}):
+        path = nodeid.split("::", 1)[0]
+        if path not in state.collected_files and (Path(config.rootpath) / path).exists():
+            collected.add(nodeid)
+    result = save_baseline(state.baseline_path, list(state.reports.values()),
+                           mode=state.save_baseline, existing=existing, collected=collected,
+                           environment=_current_environment(state))
+    state.notes.append(f"baseline written to {result.path}: {len(result.written)} "
+                       f"entries written, {len(result.kept)} kept")
+    if result.pruned:
+        state.notes.append("pruned baseline entries of tests that no longer exist: " +
+                           ", ".join(result.pruned))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    state = _state(config)
+    if not _is_controller(config):
+        config.workeroutput["advrobust_collected"] = sorted(state.collected)
+        config.workeroutput["advrobust_files"] = sorted(state.collected_files)
+        return
+    if not state.enabled or state.warm:
+        return
+    if state.json_path is not None:
+        from .report import write_json_report
+
+        write_json_report(state.json_path, list(state.reports.values()),
+                          _current_environment(state), __version__)
+        state.notes.append(f"JSON report written to {state.json_path}")
+    if state.save_baseline:
+        _save_baseline(config, state)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    state = _state(config)
+    if not state.enabled or not (state.reports or state.notes):
+        return
+    terminalreporter.section("advrobust")
+    if state.reports:
+        for line in summary_lines(list(state.reports.values())):
+            terminalreporter.write_line(line)
+    for note in state.notes:
+        terminalreporter.write_line(note)
+
+
+class _XdistHooks:
+    """Registered only when pytest-xdist is installed."""
+
+    def __init__(self, state: _State):
+        self.state = state
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        out = getattr(node, "workeroutput", None) or {}
+        state = self.state
+        state.collected.update(out.get("advrobust_collected", ()))
+        state.collected_files.update(out.get("advrobust_files", ()))

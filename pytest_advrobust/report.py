@@ -1,0 +1,166 @@
+"""Reports: the per-test report dict, the failure line, the terminal table and the JSON file.
+
+This module does not import torch; it works on plain dicts so that the
+controller of an xdist run can render what its workers measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+SCHEMA_VERSION = 1
+
+__all__ = ["SCHEMA_VERSION", "build_report", "failure_message", "point_message",
+           "summary_lines", "write_json_report", "atomic_write_text", "junit_properties"]
+
+
+def _r(v: Optional[float], nd: int = 6) -> Optional[float]:
+    return None if v is None else round(float(v), nd)
+
+
+def build_report(nodeid: str, outcome: Any) -> Dict[str, Any]:
+    """A JSON-able report of one evaluation (see README, "JSON report")."""
+    s = outcome.settings
+    num = outcome.numbers
+    failing = outcome.failing_points()
+    rep: Dict[str, Any] = {
+        "nodeid": nodeid,
+        "attack": s.attack_label,
+        "attacks": list(s.attacks),
+        "norm": s.norm,
+        "eps": num["eps"],
+        "n": num["n"],
+        "seed": s.seed,
+        "metric": s.metric,
+        "threshold": s.threshold,
+        "device": outcome.device,
+        "settings": s.to_dict(),
+        "clean_accuracy": _r(num["clean_accuracy"]),
+        "clean_ci": [_r(v) for v in num["clean_ci"]],
+        "adversarial_accuracy": _r(num["adversarial_accuracy"]),
+        "adversarial_ci": [_r(v) for v in num["adversarial_ci"]],
+        "gap": _r(num["gap"]),
+        "clean_loss": _r(num["clean_loss"]),
+        "adversarial_loss": _r(num["adversarial_loss"]),
+        "loss_gap": _r(num["loss_gap"]),
+        "per_class": num["per_class"],
+        "attack_success_rate": _r(num["attack_success_rate"]),
+        "training": outcome.training,
+        "sanity": list(outcome.sanity),
+        "curve": [dict(p, passed=outcome.verdict_at(p)) for p in outcome.curve]
+        if outcome.curve else None,
+        "baseline": None,
+        "verdict": "fail" if failing else "pass",
+    }
+    return rep
+
+
+def point_message(rep: Dict[str, Any], point: Dict[str, Any]) -> str:
+    """``robustness gap 0.231 > threshold 0.100 (clean ... n=512, gan linf eps=0.1)``."""
+    lo, hi = point["adversarial_ci"]
+    rel = " (relative)" if rep.get("metric") == "relative" else ""
+    return (f"robustness gap{rel} {point['gap']:.3f} > threshold {rep['threshold']:.3f} "
+            f"(clean {point['clean_accuracy']:.3f} -> adversarial "
+            f"{point['adversarial_accuracy']:.3f} [{lo:.3f}, {hi:.3f}], n={rep['n']}, "
+            f"{rep['attack']} {rep['norm']} eps={point['eps']:g})")
+
+
+def failure_message(rep: Dict[str, Any], failing: Iterable[Dict[str, Any]]) -> str:
+    lines = [point_message(rep, p) for p in failing]
+    return "\n".join(lines)
+
+
+def junit_properties(rep: Dict[str, Any]) -> List[tuple]:
+    """Flat properties for JUnit XML (the full report travels as JSON too)."""
+    props = [
+        ("advrobust_attack", rep["attack"]),
+        ("advrobust_eps", rep["eps"]),
+        ("advrobust_n", rep["n"]),
+        ("advrobust_clean_accuracy", rep["clean_accuracy"]),
+        ("advrobust_adversarial_accuracy", rep["adversarial_accuracy"]),
+        ("advrobust_gap", rep["gap"]),
+        ("advrobust_threshold", rep["threshold"]),
+        ("advrobust_verdict", rep["verdict"]),
+    ]
+    if rep.get("training"):
+        props.append(("advrobust_generator", rep["training"].get("mode")))
+    return props
+
+
+def _fmt(v: Optional[float], nd: int = 3) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def summary_lines(reports: List[Dict[str, Any]], width: int = 120) -> List[str]:
+    """Rows of the terminal summary, one per robust test, in node id order."""
+    header = ["test", "attack", "eps", "n", "clean", "adversarial [95% CI]", "gap",
+              "threshold", "baseline", "verdict", "generator"]
+    rows = [header]
+    for rep in sorted(reports, key=lambda r: r["nodeid"]):
+        lo, hi = rep["adversarial_ci"]
+        base = rep.get("baseline") or {}
+        if base.get("delta") is not None:
+            btxt = f"{base['delta']:+.3f}"
+            if base.get("status") == "regressed":
+                btxt += " REGRESSED"
+        elif base.get("status"):
+            btxt = base["status"]
+        else:
+            btxt = "-"
+        gen = "-"
+        tr = rep.get("training")
+        if tr:
+            gen = f"{tr.get('mode', '?')}"
+            if tr.get("mode") != "cached":
+                gen += f" {tr.get('steps', 0)} steps {tr.get('seconds', 0):.1f}s"
+        eps = rep["eps"] if not rep.get("curve") else \
+            ",".join(f"{p['eps']:g}" for p in rep["curve"])
+        flags = f" ({len(rep['sanity'])} flags)" if rep.get("sanity") else ""
+        rows.append([rep["nodeid"], rep["attack"] + " " + rep["norm"],
+                     eps if isinstance(eps, str) else f"{eps:g}", str(rep["n"]),
+                     _fmt(rep["clean_accuracy"]),
+                     f"{_fmt(rep['adversarial_accuracy'])} [{_fmt(lo)}, {_fmt(hi)}]",
+                     _fmt(rep["gap"]), _fmt(rep["threshold"]), btxt,
+                     rep["verdict"].upper() + flags, gen])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    out = []
+    for k, r in enumerate(rows):
+        out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_json_report(path: Path, reports: List[Dict[str, Any]], environment: Dict[str, Any],
+                      plugin_version: str) -> Path:
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "plugin_version": plugin_version,
+        "environment": environment,
+        "tests": sorted(reports, key=lambda r: r["nodeid"]),
+    }
+    return atomic_write_text(Path(path), json.dumps(doc, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,51 @@
+"""Generators outside an evaluation: the ``gan_generator`` fixture and ``--advrobust-warm``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from .attacks.base import AttackContext
+from .modelguard import borrowed
+from .runner import prepare, with_preprocessing
+from .settings import RobustSettings
+
+__all__ = ["generator_for", "warm_generators"]
+
+
+def _obtain(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
+    from .attacks.gan import obtain_generator
+
+    with borrowed(model, device) as m:
+        net = with_preprocessing(m, settings, device)
+        ctx = AttackContext(device=device, train_x=split.train_x, train_y=split.train_y,
+                            **ctx_kwargs)
+        return obtain_generator(net, settings.attack_config(eps), ctx)
+
+
+def generator_for(model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None,
+                  cache_dir: Optional[Path] = None, retrain: bool = False,
+                  progress: Optional[Callable[[str], None]] = None,
+                  warn: Optional[Callable[[str], None]] = None) -> Any:
+    """The generator for the settings' headline eps, trained or loaded from the cache."""
+    device, split = prepare(model, data, settings, train_data)
+    gen, facts = _obtain(model, split, settings, settings.main_eps, device, cache_dir=cache_dir,
+                         retrain=retrain, progress=progress, warn=warn)
+    gen.training_facts = facts
+    return gen.eval()
+
+
+def warm_generators(model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None,
+                    cache_dir: Optional[Path] = None, retrain: bool = False,
+                    progress: Optional[Callable[[str], None]] = None,
+                    warn: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+    """Obtain every generator a test needs (one per eps when it uses ``gan``)."""
+    if "gan" not in settings.attacks:
+        return []
+    device, split = prepare(model, data, settings, train_data)
+    out = []
+    for eps in settings.eps:
+        _, facts = _obtain(model, split, settings, eps, device, cache_dir=cache_dir,
+                           retrain=retrain, progress=progress, warn=warn)
+        out.append(dict(facts, eps=eps))
+    return out
