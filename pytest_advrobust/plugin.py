@@ -167,15 +167,13 @@ def pytest_configure(config: pytest.Config) -> None:
     values["data_fixture"] = _identifier_ini(config, "advrobust_data_fixture")
     values["train_data_fixture"] = _identifier_ini(config, "advrobust_train_data_fixture")
 
-    cache_dir = None
-    if config.getoption("advrobust_cache_dir") or config.getini("advrobust_cache_dir") or \
-            os.environ.get("ADVROBUST_CACHE_DIR"):
-        cache_dir = _path_option(config, "advrobust_cache_dir", "advrobust_cache_dir") or \
-            Path(os.path.expanduser(os.environ["ADVROBUST_CACHE_DIR"]))
-    elif getattr(config, "cache", None) is not None:
+    from .paths import ENV_CACHE_DIR, resolve_cache_dir
+
+    option, ini = config.getoption("advrobust_cache_dir"), config.getini("advrobust_cache_dir")
+    if option or ini or os.environ.get(ENV_CACHE_DIR) or getattr(config, "cache", None) is None:
+        cache_dir = resolve_cache_dir(option, ini or None, os.environ, config.rootpath)
+    else:  # pytest's own cache folder, wherever its cache_dir ini puts it
         cache_dir = Path(config.cache.mkdir("advrobust"))
-    else:  # -p no:cacheprovider
-        cache_dir = Path(config.rootpath) / ".pytest_cache" / "d" / "advrobust"
 
     images = _path_option(config, "advrobust_images", "advrobust_images")
     baseline = _path_option(config, "advrobust_baseline", "advrobust_baseline") or \
@@ -567,7 +565,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                           _current_environment(state), __version__)
         state.notes.append(f"JSON report written to {state.json_path}")
     if state.save_baseline:
-        _save_baseline(config, state)
+        try:
+            _save_baseline(config, state)
+        except AdvRobustError as exc:
+            state.notes.append(f"baseline NOT written: {exc}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -156,12 +156,16 @@ def run_evaluation(model: Any, data: Any, settings: RobustSettings, *,
                     training = dict(ctx.facts["training"])
                     if split.train_is_eval:
                         training["trained_on_eval"] = True
-            x_adv, adv = merge_worst_case(results)
+            raw_x_adv, _ = merge_worst_case(results)
+            # A sample the model gets wrong without any attack counts as not
+            # robust (as in AutoAttack): its adversarial example is itself.
+            x_adv, adv = merge_worst_case([(x, clean)] + results)
             point = summarize(split.y, clean, adv, settings.metric)
             point["eps"] = eps
             per_eps[eps] = point
             if math.isclose(eps, settings.main_eps):
-                main_x_adv, main_adv = x_adv, adv
+                main_x_adv, main_adv, main_raw = x_adv, adv, raw_x_adv
+                per_attack = {name: r[0] for name, r in zip(settings.attacks, results)}
 
         numbers = per_eps[min(per_eps, key=lambda e: abs(e - settings.main_eps))]
         curve = None
@@ -176,9 +180,9 @@ def run_evaluation(model: Any, data: Any, settings: RobustSettings, *,
 
             ctx = AttackContext(device=device, train_x=split.train_x, train_y=split.train_y,
                                 cache_dir=cache_dir, progress=progress, warn=warn, quiet=True)
-            flags = run_sanity(net, x, y, main_x_adv, settings.attack_config(settings.main_eps),
+            flags = run_sanity(net, x, y, main_raw, settings.attack_config(settings.main_eps),
                                ctx, attacks=list(settings.attacks), level=level, curve=curve,
-                               num_classes=clean.num_classes)
+                               num_classes=clean.num_classes, adversarial=per_attack)
     return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
                       clean=clean, adv=main_adv, numbers=numbers, curve=curve,
                       training=training, sanity=flags, device=str(device),

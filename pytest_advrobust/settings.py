@@ -39,7 +39,7 @@ NORMS = ("linf", "l2")
 MARKER_ARGS = (
     "threshold", "attack", "eps", "norm", "steps", "step_size", "restarts", "random_start",
     "n_samples", "metric", "seed", "model", "data", "bounds", "preprocessing", "refine",
-    "tolerance", "sanity", "threshold_eps", "batch_size",
+    "tolerance", "sanity", "threshold_eps", "batch_size", "targets",
 )
 
 
@@ -160,6 +160,7 @@ class RobustSettings:
     threshold_eps: Optional[float] = None
     batch_size: int = 256
     device: str = "auto"
+    targets: int = 0
 
     @property
     def attack_label(self) -> str:
@@ -180,7 +181,8 @@ class RobustSettings:
         return AttackConfig(eps=float(eps), norm=self.norm, steps=self.steps,
                             step_size=self.step_size, restarts=self.restarts,
                             random_start=self.random_start, bounds=self.bounds,
-                            seed=self.seed, refine=self.refine, batch_size=self.batch_size)
+                            seed=self.seed, refine=self.refine, batch_size=self.batch_size,
+                            targets=self.targets)
 
     def evaluation_key(self) -> Tuple:
         """What decides the numbers (the threshold and tolerance do not)."""
@@ -299,7 +301,7 @@ def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSett
         upd["threshold_eps"] = te
 
     for arg, minimum in (("steps", 1), ("restarts", 1), ("n_samples", 1), ("refine", 0),
-                         ("batch_size", 1), ("seed", 0)):
+                         ("batch_size", 1), ("seed", 0), ("targets", 0)):
         if arg in kwargs:
             upd[arg] = _int(arg, kwargs[arg], minimum)
 

@@ -21,6 +21,10 @@ class AttackConfig:
     ``eps`` bounds the perturbation in ``norm``; ``bounds`` is the valid input
     range (``None`` for unbounded feature vectors). ``step_size=None`` means the
     attack's own default (PGD: ``2.5 * eps / steps``, FGSM: ``eps``).
+    ``targets=k`` adds, after the untargeted restarts, targeted runs against
+    each sample's k most likely wrong classes (margin loss), as AutoAttack's
+    targeted APGD does; it finds perturbations that the cross-entropy
+    direction misses when several classes compete.
     """
 
     eps: float
@@ -34,6 +38,7 @@ class AttackConfig:
     refine: int = 0
     batch_size: int = 256
     early_stop: bool = True
+    targets: int = 0
 
     def resolved_step_size(self) -> float:
         if self.step_size is not None:

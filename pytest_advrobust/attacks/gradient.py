@@ -22,12 +22,21 @@ def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _input_grad(model: Model, x: torch.Tensor, y: torch.Tensor):
-    """Logits at ``x`` and the gradient of the summed cross-entropy w.r.t. ``x``."""
+def _input_grad(model: Model, x: torch.Tensor, y: torch.Tensor,
+                target: Optional[torch.Tensor] = None):
+    """Logits at ``x`` and the gradient w.r.t. ``x`` of the summed loss.
+
+    The loss is the cross-entropy, or with ``target`` the margin
+    ``z_target - z_y`` (ascent pushes the target class above the label).
+    """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        z = logits.float()
+        if target is None:
+            loss = F.cross_entropy(z, y, reduction="sum")
+        else:
+            loss = (z.gather(1, target[:, None]) - z.gather(1, y[:, None])).sum()
         (grad,) = torch.autograd.grad(loss, x)
     return logits.detach(), grad.detach()
 
@@ -77,7 +86,8 @@ def fgsm(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
 
 
 def _pgd_batch(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor,
-               eps: float, norm: str, steps: int, step: float, bounds, early_stop: bool):
+               eps: float, norm: str, steps: int, step: float, bounds, early_stop: bool,
+               target: Optional[torch.Tensor] = None):
     """Run PGD on one batch; return (x_adv, fooled mask, loss per sample)."""
     x_adv = clip_bounds(x + project(x_start - x, eps, norm), bounds).detach()
     n = x.shape[0]
@@ -86,11 +96,13 @@ def _pgd_batch(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Te
         if active.numel() == 0:
             break
         xa, ya = x_adv[active], y[active]
-        logits, grad = _input_grad(model, xa, ya)
+        ta = target[active] if target is not None else None
+        logits, grad = _input_grad(model, xa, ya, ta)
         if early_stop:
             still = logits.argmax(dim=1) == ya
             if not bool(still.all()):
                 active, xa, ya, grad = active[still], xa[still], ya[still], grad[still]
+                ta = ta[still] if ta is not None else None
                 if active.numel() == 0:
                     break
         moved = xa + step * _ascent_direction(grad, norm)
@@ -127,8 +139,10 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
     """Projected gradient descent with optional random start and restarts.
 
     Each restart after the first starts at a random point of the ball (the
-    first one does too when ``cfg.random_start``). Per sample, the first
-    restart that fools the model wins; otherwise the highest loss wins.
+    first one does too when ``cfg.random_start``). Then, with ``cfg.targets=k``,
+    one targeted run per each of the k most likely wrong classes (ranked at the
+    clean input) attacks the samples still standing. Per sample, the first run
+    that fools the model wins; otherwise the highest cross-entropy wins.
     """
     step = cfg.resolved_step_size()
     gen = torch.Generator().manual_seed(int(cfg.seed))
@@ -151,5 +165,23 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
             best[take] = adv[better]
             best_loss[take] = loss[better]
             best_fooled[idx[fooled]] = True
+        if cfg.targets > 0:
+            with torch.no_grad():
+                z = model(xb).float()
+            z.scatter_(1, yb[:, None], -float("inf"))
+            ranked = z.argsort(dim=1, descending=True)
+            for t in range(min(cfg.targets, z.shape[1] - 1)):
+                todo = ~best_fooled
+                if not bool(todo.any()):
+                    break
+                idx = todo.nonzero(as_tuple=True)[0]
+                adv, fooled, loss = _pgd_batch(model, xb[idx], yb[idx], xb[idx], cfg.eps,
+                                               cfg.norm, cfg.steps, step, cfg.bounds,
+                                               cfg.early_stop, target=ranked[idx, t])
+                better = fooled | (loss > best_loss[idx])
+                take = idx[better]
+                best[take] = adv[better]
+                best_loss[take] = loss[better]
+                best_fooled[idx[fooled]] = True
         out[sl] = best
     return out

@@ -1,0 +1,206 @@
+"""The ``gan`` attack: cache hits, warm starts, memoisation, refinement, facts."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pytest_advrobust.attacks.gan as gan_mod
+from pytest_advrobust.attacks.base import AttackConfig, AttackContext, perturbation_norms
+from pytest_advrobust.gan.train import GanConfig
+
+EPS = 0.2
+REAL_DEFAULT = gan_mod.default_gan_config
+FACT_KEYS = {"mode", "steps", "seconds", "device", "holdout_success", "key"}
+
+
+def _digits(n=400):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data[:n], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    return x, torch.tensor(d.target[:n], dtype=torch.long)
+
+
+def _classifier(x, y, steps=150):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    x, y = _digits()
+    return _classifier(x, y), x, y
+
+
+@pytest.fixture(autouse=True)
+def small_gan(monkeypatch):
+    """Small, fast GAN settings; counts the steps every training takes."""
+    gan_mod.clear_memo()
+    trainings = []
+    real_default = gan_mod.default_gan_config
+    real_train = gan_mod.train_generator
+
+    def small(cfg, n_train):
+        return dataclasses.replace(real_default(cfg, n_train), max_steps=60, batch_size=32, eval_every=5,
+                                   patience=100, width=8, n_res=1, target_success=0.9)
+
+    def counting(*args, **kwargs):
+        res = real_train(*args, **kwargs)
+        trainings.append(res)
+        return res
+
+    monkeypatch.setattr(gan_mod, "default_gan_config", small)
+    monkeypatch.setattr(gan_mod, "train_generator", counting)
+    yield trainings
+    gan_mod.clear_memo()
+
+
+def _ctx(x, y, cache_dir=None, **kw):
+    return AttackContext(device="cpu", train_x=x, train_y=y, cache_dir=cache_dir, **kw)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_attack_output_is_bounded_and_fools_the_model(problem, small_gan):
+    model, x, y = problem
+    cfg = AttackConfig(eps=EPS, batch_size=64)
+    ctx = _ctx(x, y)
+    x_adv = gan_mod.gan_attack(model, x, y, cfg, ctx)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert float(perturbation_norms(x, x_adv, "linf").max()) <= EPS + 1e-6
+    assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+    acc = float((model(x_adv).argmax(1) == y).float().mean())
+    assert acc <= 0.3
+    facts = ctx.facts["training"]
+    assert set(facts) == FACT_KEYS and facts["mode"] == "cold" and facts["steps"] > 0
+    assert facts["device"] == "cpu" and len(small_gan) == 1
+
+
+def test_cache_hit_returns_identical_weights_and_trains_nothing(problem, small_gan, tmp_path):
+    model, x, y = problem
+    cfg = AttackConfig(eps=EPS)
+    gen1, facts1 = gan_mod.obtain_generator(model, cfg, _ctx(x, y, tmp_path))
+    assert facts1["mode"] == "cold" and len(small_gan) == 1
+    gan_mod.clear_memo()  # a new process: only the disk cache remains
+    gen2, facts2 = gan_mod.obtain_generator(model, cfg, _ctx(x, y, tmp_path))
+    assert facts2["mode"] == "cached" and facts2["steps"] == 0 and facts2["key"] == facts1["key"]
+    assert len(small_gan) == 1  # no training at all
+    assert gen2 is not gen1 and _same_weights(gen1, gen2)
+    assert facts2["holdout_success"] == pytest.approx(facts1["holdout_success"])
+    from pytest_advrobust.cache import GanCache
+
+    kinds = [e["kind"] for e in GanCache(tmp_path).events()]
+    assert kinds == ["train", "hit"]
+
+
+def test_retrain_forces_training(problem, small_gan, tmp_path):
+    model, x, y = problem
+    cfg = AttackConfig(eps=EPS)
+    gan_mod.obtain_generator(model, cfg, _ctx(x, y, tmp_path))
+    gan_mod.clear_memo()
+    _, facts = gan_mod.obtain_generator(model, cfg, _ctx(x, y, tmp_path, retrain=True))
+    assert facts["mode"] == "cold" and facts["steps"] > 0 and len(small_gan) == 2
+
+
+def test_without_cache_dir_generators_are_memoised_in_process(problem, small_gan):
+    model, x, y = problem
+    cfg = AttackConfig(eps=EPS)
+    gen1, _ = gan_mod.obtain_generator(model, cfg, _ctx(x, y))
+    gen2, facts = gan_mod.obtain_generator(model, cfg, _ctx(x, y))
+    assert gen2 is gen1 and facts["mode"] == "cached" and facts["steps"] == 0 and len(small_gan) == 1
+    gan_mod.obtain_generator(model, dataclasses.replace(cfg, eps=0.1), _ctx(x, y))
+    assert len(small_gan) == 2  # other settings, other generator
+
+
+def test_changed_model_warm_starts_from_the_family_and_needs_fewer_steps(problem, small_gan, tmp_path):
+    model, x, y = problem
+    cfg = AttackConfig(eps=EPS)
+    _, cold = gan_mod.obtain_generator(model, cfg, _ctx(x, y, tmp_path))
+    changed = _classifier(x, y, steps=170)
+    _, warm = gan_mod.obtain_generator(changed, cfg, _ctx(x, y, tmp_path))
+    assert cold["mode"] == "cold" and warm["mode"] == "warm" and warm["key"] != cold["key"]
+    assert small_gan[0].stop_reason == "target" and warm["holdout_success"] >= 0.9
+    assert warm["steps"] < cold["steps"]
+    from pytest_advrobust.cache import GanCache
+
+    assert [e["kind"] for e in GanCache(tmp_path).events()] == ["train", "warm"]
+
+
+def test_damaged_entry_is_retrained_with_a_warning(problem, small_gan, tmp_path):
+    model, x, y = problem
+    cfg = AttackConfig(eps=EPS)
+    _, facts = gan_mod.obtain_generator(model, cfg, _ctx(x, y, tmp_path))
+    path = tmp_path / f"{facts['key']}.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    gan_mod.clear_memo()
+    warnings = []
+    _, again = gan_mod.obtain_generator(model, cfg, _ctx(x, y, tmp_path, warn=warnings.append))
+    assert again["mode"] in ("cold", "warm") and again["steps"] > 0 and len(warnings) == 1
+
+
+def test_plain_callable_model_and_training_on_the_batch(problem, small_gan):
+    model, x, y = problem
+
+    def predict(t):
+        return model(t)
+
+    ctx = AttackContext(device="cpu")
+    x_adv = gan_mod.gan_attack(predict, x, y, AttackConfig(eps=EPS, bounds=None), ctx)
+    assert float(perturbation_norms(x, x_adv, "linf").max()) <= EPS + 1e-6
+    assert ctx.facts["training"]["mode"] == "cold" and ctx.train_x is None
+
+
+def test_refine_runs_pgd_from_the_generator_output(problem, small_gan, monkeypatch):
+    import pytest_advrobust.attacks.gradient as gradient
+
+    model, x, y = problem
+    seen = {}
+    real = gradient.pgd_from
+
+    def spy(model_, x_, y_, x_start, cfg_, ctx_=None, **kw):
+        seen["start"] = x_start.clone()
+        return real(model_, x_, y_, x_start, cfg_, ctx_, **kw)
+
+    monkeypatch.setattr(gradient, "pgd_from", spy)
+    cfg = AttackConfig(eps=EPS, refine=5)
+    x_adv = gan_mod.gan_attack(model, x, y, cfg, _ctx(x, y))
+    gen, _ = gan_mod.obtain_generator(model, cfg, _ctx(x, y))
+    with torch.no_grad():
+        assert torch.allclose(seen["start"], gen(x))
+    assert float(perturbation_norms(x, x_adv, "linf").max()) <= EPS + 1e-6
+
+
+def test_l2_flat_features(small_gan):
+    x, y = _digits()
+    xf = x.view(x.shape[0], -1)
+    model = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), _classifier(x, y))
+    x_adv = gan_mod.gan_attack(model, xf, y, AttackConfig(eps=1.0, norm="l2", bounds=None), _ctx(xf, y))
+    assert float(perturbation_norms(xf, x_adv, "l2").max()) <= 1.0 * (1 + 1e-5)
+
+
+def test_default_config_scales_with_data():
+    cfg = AttackConfig(eps=0.1, norm="l2", bounds=None, seed=3)
+    small, large = REAL_DEFAULT(cfg, 200), REAL_DEFAULT(cfg, 60000)
+    for g in (small, large):
+        assert isinstance(g, GanConfig) and g.eps == 0.1 and g.norm == "l2" and g.bounds is None and g.seed == 3
+    assert small.max_steps < large.max_steps and small.batch_size <= large.batch_size
+
+
+def test_missing_training_data_is_an_error(problem):
+    model, x, y = problem
+    with pytest.raises(ValueError, match="train_x"):
+        gan_mod.obtain_generator(model, AttackConfig(eps=EPS), AttackContext(device="cpu"))
