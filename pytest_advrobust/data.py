@@ -122,6 +122,8 @@ def to_tensor_pair(data: Any, fixture: str = "robust_data",
         if x.shape[0] != y.shape[0]:
             raise AdvRobustError(f"fixture {fixture!r} gave {x.shape[0]} inputs but "
                                  f"{y.shape[0]} labels")
+        if x.shape[0] == 0:
+            raise AdvRobustError(f"fixture {fixture!r} gave no samples")
         if indices is not None:
             x, y = x[indices], y[indices]
         return x, y
