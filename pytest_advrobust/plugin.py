@@ -299,7 +299,7 @@ def _outcome(request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
 
 
 def _fail_cleanly(exc: AdvRobustError) -> None:
-    pytest.fail(str(exc), pytrace=False)
+    raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 def _warm_only(request: pytest.FixtureRequest, settings: RobustSettings) -> None:
@@ -444,7 +444,7 @@ def _write_images(folder: Path, nodeid: str, outcome: Any, rep: Dict[str, Any]) 
     paths = [save_gallery(folder / f"{stem}.png", outcome.x, outcome.x_adv, outcome.y,
                           outcome.clean.pred, outcome.adv.pred)]
     if outcome.curve:
-        paths.append(save_curve(folder / f"{stem}-curve.png", outcome.curve,
+        paths.append(save_curve(folder / f"{stem}-curve.png", rep["curve"],
                                 threshold=rep["threshold"], title=nodeid))
     rep["images"] = [str(p) for p in paths]
 

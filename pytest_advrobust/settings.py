@@ -185,9 +185,10 @@ class RobustSettings:
                             targets=self.targets)
 
     def evaluation_key(self) -> Tuple:
-        """What decides the numbers (the threshold and tolerance do not)."""
+        """What decides the numbers and flags (the threshold and tolerance do not;
+        threshold_eps picks the headline eps and sanity the checks that run)."""
         d = asdict(self)
-        for k in ("threshold", "tolerance", "threshold_eps", "sanity"):
+        for k in ("threshold", "tolerance"):
             d.pop(k)
         return tuple(sorted((k, repr(v)) for k, v in d.items()))
 
