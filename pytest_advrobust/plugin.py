@@ -96,7 +96,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("advrobust_baseline", "baseline file")
     group.addoption("--advrobust-save-baseline", nargs="?", const="all", default=None,
                     choices=("all", "new"),
-                    help="write the baseline from this run; =new adds only missing entries")
+                    help="write the baseline from this run; =new adds only missing entries "
+                         "(write =all or put it after the test paths, since it takes an "
+                         "optional value)")
     group.addoption("--advrobust-compare", action="store_true", default=None,
                     help="fail tests whose adversarial accuracy fell below the baseline by "
                          "more than the tolerance. ini: advrobust_compare")
@@ -420,8 +422,7 @@ def _compare_with_baseline(item: pytest.Item, rep: Dict[str, Any],
     baseline = _load_baseline(state) or {"tests": {}}
     entry = baseline.get("tests", {}).get(item.nodeid)
     cmp = compare(entry, rep, settings.tolerance)
-    rep["baseline"] = {"adversarial_accuracy": cmp.baseline, "delta": cmp.delta,
-                       "tolerance": cmp.tolerance, "status": cmp.status}
+    rep["baseline"] = cmp.to_report()
     if cmp.status == "regressed":
         return [cmp.message]
     if cmp.status == "missing":
@@ -528,16 +529,33 @@ def _check_fingerprint(config: pytest.Config, state: _State) -> None:
         config.issue_config_time_warning(AdvRobustWarning(msg), stacklevel=2)
 
 
+def _files_narrowed_by_args(config: pytest.Config) -> Set[str]:
+    """Test files (as in node ids) that the command line narrowed to some of their
+    tests (``tests/test_x.py::test_y``): this run did not collect them in full."""
+    files = set()
+    for arg in config.args:
+        if "::" not in str(arg):
+            continue
+        path = os.path.abspath(os.path.join(config.invocation_params.dir,
+                                            str(arg).split("::", 1)[0]))
+        rel = os.path.relpath(path, config.rootpath)
+        if not rel.startswith(os.pardir):
+            files.add(Path(rel).as_posix())
+    return files
+
+
 def _save_baseline(config: pytest.Config, state: _State) -> None:
     from .baseline import save_baseline
 
     existing = _load_baseline(state)
     collected = set(state.collected)
-    # Entries of test files that this run did not collect are kept, unless the
-    # file is gone: a partial run must not prune the rest of the suite.
+    # Entries of test files that this run did not collect in full are kept, unless
+    # the file is gone: a partial run must not prune the rest of the suite.
+    narrowed = _files_narrowed_by_args(config)
     for nodeid in (existing or {}).get("tests", {}):
         path = nodeid.split("::", 1)[0]
-        if path not in state.collected_files and (Path(config.rootpath) / path).exists():
+        if (path not in state.collected_files or path in narrowed) and \
+                (Path(config.rootpath) / path).exists():
             collected.add(nodeid)
     result = save_baseline(state.baseline_path, list(state.reports.values()),
                            mode=state.save_baseline, existing=existing, collected=collected,
