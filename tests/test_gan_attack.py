@@ -15,7 +15,16 @@ REAL_DEFAULT = gan_mod.default_gan_config
 FACT_KEYS = {"mode", "steps", "seconds", "device", "holdout_success", "key"}
 
 
-def _digits(n=400):
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription stalls on busy machines."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _digits(n=600):
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -50,8 +59,8 @@ def small_gan(monkeypatch):
     real_train = gan_mod.train_generator
 
     def small(cfg, n_train):
-        return dataclasses.replace(real_default(cfg, n_train), max_steps=60, batch_size=32, eval_every=5,
-                                   patience=100, width=8, n_res=1, target_success=0.9)
+        return dataclasses.replace(real_default(cfg, n_train), max_steps=120, batch_size=32, lr=3e-3, eval_every=5, holdout_fraction=0.2,
+                                   patience=100, width=8, n_res=1, target_success=0.75)
 
     def counting(*args, **kwargs):
         res = real_train(*args, **kwargs)
@@ -131,7 +140,7 @@ def test_changed_model_warm_starts_from_the_family_and_needs_fewer_steps(problem
     changed = _classifier(x, y, steps=170)
     _, warm = gan_mod.obtain_generator(changed, cfg, _ctx(x, y, tmp_path))
     assert cold["mode"] == "cold" and warm["mode"] == "warm" and warm["key"] != cold["key"]
-    assert small_gan[0].stop_reason == "target" and warm["holdout_success"] >= 0.9
+    assert small_gan[0].stop_reason == "target" and warm["holdout_success"] >= 0.75
     assert warm["steps"] < cold["steps"]
     from pytest_advrobust.cache import GanCache
 
@@ -204,3 +213,14 @@ def test_missing_training_data_is_an_error(problem):
     model, x, y = problem
     with pytest.raises(ValueError, match="train_x"):
         gan_mod.obtain_generator(model, AttackConfig(eps=EPS), AttackContext(device="cpu"))
+
+
+def test_progress_goes_to_ctx_progress_unless_quiet(problem, small_gan):
+    model, x, y = problem
+    lines = []
+    gan_mod.obtain_generator(model, AttackConfig(eps=EPS), _ctx(x, y, progress=lines.append))
+    assert 2 <= len(lines) <= 10 and all(line.startswith("advrobust gan:") for line in lines)
+    gan_mod.clear_memo()
+    quiet = []
+    gan_mod.obtain_generator(model, AttackConfig(eps=EPS), _ctx(x, y, progress=quiet.append, quiet=True))
+    assert quiet == []

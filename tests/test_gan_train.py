@@ -12,6 +12,15 @@ from pytest_advrobust.gan.train import GanConfig, margin, train_generator
 EPS = 0.2
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids oversubscription stalls on busy machines."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _digits():
     from sklearn.datasets import load_digits
 
@@ -40,7 +49,7 @@ def problem():
 
 
 def _cfg(**kw):
-    base = dict(eps=EPS, max_steps=60, batch_size=32, eval_every=10, patience=100, width=8, n_res=1,
+    base = dict(eps=EPS, max_steps=60, batch_size=32, lr=3e-3, eval_every=10, patience=100, width=8, n_res=1,
                 holdout_fraction=0.2)
     base.update(kw)
     return GanConfig(**base)

@@ -1,0 +1,272 @@
+"""The ``gan`` attack: get (or train) an AdvGAN generator, then one forward pass per batch.
+
+A generator is identified by a key over the model (class, parameter layout
+and weights), the training data, the GAN settings, the generator
+architecture and :data:`FORMAT_VERSION`. :func:`obtain_generator` looks the
+key up in this process, then in the on-disk cache (under a per-key lock, so
+parallel workers train once), and otherwise trains: warm-started from the
+newest cached generator of the same *family* (the key without the model
+weights) when there is one, cold otherwise. ``cfg.refine > 0`` adds that many
+PGD steps started at the generator's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+import weakref
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..gan.networks import Generator, build_generator, generator_from_arch
+from ..gan.train import GanConfig, frozen_model, train_generator
+from .base import AttackConfig, AttackContext, Model, bound
+
+__all__ = ["FORMAT_VERSION", "clear_memo", "default_gan_config", "gan_attack", "obtain_generator"]
+
+#: Bumped whenever the meaning of a cached generator changes (networks, training, key).
+FORMAT_VERSION = 1
+
+name = "gan"
+
+_MEMO: Dict[str, Tuple[Generator, Dict[str, Any]]] = {}
+_DATA_DIGESTS: Dict[Tuple[int, int], Tuple[Any, Any, Tuple, str]] = {}
+
+
+def clear_memo() -> None:
+    """Forget the generators (and data digests) memoised in this process."""
+    _MEMO.clear()
+    _DATA_DIGESTS.clear()
+
+
+def default_gan_config(cfg: AttackConfig, n_train: int) -> GanConfig:
+    """GAN settings for an attack config and a training set of ``n_train`` samples.
+
+    The step budget scales with the data: about 3 epochs, at least 150 and at
+    most 1000 steps of batch 64 (smaller batches below 1,024 samples), with
+    10 held-out evaluations. On 60,000 28x28 images the 1000 steps take about
+    2-3 minutes on two CPU cores; the 180 s cap ends training early on slower
+    machines (the best held-out state so far is kept).
+    """
+    n_train = int(n_train)
+    batch = 64 if n_train >= 1024 else max(8, min(64, n_train // 8))
+    per_epoch = math.ceil(n_train * 0.9 / batch)
+    max_steps = int(min(1000, max(150, 3 * per_epoch)))
+    return GanConfig(eps=float(cfg.eps), norm=cfg.norm,
+                     bounds=tuple(cfg.bounds) if cfg.bounds is not None else None,
+                     seed=int(cfg.seed), max_steps=max_steps, max_seconds=180.0, batch_size=batch,
+                     holdout_max=1000, eval_every=max(10, max_steps // 10), patience=4)
+
+
+# --------------------------------------------------------------------------- digests and keys
+def _qualname(obj: Any) -> str:
+    if isinstance(obj, nn.Module) or not hasattr(obj, "__qualname__"):
+        cls = type(obj)
+        return f"{cls.__module__}.{cls.__qualname__}"
+    return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+
+
+def _layout_digest(model: Any) -> str:
+    """Digest of the parameter/buffer names, shapes and dtypes (the architecture, not the values)."""
+    if not isinstance(model, nn.Module):
+        return ""
+    layout = [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()]
+    layout.append([type(m).__qualname__ for m in model.modules()])
+    return hashlib.sha256(json.dumps(layout).encode()).hexdigest()
+
+
+def _model_digest(model: Any, train_x: torch.Tensor, device: Any) -> str:
+    from ..cache import digest_module, digest_tensors
+
+    if isinstance(model, nn.Module):
+        return digest_module(model)
+    with torch.no_grad():
+        logits = model(train_x[:64].to(device))
+    return digest_tensors(torch.as_tensor(logits).detach().float().cpu())
+
+
+def _data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    from ..cache import digest_tensors
+
+    # Digesting 60,000 images takes a moment: remember it per (live) tensor pair and version.
+    slot = (id(x), id(y))
+    state = (x._version, y._version, x.data_ptr(), y.data_ptr(), tuple(x.shape), tuple(y.shape))
+    hit = _DATA_DIGESTS.get(slot)
+    if hit is not None and hit[0]() is x and hit[1]() is y and hit[2] == state:
+        return hit[3]
+    digest = digest_tensors(x, y)
+    try:
+        _DATA_DIGESTS[slot] = (weakref.ref(x), weakref.ref(y), state, digest)
+    except TypeError:  # not weak-referenceable: do not remember
+        pass
+    return digest
+
+
+def _hash_parts(parts: Dict[str, Any]) -> str:
+    from ..cache import GanCache
+
+    return GanCache.key(parts)
+
+
+def _arch_for(sample_shape, gcfg: GanConfig) -> Dict[str, Any]:
+    with torch.random.fork_rng(devices=[]):
+        return build_generator(sample_shape, gcfg.eps, gcfg.norm, gcfg.bounds,
+                               width=gcfg.width, n_res=gcfg.n_res).arch
+
+
+# --------------------------------------------------------------------------- obtaining a generator
+def obtain_generator(model: Model, cfg: AttackConfig, ctx: AttackContext,
+                     gan_cfg: Optional[GanConfig] = None) -> Tuple[Generator, Dict[str, Any]]:
+    """The generator for ``model`` trained on ``ctx.train_x``/``ctx.train_y``, and how it was obtained.
+
+    Returns ``(generator, facts)``: the generator in eval mode on
+    ``ctx.device`` and ``{"mode": "cold"|"warm"|"cached", "steps", "seconds",
+    "device", "holdout_success", "key"}``. ``gan_cfg`` overrides the settings
+    derived from ``cfg`` by :func:`default_gan_config`.
+    """
+    train_x, train_y = ctx.train_x, ctx.train_y
+    if train_x is None or train_y is None:
+        raise ValueError("the gan attack needs training data: ctx.train_x and ctx.train_y are not set")
+    train_x = train_x if isinstance(train_x, torch.Tensor) else torch.as_tensor(train_x)
+    train_y = train_y if isinstance(train_y, torch.Tensor) else torch.as_tensor(train_y)
+    if train_x.shape[0] != train_y.shape[0]:
+        raise ValueError(f"ctx.train_x has {train_x.shape[0]} samples but ctx.train_y has {train_y.shape[0]}")
+    if train_x.shape[0] < 2:
+        raise ValueError("the gan attack needs at least 2 training samples")
+    gcfg = gan_cfg if gan_cfg is not None else default_gan_config(cfg, train_x.shape[0])
+    sample_shape = tuple(train_x.shape[1:])
+    arch = _arch_for(sample_shape, gcfg)
+    with frozen_model(model):
+        model_digest = _model_digest(model, train_x, ctx.device)
+    family_parts = {"format": FORMAT_VERSION, "model_class": _qualname(model),
+                    "model_layout": _layout_digest(model), "data": _data_digest(train_x, train_y),
+                    "gan": gcfg.to_dict(), "arch": arch}
+    parts = dict(family_parts, model=model_digest)
+    key = _hash_parts(parts)
+    family = _hash_parts(family_parts)
+
+    memo = _MEMO.get(key)
+    if memo is not None and (not ctx.retrain or memo[1]["mode"] in ("cold", "warm")):
+        gen, facts = memo
+        return gen.to(ctx.device).eval(), dict(facts, mode="cached", steps=0, seconds=0.0)
+
+    if ctx.cache_dir is None:
+        result = train_generator(model, train_x, train_y, gcfg, ctx.device, progress=_progress(ctx))
+        gen, facts = result.generator, _facts(result, key)
+    else:
+        gen, facts = _through_cache(model, train_x, train_y, gcfg, ctx, key, family, arch, parts)
+    gen = gen.to(ctx.device).eval()
+    _MEMO[key] = (gen, dict(facts))
+    return gen, facts
+
+
+def _progress(ctx: AttackContext):
+    return None if ctx.quiet else ctx.progress
+
+
+def _warn(ctx: AttackContext, msg: str) -> None:
+    if ctx.warn is not None:
+        ctx.warn(msg)
+
+
+def _facts(result, key: str) -> Dict[str, Any]:
+    return {"mode": result.mode, "steps": int(result.steps), "seconds": float(result.seconds),
+            "device": result.device, "holdout_success": float(result.holdout_success), "key": key}
+
+
+def _through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, key: str,
+                   family: str, arch: Dict[str, Any], parts: Dict[str, Any]):
+    from ..cache import GanCache
+
+    cache = GanCache(ctx.cache_dir, warn=ctx.warn)
+    with cache.lock(key):
+        if not ctx.retrain:
+            t0 = time.perf_counter()
+            loaded = cache.load(key)
+            if loaded is not None:
+                state, meta = loaded
+                gen = _rebuild(arch, state, ctx, f"cache entry {key}")
+                if gen is not None:
+                    cache.record_event("hit", key)
+                    return gen, {"mode": "cached", "steps": 0, "seconds": time.perf_counter() - t0,
+                                 "device": str(meta.get("device", ctx.device)) if isinstance(meta, dict)
+                                 else str(ctx.device),
+                                 "holdout_success": float(meta.get("holdout_success", float("nan")))
+                                 if isinstance(meta, dict) else float("nan"),
+                                 "key": key}
+        init_state = None
+        if not ctx.retrain:
+            warm = cache.find_warm_start(family, exclude_key=key)
+            if warm is not None:
+                w_key, w_state, w_meta = warm
+                if _rebuild(arch, w_state, ctx, f"warm-start entry {w_key}") is not None:
+                    init_state = w_state
+        result = train_generator(model, train_x, train_y, gcfg, ctx.device, init_state=init_state,
+                                 progress=_progress(ctx))
+        facts = _facts(result, key)
+        meta = {"format": FORMAT_VERSION, "family": family, "arch": arch, "gan": gcfg.to_dict(),
+                "model_class": parts["model_class"], "mode": result.mode, "steps": int(result.steps),
+                "seconds": float(result.seconds), "device": result.device,
+                "holdout_success": float(result.holdout_success), "created": time.time()}
+        state = {k: v.detach().to("cpu").contiguous() for k, v in result.generator.state_dict().items()}
+        try:
+            cache.store(key, state, meta)
+        except OSError as exc:
+            _warn(ctx, f"advrobust: could not store the trained generator in the cache ({exc}); "
+                       "it will be trained again next run")
+        else:
+            cache.record_event("warm" if result.mode == "warm" else "train", key)
+        return result.generator, facts
+
+
+def _rebuild(arch: Dict[str, Any], state: Dict[str, torch.Tensor], ctx: AttackContext,
+             what: str) -> Optional[Generator]:
+    """A generator of ``arch`` with ``state`` loaded, or ``None`` (with a warning) if they do not fit."""
+    with torch.random.fork_rng(devices=[]):
+        gen = generator_from_arch(arch)
+    try:
+        gen.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=True)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        _warn(ctx, f"advrobust: {what} does not fit the generator architecture and is ignored "
+                   f"({str(exc).splitlines()[0]})")
+        return None
+    return gen.eval()
+
+
+# --------------------------------------------------------------------------- the attack
+def gan_attack(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
+               ctx: AttackContext) -> torch.Tensor:
+    """Adversarial inputs from the (cached or freshly trained) generator, optionally PGD-refined.
+
+    ``x``: ``(N, *sample_shape)`` on ``ctx.device``; ``y``: ``(N,)``. Returns
+    ``x_adv`` with the shape and dtype of ``x``, within ``cfg.eps`` in
+    ``cfg.norm`` and inside ``cfg.bounds``. ``ctx.facts["training"]`` gets
+    how the generator was obtained. Without ``ctx.train_x`` the generator is
+    trained on ``x, y`` themselves.
+    """
+    if ctx.train_x is None or ctx.train_y is None:
+        ctx = dataclasses.replace(ctx, train_x=x.detach().cpu(), train_y=y.detach().cpu())
+    gen, facts = obtain_generator(model, cfg, ctx)
+    ctx.facts["training"] = facts
+    if tuple(x.shape[1:]) != gen.sample_shape:
+        raise ValueError(f"the generator was trained on samples of shape {gen.sample_shape}, "
+                         f"but the evaluation inputs have shape {tuple(x.shape[1:])}")
+    out = torch.empty_like(x)
+    bs = max(1, int(cfg.batch_size))
+    with torch.no_grad():
+        for s in range(0, x.shape[0], bs):
+            xb = x[s:s + bs]
+            out[s:s + bs] = bound(xb, gen(xb), cfg.eps, cfg.norm, cfg.bounds)
+    if cfg.refine > 0:
+        from .gradient import pgd_from
+
+        out = pgd_from(model, x, y, out, cfg, ctx)
+    return out
+
+
+gan_attack.name = "gan"  # type: ignore[attr-defined]

@@ -1,0 +1,301 @@
+"""Generator and discriminator networks for the AdvGAN attack.
+
+Two families, chosen by the shape of one sample:
+
+* ``(C, H, W)`` images: a small U-Net. A full-resolution stem, ``n_down``
+  stride-2 convolutions, residual blocks at the lowest resolution, then
+  (convolution, nearest-neighbour upsampling, merge with the skip
+  connection) back to full resolution. Inputs whose height or width is not a multiple of
+  ``2 ** n_down`` are padded on the bottom/right and the output is cropped,
+  so the result always has exactly the input's ``(H, W)``.
+* ``(D,)`` feature vectors: a residual MLP.
+
+The :class:`Generator` returns adversarial inputs that are inside the
+budget by construction: L-inf perturbations are ``eps * tanh(raw)``, L2
+perturbations are ``raw`` projected onto the L2 ball of radius ``eps``; then
+``x + delta`` is clipped into ``bounds`` (when given). ``eps``, ``norm`` and
+``bounds`` are stored with the weights (``eps`` and ``bounds`` as buffers,
+``norm`` in :attr:`Generator.arch`), so a reloaded generator keeps exactly
+the same bound.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..attacks.base import NORMS, project
+
+__all__ = ["ARCH_VERSION", "Generator", "build_discriminator", "build_generator",
+           "generator_from_arch"]
+
+ARCH_VERSION = 1
+
+Bounds = Optional[Tuple[float, float]]
+
+
+# --------------------------------------------------------------------------- validation
+def _check_shape(sample_shape: Any) -> Tuple[int, ...]:
+    try:
+        if isinstance(sample_shape, (str, bytes)):
+            raise TypeError
+        shape = tuple(int(s) for s in sample_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"sample_shape must be a tuple (C, H, W) or (D,), got {sample_shape!r}") from None
+    if len(shape) not in (1, 3) or any(s < 1 for s in shape):
+        raise ValueError(f"sample_shape must be (C, H, W) or (D,) with positive sizes, got {sample_shape!r}")
+    if len(shape) == 3 and min(shape[1:]) < 4:
+        raise ValueError(f"sample_shape {shape!r}: image height and width must be at least 4")
+    return shape
+
+
+def _check_eps_norm_bounds(eps: Any, norm: Any, bounds: Any) -> Tuple[float, str, Bounds]:
+    try:
+        eps_f = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"eps must be a positive number, got {eps!r}") from None
+    if not math.isfinite(eps_f) or eps_f <= 0:
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if bounds is not None:
+        try:
+            lo, hi = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds must be None or a pair (low, high), got {bounds!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"bounds must be a finite pair with low < high, got {bounds!r}")
+        bounds = (lo, hi)
+    return eps_f, norm, bounds
+
+
+def _default_down(h: int, w: int) -> int:
+    """Number of stride-2 stages: 1 below 28 pixels, 2 for 28-55, 3 for 56-111, else 4."""
+    return int(min(4, max(1, math.floor(math.log2(min(h, w) / 7.0)) if min(h, w) >= 14 else 1)))
+
+
+def _groups(ch: int) -> int:
+    for g in (8, 4, 2):
+        if ch % g == 0 and ch // g >= 2:
+            return g
+    return 1
+
+
+# --------------------------------------------------------------------------- building blocks
+class _ConvAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(inplace=True),
+            nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class _UNet(nn.Module):
+    """(N, C, H, W) -> raw perturbation (N, C, H, W), any H, W >= 4."""
+
+    def __init__(self, channels: int, width: int, n_down: int, n_res: int):
+        super().__init__()
+        self.n_down = n_down
+        widths = [width * (2 ** i) for i in range(n_down + 1)]
+        self.stem = _ConvAct(channels, widths[0])
+        self.down = nn.ModuleList(_ConvAct(widths[i], widths[i + 1], stride=2) for i in range(n_down))
+        self.mid = nn.Sequential(*[_ResBlock(widths[-1]) for _ in range(n_res)])
+        self.up = nn.ModuleList(_ConvAct(widths[i + 1], widths[i]) for i in reversed(range(n_down)))
+        self.merge = nn.ModuleList(_ConvAct(2 * widths[i], widths[i]) for i in reversed(range(n_down)))
+        self.head = nn.Conv2d(widths[0], channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = 2 ** self.n_down
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        skips = []
+        z = self.stem(x)
+        for down in self.down:
+            skips.append(z)
+            z = down(z)
+        z = self.mid(z)
+        for up, merge in zip(self.up, self.merge):
+            skip = skips.pop()
+            z = F.interpolate(up(z), size=skip.shape[-2:], mode="nearest")
+            z = merge(torch.cat([z, skip], dim=1))
+        out = self.head(z)
+        return out[..., :h, :w]
+
+
+class _ResMLP(nn.Module):
+    """(N, D) -> raw perturbation (N, D)."""
+
+    def __init__(self, dim: int, hidden: int, n_res: int):
+        super().__init__()
+        self.inp = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, hidden), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+                          nn.Linear(hidden, hidden)) for _ in range(n_res))
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inp(x)
+        for block in self.blocks:
+            z = F.relu(z + block(z))
+        return self.out(z)
+
+
+# --------------------------------------------------------------------------- generator
+class Generator(nn.Module):
+    """Maps a batch ``x`` of shape ``(N, *sample_shape)`` to ``x_adv`` of the same shape.
+
+    ``x_adv - x`` lies in the ``eps``-ball of ``norm`` and ``x_adv`` inside
+    ``bounds`` (when not ``None``) for every input, whatever the weights:
+    L-inf uses ``delta = eps * tanh(raw)``, L2 projects ``raw`` onto the ball.
+    :attr:`arch` is a JSON-able description (kind, shapes, widths, norm, eps,
+    bounds) that rebuilds the same network with :func:`generator_from_arch`.
+    """
+
+    def __init__(self, body: nn.Module, arch: Dict[str, Any], eps: float, norm: str, bounds: Bounds):
+        super().__init__()
+        self.body = body
+        self.arch = arch
+        self.norm = norm
+        self.register_buffer("eps", torch.tensor(float(eps), dtype=torch.float32))
+        self.register_buffer("bounds", torch.tensor(list(bounds) if bounds is not None
+                                                    else [-math.inf, math.inf], dtype=torch.float32))
+
+    @property
+    def sample_shape(self) -> Tuple[int, ...]:
+        return tuple(self.arch["sample_shape"])
+
+    @property
+    def has_bounds(self) -> bool:
+        return bool(torch.isfinite(self.bounds).all())
+
+    def perturbation(self, x: torch.Tensor) -> torch.Tensor:
+        """The bounded perturbation (before clipping into ``bounds``), float32, shape of ``x``."""
+        raw = self.body(x).float()
+        eps = float(self.eps)
+        if self.norm == "linf":
+            return eps * torch.tanh(raw)
+        return project(raw, eps, "l2")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(N, *sample_shape)``; returns ``x_adv`` with the shape and dtype of ``x``."""
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(f"generator expects inputs of shape (N, {', '.join(map(str, self.sample_shape))}), "
+                             f"got {tuple(x.shape)}")
+        param = next(self.parameters())
+        xf = x.to(device=param.device, dtype=torch.float32)
+        delta = self.perturbation(xf)
+        out = xf + delta
+        if self.has_bounds:
+            out = torch.clamp(out, float(self.bounds[0]), float(self.bounds[1]))
+        return out.to(x.dtype)
+
+
+def build_generator(sample_shape: Sequence[int], eps: float, norm: str = "linf",
+                    bounds: Bounds = (0.0, 1.0), *, width: Optional[int] = None,
+                    n_res: Optional[int] = None, n_down: Optional[int] = None) -> Generator:
+    """Build a :class:`Generator` for samples of ``sample_shape``.
+
+    ``sample_shape``: ``(C, H, W)`` (H, W >= 4; a U-Net with ``n_down`` stride-2
+    stages: 1 below 28 pixels, 2 for 28-55, 3 for 56-111, else 4) or ``(D,)`` (a residual MLP).
+    ``width``: channels of the first conv stage (default 16) or hidden units
+    of the MLP (default ``clamp(2 * D, 64, 512)``); ``n_res``: residual blocks
+    (default 2). Weights are initialised from torch's global RNG: seed it (or
+    use :func:`torch.random.fork_rng`) for reproducible weights.
+    """
+    shape = _check_shape(sample_shape)
+    eps_f, norm, bounds = _check_eps_norm_bounds(eps, norm, bounds)
+    if width is not None and (not isinstance(width, int) or width < 2):
+        raise ValueError(f"width must be an integer >= 2, got {width!r}")
+    if n_res is not None and (not isinstance(n_res, int) or n_res < 0):
+        raise ValueError(f"n_res must be a non-negative integer, got {n_res!r}")
+    n_res = 2 if n_res is None else n_res
+    arch: Dict[str, Any] = {"version": ARCH_VERSION, "sample_shape": list(shape), "norm": norm,
+                            "eps": eps_f, "bounds": list(bounds) if bounds is not None else None,
+                            "n_res": n_res}
+    if len(shape) == 3:
+        c, h, w = shape
+        if n_down is None:
+            n_down = _default_down(h, w)
+        if not isinstance(n_down, int) or not 0 <= n_down <= 6:
+            raise ValueError(f"n_down must be an integer in [0, 6], got {n_down!r}")
+        width = 16 if width is None else width
+        arch.update(kind="unet", width=width, n_down=n_down)
+        body: nn.Module = _UNet(c, width, n_down, n_res)
+    else:
+        (d,) = shape
+        width = int(min(512, max(64, 2 * d))) if width is None else width
+        arch.update(kind="mlp", width=width)
+        body = _ResMLP(d, width, n_res)
+    return Generator(body, arch, eps_f, norm, bounds)
+
+
+def generator_from_arch(arch: Dict[str, Any]) -> Generator:
+    """Rebuild an (untrained) generator from :attr:`Generator.arch`."""
+    if not isinstance(arch, dict) or arch.get("version") != ARCH_VERSION:
+        raise ValueError(f"arch must be a generator arch dict of version {ARCH_VERSION}, got {arch!r}")
+    bounds = tuple(arch["bounds"]) if arch.get("bounds") is not None else None
+    return build_generator(tuple(arch["sample_shape"]), arch["eps"], arch["norm"], bounds,
+                           width=arch["width"], n_res=arch["n_res"], n_down=arch.get("n_down"))
+
+
+# --------------------------------------------------------------------------- discriminator
+class _ConvDiscriminator(nn.Module):
+    def __init__(self, channels: int, width: int, n_stages: int):
+        super().__init__()
+        layers = []
+        cin = channels
+        for i in range(n_stages):
+            cout = width * (2 ** i)
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.out = nn.Linear(cin, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x).mean(dim=(2, 3))).squeeze(1)
+
+
+class _MLPDiscriminator(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def build_discriminator(sample_shape: Sequence[int], width: int = 16) -> nn.Module:
+    """A small discriminator: ``(N, *sample_shape)`` -> one real/fake score per sample ``(N,)``.
+
+    Images get 2-4 stride-2 convolutions and global average pooling; feature
+    vectors get a two-layer MLP.
+    """
+    shape = _check_shape(sample_shape)
+    if not isinstance(width, int) or width < 2:
+        raise ValueError(f"width must be an integer >= 2, got {width!r}")
+    if len(shape) == 3:
+        c, h, w = shape
+        stages = int(min(4, max(2, math.floor(math.log2(min(h, w))) - 1)))
+        return _ConvDiscriminator(c, width, stages)
+    (d,) = shape
+    return _MLPDiscriminator(d, int(min(256, max(32, d))))

@@ -1,0 +1,473 @@
+"""AdvGAN training (Xiao et al., 2018) against a frozen classifier.
+
+The generator ``G`` maps ``x`` to a bounded ``x_adv`` (see
+:mod:`.networks`). Each step minimises
+
+    adv_weight * mean(max(Z_y(x_adv) - max_{j != y} Z_j(x_adv), -kappa))
+  + gan_weight * mean((D(x_adv) - 1) ** 2)
+
+(a Carlini-Wagner margin against the frozen model plus the least-squares GAN
+loss), while the discriminator ``D`` minimises the least-squares loss
+``mean((D(x) - 1) ** 2) + mean(D(x_adv) ** 2)``. All losses are means, so the
+weights do not depend on the batch size. A held-out split measures the
+attack success (the share of correctly classified held-out samples that the
+generator's output fools); the best state by that measure is kept and
+training stops after ``patience`` evaluations without improvement, at
+``target_success``, or at ``max_steps`` / ``max_seconds``.
+
+Reproducibility: weights are initialised and batches drawn from generators
+seeded with ``seed``; on the CPU the same inputs and seed give bit-identical
+weights (unless ``max_seconds`` cuts the training short).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..attacks.base import NORMS
+from .networks import Generator, build_discriminator, build_generator
+
+__all__ = ["GanConfig", "TrainResult", "frozen_model", "margin", "train_generator"]
+
+#: On CUDA each step sees this many times ``batch_size`` samples (the GPU is launch-bound).
+CUDA_BATCH_FACTOR = 4
+#: Keep the training set on the GPU when it is smaller than this many bytes.
+_DEVICE_DATA_LIMIT = 2 * 1024 ** 3
+_EVAL_BATCH = 1024
+_MAX_PROGRESS_LINES = 10
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """Settings of one AdvGAN training; :meth:`to_dict` is part of the cache key.
+
+    eps, norm, bounds: the perturbation budget the generator is built with.
+    seed: initialisation, the held-out split and the batch order.
+    max_steps, max_seconds: budget (``warm_fraction`` of it for warm starts).
+    batch_size, lr, lr_final: Adam with a cosine decay from ``lr`` to
+      ``lr * lr_final`` over the step budget; the discriminator uses ``lr`` too.
+    adv_weight, gan_weight, kappa: loss weights and C&W confidence margin.
+    holdout_fraction, holdout_max: size of the held-out split.
+    eval_every, patience: early stopping (in steps and in evaluations).
+    target_success: stop as soon as the held-out success reaches it.
+    width, n_res: generator capacity (``None``: the network's default).
+    precision: ``"auto"`` trains the generator and discriminator (and runs
+      the model's forward/backward) under bfloat16 autocast on CUDA devices
+      and CPUs with native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere;
+      ``"fp32"`` always uses float32. Held-out evaluation is always float32.
+    """
+
+    eps: float
+    norm: str = "linf"
+    bounds: Optional[Tuple[float, float]] = (0.0, 1.0)
+    seed: int = 0
+    max_steps: int = 1000
+    max_seconds: float = 180.0
+    batch_size: int = 64
+    lr: float = 3e-3
+    lr_final: float = 0.05
+    adv_weight: float = 1.0
+    gan_weight: float = 0.01
+    kappa: float = 10.0
+    holdout_fraction: float = 0.1
+    holdout_max: int = 2000
+    eval_every: int = 100
+    patience: int = 5
+    target_success: float = 1.0
+    warm_fraction: float = 0.5
+    width: Optional[int] = None
+    n_res: Optional[int] = None
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        def bad(name: str, what: str) -> None:
+            raise ValueError(f"GanConfig.{name} must be {what}, got {getattr(self, name)!r}")
+
+        if not _is_number(self.eps) or not math.isfinite(self.eps) or self.eps <= 0:
+            bad("eps", "a positive finite number")
+        if self.norm not in NORMS:
+            bad("norm", f"one of {NORMS}")
+        if self.bounds is not None:
+            if (not isinstance(self.bounds, (tuple, list)) or len(self.bounds) != 2
+                    or not all(_is_number(b) and math.isfinite(b) for b in self.bounds)
+                    or not self.bounds[0] < self.bounds[1]):
+                bad("bounds", "None or a finite pair (low, high) with low < high")
+            object.__setattr__(self, "bounds", (float(self.bounds[0]), float(self.bounds[1])))
+        for name in ("seed",):
+            if not _is_int(getattr(self, name)):
+                bad(name, "an integer")
+        for name in ("max_steps", "batch_size", "eval_every", "patience", "holdout_max"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                bad(name, "a positive integer")
+        if not _is_number(self.max_seconds) or not self.max_seconds > 0:
+            bad("max_seconds", "a positive number")
+        if not _is_number(self.lr) or not (math.isfinite(self.lr) and self.lr > 0):
+            bad("lr", "a positive number")
+        if not _is_number(self.lr_final) or not 0 < self.lr_final <= 1:
+            bad("lr_final", "a number in (0, 1]")
+        for name in ("adv_weight", "gan_weight", "kappa"):
+            v = getattr(self, name)
+            if not _is_number(v) or not math.isfinite(v) or v < 0:
+                bad(name, "a non-negative number")
+        if self.adv_weight == 0:
+            bad("adv_weight", "positive")
+        if not _is_number(self.holdout_fraction) or not 0 <= self.holdout_fraction < 1:
+            bad("holdout_fraction", "a number in [0, 1)")
+        if not _is_number(self.target_success) or not 0 < self.target_success <= 1:
+            bad("target_success", "a number in (0, 1]")
+        if not _is_number(self.warm_fraction) or not 0 < self.warm_fraction <= 1:
+            bad("warm_fraction", "a number in (0, 1]")
+        if self.width is not None and (not _is_int(self.width) or self.width < 2):
+            bad("width", "None or an integer >= 2")
+        if self.n_res is not None and (not _is_int(self.n_res) or self.n_res < 0):
+            bad("n_res", "None or a non-negative integer")
+        if self.precision not in ("auto", "fp32"):
+            bad("precision", "'auto' or 'fp32'")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-able dict of every field (``bounds`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["bounds"] = list(self.bounds) if self.bounds is not None else None
+        return d
+
+    def replace(self, **changes: Any) -> "GanConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_generator` returns.
+
+    ``generator`` is in eval mode on the training device; ``holdout_success``
+    is the best held-out success (the state kept); ``mode`` is ``"cold"`` or
+    ``"warm"``; ``history`` lists ``(step, held-out success)`` per evaluation.
+    """
+
+    generator: Generator
+    steps: int
+    seconds: float
+    device: str
+    holdout_success: float
+    mode: str
+    stop_reason: str = ""
+    history: List[Tuple[int, float]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- model guard
+@contextmanager
+def frozen_model(model: Any) -> Iterator[Any]:
+    """Put an ``nn.Module`` in eval mode with ``requires_grad=False`` everywhere.
+
+    Every module's train/eval flag and every parameter's ``requires_grad`` are
+    restored on exit, also when the body raises. Plain callables pass through.
+    """
+    if not isinstance(model, nn.Module):
+        yield model
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``Z_y - max_{j != y} Z_j`` (negative when misclassified); float32."""
+    logits = logits.float()
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
+    return true - other
+
+
+# --------------------------------------------------------------------------- training
+def _seeded_networks(sample_shape, cfg: GanConfig, need_d: bool):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        gen = build_generator(sample_shape, cfg.eps, cfg.norm, cfg.bounds, width=cfg.width, n_res=cfg.n_res)
+        torch.manual_seed(cfg.seed + 1)
+        disc = build_discriminator(sample_shape) if need_d else None
+    return gen, disc
+
+
+def _predict(model, x: torch.Tensor, device, batch: int, autocast) -> torch.Tensor:
+    out = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch):
+            with autocast():
+                logits = model(x[s:s + batch].to(device, non_blocking=True))
+            _check_logits(logits, x[s:s + batch].shape[0])
+            out.append(logits.float().argmax(dim=1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def _check_logits(logits: Any, n: int) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != n:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"model must return (n, classes) logits, got {shape} for {n} inputs")
+    if logits.shape[1] < 2:
+        raise ValueError("model must return logits for at least 2 classes")
+
+
+def _resolve_device(device: Any) -> torch.device:
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def train_generator(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    cfg: GanConfig, device: Any = "cpu", init_state: Optional[Dict[str, torch.Tensor]] = None,
+                    progress: Optional[Callable[[str], None]] = None) -> TrainResult:
+    """Train an AdvGAN generator against ``model``.
+
+    ``model``: maps ``(N, *sample_shape)`` inputs on ``device`` to ``(N, K)``
+    logits; frozen (eval mode, no weight gradients) during training and
+    restored afterwards. ``x``: ``(N, *sample_shape)`` inputs inside
+    ``cfg.bounds``, ``y``: ``(N,)`` integer labels; any device (batches are
+    moved to ``device``). ``init_state``: a generator state dict to start
+    from (a warm start: ``mode="warm"``, ``warm_fraction`` of the budget).
+    ``progress``: called with at most ~10 one-line messages.
+    """
+    if not isinstance(cfg, GanConfig):
+        raise TypeError(f"cfg must be a GanConfig, got {type(cfg).__name__}")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("x and y must be tensors")
+    if x.dim() not in (2, 4):
+        raise ValueError(f"x must have shape (N, D) or (N, C, H, W), got {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if x.shape[0] < 2:
+        raise ValueError(f"x must hold at least 2 samples, got {x.shape[0]}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    dev = _resolve_device(device)
+    with frozen_model(model), torch.random.fork_rng(devices=[]):
+        return _train(model, x, y.long(), cfg, dev, init_state, progress)
+
+
+def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress) -> TrainResult:
+    t0 = time.perf_counter()
+    cuda = dev.type == "cuda"
+    say = _Progress(progress)
+    sample_shape = tuple(x.shape[1:])
+    use_gan = cfg.gan_weight > 0
+    gen, disc = _seeded_networks(sample_shape, cfg, use_gan)
+    mode = "cold"
+    if init_state is not None:
+        gen.load_state_dict(init_state)
+        mode = "warm"
+    budget_steps = cfg.max_steps if mode == "cold" else max(1, int(math.ceil(cfg.max_steps * cfg.warm_fraction)))
+    budget_seconds = cfg.max_seconds if mode == "cold" else cfg.max_seconds * cfg.warm_fraction
+
+    # Mixed precision for the training steps; channels_last only for our own networks on CUDA.
+    amp = _bf16_autocast(dev) if cfg.precision == "auto" else None
+
+    def autocast():
+        return amp() if amp is not None else _null()
+
+    def fp32():
+        return _null()
+    image = x.dim() == 4
+    mem_fmt = torch.channels_last if (cuda and image) else torch.contiguous_format
+    gen = gen.to(dev, memory_format=mem_fmt)
+    if disc is not None:
+        disc = disc.to(dev, memory_format=mem_fmt)
+
+    # Split: held-out samples drive early stopping.
+    g_split = torch.Generator().manual_seed(cfg.seed)
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=g_split)
+    n_hold = min(cfg.holdout_max, int(round(n * cfg.holdout_fraction)))
+    if n - n_hold < 2:
+        n_hold = 0
+    hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
+    if n_hold == 0:
+        hold_idx = train_idx
+    x_src = x.detach()
+    if cuda and x_src.device != dev and x_src.numel() * x_src.element_size() <= _DEVICE_DATA_LIMIT:
+        x_src = x_src.to(dev)
+    y_src = y.to(x_src.device)
+    x_hold, y_hold = x_src[hold_idx.to(x_src.device)], y[hold_idx.to(y.device)].cpu()
+    clean_pred = _predict(model, x_hold, dev, _EVAL_BATCH, fp32)
+    correct = clean_pred == y_hold
+
+    def evaluate() -> float:
+        gen.eval()
+        preds = []
+        with torch.no_grad():
+            for s in range(0, x_hold.shape[0], _EVAL_BATCH):
+                xb = x_hold[s:s + _EVAL_BATCH].to(dev, non_blocking=True)
+                x_adv = gen(xb.contiguous(memory_format=mem_fmt) if image else xb)
+                logits = model(x_adv)
+                preds.append(logits.float().argmax(dim=1).cpu())
+        gen.train()
+        fooled = torch.cat(preds) != y_hold
+        if bool(correct.any()):
+            return float(fooled[correct].float().mean())
+        return float(fooled.float().mean())
+
+    batch = cfg.batch_size * (CUDA_BATCH_FACTOR if cuda else 1)
+    batch = max(2, min(batch, train_idx.numel()))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999)) if disc is not None else None
+    lr_at = _cosine(cfg.lr, cfg.lr * cfg.lr_final, budget_steps)
+    g_order = torch.Generator().manual_seed(cfg.seed + 2)
+
+    say(f"training GAN generator on {dev} ({mode}): {train_idx.numel()} samples, "
+        f"{n_hold} held out, up to {budget_steps} steps or {budget_seconds:.0f} s")
+    gen.train()
+    history: List[Tuple[int, float]] = []
+    best = evaluate()
+    history.append((0, best))
+    best_state = _clone_state(gen)
+    best_step, stale, step, reason = 0, 0, 0, "max_steps"
+    next_report = 1
+    order = torch.empty(0, dtype=torch.long)
+    pos = 0
+    if best >= cfg.target_success:
+        reason = "target"
+    while reason != "target" and step < budget_steps:
+        if time.perf_counter() - t0 >= budget_seconds:
+            reason = "max_seconds"
+            break
+        if pos + batch > order.numel():
+            order = train_idx[torch.randperm(train_idx.numel(), generator=g_order)]
+            pos = 0
+        idx = order[pos:pos + batch]
+        pos += batch
+        xb = x_src[idx.to(x_src.device)].to(dev, non_blocking=True)
+        yb = y_src[idx.to(y_src.device)].to(dev, non_blocking=True)
+        if image:
+            xb = xb.contiguous(memory_format=mem_fmt)
+        lr = lr_at(step)
+        for opt in (opt_g, opt_d):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+
+        # Generator step (the discriminator's weights are frozen meanwhile) ...
+        if disc is not None:
+            disc.requires_grad_(False)
+        with autocast():
+            x_adv = gen(xb)
+            logits = model(x_adv)
+            adv_loss = margin(logits, yb).clamp(min=-cfg.kappa).mean()
+            loss = cfg.adv_weight * adv_loss
+            if disc is not None:
+                loss = loss + cfg.gan_weight * ((disc(x_adv).float() - 1) ** 2).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        # ... then the discriminator step on the same (detached) adversarial batch.
+        if disc is not None:
+            disc.requires_grad_(True)
+            with autocast():
+                d_loss = 0.5 * (((disc(xb).float() - 1) ** 2).mean()
+                                + (disc(x_adv.detach()).float() ** 2).mean())
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"GAN training diverged at step {step + 1} (loss is not finite)")
+        step += 1
+
+        if step % cfg.eval_every == 0 or step == budget_steps:
+            success = evaluate()
+            history.append((step, success))
+            if success > best:
+                best, best_state, best_step, stale = success, _clone_state(gen), step, 0
+            else:
+                stale += 1
+            elapsed = time.perf_counter() - t0
+            frac = max(step / budget_steps, elapsed / budget_seconds)
+            if frac * 8 >= next_report:
+                next_report = int(frac * 8) + 1
+                say(f"step {step}/{budget_steps}, {elapsed:.0f} s: held-out success "
+                    f"{success:.3f} (best {best:.3f})")
+            if best >= cfg.target_success:
+                reason = "target"
+            elif stale >= cfg.patience:
+                reason = "patience"
+                break
+    if history[-1][0] != step:  # stopped between evaluations (time budget)
+        success = evaluate()
+        history.append((step, success))
+        if success > best:
+            best, best_state, best_step = success, _clone_state(gen), step
+    gen.load_state_dict(best_state)
+    gen.eval()
+    seconds = time.perf_counter() - t0
+    say(f"done: {step} steps in {seconds:.1f} s ({reason}), best held-out success {best:.3f} "
+        f"at step {best_step}")
+    return TrainResult(generator=gen, steps=step, seconds=seconds, device=str(dev),
+                       holdout_success=best, mode=mode, stop_reason=reason, history=history)
+
+
+def _bf16_autocast(dev: torch.device):
+    """A bfloat16 autocast factory for ``dev``, or ``None`` when bf16 would not be native there."""
+    try:
+        if dev.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        elif dev.type == "cpu":
+            native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        else:
+            native = False
+    except (AttributeError, RuntimeError):
+        native = False
+    if not native:
+        return None
+    return lambda: torch.autocast(dev.type, dtype=torch.bfloat16)
+
+
+def _clone_state(module: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _cosine(lr0: float, lr1: float, total: int) -> Callable[[int], float]:
+    def at(step: int) -> float:
+        t = min(1.0, step / max(1, total))
+        return lr1 + 0.5 * (lr0 - lr1) * (1 + math.cos(math.pi * t))
+    return at
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield
+
+
+class _Progress:
+    """Forwards at most ``_MAX_PROGRESS_LINES`` messages to ``progress``."""
+
+    def __init__(self, progress: Optional[Callable[[str], None]]):
+        self.progress = progress
+        self.count = 0
+
+    def __call__(self, msg: str) -> None:
+        if self.progress is None or self.count >= _MAX_PROGRESS_LINES:
+            return
+        self.count += 1
+        self.progress(f"advrobust gan: {msg}")
+
