@@ -268,8 +268,18 @@ def _progress(config: pytest.Config):
     if tr is None or config.get_verbosity() < 0:
         return None
 
+    capman = config.pluginmanager.get_plugin("capturemanager")
+
     def write(line: str) -> None:
-        tr.write_line(f"advrobust: {line}")
+        # Training runs inside a fixture, where output is captured: step out of
+        # capture so that long trainings show progress as they go.
+        text = line if line.startswith("advrobust") else f"advrobust: {line}"
+        if capman is None:
+            tr.write_line(text)
+            return
+        with capman.global_and_fixture_disabled():
+            tr.ensure_newline()
+            tr.write_line(text)
     return write
 
 

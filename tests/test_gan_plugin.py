@@ -58,6 +58,9 @@ def test_gan_is_the_default_and_the_second_run_is_a_cache_hit(blobs_repo):
     assert rep["training"]["steps"] > 0
     assert rep["adversarial_accuracy"] < rep["clean_accuracy"]  # the generator does fool it
     first.stdout.fnmatch_lines(["*test_default_is_gan*gan linf*PASS*cold * steps*"])
+    # training shows its progress as it goes (captured output would hide it)
+    first.stdout.fnmatch_lines(["advrobust gan: training GAN generator on cpu (cold)*",
+                                "advrobust gan: done: * steps*"])
     assert train_events(cache) == 1
 
     second = run(blobs_repo, *args)
@@ -69,8 +72,11 @@ def test_gan_is_the_default_and_the_second_run_is_a_cache_hit(blobs_repo):
     assert rep2["adversarial_accuracy"] == rep["adversarial_accuracy"]
     assert train_events(cache) == 1
 
-    third = run(blobs_repo, *args, "--advrobust-retrain")
+    assert "training GAN generator" not in second.stdout.str()
+
+    third = run(blobs_repo, *args, "--advrobust-retrain", "-q")
     third.assert_outcomes(passed=2)
+    assert "advrobust gan:" not in third.stdout.str()  # quiet under -q
     assert report(blobs_repo)["test_default_is_gan"]["training"]["mode"] == "cold"
     assert train_events(cache) == 2
 
