@@ -49,11 +49,12 @@ STEPS = 40
 BATCH = 250
 
 
-def bench_gan_config(cfg: AttackConfig, n_train: int, max_seconds: float, max_steps: int):
+def bench_gan_config(cfg: AttackConfig, n_train: int, max_seconds: float, max_steps: int,
+                     precision: str = "bf16"):
     """The benchmark's GAN settings: the defaults with a longer budget."""
     base = gan_attack_mod.default_gan_config(cfg, n_train)
     return base.replace(max_steps=max_steps, max_seconds=max_seconds, eval_every=max(50, max_steps // 20),
-                        patience=max_steps)
+                        patience=max_steps, precision=precision)
 
 
 def sync(device):
@@ -99,6 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=int, default=1000, help="first N test images to evaluate on")
     p.add_argument("--gan-seconds", type=float, default=720.0, help="GAN training time budget (s)")
     p.add_argument("--gan-steps", type=int, default=2000, help="GAN training step budget")
+    p.add_argument("--precision", default="bf16", choices=("auto", "bf16", "fp32"),
+                   help="GAN training precision (bf16 is native on this benchmark's CPU)")
     p.add_argument("--retrain", action="store_true", help="train the generator even if it is cached")
     p.add_argument("--skip-pgd", action="store_true", help="skip both PGD runs (for quick GAN experiments)")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
@@ -130,7 +133,8 @@ def main(argv=None) -> int:
 
     # GAN: train (or reuse) through the cache, then load it back as a fresh process would.
     cache_dir = work / "gan-cache"
-    gcfg = bench_gan_config(cfg, x_train.shape[0], args.gan_seconds, args.gan_steps)
+    gcfg = bench_gan_config(cfg, x_train.shape[0], args.gan_seconds, args.gan_steps,
+                            args.precision)
     ctx = AttackContext(device=device, train_x=x_train, train_y=y_train, cache_dir=cache_dir,
                         retrain=args.retrain, progress=lambda s: print(s, flush=True))
     _, facts = gan_attack_mod.obtain_generator(model, cfg, ctx, gan_cfg=gcfg)

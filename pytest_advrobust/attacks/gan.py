@@ -8,10 +8,20 @@ parallel workers train once), and otherwise trains: warm-started from the
 newest cached generator of the same *family* (the key without the model
 weights) when there is one, cold otherwise. ``cfg.refine > 0`` adds that many
 PGD steps started at the generator's output.
+
+Under ``torchrun`` (after :func:`pytest_advrobust.distributed.init_from_env`)
+every rank calls :func:`obtain_generator` with the same model, data and
+settings: the ranks first check that they computed the same key; rank 0 alone
+takes the cache lock, looks the key up (and a warm start) and broadcasts the
+decision; a hit is broadcast to the other ranks, a miss is trained by all
+ranks together (DistributedDataParallel), stored by rank 0 with a ``"train"``
+(or ``"warm"``) event, and a barrier follows. Every rank returns the same
+generator, and the entry is exactly the one a single process would load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,6 +33,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..errors import AdvRobustError
 from ..gan.networks import Generator, build_generator, generator_from_arch
 from ..gan.train import GanConfig, frozen_model, train_generator
 from .base import AttackConfig, AttackContext, Model, bound
@@ -150,6 +161,11 @@ def obtain_generator(model: Model, cfg: AttackConfig, ctx: AttackContext,
     key = _hash_parts(parts)
     family = _hash_parts(family_parts)
 
+    from .. import distributed
+
+    if distributed.is_distributed():
+        return _obtain_distributed(model, train_x, train_y, gcfg, ctx, key, family, arch, parts)
+
     memo = _MEMO.get(key)
     if memo is not None and (not ctx.retrain or memo[1]["mode"] in ("cold", "warm")):
         gen, facts = memo
@@ -193,12 +209,7 @@ def _through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext,
                 gen = _rebuild(arch, state, ctx, f"cache entry {key}")
                 if gen is not None:
                     cache.record_event("hit", key)
-                    return gen, {"mode": "cached", "steps": 0, "seconds": time.perf_counter() - t0,
-                                 "device": str(meta.get("device", ctx.device)) if isinstance(meta, dict)
-                                 else str(ctx.device),
-                                 "holdout_success": float(meta.get("holdout_success", float("nan")))
-                                 if isinstance(meta, dict) else float("nan"),
-                                 "key": key}
+                    return gen, _hit_facts(key, meta, ctx, time.perf_counter() - t0)
         init_state = None
         if not ctx.retrain:
             warm = cache.find_warm_start(family, exclude_key=key)
@@ -208,20 +219,171 @@ def _through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext,
                     init_state = w_state
         result = train_generator(model, train_x, train_y, gcfg, ctx.device, init_state=init_state,
                                  progress=_progress(ctx))
-        facts = _facts(result, key)
-        meta = {"format": FORMAT_VERSION, "family": family, "arch": arch, "gan": gcfg.to_dict(),
-                "model_class": parts["model_class"], "mode": result.mode, "steps": int(result.steps),
-                "seconds": float(result.seconds), "device": result.device,
-                "holdout_success": float(result.holdout_success), "created": time.time()}
-        state = {k: v.detach().to("cpu").contiguous() for k, v in result.generator.state_dict().items()}
-        try:
-            cache.store(key, state, meta)
-        except OSError as exc:
-            _warn(ctx, f"advrobust: could not store the trained generator in the cache ({exc}); "
-                       "it will be trained again next run")
+        _store(cache, ctx, key, family, arch, gcfg, parts, result)
+        return result.generator, _facts(result, key)
+
+
+def _store(cache, ctx: AttackContext, key: str, family: str, arch: Dict[str, Any], gcfg: GanConfig,
+           parts: Dict[str, Any], result) -> None:
+    """Store a freshly trained generator (the bare network's weights) and record the event."""
+    meta = {"format": FORMAT_VERSION, "family": family, "arch": arch, "gan": gcfg.to_dict(),
+            "model_class": parts["model_class"], "mode": result.mode, "steps": int(result.steps),
+            "seconds": float(result.seconds), "device": result.device,
+            "holdout_success": float(result.holdout_success), "created": time.time()}
+    if getattr(result, "world_size", 1) > 1:
+        from .. import distributed
+
+        meta["distributed"] = {"world_size": int(result.world_size), "backend": distributed.backend(),
+                               "samples_per_rank": [int(n) for n in result.rank_samples]}
+    gen = getattr(result.generator, "module", result.generator)  # never a wrapper's prefixed names
+    state = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
+    try:
+        cache.store(key, state, meta)
+    except OSError as exc:
+        _warn(ctx, f"advrobust: could not store the trained generator in the cache ({exc}); "
+                   "it will be trained again next run")
+    else:
+        cache.record_event("warm" if result.mode == "warm" else "train", key)
+
+
+def _hit_facts(key: str, meta: Any, ctx: AttackContext, seconds: float) -> Dict[str, Any]:
+    return {"mode": "cached", "steps": 0, "seconds": seconds,
+            "device": str(meta.get("device", ctx.device)) if isinstance(meta, dict) else str(ctx.device),
+            "holdout_success": float(meta.get("holdout_success", float("nan")))
+            if isinstance(meta, dict) else float("nan"),
+            "key": key}
+
+
+# --------------------------------------------------------------------------- several processes
+def _check_ranks_agree(key: str, device: Any) -> None:
+    """Every rank must train the same generator, each on a device of its own type and index."""
+    import socket
+
+    from .. import distributed
+    from ..gan.train import _resolve_device
+
+    dev = _resolve_device(device)
+    everyone = distributed.all_gather_object((key, socket.gethostname(), dev.type, dev.index))
+    differ = [r for r, (k, _, _, _) in enumerate(everyone) if k != everyone[0][0]]
+    if differ:
+        ranks = ", ".join(map(str, differ))
+        raise AdvRobustError(
+            f"under torchrun every rank must train the same GAN generator, but rank(s) {ranks} computed "
+            "another cache key than rank 0: the model's weights, the GAN training data or the settings "
+            "differ between ranks (build and seed them the same way on every rank)")
+    types = sorted({t for _, _, t, _ in everyone})
+    if len(types) > 1:
+        raise AdvRobustError(f"under torchrun all ranks must train on the same kind of device, "
+                             f"but they use {' and '.join(types)}")
+    if types == ["cuda"]:
+        seen: Dict[Tuple[str, Any], int] = {}
+        for r, (_, host, _, index) in enumerate(everyone):
+            if (host, index) in seen:
+                raise AdvRobustError(
+                    f"under torchrun ranks {seen[(host, index)]} and {r} would both train on cuda:{index} "
+                    f"of {host}: give each rank its own GPU with --advrobust-device=auto (or cuda), "
+                    "which uses cuda:LOCAL_RANK, and start at most one rank per GPU")
+            seen[(host, index)] = r
+
+
+def _obtain_distributed(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, key: str,
+                        family: str, arch: Dict[str, Any], parts: Dict[str, Any]):
+    """:func:`obtain_generator` on every rank of the process group (same calls, same order)."""
+    from .. import distributed
+
+    _check_ranks_agree(key, ctx.device)
+    memo = _MEMO.get(key)
+    usable = memo is not None and (not ctx.retrain or memo[1]["mode"] in ("cold", "warm"))
+    if distributed.all_true(usable):
+        gen, facts = memo
+        return gen.to(ctx.device).eval(), dict(facts, mode="cached", steps=0, seconds=0.0)
+
+    lead = distributed.rank() == 0
+    use_cache = distributed.broadcast_object(ctx.cache_dir is not None)  # rank 0's view decides
+    error: Optional[Exception] = None
+    try:
+        if not use_cache:
+            result = train_generator(model, train_x, train_y, gcfg, ctx.device,
+                                     progress=_progress(ctx) if lead else None, distributed=True)
+            gen, facts = result.generator, _facts(result, key)
+        elif lead:
+            gen, facts = _lead_through_cache(model, train_x, train_y, gcfg, ctx, key, family, arch, parts)
         else:
-            cache.record_event("warm" if result.mode == "warm" else "train", key)
-        return result.generator, facts
+            gen, facts = _follow_through_cache(model, train_x, train_y, gcfg, ctx, key, arch)
+    except Exception as exc:  # reach the closing collective anyway, so that no rank is left waiting
+        error = exc
+    # The closing sync: the entry is stored before any rank goes on, and all ranks fail together.
+    everyone_ok = distributed.all_true(error is None)
+    if error is not None:
+        raise error
+    if not everyone_ok:
+        raise RuntimeError("another rank failed to obtain the GAN generator (its error is in its own output)")
+    gen = gen.to(ctx.device).eval()
+    _MEMO[key] = (gen, dict(facts))
+    return gen, facts
+
+
+def _lead_through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, key: str,
+                        family: str, arch: Dict[str, Any], parts: Dict[str, Any]):
+    """Rank 0: look up under the lock, broadcast the decision, store what all ranks trained.
+
+    Every path broadcasts exactly one decision (``hit``, ``train`` or ``error``), also when
+    taking the lock or reading the cache fails, so that the other ranks never wait for it.
+    """
+    from .. import distributed
+    from ..cache import GanCache
+
+    cache = GanCache(ctx.cache_dir, warn=ctx.warn)
+    with contextlib.ExitStack() as locked:
+        try:
+            locked.enter_context(cache.lock(key))
+            hit, init_state, t0 = None, None, time.perf_counter()
+            if not ctx.retrain:
+                loaded = cache.load(key)
+                if loaded is not None:
+                    state, meta = loaded
+                    gen = _rebuild(arch, state, ctx, f"cache entry {key}")
+                    if gen is not None:
+                        hit = (gen, _hit_facts(key, meta, ctx, time.perf_counter() - t0))
+            if hit is None and not ctx.retrain:
+                warm = cache.find_warm_start(family, exclude_key=key)
+                if warm is not None:
+                    w_key, w_state, _ = warm
+                    if _rebuild(arch, w_state, ctx, f"warm-start entry {w_key}") is not None:
+                        init_state = w_state
+        except Exception as exc:  # let the other ranks stop too instead of waiting
+            distributed.broadcast_object({"action": "error", "message": f"{type(exc).__name__}: {exc}"})
+            raise
+        if hit is not None:
+            distributed.broadcast_object({"action": "hit", "facts": hit[1]})
+            distributed.broadcast_state(hit[0].state_dict())
+            cache.record_event("hit", key)
+            return hit
+        distributed.broadcast_object({"action": "train"})
+        result = train_generator(model, train_x, train_y, gcfg, ctx.device, init_state=init_state,
+                                 progress=_progress(ctx), distributed=True)
+        _store(cache, ctx, key, family, arch, gcfg, parts, result)
+        return result.generator, _facts(result, key)
+
+
+def _follow_through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, key: str,
+                          arch: Dict[str, Any]):
+    """Ranks other than 0: do what rank 0 decided."""
+    from .. import distributed
+
+    decision = distributed.broadcast_object(None)
+    action = decision.get("action") if isinstance(decision, dict) else None
+    if action == "hit":
+        state = distributed.broadcast_state(None)
+        gen = _rebuild(arch, state, ctx, f"cache entry {key} from rank 0")
+        if gen is None:  # cannot happen: rank 0 rebuilt the same architecture from it
+            raise RuntimeError(f"the cache entry {key} broadcast by rank 0 does not fit this rank's generator")
+        return gen, dict(decision["facts"])
+    if action == "train":
+        result = train_generator(model, train_x, train_y, gcfg, ctx.device, distributed=True)
+        return result.generator, _facts(result, key)
+    message = decision.get("message") if isinstance(decision, dict) else repr(decision)
+    raise RuntimeError(f"rank 0 could not look up GAN cache entry {key}: {message}")
 
 
 def _rebuild(arch: Dict[str, Any], state: Dict[str, torch.Tensor], ctx: AttackContext,

@@ -18,6 +18,20 @@ training stops after ``patience`` evaluations without improvement, at
 Reproducibility: weights are initialised and batches drawn from generators
 seeded with ``seed``; on the CPU the same inputs and seed give bit-identical
 weights (unless ``max_seconds`` cuts the training short).
+
+Several processes (``advrobust warm`` under ``torchrun``, see
+:mod:`pytest_advrobust.distributed`): the generator and discriminator are
+wrapped in DistributedDataParallel. Every rank draws the same global batch
+from the same seeded generator and trains on its own contiguous 1/W slice of
+it, with its loss weighted by the slice's share, so the all-reduced gradient
+is the gradient of the single-process loss on the global batch (batch norm
+layers normalise each slice with its own statistics, as usual under DDP). The
+weights and buffers are broadcast from rank 0 before every held-out
+evaluation; the evaluation is sharded over the ranks and its counts summed,
+so every rank gets the same number and makes the same early-stopping
+decision; rank 0's clock alone decides ``max_seconds``, and a non-finite loss
+on any rank stops all of them. Every rank ends with the same weights. The
+settings (and so the cache key) do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -61,8 +75,11 @@ class GanConfig:
     width, n_res: generator capacity (``None``: the network's default).
     precision: ``"auto"`` trains the generator and discriminator (and runs
       the model's forward/backward) under bfloat16 autocast on CUDA devices
-      and CPUs with native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere;
-      ``"fp32"`` always uses float32. Held-out evaluation is always float32.
+      and in float32 on the CPU, where bf16 kernels cost seconds of start-up
+      on small networks and make weights depend on the CPU type; ``"bf16"``
+      also uses bfloat16 on CPUs with native support (AVX512-BF16 or AMX),
+      which pays off for long trainings; ``"fp32"`` always uses float32.
+      Held-out evaluation is always float32.
     """
 
     eps: float
@@ -129,8 +146,8 @@ class GanConfig:
             bad("width", "None or an integer >= 2")
         if self.n_res is not None and (not _is_int(self.n_res) or self.n_res < 0):
             bad("n_res", "None or a non-negative integer")
-        if self.precision not in ("auto", "fp32"):
-            bad("precision", "'auto' or 'fp32'")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            bad("precision", "'auto', 'bf16' or 'fp32'")
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-able dict of every field (``bounds`` as a list)."""
@@ -157,6 +174,8 @@ class TrainResult:
     ``generator`` is in eval mode on the training device; ``holdout_success``
     is the best held-out success (the state kept); ``mode`` is ``"cold"`` or
     ``"warm"``; ``history`` lists ``(step, held-out success)`` per evaluation.
+    ``world_size`` is the number of processes that trained together and
+    ``rank_samples`` the number of training samples each of them processed.
     """
 
     generator: Generator
@@ -167,6 +186,8 @@ class TrainResult:
     mode: str
     stop_reason: str = ""
     history: List[Tuple[int, float]] = field(default_factory=list)
+    world_size: int = 1
+    rank_samples: List[int] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- model guard
@@ -240,7 +261,8 @@ def _resolve_device(device: Any) -> torch.device:
 
 def train_generator(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                     cfg: GanConfig, device: Any = "cpu", init_state: Optional[Dict[str, torch.Tensor]] = None,
-                    progress: Optional[Callable[[str], None]] = None) -> TrainResult:
+                    progress: Optional[Callable[[str], None]] = None,
+                    distributed: Optional[bool] = None) -> TrainResult:
     """Train an AdvGAN generator against ``model``.
 
     ``model``: maps ``(N, *sample_shape)`` inputs on ``device`` to ``(N, K)``
@@ -249,7 +271,12 @@ def train_generator(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     ``cfg.bounds``, ``y``: ``(N,)`` integer labels; any device (batches are
     moved to ``device``). ``init_state``: a generator state dict to start
     from (a warm start: ``mode="warm"``, ``warm_fraction`` of the budget).
-    ``progress``: called with at most ~10 one-line messages.
+    ``progress``: called with at most ~10 one-line messages (on rank 0 only).
+    ``distributed``: train with every rank of the process group that
+    :func:`pytest_advrobust.distributed.init_from_env` set up (every rank
+    must call this with the same model, data and settings); ``None`` (the
+    default) does so whenever that group has more than one process. In
+    distributed mode ``init_state`` and the warm/cold decision are rank 0's.
     """
     if not isinstance(cfg, GanConfig):
         raise TypeError(f"cfg must be a GanConfig, got {type(cfg).__name__}")
@@ -264,26 +291,35 @@ def train_generator(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     if not torch.is_floating_point(x):
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     dev = _resolve_device(device)
+    if distributed is None:
+        from .. import distributed as _dd
+
+        distributed = _dd.is_distributed()
+    sync = _Sync(bool(distributed))
     with frozen_model(model), torch.random.fork_rng(devices=[]):
-        return _train(model, x, y.long(), cfg, dev, init_state, progress)
+        return _train(model, x, y.long(), cfg, dev, init_state, progress, sync)
 
 
-def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress) -> TrainResult:
+def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
+           sync: "_Sync") -> TrainResult:
     t0 = time.perf_counter()
     cuda = dev.type == "cuda"
-    say = _Progress(progress)
+    say = _Progress(progress if sync.rank == 0 else None)
     sample_shape = tuple(x.shape[1:])
     use_gan = cfg.gan_weight > 0
     gen, disc = _seeded_networks(sample_shape, cfg, use_gan)
     mode = "cold"
+    warm = sync.broadcast_flag(init_state is not None)  # rank 0's decision
     if init_state is not None:
         gen.load_state_dict(init_state)
+    if warm:
         mode = "warm"
     budget_steps = cfg.max_steps if mode == "cold" else max(1, int(math.ceil(cfg.max_steps * cfg.warm_fraction)))
     budget_seconds = cfg.max_seconds if mode == "cold" else cfg.max_seconds * cfg.warm_fraction
 
     # Mixed precision for the training steps; channels_last only for our own networks on CUDA.
-    amp = _bf16_autocast(dev) if cfg.precision == "auto" else None
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
+    amp = _bf16_autocast(dev) if use_bf16 else None
 
     def autocast():
         return amp() if amp is not None else _null()
@@ -295,6 +331,8 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress)
     gen = gen.to(dev, memory_format=mem_fmt)
     if disc is not None:
         disc = disc.to(dev, memory_format=mem_fmt)
+    # What the training steps call: the networks themselves, or their DDP wrappers.
+    gen_step, disc_step = sync.wrap(gen, dev), sync.wrap(disc, dev) if disc is not None else None
 
     # Split: held-out samples drive early stopping.
     g_split = torch.Generator().manual_seed(cfg.seed)
@@ -306,6 +344,8 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress)
     hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
     if n_hold == 0:
         hold_idx = train_idx
+    if sync.active:  # each rank evaluates its share of the held-out samples
+        hold_idx = hold_idx[sync.rank::sync.world]
     x_src = x.detach()
     if cuda and x_src.device != dev and x_src.numel() * x_src.element_size() <= _DEVICE_DATA_LIMIT:
         x_src = x_src.to(dev)
@@ -315,6 +355,7 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress)
     correct = clean_pred == y_hold
 
     def evaluate() -> float:
+        sync.sync_module(gen)  # identical weights and batch-norm statistics on every rank
         gen.eval()
         preds = []
         with torch.no_grad():
@@ -324,19 +365,31 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress)
                 logits = model(x_adv)
                 preds.append(logits.float().argmax(dim=1).cpu())
         gen.train()
-        fooled = torch.cat(preds) != y_hold
+        fooled = (torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)) != y_hold
+        if sync.active:
+            n_fc, n_c, n_f, n_all = sync.sum_ints([int((fooled & correct).sum()), int(correct.sum()),
+                                                   int(fooled.sum()), int(fooled.numel())])
+            if n_c > 0:
+                return n_fc / n_c
+            return n_f / n_all if n_all > 0 else 0.0
         if bool(correct.any()):
             return float(fooled[correct].float().mean())
         return float(fooled.float().mean())
 
     batch = cfg.batch_size * (CUDA_BATCH_FACTOR if cuda else 1)
     batch = max(2, min(batch, train_idx.numel()))
+    if sync.active:  # at least 2 samples per rank (batch norm in training mode)
+        if train_idx.numel() < 2 * sync.world:
+            raise ValueError(f"{train_idx.numel()} training samples are too few for {sync.world} "
+                             "processes (at least 2 per process)")
+        batch = max(batch, 2 * sync.world)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999)) if disc is not None else None
     lr_at = _cosine(cfg.lr, cfg.lr * cfg.lr_final, budget_steps)
     g_order = torch.Generator().manual_seed(cfg.seed + 2)
 
-    say(f"training GAN generator on {dev} ({mode}): {train_idx.numel()} samples, "
+    procs = f" x {sync.world} processes" if sync.active else ""
+    say(f"training GAN generator on {dev}{procs} ({mode}): {train_idx.numel()} samples, "
         f"{n_hold} held out, up to {budget_steps} steps or {budget_seconds:.0f} s")
     gen.train()
     history: List[Tuple[int, float]] = []
@@ -349,8 +402,12 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress)
     pos = 0
     if best >= cfg.target_success:
         reason = "target"
+    samples = 0
+    # Distributed: rank 0's clock decides, agreed on once per step (with the loss check).
+    clock_up = sync.broadcast_flag(time.perf_counter() - t0 >= budget_seconds) if sync.active else False
     while reason != "target" and step < budget_steps:
-        if time.perf_counter() - t0 >= budget_seconds:
+        out_of_time = clock_up if sync.active else time.perf_counter() - t0 >= budget_seconds
+        if out_of_time:
             reason = "max_seconds"
             break
         if pos + batch > order.numel():
@@ -358,6 +415,12 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress)
             pos = 0
         idx = order[pos:pos + batch]
         pos += batch
+        share = 1.0
+        if sync.active:  # this rank's slice; its loss weighted so that the DDP mean is the global mean
+            n_global = idx.numel()
+            idx = idx.tensor_split(sync.world)[sync.rank]
+            share = idx.numel() * sync.world / n_global
+        samples += idx.numel()
         xb = x_src[idx.to(x_src.device)].to(dev, non_blocking=True)
         yb = y_src[idx.to(y_src.device)].to(dev, non_blocking=True)
         if image:
@@ -372,25 +435,33 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress)
         if disc is not None:
             disc.requires_grad_(False)
         with autocast():
-            x_adv = gen(xb)
+            x_adv = gen_step(xb)
             logits = model(x_adv)
             adv_loss = margin(logits, yb).clamp(min=-cfg.kappa).mean()
             loss = cfg.adv_weight * adv_loss
-            if disc is not None:
+            if disc is not None:  # the bare discriminator: its DDP wrapper reduces only in its own step
                 loss = loss + cfg.gan_weight * ((disc(x_adv).float() - 1) ** 2).mean()
         opt_g.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share if sync.active else loss).backward()
         opt_g.step()
         # ... then the discriminator step on the same (detached) adversarial batch.
         if disc is not None:
             disc.requires_grad_(True)
             with autocast():
-                d_loss = 0.5 * (((disc(xb).float() - 1) ** 2).mean()
-                                + (disc(x_adv.detach()).float() ** 2).mean())
+                if sync.active:  # one forward per backward under DDP: real and fake in one batch
+                    scores = disc_step(torch.cat([xb, x_adv.detach()])).float()
+                    real, fake = scores[:xb.shape[0]], scores[xb.shape[0]:]
+                    d_loss = 0.5 * (((real - 1) ** 2).mean() + (fake ** 2).mean()) * share
+                else:
+                    d_loss = 0.5 * (((disc(xb).float() - 1) ** 2).mean()
+                                    + (disc(x_adv.detach()).float() ** 2).mean())
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-        if not torch.isfinite(loss.detach()):
+        bad = not bool(torch.isfinite(loss.detach()))
+        if sync.active:
+            bad, clock_up = sync.any_flags([bad, sync.rank == 0 and time.perf_counter() - t0 >= budget_seconds])
+        if bad:
             raise FloatingPointError(f"GAN training diverged at step {step + 1} (loss is not finite)")
         step += 1
 
@@ -417,13 +488,95 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress)
         history.append((step, success))
         if success > best:
             best, best_state, best_step = success, _clone_state(gen), step
+    if sync.active:  # hand back a generator without DDP's hooks on its parameters
+        del gen_step, disc_step
+        gen, _ = _seeded_networks(sample_shape, cfg, False)
+        gen = gen.to(dev, memory_format=mem_fmt)
     gen.load_state_dict(best_state)
     gen.eval()
+    rank_samples = sync.per_rank(samples)
     seconds = time.perf_counter() - t0
     say(f"done: {step} steps in {seconds:.1f} s ({reason}), best held-out success {best:.3f} "
         f"at step {best_step}")
     return TrainResult(generator=gen, steps=step, seconds=seconds, device=str(dev),
-                       holdout_success=best, mode=mode, stop_reason=reason, history=history)
+                       holdout_success=best, mode=mode, stop_reason=reason, history=history,
+                       world_size=sync.world, rank_samples=rank_samples)
+
+
+class _Sync:
+    """The collectives of one training; all trivial for a single process."""
+
+    def __init__(self, active: bool):
+        self.active = False
+        self.rank, self.world = 0, 1
+        if active:
+            from .. import distributed as dd
+
+            if not dd.is_distributed():
+                raise RuntimeError("distributed training needs pytest_advrobust.distributed.init_from_env() "
+                                   "to have joined a process group of more than one process")
+            import torch.distributed as dist
+
+            self.active, self.dist = True, dist
+            self.rank, self.world = dd.rank(), dd.world_size()
+            self.dev = dd.collective_device()
+
+    def wrap(self, module: nn.Module, dev: torch.device) -> nn.Module:
+        """``module`` in DistributedDataParallel (buffers are synchronised before evaluations instead)."""
+        if not self.active:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        import inspect
+
+        kwargs = {"device_ids": [dev.index] if dev.type == "cuda" else None}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+            kwargs["forward_sync_buffers"] = False  # torch >= 2.12 (buffers still synced at init)
+        else:
+            kwargs["broadcast_buffers"] = False
+        return DistributedDataParallel(module, **kwargs)
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank."""
+        if not self.active:
+            return bool(flag)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.dev)
+        self.dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def any_flags(self, flags: List[bool]) -> List[bool]:
+        """Per position: true when true on some rank."""
+        t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=self.dev)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def sum_ints(self, values: List[int]) -> List[int]:
+        t = torch.tensor(values, dtype=torch.int64, device=self.dev)
+        self.dist.all_reduce(t)
+        return [int(v) for v in t.tolist()]
+
+    def per_rank(self, value: int) -> List[int]:
+        """Every rank's ``value``, in rank order."""
+        if not self.active:
+            return [int(value)]
+        one_hot = [0] * self.world
+        one_hot[self.rank] = int(value)
+        return self.sum_ints(one_hot)
+
+    def sync_module(self, module: nn.Module) -> None:
+        """Overwrite every parameter and buffer with rank 0's."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            for t in module.state_dict().values():  # views of the module's own tensors
+                if not isinstance(t, torch.Tensor):
+                    continue
+                if t.is_contiguous():
+                    self.dist.broadcast(t, src=0)
+                else:
+                    c = t.contiguous()
+                    self.dist.broadcast(c, src=0)
+                    t.copy_(c)
 
 
 def _bf16_autocast(dev: torch.device):
