@@ -1,6 +1,7 @@
-"""Fashion-MNIST for the benchmarks: an IDX ``.gz`` reader and the small reference CNN.
+"""Fashion-MNIST for the benchmarks: the data (through the plugin's IDX reader) and the
+small reference CNN.
 
-The reader uses numpy only. The CNN is conv(1->32, 3) ReLU, conv(32->64, 3)
+The CNN is conv(1->32, 3) ReLU, conv(32->64, 3)
 ReLU, max-pool 2, fc(9216->128) ReLU, fc(128->10), trained with Adam (lr
 1e-3), batch 128, 2 epochs, seed 0; its weights are kept in a work folder so
 that reruns load them instead of training again.
@@ -8,47 +9,20 @@ that reruns load them instead of training again.
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 
 DEFAULT_ROOT = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into a numpy array."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic)")
-    code, ndim = data[2], data[3]
-    if code not in _DTYPES:
-        raise ValueError(f"{path}: unknown IDX element type 0x{code:02x}")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    dtype = np.dtype(_DTYPES[code])
-    count = int(np.prod(dims)) if dims else 1
-    body = np.frombuffer(data, dtype=dtype, count=count, offset=4 + 4 * ndim)
-    return body.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
 def load_split(split: str, root: Path = DEFAULT_ROOT) -> Tuple["torch.Tensor", "torch.Tensor"]:
     """``split`` "train" or "test" -> (x float32 (N, 1, 28, 28) in [0, 1], y int64 (N,))."""
-    import torch
+    from pytest_advrobust.data import load_idx_dataset
 
-    prefix = {"train": "train", "test": "t10k"}[split]
-    root = Path(root)
-    images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
-    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
-    y = torch.from_numpy(labels.astype(np.int64))
-    return x, y
+    return load_idx_dataset(root, split)
 
 
 def small_cnn() -> "torch.nn.Module":

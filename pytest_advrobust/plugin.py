@@ -76,6 +76,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "(default 0.02)",
         "missing_baseline": "what a test without a baseline entry does under "
                             "--advrobust-compare: fail, warn (default), skip",
+        "threads": "torch threads while attacking and training (default: torch's own "
+                   "setting; 1 is often fastest for small models on shared CI machines)",
     }
     for name, (opt, ini, parse) in VALUE_OPTIONS.items():
         group.addoption(opt, type=parse, default=None, metavar=name.upper(),
@@ -263,6 +265,16 @@ def _fixture_value(request: pytest.FixtureRequest, name: str, role: str, arg: st
             f"or name another fixture with robust({arg}=...) or the ini option {ini}") from None
 
 
+def _user_objects(request: pytest.FixtureRequest, settings: RobustSettings):
+    """The user's model, evaluation data and (optional) GAN training data."""
+    model = _fixture_value(request, settings.model, "model", "model", "advrobust_model_fixture")
+    data = _fixture_value(request, settings.data, "evaluation data", "data",
+                          "advrobust_data_fixture")
+    train = _fixture_value(request, settings.train_data, "GAN training data", "",
+                           "advrobust_train_data_fixture", optional=True)
+    return model, data, train
+
+
 def _progress(config: pytest.Config):
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is None or config.get_verbosity() < 0:
@@ -289,15 +301,10 @@ def _warn(message: str) -> None:
 
 def _outcome(request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
     """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
-    from .runner import run_evaluation
+    from .runner import run_evaluation, torch_threads
 
     state = _state(request.config)
-    model = _fixture_value(request, settings.model, "model", "model",
-                           "advrobust_model_fixture")
-    data = _fixture_value(request, settings.data, "evaluation data", "data",
-                          "advrobust_data_fixture")
-    train = _fixture_value(request, settings.train_data, "GAN training data", "",
-                           "advrobust_train_data_fixture", optional=True)
+    model, data, train = _user_objects(request, settings)
     key = (id(model), id(data), id(train), settings.evaluation_key())
     hit = state.outcomes.get(key)
     if hit is not None:  # same numbers; this test's own threshold and tolerance
@@ -305,10 +312,11 @@ def _outcome(request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
         if training is not None:  # nothing was trained for this test
             training = dict(training, mode="cached", steps=0, seconds=0.0)
         return dataclasses.replace(hit[0], settings=settings, training=training)
-    outcome = run_evaluation(model, data, settings, train_data=train,
-                             cache_dir=state.cache_dir, retrain=state.retrain,
-                             progress=_progress(request.config), warn=_warn,
-                             quiet=request.config.get_verbosity() < 0)
+    with torch_threads(state.values["threads"]):
+        outcome = run_evaluation(model, data, settings, train_data=train,
+                                 cache_dir=state.cache_dir, retrain=state.retrain,
+                                 progress=_progress(request.config), warn=_warn,
+                                 quiet=request.config.get_verbosity() < 0)
     state.outcomes[key] = (outcome, model, data, train)  # keep objects alive: ids stay unique
     return outcome
 
@@ -319,17 +327,15 @@ def _fail_cleanly(exc: AdvRobustError) -> None:
 
 def _warm_only(request: pytest.FixtureRequest, settings: RobustSettings) -> None:
     """``--advrobust-warm``: obtain the generators this test needs, then skip it."""
+    from .runner import torch_threads
     from .warm import warm_generators
 
     state = _state(request.config)
-    model = _fixture_value(request, settings.model, "model", "model", "advrobust_model_fixture")
-    data = _fixture_value(request, settings.data, "evaluation data", "data",
-                          "advrobust_data_fixture")
-    train = _fixture_value(request, settings.train_data, "GAN training data", "",
-                           "advrobust_train_data_fixture", optional=True)
-    facts = warm_generators(model, data, settings, train_data=train,
-                            cache_dir=state.cache_dir, retrain=state.retrain,
-                            progress=_progress(request.config), warn=_warn)
+    model, data, train = _user_objects(request, settings)
+    with torch_threads(state.values["threads"]):
+        facts = warm_generators(model, data, settings, train_data=train,
+                                cache_dir=state.cache_dir, retrain=state.retrain,
+                                progress=_progress(request.config), warn=_warn)
     modes = ", ".join(f"eps={f['eps']:g}: {f['mode']}" for f in facts) or "no GAN attack"
     pytest.skip(f"advrobust warm: {modes}")
 
@@ -372,20 +378,17 @@ def adversarial_batch(request: pytest.FixtureRequest):
 def gan_generator(request: pytest.FixtureRequest):
     """The trained (or cached) generator for this test's model, data and settings:
     an ``nn.Module`` in eval mode whose output on ``x`` is a bounded ``x_adv``."""
+    from .runner import torch_threads
     from .warm import generator_for
 
     state = _state(request.config)
     try:
         settings = _settings_for(request, require_threshold=False)
-        model = _fixture_value(request, settings.model, "model", "model",
-                               "advrobust_model_fixture")
-        data = _fixture_value(request, settings.data, "evaluation data", "data",
-                              "advrobust_data_fixture")
-        train = _fixture_value(request, settings.train_data, "GAN training data", "",
-                               "advrobust_train_data_fixture", optional=True)
-        return generator_for(model, data, settings, train_data=train,
-                             cache_dir=state.cache_dir, retrain=state.retrain,
-                             progress=_progress(request.config), warn=_warn)
+        model, data, train = _user_objects(request, settings)
+        with torch_threads(state.values["threads"]):
+            return generator_for(model, data, settings, train_data=train,
+                                 cache_dir=state.cache_dir, retrain=state.retrain,
+                                 progress=_progress(request.config), warn=_warn)
     except AdvRobustError as exc:
         _fail_cleanly(exc)
 

@@ -7,10 +7,11 @@ and the ``advrobust warm`` command.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -22,7 +23,7 @@ from .evaluate import Predictions, merge_worst_case, predict, summarize
 from .modelguard import Preprocessed, borrowed, resolve_device
 from .settings import RobustSettings
 
-__all__ = ["Outcome", "run_evaluation", "check_bound"]
+__all__ = ["Outcome", "run_evaluation", "check_bound", "prepare", "torch_threads"]
 
 
 @dataclass
@@ -120,14 +121,43 @@ def with_preprocessing(model: Any, settings: RobustSettings, device) -> Any:
     return Preprocessed(model, *settings.preprocessing).to(device)
 
 
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Use ``n`` intra-op threads for the block (``None``: leave torch's setting)."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def run_evaluation(model: Any, data: Any, settings: RobustSettings, *,
                    train_data: Any = None, cache_dir: Optional[Path] = None,
                    retrain: bool = False, progress: Optional[Callable[[str], None]] = None,
                    warn: Optional[Callable[[str], None]] = None, quiet: bool = False,
                    sanity_level: Optional[str] = None) -> Outcome:
-    """Evaluate ``model`` on ``data`` under ``settings``; restore the model afterwards."""
+    """Evaluate ``model`` on ``data`` under ``settings``; restore the model afterwards.
+
+    Torch's global random state is seeded from ``settings.seed`` for the
+    evaluation and given back unchanged afterwards, so the tests that run
+    later see the random state they would have seen without this one.
+    """
     device, split = prepare(model, data, settings, train_data)
-    torch.manual_seed(settings.seed)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(settings.seed)
+        return _evaluate(model, device, split, settings, cache_dir=cache_dir, retrain=retrain,
+                         progress=progress, warn=warn, quiet=quiet, sanity_level=sanity_level)
+
+
+def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
+              cache_dir: Optional[Path], retrain: bool,
+              progress: Optional[Callable[[str], None]], warn: Optional[Callable[[str], None]],
+              quiet: bool, sanity_level: Optional[str]) -> Outcome:
     with borrowed(model, device) as m:
         net = with_preprocessing(m, settings, device)
         x = split.x.to(device)

@@ -112,6 +112,7 @@ VALUE_OPTIONS = {
     "tolerance": ("--advrobust-tolerance", "advrobust_tolerance", unit_float_type),
     "missing_baseline": ("--advrobust-missing-baseline", "advrobust_missing_baseline",
                          choice_type(MISSING_POLICIES)),
+    "threads": ("--advrobust-threads", "advrobust_threads", positive_int_type),
 }
 
 

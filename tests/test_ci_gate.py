@@ -38,6 +38,8 @@ from typing import Any, Dict, List
 
 import pytest
 
+from _support import BLOBS_CONFTEST
+
 TOLERANCE = 0.02
 BASELINE = "advrobust-baseline.json"
 FAKE_TORCH = "0.0.1+fake"
@@ -45,41 +47,15 @@ STALE = "test_gone.py::test_removed"
 
 # --------------------------------------------------------------- the repository
 
-CONFTEST = textwrap.dedent(
+CONFTEST = BLOBS_CONFTEST + textwrap.dedent(
     """
     import pathlib
 
-    import pytest
-    import torch
-
     DEGRADED = pathlib.Path(__file__).with_name("DEGRADED")
-
-    def blobs(n=300, d=20, k=3, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        centres = 0.3 + 0.4 * torch.rand(k, d, generator=g)
-        y = torch.arange(n) % k
-        x = (centres[y] + 0.03 * torch.randn(n, d, generator=g)).clamp(0, 1)
-        return x, y, centres
-
-    class NearestCentre(torch.nn.Module):
-        def __init__(self, centres):
-            super().__init__()
-            self.fc = torch.nn.Linear(centres.shape[1], centres.shape[0])
-            with torch.no_grad():
-                self.fc.weight.copy_(2 * centres)
-                self.fc.bias.copy_(-(centres ** 2).sum(1))
-
-        def forward(self, x):
-            return self.fc(x.flatten(1))
-
-    @pytest.fixture(scope="session")
-    def robust_data():
-        x, y, _ = blobs()
-        return x, y
 
     @pytest.fixture(scope="session")
     def robust_model():
-        model = NearestCentre(blobs()[2])
+        model = NearestCentre(make_blobs()[2])
         if DEGRADED.exists():  # a "bad commit": noisy weights, same clean accuracy
             g = torch.Generator().manual_seed(1)
             with torch.no_grad():

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import pytest_advrobust.attacks.gan as gan_mod
+from _support import digits_tensors
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext, perturbation_norms
 from pytest_advrobust.gan.train import GanConfig
 
@@ -15,21 +16,11 @@ REAL_DEFAULT = gan_mod.default_gan_config
 FACT_KEYS = {"mode", "steps", "seconds", "device", "holdout_success", "key"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription stalls on busy machines."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _digits(n=600):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data[:n], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    return x, torch.tensor(d.target[:n], dtype=torch.long)
+    return digits_tensors(n)
 
 
 def _classifier(x, y, steps=150):

@@ -13,13 +13,7 @@ from pytest_advrobust.gan.networks import build_discriminator, build_generator, 
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription stalls on busy machines."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 image_shapes = st.tuples(st.integers(1, 3), st.integers(8, 20), st.integers(8, 20))
 flat_shapes = st.tuples(st.integers(1, 40))

@@ -7,26 +7,17 @@ import torch
 import torch.nn as nn
 
 from pytest_advrobust.attacks.base import perturbation_norms
+from _support import digits_tensors
 from pytest_advrobust.gan.train import GanConfig, margin, train_generator
 
 EPS = 0.2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription stalls on busy machines."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    return x, torch.tensor(d.target, dtype=torch.long)
+    return digits_tensors()
 
 
 def _classifier(x, y, seed=0, steps=150):

@@ -366,3 +366,40 @@ def test_a_pytest_run_without_the_flag_never_imports_torch(pytester):
     pytester.makepyfile(test_x="def test_x(): pass")
     result = run(pytester, "-s")
     result.stdout.fnmatch_lines(["*TORCH NOT LOADED*"])
+
+
+def test_global_random_state_and_threads_are_left_as_they_were(blobs_repo):
+    blobs_repo.makeconftest(blobs_repo.path.joinpath("conftest.py").read_text() + textwrap.dedent("""
+        SEEN = {}
+
+        def pytest_configure(config):
+            torch.set_num_threads(2)
+
+        @pytest.fixture(scope="session", autouse=True)
+        def _seeded(robust_model, robust_data):  # after the fixtures that draw numbers
+            torch.manual_seed(123)
+
+        def spy(model, x, y, cfg, ctx):
+            SEEN["threads"] = torch.get_num_threads()
+            return x
+
+        def pytest_advrobust_register_attacks(register):
+            register("spy", spy)
+    """))
+    blobs_repo.makepyfile(test_rng="""
+        import pytest
+        import torch
+        import conftest
+
+        @pytest.mark.robust(threshold=1.0, attack="spy", eps=0.1, n_samples=30,
+                            random_start=True)
+        def test_a():
+            assert conftest.SEEN["threads"] == 1
+
+        def test_b():
+            expected = torch.rand(1, generator=torch.Generator().manual_seed(123))
+            assert torch.equal(torch.rand(1), expected)  # as if test_a never ran
+            assert torch.get_num_threads() == 2
+    """)
+    run(blobs_repo, "--advrobust", "--advrobust-threads=1", "-p", "no:randomly",
+        "--advrobust-sanity=off").assert_outcomes(passed=2)

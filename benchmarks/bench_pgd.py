@@ -1,0 +1,362 @@
+"""Benchmark: the plugin's PGD against a plain PGD loop, torchattacks and the gradient floor.
+
+On one naturally trained model and the same samples, with the same attack
+settings (L-inf, untargeted cross-entropy, no random start), it times
+
+* floor: ``steps`` forward+backward passes with respect to the input (no
+  parameter gradients): what any PGD-``steps`` must at least cost;
+* plain: a PGD loop that attacks every sample for all ``steps``;
+* ours: ``pytest_advrobust.attacks.gradient.pgd`` (stops attacking a sample
+  as soon as it is misclassified);
+* torchattacks: ``torchattacks.PGD(model, eps, alpha, steps, random_start=False)``
+  when torchattacks is installed;
+
+and prints, per method, the robust accuracy, the median seconds over
+``--repeats`` runs (the methods take turns on each batch, so they share the
+machine's load), the ratio to the floor and to ours (per-repeat ratios, median
+over repeats), the number of images that went through a forward+backward
+pass (the work, whatever the load), and on how many samples the methods
+disagree about whether the model is still right (same settings: expected 0;
+the exit status is 1 otherwise).
+
+Default setting (the reference figures of the project): Fashion-MNIST, the
+small CNN (conv 32, conv 64, max-pool, fc 128, fc 10; Adam 1e-3, batch 128,
+2 epochs, seed 0; weights kept in ``--work-dir``), the first 1,000 test
+images, eps 0.1, step 0.01, 40 steps, batch 250. ``--data digits`` runs the
+same on scikit-learn's 8x8 digits. Torch's default thread count is kept
+unless ``--threads`` is given; on a busy machine ``--threads 1`` gives the
+steadiest ratios.
+
+Usage::
+
+    python benchmarks/bench_pgd.py                  # Fashion-MNIST, minutes on 2 cores
+    python benchmarks/bench_pgd.py --data digits    # about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from pytest_advrobust.attacks.base import AttackConfig, AttackContext  # noqa: E402
+from pytest_advrobust.attacks.gradient import pgd  # noqa: E402
+from pytest_advrobust.data import load_idx_dataset  # noqa: E402
+
+FASHION_ROOT = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+Pair = Tuple[torch.Tensor, torch.Tensor]
+
+
+# ------------------------------------------------------------------------ data and models
+
+def fashion_setting(work_dir: Path, root: Path, log) -> Tuple[nn.Module, Pair]:
+    """The reference CNN (trained once, then loaded from ``work_dir``) and the test set."""
+    from fashion import trained_cnn
+
+    x_test, y_test = load_idx_dataset(root, "test")
+    weights = sorted(Path(work_dir).glob("cnn_e2_s0.*"))
+    if not weights:
+        log("training the reference CNN (2 epochs on 60,000 images; once, then cached)")
+    x_train, y_train = load_idx_dataset(root, "train")
+    model = trained_cnn(x_train, y_train, work_dir=work_dir, epochs=2, seed=0, log=log)
+    return model, (x_test, y_test)
+
+
+class DigitsCNN(nn.Module):
+    """conv(1->16, 3) ReLU, conv(16->32, 3) ReLU, max-pool 2, fc(512->64) ReLU, fc(64->10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def digits_setting(work_dir: Path, log) -> Tuple[nn.Module, Pair]:
+    """A naturally trained CNN on sklearn's digits (1,797 8x8 images, no download).
+
+    Trains on a seeded 70% and returns the other 30% (539 images) as the test set.
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images / 16.0).astype(np.float32)).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+    n_test = 539
+    test, train = perm[:n_test].sort().values, perm[n_test:]
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    path = Path(work_dir) / "digits_cnn_e15_s0.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval(), (x[test], y[test])
+    log("training the digits CNN (15 epochs on 1,258 images; once, then cached)")
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(15):
+        order = train[torch.randperm(train.numel(), generator=g)]
+        for s in range(0, order.numel(), 64):
+            idx = order[s:s + 64]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model, (x[test], y[test])
+
+
+# ------------------------------------------------------------------------------- methods
+
+def _batches(n: int, size: int):
+    for s in range(0, n, size):
+        yield slice(s, min(n, s + size))
+
+
+# Each method attacks one batch: the harness hands the methods the same batch in
+# turn, so that on a noisy machine they share its load at a fine grain.
+
+def floor(model, x, y, eps, step, steps) -> Optional[torch.Tensor]:
+    """``steps`` forward+backward passes w.r.t. the input; no update, no result."""
+    for _ in range(steps):
+        xg = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(xg), y, reduction="sum")
+        torch.autograd.grad(loss, xg)
+    return None
+
+
+def plain_pgd(model, x, y, eps, step, steps) -> torch.Tensor:
+    """Every sample for every step: sign-gradient step, projection onto the ball, clip to [0, 1]."""
+    x_adv = x.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        moved = x_adv.detach() + step * grad.sign()
+        x_adv = (x + (moved - x).clamp(-eps, eps)).clamp(0, 1)
+    return x_adv
+
+
+def ours(model, x, y, eps, step, steps) -> torch.Tensor:
+    cfg = AttackConfig(eps=eps, norm="linf", steps=steps, step_size=step, random_start=False,
+                       restarts=1, bounds=(0.0, 1.0), batch_size=x.shape[0], early_stop=True)
+    return pgd(model, x, y, cfg, AttackContext(device=x.device))
+
+
+def make_torchattacks(model, eps, step, steps) -> Optional[Callable]:
+    try:
+        import torchattacks
+    except ImportError:
+        return None
+    atk = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=False)
+
+    def run(model_, x, y, eps_, step_, steps_) -> torch.Tensor:
+        if steps_ != steps:  # the warm-up
+            return torchattacks.PGD(model, eps=eps, alpha=step, steps=steps_,
+                                    random_start=False)(x, y)
+        return atk(x, y)
+
+    run.version = torchattacks.__version__  # type: ignore[attr-defined]
+    return run
+
+
+# ---------------------------------------------------------------------------------- main
+
+@torch.no_grad()
+def correct(model, x, y, batch) -> torch.Tensor:
+    return torch.cat([model(x[sl]).argmax(1) == y[sl] for sl in _batches(x.shape[0], batch)])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", choices=("fashion", "digits"), default="fashion")
+    p.add_argument("--fashion-root", type=Path, default=FASHION_ROOT,
+                   help="folder of the Fashion-MNIST IDX files (default %(default)s)")
+    p.add_argument("--work-dir", type=Path, default=Path(".bench"),
+                   help="folder for trained weights (default %(default)s)")
+    p.add_argument("-n", "--samples", type=int, default=1000,
+                   help="first N test images (default %(default)s)")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--step", type=float, default=0.01)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own default, one per core)")
+    p.add_argument("--no-torchattacks", action="store_true", help="skip torchattacks")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(f"# {msg}", flush=True)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.data == "fashion":
+        model, (x_all, y_all) = fashion_setting(args.work_dir, args.fashion_root, log)
+        name = "Fashion-MNIST, reference small CNN (2 epochs, seed 0)"
+    else:
+        model, (x_all, y_all) = digits_setting(args.work_dir, log)
+        name = "sklearn digits 8x8, small CNN (15 epochs, seed 0)"
+    device = torch.device(args.device)
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    n = min(args.samples, x_all.shape[0])
+    x, y = x_all[:n].to(device).contiguous(), y_all[:n].to(device)
+
+    methods: Dict[str, Callable] = {"floor": floor, "plain": plain_pgd, "ours": ours}
+    ta = None if args.no_torchattacks else make_torchattacks(model, args.eps, args.step, args.steps)
+    if ta is not None:
+        methods["torchattacks"] = ta
+    labels = {"floor": f"floor: {args.steps} x forward+backward w.r.t. the input",
+              "plain": f"plain PGD-{args.steps} loop (no early stop)",
+              "ours": "pytest_advrobust pgd (early stop)",
+              "torchattacks": f"torchattacks {getattr(ta, 'version', '')} PGD"}
+
+    clean = correct(model, x, y, args.batch)
+    log(f"{name}: {n} images, clean accuracy {clean.float().mean():.3f}")
+    log(f"L-inf eps {args.eps:g}, step {args.step:g}, {args.steps} steps, no random start, "
+        f"batch {args.batch}, {args.repeats} repeats")
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {device}, "
+        f"{platform.processor() or platform.machine()}")
+
+    times: Dict[str, List[float]] = {m: [] for m in methods}
+    results: Dict[str, torch.Tensor] = {}
+    batches = list(_batches(n, args.batch))
+    # Warm-up (allocator, kernels) on one batch, untimed.
+    for fn in methods.values():
+        fn(model, x[batches[0]], y[batches[0]], args.eps, args.step, min(2, args.steps))
+    names = list(methods)
+    for r in range(args.repeats):
+        spent = dict.fromkeys(names, 0.0)
+        outs: Dict[str, torch.Tensor] = {m: torch.empty_like(x) for m in names}
+        for b, sl in enumerate(batches):
+            k = (r * len(batches) + b) % len(names)  # rotate who goes first
+            for m in names[k:] + names[:k]:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                out = methods[m](model, x[sl], y[sl], args.eps, args.step, args.steps)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                spent[m] += time.perf_counter() - t0
+                if out is not None:
+                    outs[m][sl] = out.detach()
+        for m in names:
+            times[m].append(spent[m])
+            if m == "floor":
+                continue
+            if m in results and not torch.equal(results[m], outs[m]):
+                log(f"warning: {m} gave a different result in repeat {r + 1}")
+            results[m] = outs[m]
+        log(f"repeat {r + 1}/{args.repeats}: " +
+            ", ".join(f"{m} {times[m][-1]:.2f}s" for m in names) +
+            f" (load average {os.getloadavg()[0]:.1f})")
+
+    # Work done, independent of the machine's load: images that went through a
+    # forward+backward pass (one untimed run per method, counted by a forward hook).
+    work: Dict[str, int] = {}
+    for m in names:
+        count = [0]
+
+        def hook(_module, inputs, _count=count):
+            if torch.is_grad_enabled():
+                _count[0] += int(inputs[0].shape[0])
+        handle = model.register_forward_pre_hook(hook)
+        try:
+            for sl in batches:
+                methods[m](model, x[sl], y[sl], args.eps, args.step, args.steps)
+        finally:
+            handle.remove()
+        work[m] = count[0]
+
+    med = {m: statistics.median(t) for m, t in times.items()}
+    robust = {m: correct(model, results[m], y, args.batch) & clean for m in results}
+    for m, xa in results.items():  # every method must stay inside the ball and [0, 1]
+        dev = float((xa - x).abs().amax())
+        if dev > args.eps + 1e-6 or float(xa.min()) < 0 or float(xa.max()) > 1:
+            log(f"warning: {m} left the eps-ball or [0, 1] (max |delta| {dev:.6f})")
+
+    # Ratios are taken within each repeat (the methods ran back to back there, under
+    # about the same load) and then the median over repeats is shown.
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(ta_ / tb_ for ta_, tb_ in zip(times[a], times[b]))
+
+    rows = [("method", "robust acc", "median s", "x floor", "x ours", "gradients")]
+    for m in methods:
+        acc = f"{robust[m].float().mean() * 100:.1f}%" if m in robust else "-"
+        rows.append((labels[m], acc, f"{med[m]:.2f}", f"{ratio(m, 'floor'):.2f}",
+                     f"{ratio(m, 'ours'):.2f}", str(work[m])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    for k, row in enumerate(rows):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    summary = {"setting": name, "n": n, "eps": args.eps, "step": args.step, "steps": args.steps,
+               "batch": args.batch, "repeats": args.repeats, "threads": torch.get_num_threads(),
+               "cpus": os.cpu_count(), "torch": torch.__version__,
+               "clean_accuracy": float(clean.float().mean()),
+               "median_seconds": med, "times": times,
+               "ratio_to_floor": {m: ratio(m, "floor") for m in methods},
+               "ratio_to_ours": {m: ratio(m, "ours") for m in methods},
+               "input_gradients": work,
+               "robust_accuracy": {m: float(v.float().mean()) for m, v in robust.items()},
+               "disagreements": {}}
+    print("x floor, x ours: per-repeat time ratios, median over repeats; gradients: images "
+          "through a forward+backward pass")
+    print(f"speed-up of ours: {ratio('plain', 'ours'):.2f}x over the plain loop, "
+          f"{ratio('floor', 'ours'):.2f}x over the floor" +
+          (f", {ratio('torchattacks', 'ours'):.2f}x over torchattacks (torchattacks/ours)"
+           if "torchattacks" in med else ""))
+    for other in ("plain", "torchattacks"):
+        if other in robust:
+            diff = int((robust["ours"] != robust[other]).sum())
+            summary["disagreements"][other] = diff
+            print(f"samples where ours and {other} disagree (robust or not): {diff} of {n}")
+    if "plain" in robust and "torchattacks" in robust:
+        diff = int((robust["plain"] != robust["torchattacks"]).sum())
+        summary["disagreements"]["plain_vs_torchattacks"] = diff
+        print(f"samples where plain and torchattacks disagree: {diff} of {n}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0 if not any(summary["disagreements"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

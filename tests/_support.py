@@ -1,0 +1,61 @@
+"""Shared pieces of the test suite (imported by conftest.py and test modules)."""
+
+import textwrap
+
+import pytest
+import torch
+
+# A model repository in miniature: a nearest-centre linear classifier on
+# well-separated synthetic blobs in [0, 1]^20. Fast to build, exact to reason about.
+BLOBS_CONFTEST = textwrap.dedent(
+    """
+    import pytest
+    import torch
+
+    def make_blobs(n=300, d=20, k=3, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        centres = 0.3 + 0.4 * torch.rand(k, d, generator=g)
+        y = torch.arange(n) % k
+        x = (centres[y] + 0.03 * torch.randn(n, d, generator=g)).clamp(0, 1)
+        return x, y, centres
+
+    class NearestCentre(torch.nn.Module):
+        def __init__(self, centres):
+            super().__init__()
+            self.fc = torch.nn.Linear(centres.shape[1], centres.shape[0])
+            with torch.no_grad():
+                self.fc.weight.copy_(2 * centres)
+                self.fc.bias.copy_(-(centres ** 2).sum(1))
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    @pytest.fixture(scope="session")
+    def robust_data():
+        x, y, _ = make_blobs()
+        return x, y
+
+    @pytest.fixture(scope="session")
+    def robust_model():
+        _, _, centres = make_blobs()
+        return NearestCentre(centres)
+    """
+)
+
+
+def digits_tensors(n=None):
+    """sklearn's 8x8 digits as (x in [0, 1] of shape (n, 1, 8, 8), y)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data[:n], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    return x, torch.tensor(d.target[:n], dtype=torch.long)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread avoids oversubscription stalls on busy machines."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
