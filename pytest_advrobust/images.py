@@ -303,7 +303,7 @@ def save_curve(path, curve: Sequence[dict], *, threshold: Optional[float] = None
     failed = [(e, a) for e, a, p in zip(eps, acc, points) if p.get("passed") is False]
     if failed:
         ax.scatter([e for e, _ in failed], [a for _, a in failed], marker="x", color="tab:red",
-                   s=60, zorder=3, label="failed")
+                   s=60, zorder=3, label="gap over threshold")
     ax.set_xlabel("eps")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)

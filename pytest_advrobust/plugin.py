@@ -78,6 +78,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                             "--advrobust-compare: fail, warn (default), skip",
         "threads": "torch threads while attacking and training (default: torch's own "
                    "setting; 1 is often fastest for small models on shared CI machines)",
+        "gan_steps": "GAN training step budget (default: about 3 epochs, 150 to 1000 steps)",
+        "gan_seconds": "GAN training time budget in seconds (default 180)",
     }
     for name, (opt, ini, parse) in VALUE_OPTIONS.items():
         group.addoption(opt, type=parse, default=None, metavar=name.upper(),

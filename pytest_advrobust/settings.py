@@ -113,6 +113,8 @@ VALUE_OPTIONS = {
     "missing_baseline": ("--advrobust-missing-baseline", "advrobust_missing_baseline",
                          choice_type(MISSING_POLICIES)),
     "threads": ("--advrobust-threads", "advrobust_threads", positive_int_type),
+    "gan_steps": ("--advrobust-gan-steps", "advrobust_gan_steps", positive_int_type),
+    "gan_seconds": ("--advrobust-gan-seconds", "advrobust_gan_seconds", positive_float_type),
 }
 
 
@@ -162,6 +164,8 @@ class RobustSettings:
     batch_size: int = 256
     device: str = "auto"
     targets: int = 0
+    gan_steps: Optional[int] = None
+    gan_seconds: Optional[float] = None
 
     @property
     def attack_label(self) -> str:
@@ -183,7 +187,8 @@ class RobustSettings:
                             step_size=self.step_size, restarts=self.restarts,
                             random_start=self.random_start, bounds=self.bounds,
                             seed=self.seed, refine=self.refine, batch_size=self.batch_size,
-                            targets=self.targets)
+                            targets=self.targets, gan_steps=self.gan_steps,
+                            gan_seconds=self.gan_seconds)
 
     def evaluation_key(self) -> Tuple:
         """What decides the numbers and flags (the threshold and tolerance do not;
@@ -382,6 +387,8 @@ def base_settings(values: Mapping[str, Any]) -> RobustSettings:
         data=values.get("data_fixture", DEFAULTS["data_fixture"]),
         train_data=values.get("train_data_fixture", DEFAULTS["train_data_fixture"]),
         device=values.get("device", DEFAULTS["device"]),
+        gan_steps=values.get("gan_steps"),
+        gan_seconds=values.get("gan_seconds"),
     )
 
 

@@ -99,9 +99,10 @@ def test_worst_case_with_pgd_and_refine(blobs_repo):
         def test_refined(): pass
     """)
     cache = blobs_repo.path / "c"
-    run(blobs_repo, "--advrobust", f"--advrobust-cache-dir={cache}",
+    run(blobs_repo, "--advrobust", f"--advrobust-cache-dir={cache}", "--advrobust-gan-steps=40",
         "--advrobust-json=r.json").assert_outcomes(passed=4)
     reps = report(blobs_repo)
+    assert 0 < reps["test_gan"]["training"]["steps"] <= 40  # the budget option is honoured
     both = reps["test_both"]["adversarial_accuracy"]
     assert both <= reps["test_gan"]["adversarial_accuracy"]
     assert both <= reps["test_pgd"]["adversarial_accuracy"]

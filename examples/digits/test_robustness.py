@@ -30,6 +30,12 @@ def test_survives_worst_case_of_gan_and_pgd():
     """Per image, the worse of the two attacks counts."""
 
 
+@pytest.mark.robust(threshold=0.25, attack="pgd", eps=[0.02, 0.05, 0.1, 0.2], threshold_eps=EPS)
+def test_pgd_robustness_curve():
+    """An eps sweep: the JSON report holds the whole curve, the gate judges eps=0.1 only
+    (``threshold_eps``); without it the threshold would apply at every eps."""
+
+
 def test_adversarial_batch_is_a_bounded_perturbation(adversarial_batch, robust_model):
     """The adversarial twin of the evaluation batch (default attack and eps, no gate).
 

@@ -24,7 +24,8 @@ class AttackConfig:
     ``targets=k`` adds, after the untargeted restarts, targeted runs against
     each sample's k most likely wrong classes (margin loss), as AutoAttack's
     targeted APGD does; it finds perturbations that the cross-entropy
-    direction misses when several classes compete.
+    direction misses when several classes compete. ``gan_steps`` and
+    ``gan_seconds`` replace the GAN's default training budget.
     """
 
     eps: float
@@ -39,6 +40,8 @@ class AttackConfig:
     batch_size: int = 256
     early_stop: bool = True
     targets: int = 0
+    gan_steps: Optional[int] = None
+    gan_seconds: Optional[float] = None
 
     def resolved_step_size(self) -> float:
         if self.step_size is not None:

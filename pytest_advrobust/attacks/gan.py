@@ -62,16 +62,22 @@ def default_gan_config(cfg: AttackConfig, n_train: int) -> GanConfig:
     most 1000 steps of batch 64 (smaller batches below 1,024 samples), with
     10 held-out evaluations. On 60,000 28x28 images the 1000 steps take about
     2-3 minutes on two CPU cores; the 180 s cap ends training early on slower
-    machines (the best held-out state so far is kept).
+    machines (the best held-out state so far is kept). ``cfg.gan_steps`` and
+    ``cfg.gan_seconds`` (``--advrobust-gan-steps`` / ``--advrobust-gan-seconds``)
+    replace the step and time budget.
     """
     n_train = int(n_train)
     batch = 64 if n_train >= 1024 else max(8, min(64, n_train // 8))
     per_epoch = math.ceil(n_train * 0.9 / batch)
     max_steps = int(min(1000, max(150, 3 * per_epoch)))
+    if cfg.gan_steps is not None:
+        max_steps = int(cfg.gan_steps)
+    max_seconds = float(cfg.gan_seconds) if cfg.gan_seconds is not None else 180.0
     return GanConfig(eps=float(cfg.eps), norm=cfg.norm,
                      bounds=tuple(cfg.bounds) if cfg.bounds is not None else None,
-                     seed=int(cfg.seed), max_steps=max_steps, max_seconds=180.0, batch_size=batch,
-                     holdout_max=1000, eval_every=max(10, max_steps // 10), patience=4)
+                     seed=int(cfg.seed), max_steps=max_steps, max_seconds=max_seconds,
+                     batch_size=batch, holdout_max=1000, eval_every=max(10, max_steps // 10),
+                     patience=4)
 
 
 # --------------------------------------------------------------------------- digests and keys
