@@ -376,8 +376,25 @@ def _cmd_warm(pytest_args: Sequence[str]) -> int:
     if args and args[0] == "--":
         args = args[1:]
     if distributed.launched():
+        _EXIT_HARD["warm"] = True
         return _warm_distributed(args)
     return int(pytest.main(["--advrobust", "--advrobust-warm", *args]))
+
+
+_EXIT_HARD = {"warm": False}
+
+
+def console_main() -> None:
+    """The ``advrobust`` console script (and ``python -m pytest_advrobust.cli``)."""
+    rc = main()
+    if _EXIT_HARD["warm"]:
+        # A rank of a torchrun launch: everything is written and the process group
+        # is gone. Leave without C++ static destructors, which with gloo's worker
+        # threads can abort an otherwise successful rank at interpreter exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    raise SystemExit(rc)
 
 
 #: Lines of a silent rank's log shown when its exit status differs from rank 0's.
@@ -550,4 +567,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

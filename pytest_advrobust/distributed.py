@@ -164,6 +164,12 @@ def teardown() -> None:
     _state.update(active=False, owned=False)
     if owned and dist is not None and dist.is_initialized():
         try:
+            # Every rank arrives before any tears down: a group destroyed while a
+            # peer still talks to it can abort the process at exit.
+            dist.barrier()
+        except Exception:  # pragma: no cover - a peer already gone
+            pass
+        try:
             dist.destroy_process_group()
         except Exception:  # pragma: no cover - best effort at exit
             pass
