@@ -52,6 +52,20 @@ def digits_tensors(n=None):
     return x, torch.tensor(d.target[:n], dtype=torch.long)
 
 
+def digits_mlp(x, y, seed=0, steps=150):
+    """A small MLP trained full-batch on (x, y) for ``steps`` Adam steps, in eval mode."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: one thread avoids oversubscription stalls on busy machines."""

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import pytest_advrobust.attacks.gan as gan_mod
-from _support import digits_tensors
+from _support import digits_mlp, digits_tensors
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext, perturbation_norms
 from pytest_advrobust.gan.train import GanConfig
 
@@ -24,15 +24,7 @@ def _digits(n=600):
 
 
 def _classifier(x, y, steps=150):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval().requires_grad_(False)
+    return digits_mlp(x, y, steps=steps).requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from pytest_advrobust.attacks.base import perturbation_norms
-from _support import digits_tensors
+from _support import digits_mlp, digits_tensors
 from pytest_advrobust.gan.train import GanConfig, margin, train_generator
 
 EPS = 0.2
@@ -21,15 +21,7 @@ def _digits():
 
 
 def _classifier(x, y, seed=0, steps=150):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return digits_mlp(x, y, seed=seed, steps=steps)
 
 
 @pytest.fixture(scope="module")
