@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("--gan-steps", type=int, default=2000, help="GAN training step budget")
     p.add_argument("--precision", default="bf16", choices=("auto", "bf16", "fp32"),
                    help="GAN training precision (bf16 is native on this benchmark's CPU)")
+    p.add_argument("--plugin-defaults", action="store_true",
+                   help="train with exactly the plugin's default GAN settings (ignores --gan-steps, "
+                        "--gan-seconds and --precision)")
     p.add_argument("--retrain", action="store_true", help="train the generator even if it is cached")
     p.add_argument("--skip-pgd", action="store_true", help="skip both PGD runs (for quick GAN experiments)")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
@@ -133,8 +136,11 @@ def main(argv=None) -> int:
 
     # GAN: train (or reuse) through the cache, then load it back as a fresh process would.
     cache_dir = work / "gan-cache"
-    gcfg = bench_gan_config(cfg, x_train.shape[0], args.gan_seconds, args.gan_steps,
-                            args.precision)
+    if args.plugin_defaults:
+        gcfg = gan_attack_mod.default_gan_config(cfg, x_train.shape[0])
+    else:
+        gcfg = bench_gan_config(cfg, x_train.shape[0], args.gan_seconds, args.gan_steps,
+                                args.precision)
     ctx = AttackContext(device=device, train_x=x_train, train_y=y_train, cache_dir=cache_dir,
                         retrain=args.retrain, progress=lambda s: print(s, flush=True))
     _, facts = gan_attack_mod.obtain_generator(model, cfg, ctx, gan_cfg=gcfg)
