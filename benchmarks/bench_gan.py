@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_pgd import plain_pgd  # noqa: E402
 from fashion import DEFAULT_ROOT, load_split, trained_cnn  # noqa: E402
 
 from pytest_advrobust.attacks import gan as gan_attack_mod  # noqa: E402
@@ -70,16 +70,6 @@ def accuracy(model, x, y, device) -> float:
     return correct / x.shape[0]
 
 
-def plain_pgd(model, x, y):
-    """40 sign-gradient steps of 0.01, projected onto the 0.1 L-inf ball and [0, 1]; no early stop."""
-    x_adv = x.clone()
-    for _ in range(STEPS):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = x_adv.detach() + STEP * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - EPS), x + EPS).clamp(0, 1)
-    return x_adv.detach()
 
 
 def timed(fn, device):
@@ -127,7 +117,7 @@ def main(argv=None) -> int:
                        bounds=(0.0, 1.0), seed=0, batch_size=BATCH)
     if not args.skip_pgd:
         def run_plain():
-            return torch.cat([plain_pgd(model, xe[s:s + BATCH], ye[s:s + BATCH])
+            return torch.cat([plain_pgd(model, xe[s:s + BATCH], ye[s:s + BATCH], EPS, STEP, STEPS)
                               for s in range(0, xe.shape[0], BATCH)])
         adv, secs = timed(run_plain, device)
         rows["pgd40_plain"] = {"adversarial_accuracy": accuracy(model, adv.cpu(), y_eval, device), "seconds": secs}
