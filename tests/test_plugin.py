@@ -403,3 +403,50 @@ def test_global_random_state_and_threads_are_left_as_they_were(blobs_repo):
     """)
     run(blobs_repo, "--advrobust", "--advrobust-threads=1", "-p", "no:randomly",
         "--advrobust-sanity=off").assert_outcomes(passed=2)
+
+
+def test_fixture_names_come_from_ini(pytester):
+    pytester.makeconftest(textwrap.dedent("""
+        import pytest
+        import torch
+
+        @pytest.fixture(scope="session")
+        def classifier():
+            torch.manual_seed(0)
+            return torch.nn.Linear(4, 2)
+
+        @pytest.fixture(scope="session")
+        def eval_set():
+            g = torch.Generator().manual_seed(0)
+            return torch.rand(40, 4, generator=g), torch.arange(40) % 2
+    """))
+    pytester.makeini("[pytest]\nadvrobust_model_fixture = classifier\n"
+                     "advrobust_data_fixture = eval_set\n")
+    pytester.makepyfile(test_names="""
+        import pytest
+
+        @pytest.mark.robust(threshold=1.0, attack="fgsm", eps=0.05)
+        def test_a(adversarial_batch):
+            assert len(adversarial_batch) == 40
+    """)
+    result = pytester.runpytest_subprocess("--advrobust", "--advrobust-sanity=off")
+    result.assert_outcomes(passed=1)
+    pytester.makeini("[pytest]\nadvrobust_model_fixture = not a name\n")
+    result = pytester.runpytest_subprocess("--advrobust")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "advrobust_model_fixture" in result.stderr.str()
+
+
+def test_the_cache_folder_comes_from_the_environment(blobs_repo, monkeypatch, tmp_path):
+    cache = tmp_path / "env-cache"
+    monkeypatch.setenv("ADVROBUST_CACHE_DIR", str(cache))
+    blobs_repo.makepyfile(test_env="""
+        import pytest
+
+        @pytest.mark.robust(threshold=1.0, eps=0.1, n_samples=60)
+        def test_gan(): pass
+    """)
+    run(blobs_repo, "--advrobust", "--advrobust-sanity=off",
+        "--advrobust-gan-steps=20").assert_outcomes(passed=1)
+    assert len(list(cache.glob("*.safetensors"))) == 1
+    assert not (blobs_repo.path / ".pytest_cache" / "d" / "advrobust").exists()
