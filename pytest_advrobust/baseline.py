@@ -34,11 +34,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
 
 from .errors import AdvRobustError
+from .settings import MISSING_POLICIES  # noqa: F401  (what a test without an entry does)
 
 SCHEMA_VERSION = 1
-
-#: What the plugin may do with a test that has no entry in the baseline file.
-MISSING_POLICIES = ("fail", "warn", "skip")
 
 #: Statuses returned by :func:`compare`.
 STATUSES = ("ok", "regressed", "missing", "improved")
@@ -339,23 +337,6 @@ def compare(entry: Optional[Mapping[str, Any]], report: Mapping[str, Any], toler
         message=message,
         mismatches=mismatches,
     )
-
-
-def missing_message(nodeid: str, policy: str) -> str:
-    """The sentence shown for a test with no baseline entry under ``policy``."""
-    if policy not in MISSING_POLICIES:
-        raise ValueError(f"missing-baseline policy must be one of {', '.join(MISSING_POLICIES)}, got {policy!r}")
-    if policy == "fail":
-        return (
-            f"no baseline entry for {nodeid}; record one with {SAVE_OPTION} "
-            f"(this fails because the missing-baseline policy is 'fail')"
-        )
-    if policy == "warn":
-        return (
-            f"no baseline entry for {nodeid}; it is not gated against a baseline "
-            f"until one is recorded with {SAVE_OPTION}"
-        )
-    return f"no baseline entry for {nodeid}; skipped because the missing-baseline policy is 'skip'"
 
 
 # --------------------------------------------------------------------------
