@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .errors import AdvRobustError
@@ -393,4 +393,4 @@ def base_settings(values: Mapping[str, Any]) -> RobustSettings:
 
 
 __all__ = ["RobustSettings", "from_marker", "base_settings", "resolve_value", "VALUE_OPTIONS",
-           "MARKER_ARGS", "DEFAULTS", "DEFAULT_EPS", "field"]
+           "MARKER_ARGS", "DEFAULTS", "DEFAULT_EPS"]

@@ -148,7 +148,7 @@ def test_compare_unreadable_input_exits_two(tmp_path, capsys, content, fragment)
 
 def test_compare_subprocess(tmp_path):
     old = json_report(tmp_path / "old.json", {"t.py::a": 0.75})
-    same = json_report(tmp_path / "same.json", {"t.py::a": 0.75})
+    json_report(tmp_path / "same.json", {"t.py::a": 0.75})
     worse = json_report(tmp_path / "worse.json", {"t.py::a": 0.5})
 
     ok = run_module("compare", "old.json", "same.json", cwd=tmp_path)

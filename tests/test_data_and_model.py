@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from pytest_advrobust.attacks.base import AttackConfig, AttackContext
 from pytest_advrobust.data import load_idx_dataset, read_idx, split_data, to_tensor_pair
 from pytest_advrobust.errors import AdvRobustError
 from pytest_advrobust.modelguard import Preprocessed, borrowed, check_logits

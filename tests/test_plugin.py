@@ -269,11 +269,11 @@ def test_adversarial_batch_fixture_and_its_evaluate(blobs_repo):
 
 
 def test_model_comes_back_exactly_as_it_came(blobs_repo):
-    blobs_repo.makepyfile(test_restore=f"""
+    blobs_repo.makepyfile(test_restore="""
         import pytest
         import torch
 
-        SNAP = {{}}
+        SNAP = {}
 
         @pytest.fixture(scope="session")
         def robust_model():
@@ -282,7 +282,7 @@ def test_model_comes_back_exactly_as_it_came(blobs_repo):
                                     torch.nn.Linear(8, 3))
             m.train()
             m[0].weight.requires_grad_(False)
-            SNAP["state"] = {{k: v.clone() for k, v in m.state_dict().items()}}
+            SNAP["state"] = {k: v.clone() for k, v in m.state_dict().items()}
             SNAP["modes"] = [x.training for x in m.modules()]
             SNAP["grads"] = [p.requires_grad for p in m.parameters()]
             return m
