@@ -214,6 +214,6 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
                                ctx, attacks=list(settings.attacks), level=level, curve=curve,
                                num_classes=clean.num_classes, adversarial=per_attack)
     return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
-                      clean=clean, adv=main_adv, numbers=numbers, curve=curve,
-                      training=training, sanity=flags, device=str(device),
-                      train_is_eval=split.train_is_eval)
+                   clean=clean, adv=main_adv, numbers=numbers, curve=curve,
+                   training=training, sanity=flags, device=str(device),
+                   train_is_eval=split.train_is_eval)
