@@ -28,12 +28,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
 
 from .errors import AdvRobustError
+from .report import atomic_write_text
 from .settings import MISSING_POLICIES  # noqa: F401  (what a test without an entry does)
 
 SCHEMA_VERSION = 1
@@ -381,37 +381,6 @@ def dumps(data: Mapping[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, indent=2, default=_jsonable) + "\n"
 
 
-def write_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder.
-
-    The file appears whole or not at all; an existing file keeps its
-    permissions; nothing is left behind on failure.
-    """
-    path = Path(path)
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save_baseline(
     path: PathLike,
     reports: Iterable[Mapping[str, Any]],
@@ -466,7 +435,7 @@ def save_baseline(
     unchanged = existing is not None and not written and not pruned and path.is_file()
     if not unchanged:
         try:
-            write_atomic(path, text)
+            atomic_write_text(path, text)
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise AdvRobustError(

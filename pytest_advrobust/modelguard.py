@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import AdvRobustError
 
-__all__ = ["borrowed", "Preprocessed", "check_logits", "resolve_device", "model_device"]
+__all__ = ["borrowed", "frozen", "Preprocessed", "check_logits", "resolve_device", "model_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,10 +74,22 @@ class _Snapshot:
 
 
 @contextlib.contextmanager
-def borrowed(model: Any, device: torch.device) -> Iterator[Any]:
+def frozen(model: Any) -> Iterator[Any]:
+    """Eval mode and no parameter gradients for the block, on the model's own device.
+
+    Every module's train/eval flag and every parameter's ``requires_grad`` are
+    restored on exit, also when the block raises. Plain callables pass through.
+    """
+    with borrowed(model, None) as m:
+        yield m
+
+
+@contextlib.contextmanager
+def borrowed(model: Any, device: Optional[torch.device]) -> Iterator[Any]:
     """Freeze ``model`` on ``device`` for the block; restore it afterwards.
 
-    A plain callable (not an ``nn.Module``) is used as it is.
+    ``device=None`` leaves the model where it is. A plain callable (not an
+    ``nn.Module``) is used as it is.
     """
     if not isinstance(model, nn.Module):
         yield model
@@ -87,7 +99,7 @@ def borrowed(model: Any, device: torch.device) -> Iterator[Any]:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        if snap.single_device is None or snap.single_device != device:
+        if device is not None and (snap.single_device is None or snap.single_device != device):
             model.to(device)
         yield model
     finally:

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from pytest_advrobust.attacks.base import perturbation_norms
 from _support import digits_mlp, digits_tensors
+from pytest_advrobust.errors import AdvRobustError
 from pytest_advrobust.gan.train import GanConfig, margin, train_generator
 
 EPS = 0.2
@@ -153,5 +154,6 @@ def test_margin_and_bad_inputs(problem):
     model, x, y = problem
     with pytest.raises(ValueError, match="y must"):
         train_generator(model, x, y[:-1], _cfg())
-    with pytest.raises(ValueError, match="logits"):
+    # the same one-sentence error as the rest of the plugin gives for a bad model
+    with pytest.raises(AdvRobustError, match="expected logits of shape"):
         train_generator(lambda t: t.sum(dim=(1, 2, 3)), x, y, _cfg())

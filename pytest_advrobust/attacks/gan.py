@@ -35,7 +35,8 @@ import torch.nn as nn
 
 from ..errors import AdvRobustError
 from ..gan.networks import Generator, build_generator, generator_from_arch
-from ..gan.train import GanConfig, frozen_model, train_generator
+from ..gan.train import GanConfig, train_generator
+from ..modelguard import frozen
 from .base import AttackConfig, AttackContext, Model, bound
 
 __all__ = ["FORMAT_VERSION", "clear_memo", "default_gan_config", "gan_attack", "obtain_generator"]
@@ -158,7 +159,7 @@ def obtain_generator(model: Model, cfg: AttackConfig, ctx: AttackContext,
     gcfg = gan_cfg if gan_cfg is not None else default_gan_config(cfg, train_x.shape[0])
     sample_shape = tuple(train_x.shape[1:])
     arch = _arch_for(sample_shape, gcfg)
-    with frozen_model(model):
+    with frozen(model):
         model_digest = _model_digest(model, train_x, ctx.device)
     family_parts = {"format": FORMAT_VERSION, "model_class": _qualname(model),
                     "model_layout": _layout_digest(model), "data": _data_digest(train_x, train_y),

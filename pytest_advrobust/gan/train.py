@@ -47,9 +47,10 @@ import torch
 import torch.nn as nn
 
 from ..attacks.base import NORMS
+from ..modelguard import check_logits, frozen
 from .networks import Generator, build_discriminator, build_generator
 
-__all__ = ["GanConfig", "TrainResult", "frozen_model", "margin", "train_generator"]
+__all__ = ["GanConfig", "TrainResult", "margin", "train_generator"]
 
 #: On CUDA each step sees this many times ``batch_size`` samples (the GPU is launch-bound).
 CUDA_BATCH_FACTOR = 4
@@ -190,31 +191,6 @@ class TrainResult:
     rank_samples: List[int] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- model guard
-@contextmanager
-def frozen_model(model: Any) -> Iterator[Any]:
-    """Put an ``nn.Module`` in eval mode with ``requires_grad=False`` everywhere.
-
-    Every module's train/eval flag and every parameter's ``requires_grad`` are
-    restored on exit, also when the body raises. Plain callables pass through.
-    """
-    if not isinstance(model, nn.Module):
-        yield model
-        return
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample ``Z_y - max_{j != y} Z_j`` (negative when misclassified); float32."""
     logits = logits.float()
@@ -239,17 +215,9 @@ def _predict(model, x: torch.Tensor, device, batch: int, autocast) -> torch.Tens
         for s in range(0, x.shape[0], batch):
             with autocast():
                 logits = model(x[s:s + batch].to(device, non_blocking=True))
-            _check_logits(logits, x[s:s + batch].shape[0])
+            check_logits(logits, x[s:s + batch].shape[0], "robust_model")
             out.append(logits.float().argmax(dim=1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
-
-
-def _check_logits(logits: Any, n: int) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != n:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"model must return (n, classes) logits, got {shape} for {n} inputs")
-    if logits.shape[1] < 2:
-        raise ValueError("model must return logits for at least 2 classes")
 
 
 def _resolve_device(device: Any) -> torch.device:
@@ -296,7 +264,7 @@ def train_generator(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
 
         distributed = _dd.is_distributed()
     sync = _Sync(bool(distributed))
-    with frozen_model(model), torch.random.fork_rng(devices=[]):
+    with frozen(model), torch.random.fork_rng(devices=[]):
         return _train(model, x, y.long(), cfg, dev, init_state, progress, sync)
 
 
