@@ -186,7 +186,7 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
                     training = dict(ctx.facts["training"])
                     if split.train_is_eval:
                         training["trained_on_eval"] = True
-            raw_x_adv, _ = merge_worst_case(results)
+            raw_x_adv, raw = merge_worst_case(results)
             # A sample the model gets wrong without any attack counts as not
             # robust (as in AutoAttack): its adversarial example is itself.
             x_adv, adv = merge_worst_case([(x, clean)] + results)
@@ -195,6 +195,7 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
             per_eps[eps] = point
             if math.isclose(eps, settings.main_eps):
                 main_x_adv, main_adv, main_raw = x_adv, adv, raw_x_adv
+                raw_counts = (int(clean.correct.sum()), int(raw.correct.sum()))
                 per_attack = {name: r[0] for name, r in zip(settings.attacks, results)}
 
         numbers = per_eps[min(per_eps, key=lambda e: abs(e - settings.main_eps))]
@@ -212,7 +213,8 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
                                 cache_dir=cache_dir, progress=progress, warn=warn, quiet=True)
             flags = run_sanity(net, x, y, main_raw, settings.attack_config(settings.main_eps),
                                ctx, attacks=list(settings.attacks), level=level, curve=curve,
-                               num_classes=clean.num_classes, adversarial=per_attack)
+                               num_classes=clean.num_classes, adversarial=per_attack,
+                               correct_counts=raw_counts)
     return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
                    clean=clean, adv=main_adv, numbers=numbers, curve=curve,
                    training=training, sanity=flags, device=str(device),

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -253,12 +253,16 @@ def _check_nondeterministic(model: Callable, xs: torch.Tensor,
 
 
 def _check_adv_above_clean(model: Callable, x: torch.Tensor, y: torch.Tensor,
-                           x_adv: torch.Tensor, batch_size: int) -> Optional[dict]:
+                           x_adv: torch.Tensor, batch_size: int,
+                           counts: Optional[Tuple[int, int]] = None) -> Optional[dict]:
     n = x.shape[0]
     if n == 0:
         return None
-    correct_clean = int((_predict(model, x, batch_size) == y).sum())
-    correct_adv = int((_predict(model, x_adv, batch_size) == y).sum())
+    if counts is not None:  # the caller has already predicted both batches
+        correct_clean, correct_adv = counts
+    else:
+        correct_clean = int((_predict(model, x, batch_size) == y).sum())
+        correct_adv = int((_predict(model, x_adv, batch_size) == y).sum())
     if correct_adv <= correct_clean:
         return None
     return _flag(
@@ -412,7 +416,8 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
                cfg: AttackConfig, ctx: AttackContext, *, attacks: Sequence[str],
                level: str = "cheap", curve: Optional[List[dict]] = None,
                num_classes: Optional[int] = None,
-               adversarial: Optional[Dict[str, torch.Tensor]] = None) -> List[dict]:
+               adversarial: Optional[Dict[str, torch.Tensor]] = None,
+               correct_counts: Optional[Tuple[int, int]] = None) -> List[dict]:
     """Run the sanity checks of ``level`` and return the flags raised.
 
     ``model`` is frozen, in eval mode and on the device of ``x``; ``x``,
@@ -423,7 +428,9 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
     ``adversarial`` optionally maps single attack names to their own
     adversarial batch (same samples as ``x``); at level full each non-PGD
     attack in it (or ``x_adv`` itself when ``attacks`` holds no ``pgd``) is
-    compared against PGD.
+    compared against PGD. ``correct_counts`` (clean and adversarial correct
+    counts on the full batch), when the caller has them, spares two forward
+    passes.
     """
     if level not in LEVELS:
         raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -448,7 +455,7 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
         if num_classes is None and first.dim() == 2:
             num_classes = int(first.shape[1])
         if x_adv is not None:
-            found = _check_adv_above_clean(model, x, y, x_adv, bs)
+            found = _check_adv_above_clean(model, x, y, x_adv, bs, correct_counts)
             if found:
                 flags.append(found)
     found = check_curve(curve, n)
