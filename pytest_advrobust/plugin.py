@@ -47,7 +47,6 @@ class _State:
     outcomes: Dict[Any, Any] = field(default_factory=dict)
     reports: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     collected: Set[str] = field(default_factory=set)
-    collected_files: Set[str] = field(default_factory=set)
     baseline: Any = None
     baseline_loaded: bool = False
     notes: List[str] = field(default_factory=list)
@@ -231,7 +230,6 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     if _is_robust(item):
         state = _state(item.config)
         state.collected.add(item.nodeid)
-        state.collected_files.add(item.nodeid.split("::", 1)[0])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
@@ -570,9 +568,10 @@ def _save_baseline(config: pytest.Config, state: _State) -> None:
     # Entries of test files that this run did not collect in full are kept, unless
     # the file is gone: a partial run must not prune the rest of the suite.
     narrowed = _files_narrowed_by_args(config)
+    collected_files = {nodeid.split("::", 1)[0] for nodeid in state.collected}
     for nodeid in (existing or {}).get("tests", {}):
         path = nodeid.split("::", 1)[0]
-        if (path not in state.collected_files or path in narrowed) and \
+        if (path not in collected_files or path in narrowed) and \
                 (Path(config.rootpath) / path).exists():
             collected.add(nodeid)
     result = save_baseline(state.baseline_path, list(state.reports.values()),
@@ -590,7 +589,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = _state(config)
     if not _is_controller(config):
         config.workeroutput["advrobust_collected"] = sorted(state.collected)
-        config.workeroutput["advrobust_files"] = sorted(state.collected_files)
         return
     if not state.enabled or state.warm:
         return
@@ -631,4 +629,3 @@ class _XdistHooks:
         out = getattr(node, "workeroutput", None) or {}
         state = self.state
         state.collected.update(out.get("advrobust_collected", ()))
-        state.collected_files.update(out.get("advrobust_files", ()))
