@@ -17,6 +17,7 @@ import torch
 
 from .attacks import get_attack
 from .attacks.base import AttackContext, perturbation_norms
+from .attacks.counting import counted
 from .data import Split, split_data, to_tensor_pair
 from .errors import AdvRobustError
 from .evaluate import Predictions, merge_worst_case, predict, summarize
@@ -42,6 +43,7 @@ class Outcome:
     sanity: List[Dict[str, str]] = field(default_factory=list)
     device: str = "cpu"
     train_is_eval: bool = False
+    cost: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     def verdict_at(self, point: Dict[str, Any]) -> bool:
         t = self.settings.threshold
@@ -165,6 +167,7 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
         clean = _run_model_safely(lambda: predict(net, x, y, settings.batch_size, settings.model),
                                   settings.model, x.shape)
         per_eps: Dict[float, Dict[str, Any]] = {}
+        cost: Dict[str, Dict[str, float]] = {}
         main_x_adv = main_adv = None
         training = None
         for eps in settings.eps:
@@ -175,7 +178,9 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
                 ctx = AttackContext(device=device, train_x=split.train_x, train_y=split.train_y,
                                     cache_dir=cache_dir, retrain=retrain, progress=progress,
                                     warn=warn, quiet=quiet)
-                x_adv = attack(net, x, y, cfg, ctx)
+                x_adv, count = counted(attack, net, x, y, cfg, ctx)
+                if math.isclose(eps, settings.main_eps):
+                    cost[name] = count.per_sample(x.shape[0])
                 check_bound(name, x, x_adv, cfg)
                 x_adv = x_adv.detach()
                 preds = _run_model_safely(
@@ -218,4 +223,4 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
     return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
                    clean=clean, adv=main_adv, numbers=numbers, curve=curve,
                    training=training, sanity=flags, device=str(device),
-                   train_is_eval=split.train_is_eval)
+                   train_is_eval=split.train_is_eval, cost=cost)

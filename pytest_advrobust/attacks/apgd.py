@@ -62,7 +62,7 @@ def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def _random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
-    """AutoAttack's start: ``x + eps * t / ||t||`` (t uniform in [-1, 1] for L-inf, Gaussian for L2)."""
+    """AutoAttack's start ``x + eps * t / ||t||``: t uniform in [-1, 1] (L-inf) or Gaussian (L2)."""
     if norm == "linf":
         t = torch.rand(x.shape, generator=gen, dtype=torch.float64) * 2 - 1
         scale = t.reshape(x.shape[0], -1).abs().amax(dim=1)
