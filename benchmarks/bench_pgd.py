@@ -1,35 +1,37 @@
 """Benchmark: the plugin's PGD against a plain PGD loop, torchattacks and the gradient floor.
 
-On one naturally trained model and the same samples, with the same attack
-settings (L-inf, untargeted cross-entropy, no random start), it times
+On the same samples, with the same attack settings (L-inf, untargeted
+cross-entropy, no random start), it times
 
 * floor: ``steps`` forward+backward passes with respect to the input (no
-  parameter gradients): what any PGD-``steps`` must at least cost;
+  parameter gradients): what any PGD-``steps`` must at least cost (``--no-floor``
+  skips it);
 * plain: a PGD loop that attacks every sample for all ``steps``;
-* ours: ``pytest_advrobust.attacks.gradient.pgd`` (stops attacking a sample
-  as soon as it is misclassified);
+* ours: ``pytest_advrobust.attacks.gradient.pgd``, which stops a sample at its
+  first misclassification or when its iterate repeats an earlier one exactly;
 * torchattacks: ``torchattacks.PGD(model, eps, alpha, steps, random_start=False)``
   when torchattacks is installed;
 
 and prints, per method, the robust accuracy, the median seconds over
-``--repeats`` runs (the methods take turns on each batch, so they share the
-machine's load), the ratio to the floor and to ours (per-repeat ratios, median
-over repeats), the number of images that went through a forward+backward
-pass (the work, whatever the load), and on how many samples the methods
-disagree about whether the model is still right (same settings: expected 0;
-the exit status is 1 otherwise).
+``--repeats`` rounds (the methods take turns on each batch, so they share the
+machine's load), the ratio to the floor (or the plain loop) and to ours
+(per-round ratios, median over rounds), the forward and backward passes per
+image (counted in the first round: the work, whatever the load), and on how
+many samples the methods disagree about whether the model is still right (same
+settings: expected 0; the exit status is 1 otherwise).
 
-Default setting (the reference figures of the project): Fashion-MNIST, the
-small CNN (conv 32, conv 64, max-pool, fc 128, fc 10; Adam 1e-3, batch 128,
-2 epochs, seed 0; weights kept in ``--work-dir``), the first 1,000 test
-images, eps 0.1, step 0.01, 40 steps, batch 250. ``--data digits`` runs the
-same on scikit-learn's 8x8 digits. Torch's default thread count is kept
-unless ``--threads`` is given; on a busy machine ``--threads 1`` gives the
-steadiest ratios.
+Default setting: Fashion-MNIST, the first 1,000 test images, eps 0.1, step
+0.01, 40 steps, batch 250, on two models in one run (``--model both``): the
+small reference CNN (conv 32, conv 64, max-pool, fc 128, fc 10; Adam 1e-3,
+batch 128, 2 epochs, seed 0) and the same CNN adversarially trained with FGSM
+from a random start (eps 0.1, step 1.25 eps, Wong et al. 2020; 3 epochs on the
+first 20,000 training images, seed 0). Both are trained once and kept in
+``--work-dir``. ``--data digits`` runs the same on scikit-learn's 8x8 digits.
+``--threads 1`` gives the steadiest ratios on a busy machine.
 
 Usage::
 
-    python benchmarks/bench_pgd.py                  # Fashion-MNIST, minutes on 2 cores
+    python benchmarks/bench_pgd.py --threads 1      # both Fashion-MNIST models
     python benchmarks/bench_pgd.py --data digits    # about a minute
 """
 
@@ -225,14 +227,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own default, one per core)")
     p.add_argument("--no-torchattacks", action="store_true", help="skip torchattacks")
+    p.add_argument("--no-floor", action="store_true", help="skip the floor (saves a third)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)
 
 
 def _time_methods(methods: Dict[str, Callable], model, x, y, args, device, log):
-    """Interleaved timing: per batch, every method in turn (the first one rotates)."""
+    """Interleaved timing: per batch, every method in turn (the first one rotates).
+
+    The first round also counts each method's forward and backward passes (a
+    forward hook per call, the same small overhead for every method).
+    """
     names = list(methods)
     times: Dict[str, List[float]] = {m: [] for m in names}
+    counts = {m: [0, 0] for m in names}
     results: Dict[str, torch.Tensor] = {}
     batches = list(_batches(x.shape[0], args.batch))
     for fn in methods.values():  # warm-up (allocator, kernels) on one batch, untimed
@@ -246,7 +254,11 @@ def _time_methods(methods: Dict[str, Callable], model, x, y, args, device, log):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                out = methods[m](model, x[sl], y[sl], args.eps, args.step, args.steps)
+                with counting(model) as (_, count):
+                    out = methods[m](model, x[sl], y[sl], args.eps, args.step, args.steps)
+                if r == 0:
+                    counts[m][0] += count.forward
+                    counts[m][1] += count.backward
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 spent[m] += time.perf_counter() - t0
@@ -262,18 +274,11 @@ def _time_methods(methods: Dict[str, Callable], model, x, y, args, device, log):
         log(f"repeat {r + 1}/{args.repeats}: " +
             ", ".join(f"{m} {times[m][-1]:.2f}s" for m in names) +
             f" (load average {os.getloadavg()[0]:.1f})")
-    return times, results
-
-
-def _passes(methods: Dict[str, Callable], model, x, y, args) -> Dict[str, Dict[str, float]]:
-    """Forward and backward passes per sample of each method (one untimed run each)."""
-    cost = {}
-    for m, fn in methods.items():
-        with counting(model) as (_, count):
-            for sl in _batches(x.shape[0], args.batch):
-                fn(model, x[sl], y[sl], args.eps, args.step, args.steps)
-        cost[m] = count.per_sample(x.shape[0])
-    return cost
+    n = x.shape[0]
+    cost = {m: {"forward_per_sample": round(f / n, 3), "backward_per_sample": round(b / n, 3),
+                "seconds": round(statistics.median(times[m]), 3)}
+            for m, (f, b) in counts.items()}
+    return times, results, cost
 
 
 def _print_table(rows) -> None:
@@ -291,6 +296,8 @@ def run_setting(model, x, y, name: str, args, device, log) -> Dict:
     """Time, count and compare the methods on one model; return the summary."""
     n = x.shape[0]
     methods: Dict[str, Callable] = {"floor": floor, "plain": plain_pgd, "ours": ours}
+    if args.no_floor:
+        del methods["floor"]
     ta = None if args.no_torchattacks else make_torchattacks(model, args.eps, args.step, args.steps)
     if ta is not None:
         methods["torchattacks"] = ta
@@ -305,8 +312,7 @@ def run_setting(model, x, y, name: str, args, device, log) -> Dict:
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {device}, "
         f"{platform.processor() or platform.machine()}")
-    times, results = _time_methods(methods, model, x, y, args, device, log)
-    cost = _passes(methods, model, x, y, args)
+    times, results, cost = _time_methods(methods, model, x, y, args, device, log)
     med = {m: statistics.median(t) for m, t in times.items()}
     robust = {m: correct(model, results[m], y, args.batch) & clean for m in results}
     for m, xa in results.items():  # every method must stay inside the ball and [0, 1]
@@ -317,11 +323,12 @@ def run_setting(model, x, y, name: str, args, device, log) -> Dict:
     def ratio(a: str, b: str) -> float:  # per repeat (same load), then the median
         return statistics.median(ta_ / tb_ for ta_, tb_ in zip(times[a], times[b]))
 
-    rows = [("method", "robust acc", "median s", "x floor", "x ours", "fwd/sample",
+    ref = "floor" if "floor" in methods else "plain"
+    rows = [("method", "robust acc", "median s", f"x {ref}", "x ours", "fwd/sample",
              "bwd/sample")]
     for m in methods:
         acc = f"{robust[m].float().mean() * 100:.1f}%" if m in robust else "-"
-        rows.append((labels[m], acc, f"{med[m]:.2f}", f"{ratio(m, 'floor'):.2f}",
+        rows.append((labels[m], acc, f"{med[m]:.2f}", f"{ratio(m, ref):.2f}",
                      f"{ratio(m, 'ours'):.2f}", f"{cost[m]['forward_per_sample']:.2f}",
                      f"{cost[m]['backward_per_sample']:.2f}"))
     _print_table(rows)
@@ -330,15 +337,14 @@ def run_setting(model, x, y, name: str, args, device, log) -> Dict:
                "cpus": os.cpu_count(), "torch": torch.__version__,
                "clean_accuracy": float(clean.float().mean()),
                "median_seconds": med, "times": times,
-               "ratio_to_floor": {m: ratio(m, "floor") for m in methods},
+               f"ratio_to_{ref}": {m: ratio(m, ref) for m in methods},
                "ratio_to_ours": {m: ratio(m, "ours") for m in methods},
                "cost": cost,
                "robust_accuracy": {m: float(v.float().mean()) for m, v in robust.items()},
                "disagreements": {}}
-    print("x floor, x ours: per-repeat time ratios, median over repeats; fwd/bwd per sample: "
-          "forward and backward passes through the model per image (untimed run)")
-    print(f"speed-up of ours: {ratio('plain', 'ours'):.2f}x over the plain loop, "
-          f"{ratio('floor', 'ours'):.2f}x over the floor" +
+    print(f"x {ref}, x ours: per-repeat time ratios, median over repeats; fwd/bwd per sample: "
+          "forward and backward passes through the model per image")
+    print(f"speed-up of ours: {ratio('plain', 'ours'):.2f}x over the plain loop" +
           (f", {ratio('torchattacks', 'ours'):.2f}x over torchattacks (torchattacks/ours)"
            if "torchattacks" in med else ""))
     for other in ("plain", "torchattacks"):
