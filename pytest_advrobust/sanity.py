@@ -433,8 +433,8 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
     ``num_classes`` defaults to the width of the model's output.
     ``adversarial`` optionally maps single attack names to their own
     adversarial batch (same samples as ``x``); at level full each non-PGD
-    attack in it (or ``x_adv`` itself when ``attacks`` holds no ``pgd``) is
-    compared against PGD. ``correct_counts`` (clean and adversarial correct
+    attack in it (or ``x_adv`` itself when ``attacks`` holds neither ``pgd`` nor
+    an APGD variant) is compared against the strongest gradient attack configured. ``correct_counts`` (clean and adversarial correct
     counts on the full batch), when the caller has them, spares two forward
     passes.
     """
@@ -473,8 +473,8 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
         evaluated: Dict[str, torch.Tensor] = {}
         if adversarial:
             evaluated = {name: adv[idx].detach() for name, adv in adversarial.items()}
-        elif x_adv is not None and attacks and "pgd" not in attacks \
-                and not set(attacks) <= {"fgsm", *STRONG}:
+        elif x_adv is not None and attacks and not set(attacks) & {"pgd", *STRONG} \
+                and not set(attacks) <= {"fgsm"}:
             evaluated = {"+".join(attacks): x_adv[idx].detach()}
         flags.extend(_full_checks(model, xs, ys, cfg, ctx, int(num_classes or 2), evaluated,
                                   configured=attacks))
