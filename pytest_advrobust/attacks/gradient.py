@@ -141,12 +141,12 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
             if not bool(todo.any()):
                 break
             idx = todo.nonzero(as_tuple=True)[0]
-            adv, fooled, loss = _pgd_batch(model, xb[idx], yb[idx], start[idx], cfg.eps,
+            adv, fooled, margin = _pgd_batch(model, xb[idx], yb[idx], start[idx], cfg.eps,
                                            cfg.norm, cfg.steps, step, cfg.bounds, cfg.early_stop)
-            better = fooled | (loss < best_margin[idx])
+            better = fooled | (margin < best_margin[idx])
             take = idx[better]
             best[take] = adv[better]
-            best_margin[take] = loss[better]
+            best_margin[take] = margin[better]
             best_fooled[idx[fooled]] = True
         if cfg.targets > 0:
             with torch.no_grad():
@@ -158,13 +158,13 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
                 if not bool(todo.any()):
                     break
                 idx = todo.nonzero(as_tuple=True)[0]
-                adv, fooled, loss = _pgd_batch(model, xb[idx], yb[idx], xb[idx], cfg.eps,
+                adv, fooled, margin = _pgd_batch(model, xb[idx], yb[idx], xb[idx], cfg.eps,
                                                cfg.norm, cfg.steps, step, cfg.bounds,
                                                cfg.early_stop, target=ranked[idx, t])
-                better = fooled | (loss < best_margin[idx])
+                better = fooled | (margin < best_margin[idx])
                 take = idx[better]
                 best[take] = adv[better]
-                best_margin[take] = loss[better]
+                best_margin[take] = margin[better]
                 best_fooled[idx[fooled]] = True
         out[sl] = best
     return out
