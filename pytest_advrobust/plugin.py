@@ -537,8 +537,11 @@ def _compare_with_baseline(item: pytest.Item, rep: Dict[str, Any],
 def _write_images(folder: Path, nodeid: str, outcome: Any, rep: Dict[str, Any]) -> None:
     from .images import safe_filename, save_curve, save_gallery
 
+    from .layout import channels_first
+
     stem = safe_filename(nodeid)
-    paths = [save_gallery(folder / f"{stem}.png", outcome.x, outcome.x_adv, outcome.y,
+    x, x_adv = (channels_first(t, outcome.settings) for t in (outcome.x, outcome.x_adv))
+    paths = [save_gallery(folder / f"{stem}.png", x, x_adv, outcome.y,
                           outcome.clean.pred, outcome.adv.pred)]
     if outcome.curve:
         paths.append(save_curve(folder / f"{stem}-curve.png", rep["curve"],

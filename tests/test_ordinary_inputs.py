@@ -485,9 +485,9 @@ def test_channels_last_images_are_normalised_and_drawn_on_their_channel_axis(pyt
     assert "model from fixture" not in result.stdout.str()
     from PIL import Image
 
-    nhwc = Image.open(pytester.path / "pics" / "test_layout.py__test_nhwc.png")
-    nchw = Image.open(pytester.path / "pics" / "test_layout.py__test_nchw.png")
-    assert nhwc.size == nchw.size and list(nhwc.getdata()) == list(nchw.getdata())
+    nhwc = Image.open(pytester.path / "pics" / "test_layout.py_test_nhwc.png")
+    nchw = Image.open(pytester.path / "pics" / "test_layout.py_test_nchw.png")
+    assert nhwc.size == nchw.size and nhwc.tobytes() == nchw.tobytes()
 
 
 # ---------------------------------------------------------- 6. at chance
@@ -606,7 +606,7 @@ def test_messages_name_preprocessing_two_logits_and_train_shape(pytester):
     result.stdout.fnmatch_lines([
         "*outside bounds=(0, 1); if they are already normalised, give the unnormalised data "
         "and preprocessing=(mean, std) so that eps stays in input units*",
-        "*returned one logit per input, shape (300, 1)*"
+        "*returned one logit per input, shape (256, 1)*"
         "for a binary model's logit z, return torch.cat([[]-z, z[]], dim=1)*",
         "*fixture 'robust_train_data' gives samples of shape (10,) but fixture 'robust_data' "
         "gives (20,)*",
