@@ -413,7 +413,9 @@ def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSett
                 raise _bad("bounds", b, "must have low < high")
             upd["bounds"] = (lo, hi)
 
-    if "preprocessing" in kwargs and kwargs["preprocessing"] is not None:
+    if "preprocessing" in kwargs and kwargs["preprocessing"] is None:
+        upd["preprocessing"] = None  # overrides --advrobust-preprocessing / the ini key
+    elif "preprocessing" in kwargs:
         p = kwargs["preprocessing"]
         if not isinstance(p, (list, tuple)) or len(p) != 2:
             raise _bad("preprocessing", p, "must be a (mean, std) pair")
