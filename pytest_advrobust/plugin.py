@@ -367,7 +367,8 @@ def _outcome(request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
     if hit is not None:  # same numbers; this test's own threshold and tolerance
         training = hit[0].training
         if training is not None:  # nothing was trained for this test
-            training = dict(training, mode="cached", steps=0, seconds=0.0)
+            mode = "memory" if training.get("cache") == "not cached" else "cached"
+            training = dict(training, mode=mode, steps=0, seconds=0.0)
         return dataclasses.replace(hit[0], settings=settings, training=training)
     cache_dir = _cache_dir(request.config) if need_train else None
     with torch_threads(state.values["threads"]):

@@ -257,7 +257,8 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
 
             ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y,
                                 cache_dir=cache_dir, progress=progress, warn=warn, quiet=True)
-            flags = run_sanity(net_work, x_work, y, main_raw.to(x_work.dtype), settings.attack_config(settings.main_eps),
+            flags = run_sanity(net_work, x_work, y, main_raw.to(x_work.dtype),
+                               settings.attack_config(settings.main_eps),
                                ctx, attacks=list(settings.attacks), level=level, curve=curve,
                                num_classes=clean.num_classes, adversarial=per_attack,
                                correct_counts=raw_counts)
