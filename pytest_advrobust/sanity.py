@@ -372,8 +372,9 @@ def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: Attac
             FLAG_WEAK_BEATS_STRONG,
             f"With {cfg.norm} eps={cfg.eps:g}, {worst_name} brings accuracy to "
             f"{weak[worst_name]:.3f} but {label} only to {acc_pgd:.3f} on {n} samples.",
-            "A strong gradient attack should never lose to a weaker attack: either its settings are too weak "
-            "(too few steps or too small a step size) or the gradients are masked; raise "
+            "A strong gradient attack should never lose to a weaker attack: either its "
+            "settings are too weak (too few steps or too small a step size) or the "
+            "gradients are masked; raise "
             "steps and step size, add restarts, and check the gradients flag."))
 
     # large_eps: an attack with an unbounded budget must reach chance or below.
@@ -434,9 +435,9 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
     ``adversarial`` optionally maps single attack names to their own
     adversarial batch (same samples as ``x``); at level full each non-PGD
     attack in it (or ``x_adv`` itself when ``attacks`` holds neither ``pgd`` nor
-    an APGD variant) is compared against the strongest gradient attack configured. ``correct_counts`` (clean and adversarial correct
-    counts on the full batch), when the caller has them, spares two forward
-    passes.
+    an APGD variant) is compared against the strongest gradient attack
+    configured. ``correct_counts`` (clean and adversarial correct counts on
+    the full batch), when the caller has them, spares two forward passes.
     """
     if level not in LEVELS:
         raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
