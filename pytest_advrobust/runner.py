@@ -42,6 +42,10 @@ class Outcome:
     sanity: List[Dict[str, str]] = field(default_factory=list)
     device: str = "cpu"
     train_is_eval: bool = False
+    # attack="generated": its numbers (acceptance, reference) and the labels of x_adv,
+    # which then holds the accepted generated samples rather than perturbed copies of x.
+    generated: Optional[Dict[str, Any]] = None
+    y_adv: Optional[torch.Tensor] = None
 
     def verdict_at(self, point: Dict[str, Any]) -> bool:
         t = self.settings.threshold
@@ -146,6 +150,11 @@ def run_evaluation(model: Any, data: Any, settings: RobustSettings, *,
     evaluation and given back unchanged afterwards, so the tests that run
     later see the random state they would have seen without this one.
     """
+    if "generated" in settings.attacks:
+        from .generated.evaluation import run_generated
+
+        return run_generated(model, data, settings, train_data=train_data, cache_dir=cache_dir,
+                             retrain=retrain, progress=progress, warn=warn, quiet=quiet)
     device, split = prepare(model, data, settings, train_data)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):

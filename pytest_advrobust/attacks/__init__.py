@@ -15,6 +15,7 @@ _BUILTIN = {
     "fgsm": ("pytest_advrobust.attacks.gradient", "fgsm"),
     "pgd": ("pytest_advrobust.attacks.gradient", "pgd"),
     "gan": ("pytest_advrobust.attacks.gan", "gan_attack"),
+    "generated": ("pytest_advrobust.generated.evaluation", "generated_attack"),
 }
 _CUSTOM: Dict[str, Callable] = {}
 
