@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 import torch
-
 from _support import digits_mlp, digits_tensors
+
 from pytest_advrobust.cache import GanCache
 from pytest_advrobust.errors import AdvRobustError
 from pytest_advrobust.generated import store
@@ -158,17 +158,17 @@ def test_the_gate_fails_a_gap_over_the_threshold(pytester):
     result = _run(pytester, f"--advrobust-cache-dir={pytester.path / 'c'}",
                   "--advrobust-gan-steps=300")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*generation gap 0.* > threshold 0.200 (real 1.000 -> "
-                                 "generated 0.* of 200 generated samples valid*"])
+    result.stdout.fnmatch_lines([("*generation gap 0.* > threshold 0.200 (real 1.000 -> "
+                                  "generated 0.* of 200 generated samples valid*")])
 
 
 @pytest.mark.parametrize("case, message", [
-    ("one_class", "*attack='generated' needs training data with at least 2 classes, but "
-                  "fixture 'robust_train_data' has only class 4; give it labelled samples*"),
-    ("few", "*attack='generated' needs at least 5 training samples of every class, but "
-            "fixture 'robust_train_data' has 2 of class 9; give it more*"),
-    ("unknown", "*evaluation data from fixture 'robust_data' has class 9, which the sample "
-                "generator's training data (fixture 'robust_train_data') lacks; add *"),
+    ("one_class", ("*attack='generated' needs training data with at least 2 classes, but "
+                   "fixture 'robust_train_data' has only class 4; give it labelled samples*")),
+    ("few", ("*attack='generated' needs at least 5 training samples of every class, but "
+             "fixture 'robust_train_data' has 2 of class 9; give it more*")),
+    ("unknown", ("*evaluation data from fixture 'robust_data' has class 9, which the sample "
+                 "generator's training data (fixture 'robust_train_data') lacks; add *")),
 ])
 def test_bad_input_gets_one_sentence(pytester, case, message):
     pytester.makeconftest(DIGITS_CONFTEST.replace(

@@ -49,7 +49,7 @@ def check_training_data(y: torch.Tensor, fixture: str) -> Tuple[torch.Tensor, to
     """``(labels (K,), class index (N,))`` of integer labels ``y``, or one-sentence errors."""
     if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
         raise AdvRobustError(f"attack='generated' needs integer class labels of shape (N,) from "
-                             f"fixture {fixture!r}, got {str(y.dtype)} of shape {tuple(y.shape)}")
+                             f"fixture {fixture!r}, got {y.dtype!s} of shape {tuple(y.shape)}")
     labels, index, counts = torch.unique(y.long(), sorted=True, return_inverse=True,
                                          return_counts=True)
     if labels.numel() < 2:

@@ -28,7 +28,7 @@ def _as_images(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         img = x
     else:
         flat = x.reshape(x.shape[0], -1)
-        side = int(math.isqrt(flat.shape[1]))
+        side = math.isqrt(flat.shape[1])
         shape = (side, side) if side * side == flat.shape[1] else (1, flat.shape[1])
         img = flat.view(x.shape[0], 1, *shape)
     img = ((img - lo) / max(hi - lo, 1e-12)).clamp(0, 1)

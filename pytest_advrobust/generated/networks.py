@@ -29,8 +29,8 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 __all__ = ["ARCH_VERSION", "ConditionalGenerator", "Discriminator", "ReferenceClassifier",

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .networks import ConditionalGenerator, ReferenceClassifier, arch_for, from_arch
+from .networks import ReferenceClassifier, arch_for, from_arch
 
 __all__ = ["GenConfig", "TrainResult", "data_range", "default_config", "train_generator",
            "train_reference"]
@@ -130,7 +130,7 @@ def train_generator(x: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, 
     steps, mode = cfg.steps, "cold"
     if init_state is not None:
         gen.load_state_dict(init_state)
-        steps, mode = max(1, int(round(cfg.steps * cfg.warm_fraction))), "warm"
+        steps, mode = max(1, round(cfg.steps * cfg.warm_fraction)), "warm"
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     rng = torch.Generator().manual_seed(cfg.seed)
