@@ -337,7 +337,8 @@ def _warm_only(request: pytest.FixtureRequest, settings: RobustSettings) -> None
         facts = warm_generators(model, data, settings, train_data=train,
                                 cache_dir=state.cache_dir, retrain=state.retrain,
                                 progress=_progress(request.config), warn=_warn)
-    modes = ", ".join(f"eps={f['eps']:g}: {f['mode']}" for f in facts) or "no GAN attack"
+    modes = ", ".join(f"{f.get('role') or 'eps=%g' % f['eps']}: {f['mode']}"
+                      for f in facts) or "no GAN attack"
     pytest.skip(f"advrobust warm: {modes}")
 
 

@@ -98,7 +98,7 @@ def test_digits_cold_run_then_cache_hit_same_json(pytester):
     cache = pytester.path / "cache"
     args = (f"--advrobust-cache-dir={cache}", "--advrobust-json=r.json",
             f"--advrobust-images={pytester.path / 'img'}", "--junitxml=j.xml")
-    first = _run(pytester, *args)
+    first = _run(pytester, *args, "--advrobust-save-baseline")
     first.assert_outcomes(passed=2)
     first.stdout.fnmatch_lines(["*test_generated_gap*generated */300 valid*-*300*PASS*cold*"])
     doc = json.loads((pytester.path / "r.json").read_text())
@@ -115,12 +115,14 @@ def test_digits_cold_run_then_cache_hit_same_json(pytester):
     stats = GanCache(cache).stats()
     assert stats.get("train") == 2  # generator and reference, once for both tests
 
-    second = _run(pytester, *args)
+    second = _run(pytester, *args, "--advrobust-compare")
     second.assert_outcomes(passed=2)
     doc2 = json.loads((pytester.path / "r.json").read_text())
     rep2 = {t["nodeid"].split("::")[-1]: t for t in doc2["tests"]}["test_generated_gap"]
     assert rep2["training"] == dict(rep2["training"], mode="cached", steps=0)
     assert rep2["generated"]["reference"]["steps"] == 0
+    assert rep2["baseline"]["status"] == "ok" and rep2["baseline"]["delta"] == 0.0
+    rep2["baseline"] = rep["baseline"]
     assert _without_timing(rep2) == _without_timing(rep)
     assert GanCache(cache).stats().get("train") == 2
 
@@ -155,9 +157,17 @@ def test_the_gate_fails_a_gap_over_the_threshold(pytester):
         def test_marked():
             pass
         """))
-    result = _run(pytester, f"--advrobust-cache-dir={pytester.path / 'c'}",
-                  "--advrobust-gan-steps=300")
+    cache = f"--advrobust-cache-dir={pytester.path / 'c'}"
+    warm = _run(pytester, cache, "--advrobust-gan-steps=300", "--advrobust-warm", "-rs")
+    warm.assert_outcomes(skipped=1)
+    warm.stdout.fnmatch_lines(["*advrobust warm: sample generator: cold, "
+                               "reference classifier: cold*"])
+    result = _run(pytester, cache, "--advrobust-gan-steps=300",
+                  f"--advrobust-images={pytester.path / 'img'}")
     result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*test_marked*generated */200 valid*FAIL*cached*"])
+    png = pytester.path / "img" / "test_gate.py_test_marked-generated-wrong.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result.stdout.fnmatch_lines([("*generation gap 0.* > threshold 0.200 (real 1.000 -> "
                                   "generated 0.* of 200 generated samples valid*")])
 

@@ -41,4 +41,5 @@ def warm_sample_generator(model: Any, data: Any, settings, *, train_data: Any = 
                           **kwargs) -> List[Dict[str, Any]]:
     """Obtain the sample generator and reference a ``generated`` test needs; their facts."""
     _, _, facts = _networks(model, data, settings, train_data, **kwargs)
-    return [dict(facts["generator"], eps=0.0), dict(facts["reference"], eps=0.0)]
+    return [dict(facts["generator"], role="sample generator"),
+            dict(facts["reference"], role="reference classifier")]
