@@ -75,6 +75,16 @@ DIGITS_TESTS = textwrap.dedent(
         assert torch.equal(x, again)
         logits = conditional_generator.reference(x)
         assert logits.shape == (20, 10)
+
+    @pytest.mark.robust(threshold=0.1, attack="generated", n_samples=300)
+    def test_batch(adversarial_batch, robust_model):
+        b = adversarial_batch
+        assert b.x.shape == (300, 1, 8, 8)
+        assert b.x_adv.shape[0] == b.y_adv.shape[0] == b.report["generated"]["accepted"]
+        again = b.evaluate(robust_model)
+        assert again["adversarial_accuracy"] == pytest.approx(b.report["adversarial_accuracy"],
+                                                              abs=1e-6)
+        assert again["gap"] == pytest.approx(b.report["gap"], abs=1e-6)
     """
 )
 
@@ -99,7 +109,7 @@ def test_digits_cold_run_then_cache_hit_same_json(pytester):
     args = (f"--advrobust-cache-dir={cache}", "--advrobust-json=r.json",
             f"--advrobust-images={pytester.path / 'img'}", "--junitxml=j.xml")
     first = _run(pytester, *args, "--advrobust-save-baseline")
-    first.assert_outcomes(passed=2)
+    first.assert_outcomes(passed=3)
     first.stdout.fnmatch_lines(["*test_generated_gap*generated */300 valid*-*300*PASS*cold*"])
     doc = json.loads((pytester.path / "r.json").read_text())
     rep = {t["nodeid"].split("::")[-1]: t for t in doc["tests"]}["test_generated_gap"]
@@ -113,10 +123,10 @@ def test_digits_cold_run_then_cache_hit_same_json(pytester):
     junit = (pytester.path / "j.xml").read_text()
     assert 'name="advrobust_acceptance_rate"' in junit
     stats = GanCache(cache).stats()
-    assert stats.get("train") == 2  # generator and reference, once for both tests
+    assert stats.get("train") == 2  # generator and reference, once for all tests
 
     second = _run(pytester, *args, "--advrobust-compare")
-    second.assert_outcomes(passed=2)
+    second.assert_outcomes(passed=3)
     doc2 = json.loads((pytester.path / "r.json").read_text())
     rep2 = {t["nodeid"].split("::")[-1]: t for t in doc2["tests"]}["test_generated_gap"]
     assert rep2["training"] == dict(rep2["training"], mode="cached", steps=0)

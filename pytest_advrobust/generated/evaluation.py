@@ -32,7 +32,7 @@ from .store import obtain
 from .training import default_config
 
 __all__ = ["MIN_PER_CLASS", "check_training_data", "generated_attack", "obtain_networks",
-           "run_generated"]
+           "real_and_generated_numbers", "run_generated"]
 
 #: Fewest training samples of each class the generator accepts.
 MIN_PER_CLASS = 5
@@ -99,7 +99,10 @@ def _judge(ref, gen, x: torch.Tensor, y: torch.Tensor, validity: float, batch: i
     return probs.argmax(1) == idx, own >= validity
 
 
-def _numbers(y_real, clean: Predictions, y_acc, adv: Predictions, metric: str) -> Dict[str, Any]:
+def real_and_generated_numbers(y_real, clean: Predictions, y_acc, adv: Predictions,
+                               metric: str) -> Dict[str, Any]:
+    """The report's numbers: ``clean_*`` on the real samples, ``adversarial_*`` on the
+    accepted generated ones (labels ``y_acc``), and the gap between them."""
     n, m = int(y_real.numel()), int(y_acc.numel())
     k_real, k_gen = int(clean.correct.sum()), int(adv.correct.sum())
     real_acc, gen_acc = k_real / n, k_gen / m
@@ -162,7 +165,7 @@ def run_generated(model: Any, data: Any, settings, *, train_data: Any = None,
             adv = predict(net, x_acc, y_acc, bs, name)
             every = predict(net, x_gen, y_gen, bs, name)
     n = int(x_gen.shape[0])
-    numbers = _numbers(split.y, clean, y_acc, adv, settings.metric)
+    numbers = real_and_generated_numbers(split.y, clean, y_acc, adv, settings.metric)
     generated = {
         "validity": {"judge": "reference classifier", "min_confidence": settings.validity},
         "drawn": n, "accepted": m, "acceptance_rate": _rate(m, n),
