@@ -72,7 +72,7 @@ def accuracy(model, x, y) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path(".bench-generated"))
+    ap.add_argument("--work", type=Path, default=Path(".bench/generated"))
     ap.add_argument("--gan-steps", type=int, default=800)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--cnn-steps", type=int, default=300)
