@@ -32,7 +32,9 @@ def conditional_generator_for(model: Any, data: Any, settings, *, train_data: An
     ``kwargs``: ``cache_dir``, ``retrain``, ``progress``, ``warn``.
     """
     gen, ref, facts = _networks(model, data, settings, train_data, **kwargs)
-    gen.reference = ref
+    # A plain attribute, not a registered submodule: the generator's parameters and
+    # state dict stay its own.
+    gen.__dict__["reference"] = ref
     gen.training_facts = facts
     return gen.eval()
 
