@@ -182,30 +182,37 @@ def test_the_gate_fails_a_gap_over_the_threshold(pytester):
                                   "generated 0.* of 200 generated samples valid*")])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("one_class", ("*attack='generated' needs training data with at least 2 classes, but "
-                   "fixture 'robust_train_data' has only class 4; give it labelled samples*")),
-    ("few", ("*attack='generated' needs at least 5 training samples of every class, but "
-             "fixture 'robust_train_data' has 2 of class 9; give it more*")),
-    ("unknown", ("*evaluation data from fixture 'robust_data' has class 9, which the sample "
-                 "generator's training data (fixture 'robust_train_data') lacks; add *")),
-])
-def test_bad_input_gets_one_sentence(pytester, case, message):
+BAD_CASES = {
+    "one_class": ("y == 4", "attack='generated' needs training data with at "
+                  "least 2 classes, but fixture 'robust_train_data' has only class 4; give it "
+                  "labelled samples*"),
+    "few": ("(y != 9) | (torch.cumsum(y == 9, 0) <= 2)", "attack='generated' needs "
+            "at least 5 training samples of every class, but fixture 'robust_train_data' has 2 "
+            "of class 9; give it more*"),
+    "unknown": ("y != 9", "evaluation data from fixture 'robust_data' has class "
+                "9, which the sample generator's training data (fixture 'robust_train_data') "
+                "lacks; add *"),
+}
+
+
+def test_bad_input_gets_one_sentence(pytester):
+    # robust_train_data depends on the test's name, so that one run covers every case.
     pytester.makeconftest(DIGITS_CONFTEST.replace(
+        "@pytest.fixture(scope=\"session\")\ndef robust_train_data():",
+        "@pytest.fixture\ndef robust_train_data(request):").replace(
         "    return x[:1200], y[:1200]",
         "    x, y = x[:1200], y[:1200]\n"
-        "    keep = {'one_class': y == 4, 'few': (y != 9) | (torch.cumsum(y == 9, 0) <= 2),\n"
-        "            'unknown': y != 9}['" + case + "']\n"
-        "    return x[keep], y[keep]"))
-    pytester.makepyfile(test_bad=DIGITS_TESTS.split("@pytest.mark.robust", 2)[0] + textwrap.dedent(
-        """
-        @pytest.mark.robust(threshold=0.1, attack="generated", n_samples=50)
-        def test_bad():
-            pass
-        """))
-    result = _run(pytester, f"--advrobust-cache-dir={pytester.path / 'c'}")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([message])
+        "    keep = {" + ", ".join(f"'test_{k}': {v[0]}" for k, v in BAD_CASES.items()) +
+        "}[request.node.name]\n"
+        "    return x[keep], y[keep]").replace(
+        "def robust_model(robust_train_data):\n    x, y = robust_train_data",
+        "def robust_model():\n    x, y = digits()"))
+    pytester.makepyfile(test_bad="import pytest\n" + "".join(
+        f"\n@pytest.mark.robust(threshold=0.1, attack='generated', n_samples=50)\n"
+        f"def test_{k}():\n    pass\n" for k in BAD_CASES))
+    result = _run(pytester, f"--advrobust-cache-dir={pytester.path / 'c'}", "-rE")
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines([v[1] for v in BAD_CASES.values()], consecutive=False)
     assert "Traceback" not in result.stdout.str()
 
 
