@@ -170,8 +170,8 @@ def test_the_gate_fails_a_gap_over_the_threshold(pytester):
     cache = f"--advrobust-cache-dir={pytester.path / 'c'}"
     warm = _run(pytester, cache, "--advrobust-gan-steps=300", "--advrobust-warm", "-rs")
     warm.assert_outcomes(skipped=1)
-    warm.stdout.fnmatch_lines(["*advrobust warm: sample generator: cold, "
-                               "reference classifier: cold*"])
+    warm.stdout.fnmatch_lines(
+        ["*advrobust warm: sample generator: cold, reference classifier: cold*"])
     result = _run(pytester, cache, "--advrobust-gan-steps=300",
                   f"--advrobust-images={pytester.path / 'img'}")
     result.assert_outcomes(failed=1)
@@ -183,15 +183,15 @@ def test_the_gate_fails_a_gap_over_the_threshold(pytester):
 
 
 BAD_CASES = {
-    "one_class": ("y == 4", "attack='generated' needs training data with at "
-                  "least 2 classes, but fixture 'robust_train_data' has only class 4; give it "
-                  "labelled samples*"),
-    "few": ("(y != 9) | (torch.cumsum(y == 9, 0) <= 2)", "attack='generated' needs "
-            "at least 5 training samples of every class, but fixture 'robust_train_data' has 2 "
-            "of class 9; give it more*"),
-    "unknown": ("y != 9", "evaluation data from fixture 'robust_data' has class "
-                "9, which the sample generator's training data (fixture 'robust_train_data') "
-                "lacks; add *"),
+    "one_class": ("y == 4", (
+        "attack='generated' needs training data with at least 2 classes, but fixture "
+        "'robust_train_data' has only class 4; give it labelled samples*")),
+    "few": ("(y != 9) | (torch.cumsum(y == 9, 0) <= 2)", (
+        "attack='generated' needs at least 5 training samples of every class, but fixture "
+        "'robust_train_data' has 2 of class 9; give it more*")),
+    "unknown": ("y != 9", (
+        "evaluation data from fixture 'robust_data' has class 9, which the sample generator's "
+        "training data (fixture 'robust_train_data') lacks; add *")),
 }
 
 

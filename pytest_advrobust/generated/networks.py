@@ -150,7 +150,9 @@ class ConditionalGenerator(_Scaled):
 
 
 class Discriminator(_Scaled):
-    """``samples (N, *sample_shape) -> (realness (N,), class logits (N, K))``, spectrally normalised."""
+    """``samples (N, *sample_shape) -> (realness (N,), class logits (N, K))``.
+
+    Every layer but the class head is spectrally normalised."""
 
     def __init__(self, arch: Dict[str, Any]):
         super().__init__(arch)

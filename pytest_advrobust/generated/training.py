@@ -184,7 +184,8 @@ def train_reference(x: torch.Tensor, index: torch.Tensor, num_classes: int, cfg:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _say(progress, step, cfg.reference_steps, "reference classifier", f"loss {float(loss.detach()):.3f}")
+        _say(progress, step, cfg.reference_steps, "reference classifier",
+             f"loss {float(loss.detach()):.3f}")
     ref.eval().requires_grad_(False)
     acc = None
     if n_hold:
