@@ -127,6 +127,8 @@ def summary_lines(reports: List[Dict[str, Any]], width: int = 120) -> List[str]:
             gen = f"{tr.get('mode', '?')}"
             if tr.get("mode") != "cached":
                 gen += f" {tr.get('steps', 0)} steps {tr.get('seconds', 0):.1f}s"
+            if tr.get("cache"):
+                gen += f", {tr['cache']}"
         eps = rep["eps"] if not rep.get("curve") else \
             ",".join(f"{p['eps']:g}" for p in rep["curve"])
         eps = "-" if eps is None else eps

@@ -125,7 +125,8 @@ def _rate(k: int, n: int) -> Dict[str, Any]:
 def run_generated(model: Any, data: Any, settings, *, train_data: Any = None,
                   cache_dir=None, retrain: bool = False,
                   progress: Optional[Callable[[str], None]] = None,
-                  warn: Optional[Callable[[str], None]] = None, quiet: bool = False):
+                  warn: Optional[Callable[[str], None]] = None, quiet: bool = False,
+                  store: Any = None):
     """Evaluate ``model`` on real and on accepted generated samples; an ``Outcome``.
 
     Raises :class:`AdvRobustError` (one sentence) for training data with one
@@ -136,7 +137,7 @@ def run_generated(model: Any, data: Any, settings, *, train_data: Any = None,
 
     if len(settings.attacks) > 1:
         generated_attack(None, None, None, None, None)
-    device, split = prepare(model, data, settings, train_data)
+    device, split = prepare(model, data, settings, train_data, store=store)
     train_fixture = settings.train_data if train_data is not None else settings.data
     labels, _ = check_training_data(split.train_y, train_fixture)
     classes = _check_eval_classes(split.y, labels, settings.data, train_fixture)

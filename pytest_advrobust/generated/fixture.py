@@ -7,12 +7,12 @@ from typing import Any, Dict, List
 __all__ = ["conditional_generator_for", "warm_sample_generator"]
 
 
-def _networks(model: Any, data: Any, settings, train_data: Any, **kwargs):
+def _networks(model: Any, data: Any, settings, train_data: Any, store: Any = None, **kwargs):
     import torch
 
     from ..runner import prepare
 
-    device, split = prepare(model, data, settings, train_data)
+    device, split = prepare(model, data, settings, train_data, store=store)
     train_fixture = settings.train_data if train_data is not None else settings.data
     from .evaluation import obtain_networks
 
@@ -23,15 +23,16 @@ def _networks(model: Any, data: Any, settings, train_data: Any, **kwargs):
 
 
 def conditional_generator_for(model: Any, data: Any, settings, *, train_data: Any = None,
-                              **kwargs) -> Any:
+                              store: Any = None, **kwargs) -> Any:
     """The trained (or cached) :class:`~.networks.ConditionalGenerator` for this data.
 
     It carries ``reference`` (the validity judge, a
     :class:`~.networks.ReferenceClassifier` whose logits index ``labels``)
     and ``training_facts`` (``{"generator": ..., "reference": ...}``).
-    ``kwargs``: ``cache_dir``, ``retrain``, ``progress``, ``warn``.
+    ``store``: the session's data conversions (as for ``prepare``); ``kwargs``:
+    ``cache_dir``, ``retrain``, ``progress``, ``warn``.
     """
-    gen, ref, facts = _networks(model, data, settings, train_data, **kwargs)
+    gen, ref, facts = _networks(model, data, settings, train_data, store, **kwargs)
     # A plain attribute, not a registered submodule: the generator's parameters and
     # state dict stay its own.
     gen.__dict__["reference"] = ref
@@ -40,8 +41,8 @@ def conditional_generator_for(model: Any, data: Any, settings, *, train_data: An
 
 
 def warm_sample_generator(model: Any, data: Any, settings, *, train_data: Any = None,
-                          **kwargs) -> List[Dict[str, Any]]:
+                          store: Any = None, **kwargs) -> List[Dict[str, Any]]:
     """Obtain the sample generator and reference a ``generated`` test needs; their facts."""
-    _, _, facts = _networks(model, data, settings, train_data, **kwargs)
+    _, _, facts = _networks(model, data, settings, train_data, store, **kwargs)
     return [dict(facts["generator"], role="sample generator"),
             dict(facts["reference"], role="reference classifier")]
