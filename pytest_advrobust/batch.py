@@ -18,6 +18,9 @@ class AdversarialBatch:
     Attributes: ``x``, ``y``, ``x_adv``, ``settings`` (the attack's settings as
     a dict: attack, eps, norm, steps, ...), ``report`` (the numbers the marker
     judges), ``training`` (how the generator was obtained, for the GAN).
+    Under ``attack="generated"``: ``x_adv`` holds the accepted generated
+    samples, labelled ``y_adv``; ``real_valid`` (bool, (N,)) marks the real
+    samples the validity judge accepts; ``eps`` is ``None``.
     """
 
     def __init__(self, outcome: Any, report: Dict[str, Any]):
@@ -30,10 +33,13 @@ class AdversarialBatch:
         self.training: Optional[Dict[str, Any]] = outcome.training
         # attack="generated": x_adv holds the accepted generated samples, labelled y_adv.
         self.y_adv: torch.Tensor = outcome.y_adv if outcome.y_adv is not None else outcome.y
+        self.real_valid: Optional[torch.Tensor] = getattr(outcome, "real_valid", None)
 
     @property
-    def eps(self) -> float:
-        return float(self.report["eps"])
+    def eps(self) -> Optional[float]:
+        """The attack's eps in input units; ``None`` for ``attack="generated"``."""
+        eps = self.report["eps"]
+        return None if eps is None else float(eps)
 
     @property
     def attack(self) -> str:
@@ -61,12 +67,14 @@ class AdversarialBatch:
         if self._outcome.generated is not None:
             from .generated.evaluation import real_and_generated_numbers
 
-            return real_and_generated_numbers(self.y, clean, self.y_adv, adv, s.metric)
+            return real_and_generated_numbers(self.y, clean, self.y_adv, adv, s.metric,
+                                              self.real_valid)
         out = summarize(self.y, clean, adv, s.metric)
         out.update(eps=self.eps, attack=self.attack, norm=s.norm)
         return out
 
     def __repr__(self) -> str:
-        return (f"AdversarialBatch(n={len(self)}, attack={self.attack!r}, eps={self.eps:g}, "
+        eps = "None" if self.eps is None else f"{self.eps:g}"
+        return (f"AdversarialBatch(n={len(self)}, attack={self.attack!r}, eps={eps}, "
                 f"clean={self.report['clean_accuracy']:.3f}, "
                 f"adversarial={self.report['adversarial_accuracy']:.3f})")

@@ -51,6 +51,9 @@ class Outcome:
     # which then holds the accepted generated samples rather than perturbed copies of x.
     generated: Optional[Dict[str, Any]] = None
     y_adv: Optional[torch.Tensor] = None
+    # attack="generated": which real samples the validity judge accepts (bool, (N,)); the
+    # real accuracy of the gap is measured on them.
+    real_valid: Optional[torch.Tensor] = None
 
     def verdict_at(self, point: Dict[str, Any]) -> bool:
         t = self.settings.threshold

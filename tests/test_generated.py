@@ -14,8 +14,14 @@ from _support import digits_mlp, digits_tensors
 
 from pytest_advrobust.cache import GanCache
 from pytest_advrobust.errors import AdvRobustError
+from pytest_advrobust.evaluate import Predictions, wilson_interval
 from pytest_advrobust.generated import store
-from pytest_advrobust.generated.evaluation import check_training_data, run_generated
+from pytest_advrobust.generated.evaluation import (
+    check_training_data,
+    obtain_networks,
+    real_and_generated_numbers,
+    run_generated,
+)
 from pytest_advrobust.generated.training import default_config, train_generator
 from pytest_advrobust.report import build_report
 from pytest_advrobust.settings import RobustSettings, from_marker
@@ -85,6 +91,11 @@ DIGITS_TESTS = textwrap.dedent(
         assert again["adversarial_accuracy"] == pytest.approx(b.report["adversarial_accuracy"],
                                                               abs=1e-6)
         assert again["gap"] == pytest.approx(b.report["gap"], abs=1e-6)
+        assert again["clean_accuracy"] == pytest.approx(b.report["clean_accuracy"], abs=1e-6)
+        assert b.eps is None and b.report["eps"] is None
+        assert repr(b).startswith("AdversarialBatch(n=300, attack='generated', eps=None, ")
+        assert b.real_valid.shape == (300,)
+        assert int(b.real_valid.sum()) == b.report["generated"]["real_accepted"]
     """
 )
 
@@ -118,10 +129,18 @@ def test_digits_cold_run_then_cache_hit_same_json(pytester):
     assert g["drawn"] == 300 and g["acceptance_rate"]["value"] >= 0.5
     assert g["reference_accuracy"]["value"] >= 0.9
     assert rep["gap"] == pytest.approx(rep["clean_accuracy"] - rep["adversarial_accuracy"])
+    # The gap's real side is the validity-matched one; all real samples are reported beside it.
+    assert rep["clean_accuracy"] == g["real_accuracy_valid"]["value"]
+    assert rep["clean_ci"] == g["real_accuracy_valid"]["ci"]
+    assert 0 < g["real_accepted"] <= 300
+    assert g["real_acceptance_rate"]["value"] == pytest.approx(g["real_accepted"] / 300)
+    assert g["gap_all_real"] == pytest.approx(
+        g["real_accuracy_all"]["value"] - rep["adversarial_accuracy"], abs=1e-6)
     lo, hi = rep["adversarial_ci"]
     assert lo <= rep["adversarial_accuracy"] <= hi
     junit = (pytester.path / "j.xml").read_text()
     assert 'name="advrobust_acceptance_rate"' in junit
+    assert 'name="advrobust_real_acceptance_rate"' in junit
     stats = GanCache(cache).stats()
     assert stats.get("train") == 2  # generator and reference, once for all tests
 
@@ -178,8 +197,9 @@ def test_the_gate_fails_a_gap_over_the_threshold(pytester):
     result.stdout.fnmatch_lines(["*test_marked*generated */200 valid*FAIL*cached*"])
     png = pytester.path / "img" / "test_gate.py_test_marked-generated-wrong.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    result.stdout.fnmatch_lines([("*generation gap 0.* > threshold 0.200 (real 1.000 -> "
-                                  "generated 0.* of 200 generated samples valid*")])
+    result.stdout.fnmatch_lines([("*generation gap 0.* > threshold 0.200 (real 1.000 on * of "
+                                  "200 valid real samples (all real 1.000) -> generated 0.* "
+                                  "of 200 valid generated samples*")])
 
 
 BAD_CASES = {
@@ -312,3 +332,50 @@ def test_changed_training_data_warm_starts_the_generator(tmp_path, one_torch_thr
     assert (cold["mode"], cold["steps"]) == ("cold", 40)
     assert (warm["mode"], warm["steps"]) == ("warm", 10) and warm["key"] != cold["key"]
     store.clear_memo()
+
+
+def _predictions(correct, loss=None):
+    correct = torch.tensor(correct, dtype=torch.bool)
+    loss = torch.zeros(len(correct)) if loss is None else torch.tensor(loss)
+    return Predictions(pred=torch.zeros(len(correct), dtype=torch.long), loss=loss,
+                       correct=correct, num_classes=10)
+
+
+def test_real_side_is_judged_by_the_same_validity_filter():
+    # 10 real samples: the model gets the 7 clear ones right and the 3 hard ones wrong; the
+    # reference rejects exactly the 3 hard ones, as it rejects unclear generated samples.
+    y = torch.arange(10) % 2
+    clean = _predictions([1] * 7 + [0] * 3, loss=[0.1] * 7 + [2.0] * 3)
+    valid = torch.tensor([True] * 7 + [False] * 3)
+    adv = _predictions([1] * 8, loss=[0.1] * 8)
+    num = real_and_generated_numbers(y, clean, y[:8], adv, "absolute", valid)
+    assert num["clean_accuracy"] == 1.0 and num["gap"] == 0.0
+    assert num["clean_ci"] == list(wilson_interval(7, 7))
+    assert num["clean_loss"] == pytest.approx(0.1) and num["loss_gap"] == pytest.approx(0.0)
+    real = num["real"]
+    assert real["accuracy_all"]["value"] == 0.7 and real["accuracy_valid"]["value"] == 1.0
+    assert real["accepted"] == 7 and real["acceptance_rate"]["value"] == 0.7
+    assert real["gap_all"] == pytest.approx(-0.3)
+    assert num["n"] == 10
+    # Without a mask every real sample counts: the unmatched gap of -0.3.
+    unmatched = real_and_generated_numbers(y, clean, y[:8], adv, "absolute")
+    assert unmatched["gap"] == pytest.approx(-0.3) and unmatched["clean_accuracy"] == 0.7
+    with pytest.raises(AdvRobustError, match="none of the 10 real evaluation samples passed"):
+        real_and_generated_numbers(y, clean, y[:8], adv, "absolute", torch.zeros(10, dtype=bool))
+
+
+def test_valid_real_samples_are_those_the_reference_is_confident_on(digits_case):
+    model, (x, y), (tx, ty), settings = digits_case
+    out = run_generated(model, (x, y), settings, train_data=(tx, ty))
+    _, ref, _ = obtain_networks(tx, ty, settings, "robust_train_data",
+                                device=torch.device("cpu"))
+    with torch.no_grad():
+        own = torch.softmax(ref(out.x), 1).gather(1, out.y[:, None]).squeeze(1)
+        right = model(out.x).argmax(1) == out.y
+    assert torch.equal(out.real_valid, own >= settings.validity)
+    assert 0 < int(out.real_valid.sum()) < len(out.y)  # the filter drops some real samples
+    g = out.generated
+    assert out.numbers["clean_accuracy"] == pytest.approx(float(right[out.real_valid].double()
+                                                                .mean()))
+    assert g["real_accuracy_all"]["value"] == pytest.approx(float(right.double().mean()), abs=1e-6)
+    assert g["real_accepted"] == int(out.real_valid.sum())
