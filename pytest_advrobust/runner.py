@@ -42,6 +42,7 @@ class Outcome:
     sanity: List[Dict[str, str]] = field(default_factory=list)
     device: str = "cpu"
     train_is_eval: bool = False
+    class_names: Optional[List[str]] = None
 
     def verdict_at(self, point: Dict[str, Any]) -> bool:
         t = self.settings.threshold
@@ -218,4 +219,4 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
     return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
                    clean=clean, adv=main_adv, numbers=numbers, curve=curve,
                    training=training, sanity=flags, device=str(device),
-                   train_is_eval=split.train_is_eval)
+                   train_is_eval=split.train_is_eval, class_names=split.class_names)
