@@ -659,9 +659,13 @@ def _terminal_line(config: pytest.Config):
     tr = config.pluginmanager.get_plugin("terminalreporter")
 
     def show(line: str) -> None:
-        if tr is not None:
-            tr.ensure_newline()
-            tr.write_line(line)
+        if tr is None:
+            return
+        tr.ensure_newline()
+        writer = getattr(tr, "_tw", None)  # xdist's progress dots do not end their line
+        if writer is not None and getattr(writer, "width_of_current_line", 0):
+            tr.write("\n")
+        tr.write_line(line)
     return show
 
 
