@@ -218,3 +218,14 @@ def test_history_of_three_reports_of_a_model_degraded_step_by_step(pytester):
                           "reports/run2.json", "reports/run0.json"], cwd=pytester.path,
                          capture_output=True, text=True)
     assert rev.stdout.splitlines()[0].split()[1:3] == ["run2", "run0"]
+
+
+def test_example_workflow_uses_the_html_report_and_the_step_summary():
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "examples" / "github-actions.yml").read_text()
+    gate = text[text.index("- name: Robustness gate"):text.index("- name: Prune")]
+    assert "--html=advrobust-report.html" in gate and "--self-contained-html" in gate
+    assert "-n auto" in gate and "GITHUB_STEP_SUMMARY" in text
+    upload = text[text.index("- name: Upload the robustness report"):]
+    assert "advrobust-report.html" in upload and "if: always()" in upload
+    assert "pytest-advrobust[html]" in text
