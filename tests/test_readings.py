@@ -199,7 +199,7 @@ def test_cache_list_names_the_users_model_and_finds_pytests_folder(blobs_repo):
         out = subprocess.run([sys.executable, "-m", "pytest_advrobust.cli", "cache", "list"],
                              cwd=cwd, env=env, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-        assert f"1 entry, " in out.stdout and str(folder) in out.stdout, out.stdout
+        assert "1 entry, " in out.stdout and str(folder) in out.stdout, out.stdout
         row = out.stdout.splitlines()[1]
         assert "NearestCentre" in row and "Preprocessed" not in row
         assert re.search(r"gan linf eps=0\.1 \d+/20 steps", row), row

@@ -80,7 +80,8 @@ def test_html_report_carries_numbers_and_embedded_pictures(blobs_repo, self_cont
                  *extra)
     result.assert_outcomes(passed=3, failed=1)
     text = (blobs_repo.path / "report.html").read_text(encoding="utf-8")
-    reports = {t["nodeid"]: t for t in json.loads((blobs_repo.path / "r.json").read_text())["tests"]}
+    doc = json.loads((blobs_repo.path / "r.json").read_text())
+    reports = {t["nodeid"]: t for t in doc["tests"]}
     for nodeid, rep in reports.items():
         # each robust test's own numbers, as the JSON report has them
         for number in (rep["clean_accuracy"], rep["adversarial_accuracy"], rep["gap"],
@@ -157,21 +158,15 @@ def test_markdown_from_ini_and_nothing_without_a_target(blobs_repo):
 
 # ------------------------------------------------------------------- history
 
-DEGRADED_CONFTEST = """
+DEGRADED_MODEL = """
+
 import os
-import pytest
-import torch
-from conftest_blobs import make_blobs, NearestCentre
+
 
 @pytest.fixture(scope="session")
-def robust_data():
-    x, y, _ = make_blobs()
-    return x, y
-
-@pytest.fixture(scope="session")
-def robust_model():
+def robust_model():  # replaces the blobs model: each step pulls the class centres together
     _, _, centres = make_blobs()
-    step = int(os.environ["DEGRADE"])  # each step pulls the class centres together
+    step = int(os.environ["DEGRADE"])
     mean = centres.mean(0, keepdim=True)
     return NearestCentre(mean + (centres - mean) * (1.0 - 0.3 * step))
 """
@@ -180,11 +175,7 @@ def robust_model():
 def test_history_of_three_reports_of_a_model_degraded_step_by_step(pytester):
     from _support import BLOBS_CONFTEST
 
-    pytester.makepyfile(conftest_blobs=BLOBS_CONFTEST.replace("@pytest.fixture", "@_unused"),
-                        conftest=DEGRADED_CONFTEST)
-    pytester.path.joinpath("conftest_blobs.py").write_text(
-        "import pytest\n_unused = lambda **k: (lambda f: f)\n" +
-        BLOBS_CONFTEST.replace("@pytest.fixture(scope=\"session\")", "@_unused()"))
+    pytester.makeconftest(BLOBS_CONFTEST + DEGRADED_MODEL)
     pytester.makepyfile(test_h="""
         import pytest
 
