@@ -31,12 +31,14 @@ def gallery_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     """A PIL image: the samples the attack turned first (then those that resisted),
     with class names from the data when it has them, titled with test, attack, eps."""
     from .images import gallery_image, pick_samples
+    from .layout import channels_first
 
     clean_ok, adv_ok = outcome.clean.correct, outcome.adv.correct
     idx = pick_samples(clean_ok, adv_ok, GALLERY_SAMPLES)
     turned = int((clean_ok & ~adv_ok).sum())
     title = gallery_title(nodeid, dict(rep, _turned=(turned, int(clean_ok.sum()))))
-    return gallery_image(outcome.x[idx], outcome.x_adv[idx], outcome.y[idx],
+    x, x_adv = (channels_first(t, outcome.settings) for t in (outcome.x, outcome.x_adv))
+    return gallery_image(x[idx], x_adv[idx], outcome.y[idx],
                          outcome.clean.pred[idx], outcome.adv.pred[idx],
                          class_names=outcome.class_names, title=title,
                          max_images=GALLERY_SAMPLES)

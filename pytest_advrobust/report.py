@@ -132,6 +132,8 @@ def summary_lines(reports: List[Dict[str, Any]], width: int = 120) -> List[str]:
             gen = f"{tr.get('mode', '?')}"
             if tr.get("mode") != "cached":
                 gen += f" {tr.get('steps', 0)} steps {tr.get('seconds', 0):.1f}s"
+            if tr.get("cache"):
+                gen += f", {tr['cache']}"
         flags = f" ({len(rep['sanity'])} flags)" if rep.get("sanity") else ""
         rows.append([rep["nodeid"], rep["attack"] + " " + rep["norm"],
                      eps_cell(rep), str(rep["n"]),

@@ -32,6 +32,12 @@ def _input_grad(model: Model, x: torch.Tensor, y: torch.Tensor,
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
+        if not logits.requires_grad:  # forward under no_grad, detached, argmax, ...
+            from ..gradcheck import missing_gradient_error
+
+            raise missing_gradient_error("pgd/fgsm", None,
+                                         "the output does not depend on the input through "
+                                         "autograd")
         z = logits.float()
         if target is None:
             loss = F.cross_entropy(z, y, reduction="sum")
