@@ -50,6 +50,7 @@ def build_report(nodeid: str, outcome: Any) -> Dict[str, Any]:
         "per_class": num["per_class"],
         "attack_success_rate": _r(num["attack_success_rate"]),
         "training": outcome.training,
+        "cost": dict(getattr(outcome, "cost", None) or {}),
         "sanity": list(outcome.sanity),
         "curve": [_curve_point(p, outcome) for p in outcome.curve] if outcome.curve else None,
         "baseline": None,

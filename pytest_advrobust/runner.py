@@ -17,6 +17,7 @@ import torch
 
 from .attacks import get_attack
 from .attacks.base import AttackContext, perturbation_norms
+from .attacks.counting import counted
 from .data import Split, split_data, to_tensor_pair
 from .errors import AdvRobustError
 from .evaluate import Predictions, merge_worst_case, predict, summarize
@@ -46,6 +47,7 @@ class Outcome:
     device: str = "cpu"
     train_is_eval: bool = False
     class_names: Optional[List[str]] = None
+    cost: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     def verdict_at(self, point: Dict[str, Any]) -> bool:
         t = self.settings.threshold
@@ -209,6 +211,7 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
         if train_x is not None and x_work is not x:
             train_x = train_x.float()
         per_eps: Dict[float, Dict[str, Any]] = {}
+        cost: Dict[str, Dict[str, float]] = {}
         main_x_adv = main_adv = None
         training = None
         for eps in settings.eps:
@@ -219,7 +222,9 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
                 ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y,
                                     cache_dir=cache_dir, retrain=retrain, progress=progress,
                                     warn=warn, quiet=quiet)
-                x_adv = attack(net_work, x_work, y, cfg, ctx)
+                x_adv, count = counted(attack, net_work, x_work, y, cfg, ctx)
+                if math.isclose(eps, settings.main_eps):
+                    cost[name] = count.per_sample(x.shape[0])
                 if x_work is not x:  # low precision: the bound must hold after rounding
                     check_bound(name, x_work, x_adv, cfg)
                     x_adv = into_dtype(x, x_adv, eps, cfg.norm, cfg.bounds)
@@ -266,4 +271,4 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
     return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
                    clean=clean, adv=main_adv, numbers=numbers, curve=curve,
                    training=training, sanity=flags, device=str(device),
-                   train_is_eval=split.train_is_eval, class_names=split.class_names)
+                   train_is_eval=split.train_is_eval, class_names=split.class_names, cost=cost)
