@@ -309,8 +309,9 @@ def _outcome(request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
     hit = state.outcomes.get(key)
     if hit is not None:  # same numbers; this test's own threshold and tolerance
         training = hit[0].training
-        if training is not None:  # nothing was trained for this test
-            training = dict(training, mode="cached", steps=0, seconds=0.0)
+        if training is not None:  # nothing was trained for this test: the training's own facts
+            training = dict(training, mode="cached",
+                            trained_mode=training.get("trained_mode", training.get("mode")))
         return dataclasses.replace(hit[0], settings=settings, training=training)
     with torch_threads(state.values["threads"]):
         outcome = run_evaluation(model, data, settings, train_data=train,

@@ -81,6 +81,9 @@ class GanConfig:
       also uses bfloat16 on CPUs with native support (AVX512-BF16 or AMX),
       which pays off for long trainings; ``"fp32"`` always uses float32.
       Held-out evaluation is always float32.
+    fit_steps, fit_patience, fit_lr, fit_kappa: the fine-tuning on the
+      evaluation inputs (:mod:`.transductive`); ``fit_steps=0`` skips it.
+      :func:`train_generator` itself does not use them.
     """
 
     eps: float
@@ -104,6 +107,10 @@ class GanConfig:
     width: Optional[int] = None
     n_res: Optional[int] = None
     precision: str = "auto"
+    fit_steps: int = 0
+    fit_patience: int = 40
+    fit_lr: float = 3e-3
+    fit_kappa: float = 0.5
 
     def __post_init__(self) -> None:
         def bad(name: str, what: str) -> None:
@@ -147,6 +154,14 @@ class GanConfig:
             bad("width", "None or an integer >= 2")
         if self.n_res is not None and (not _is_int(self.n_res) or self.n_res < 0):
             bad("n_res", "None or a non-negative integer")
+        if not _is_int(self.fit_steps) or self.fit_steps < 0:
+            bad("fit_steps", "a non-negative integer")
+        if not _is_int(self.fit_patience) or self.fit_patience < 1:
+            bad("fit_patience", "a positive integer")
+        for name in ("fit_lr", "fit_kappa"):
+            v = getattr(self, name)
+            if not _is_number(v) or not math.isfinite(v) or v <= 0:
+                bad(name, "a positive number")
         if self.precision not in ("auto", "bf16", "fp32"):
             bad("precision", "'auto', 'bf16' or 'fp32'")
 
@@ -177,6 +192,8 @@ class TrainResult:
     ``"warm"``; ``history`` lists ``(step, held-out success)`` per evaluation.
     ``world_size`` is the number of processes that trained together and
     ``rank_samples`` the number of training samples each of them processed.
+    ``forward_samples``/``backward_samples`` count the model's forward and
+    backward passes in samples (this rank's, held-out evaluations included).
     """
 
     generator: Generator
@@ -189,6 +206,8 @@ class TrainResult:
     history: List[Tuple[int, float]] = field(default_factory=list)
     world_size: int = 1
     rank_samples: List[int] = field(default_factory=list)
+    forward_samples: int = 0
+    backward_samples: int = 0
 
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -321,8 +340,10 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
     x_hold, y_hold = x_src[hold_idx.to(x_src.device)], y[hold_idx.to(y.device)].cpu()
     clean_pred = _predict(model, x_hold, dev, _EVAL_BATCH, fp32)
     correct = clean_pred == y_hold
+    passes = {"forward": int(x_hold.shape[0])}
 
     def evaluate() -> float:
+        passes["forward"] += int(x_hold.shape[0])
         sync.sync_module(gen)  # identical weights and batch-norm statistics on every rank
         gen.eval()
         preds = []
@@ -468,7 +489,8 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
         f"at step {best_step}")
     return TrainResult(generator=gen, steps=step, seconds=seconds, device=str(dev),
                        holdout_success=best, mode=mode, stop_reason=reason, history=history,
-                       world_size=sync.world, rank_samples=rank_samples)
+                       world_size=sync.world, rank_samples=rank_samples,
+                       forward_samples=passes["forward"] + samples, backward_samples=samples)
 
 
 class _Sync:
