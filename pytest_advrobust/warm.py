@@ -20,7 +20,9 @@ def _obtain(model, split, settings: RobustSettings, eps: float, device, **ctx_kw
         net = with_preprocessing(m, settings, device)
         ctx = AttackContext(device=device, train_x=split.train_x, train_y=split.train_y,
                             **ctx_kwargs)
-        return obtain_generator(net, settings.attack_config(eps), ctx)
+        gen, facts = obtain_generator(net, settings.attack_config(eps), ctx)
+    # The generator takes the model's input gradient: gen(x) computes it with the user's model.
+    return gen.bind(net), facts
 
 
 def generator_for(model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None,

@@ -69,7 +69,10 @@ def default_gan_config(cfg: AttackConfig, n_train: int) -> GanConfig:
     passes over the evaluation inputs (:mod:`pytest_advrobust.gan.transductive`,
     stopping after 40 passes without a better one); a warm start runs only the
     fine-tuning, with 15% of both budgets together (75 steps). No discriminator (``gan_weight=0``):
-    on every model we measured it only weakened the attack. ``cfg.gan_steps``
+    on every model we measured it only weakened the attack. The generator
+    takes the input gradient's direction as a second input (``grad_input``):
+    evaluation costs one forward and one backward pass of the model per
+    sample, then the generator's forward. ``cfg.gan_steps``
     (``--advrobust-gan-steps``) replaces the step budget of both stages
     (the fine-tuning gets at most 200). ``cfg.gan_seconds`` is a safety net
     only (default one hour): when it cuts a training short the result is
@@ -84,7 +87,8 @@ def default_gan_config(cfg: AttackConfig, n_train: int) -> GanConfig:
                      bounds=tuple(cfg.bounds) if cfg.bounds is not None else None,
                      seed=int(cfg.seed), max_steps=max_steps, max_seconds=max_seconds,
                      batch_size=batch, holdout_max=1000, eval_every=max(10, min(50, max_steps)),
-                     patience=4, gan_weight=0.0, fit_steps=fit_steps, warm_fraction=0.15)
+                     patience=4, gan_weight=0.0, fit_steps=fit_steps, warm_fraction=0.15,
+                     grad_input=True)
 
 
 # --------------------------------------------------------------------------- digests and keys
@@ -140,7 +144,7 @@ def _hash_parts(parts: Dict[str, Any]) -> str:
 def _arch_for(sample_shape, gcfg: GanConfig) -> Dict[str, Any]:
     with torch.random.fork_rng(devices=[]):
         return build_generator(sample_shape, gcfg.eps, gcfg.norm, gcfg.bounds,
-                               width=gcfg.width, n_res=gcfg.n_res).arch
+                               width=gcfg.width, n_res=gcfg.n_res, grad_input=gcfg.grad_input).arch
 
 
 # --------------------------------------------------------------------------- obtaining a generator
@@ -452,24 +456,50 @@ def gan_attack(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig
     """
     if ctx.train_x is None or ctx.train_y is None:
         ctx = dataclasses.replace(ctx, train_x=x.detach().cpu(), train_y=y.detach().cpu())
-    from .gan_fit import fitted_generator
+    from .gan_fit import fitted_heads
 
-    gen, facts = fitted_generator(model, x, y, cfg, ctx)
+    heads, facts = fitted_heads(model, x, y, cfg, ctx)
     ctx.facts["training"] = facts
-    if tuple(x.shape[1:]) != gen.sample_shape:
-        raise ValueError(f"the generator was trained on samples of shape {gen.sample_shape}, "
-                         f"but the evaluation inputs have shape {tuple(x.shape[1:])}")
+    for gen in heads:
+        if tuple(x.shape[1:]) != gen.sample_shape:
+            raise ValueError(f"the generator was trained on samples of shape {gen.sample_shape}, "
+                             f"but the evaluation inputs have shape {tuple(x.shape[1:])}")
     out = torch.empty_like(x)
     bs = max(1, int(cfg.batch_size))
-    with torch.no_grad():
-        for s in range(0, x.shape[0], bs):
-            xb = x[s:s + bs]
-            out[s:s + bs] = bound(xb, gen(xb), cfg.eps, cfg.norm, cfg.bounds)
+    for s in range(0, x.shape[0], bs):
+        out[s:s + bs] = _best_of(model, heads, x[s:s + bs], y[s:s + bs], cfg)
     if cfg.refine > 0:
         from .gradient import pgd_from
 
         out = pgd_from(model, x, y, out, cfg, ctx)
     return out
+
+
+def _best_of(model: Model, heads, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
+    """Per sample, the first head's output that the model misclassifies, else the lowest margin.
+
+    Costs one forward and one backward pass (the gradient direction) and one
+    forward pass per head.
+    """
+    from ..gan.networks import input_direction
+    from ..gan.train import margin
+
+    direction = None
+    if any(h.grad_input for h in heads):
+        direction = input_direction(model, x, y, cfg.norm)
+    best, best_m = None, None
+    with torch.no_grad():
+        for h in heads:
+            cand = bound(x, h(x, direction if h.grad_input else None), cfg.eps, cfg.norm, cfg.bounds)
+            m = margin(model(cand), y)
+            m = torch.where(m < 0, torch.full_like(m, -1.0), m)  # fooled is fooled: first one wins
+            if best is None:
+                best, best_m = cand, m
+            else:
+                take = m < best_m
+                best = torch.where(take.view(-1, *([1] * (x.dim() - 1))), cand, best)
+                best_m = torch.minimum(best_m, m)
+    return best
 
 
 gan_attack.name = "gan"  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -39,7 +39,7 @@ from ..gan.transductive import fit_to_inputs
 from ..modelguard import frozen
 from .base import AttackConfig, AttackContext, Model
 
-__all__ = ["fitted_generator"]
+__all__ = ["fitted_generator", "fitted_heads"]
 
 _MEMO: Dict[str, Tuple[Generator, Dict[str, Any]]] = {}
 
@@ -48,14 +48,67 @@ def clear_memo() -> None:
     _MEMO.clear()
 
 
-def fitted_generator(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
-                     ctx: AttackContext) -> Tuple[Generator, Dict[str, Any]]:
-    """The generator for ``model`` fitted to ``(x, y)`` (``(N, *shape)``, ``(N,)``) and its facts."""
+def fitted_heads(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
+                 ctx: AttackContext) -> Tuple[List[Generator], Dict[str, Any]]:
+    """The default attack's two generators for ``(x, y)`` and their combined facts.
+
+    One takes the input gradient's direction (``grad_input``), one does not;
+    the attack keeps, per sample, the output of the one that fools the model
+    (best of k=2 outputs). Facts add up both trainings (``heads`` has each one's).
+    """
     from . import gan as g
 
-    train_x, train_y, gcfg, arch, parts, key_a, family_a = g.identity(model, cfg, ctx)
+    base = g.default_gan_config(cfg, _n_train(ctx))
+    heads, all_facts = [], []
+    for grad_input in (True, False):
+        gen, facts = fitted_generator(model, x, y, cfg, ctx, base.replace(grad_input=grad_input))
+        heads.append(gen)
+        all_facts.append(facts)
+    return heads, _combine(all_facts)
+
+
+def _n_train(ctx: AttackContext) -> int:
+    return int(ctx.train_x.shape[0]) if ctx.train_x is not None else 0
+
+
+def _combine(heads: List[Dict[str, Any]]) -> Dict[str, Any]:
+    from . import gan as g
+
+    first = heads[0]
+    modes = sorted({h["mode"] for h in heads})
+    out = dict(first)
+    out.update(
+        mode=modes[0] if len(modes) == 1 else "+".join(modes),
+        steps=sum(int(h.get("steps", 0)) for h in heads),
+        seconds=sum(float(h.get("seconds", 0.0)) for h in heads),
+        train_steps=sum(int(h.get("train_steps", 0)) for h in heads),
+        fit_steps=sum(int(h.get("fit_steps", 0)) for h in heads),
+        cut_short=any(h.get("cut_short") for h in heads),
+        key=g._hash_parts({"heads": [h.get("key") for h in heads]}),
+        attack_id=g._hash_parts({"heads": [h.get("attack_id") for h in heads]}),
+        eval_forward_per_sample=len(heads) + 1, eval_backward_per_sample=1,
+        heads=[{k: h.get(k) for k in ("mode", "trained_mode", "steps", "train_steps", "fit_steps",
+                                     "seconds", "eval_success", "key")} for h in heads])
+    if any("trained_mode" in h for h in heads):
+        out["trained_mode"] = "+".join(sorted({str(h.get("trained_mode", h["mode"])) for h in heads}))
+    cost = [h.get("cost") or {} for h in heads]
+    out["cost"] = {k: sum(float(c.get(k, 0.0)) for c in cost)
+                   for k in ("forward_per_sample", "backward_per_sample", "seconds")}
+    out.pop("fit_best_step", None)
+    return out
+
+
+def fitted_generator(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
+                     ctx: AttackContext, gan_cfg=None) -> Tuple[Generator, Dict[str, Any]]:
+    """The generator for ``model`` fitted to ``(x, y)`` (``(N, *shape)``, ``(N,)``) and its facts.
+
+    ``gan_cfg`` overrides :func:`~pytest_advrobust.attacks.gan.default_gan_config`.
+    """
+    from . import gan as g
+
+    train_x, train_y, gcfg, arch, parts, key_a, family_a = g.identity(model, cfg, ctx, gan_cfg)
     if gcfg.fit_steps == 0:
-        return g.obtain_generator(model, cfg, ctx)
+        return g.obtain_generator(model, cfg, ctx, gcfg)
     fit = {"steps": gcfg.fit_steps, "patience": gcfg.fit_patience, "lr": gcfg.fit_lr,
            "kappa": gcfg.fit_kappa, "warm_fraction": gcfg.warm_fraction}
     eval_digest = g._data_digest(x.detach().cpu(), y.detach().cpu())
@@ -104,7 +157,7 @@ def _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache):
             init = g._rebuild(arch, warm[1], ctx, f"warm-start entry {warm[0]}")
             mode = "warm" if init is not None else "cold"
     if init is None:
-        gen, first = g.obtain_generator(model, cfg, ctx)
+        gen, first = g.obtain_generator(model, cfg, ctx, gcfg)
         gen = _copy(gen, arch)
         budget, patience = gcfg.fit_steps, gcfg.fit_patience
     else:

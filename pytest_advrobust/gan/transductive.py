@@ -29,6 +29,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .networks import input_direction
 from .train import margin
 
 __all__ = ["FitResult", "fit_to_inputs"]
@@ -64,12 +65,17 @@ def fit_to_inputs(gen: torch.nn.Module, model: Callable[[torch.Tensor], torch.Te
         clean_ok = torch.cat([model(x[s:s + chunk]).float().argmax(1) == y[s:s + chunk]
                               for s in range(0, n, chunk)])
     forward = n
+    backward = 0
+    dirs = None
+    if getattr(gen, "grad_input", False):  # fixed inputs, frozen model: the directions once
+        dirs = torch.cat([input_direction(model, x[s:s + chunk], y[s:s + chunk], gen.norm)
+                          for s in range(0, n, chunk)])
+        forward, backward = 2 * n, n
     denom = int(clean_ok.sum()) or n
     mask_ok = clean_ok if int(clean_ok.sum()) else torch.ones_like(clean_ok)
     gen.eval()  # batch norm uses its running statistics: training output == evaluation output
     opt = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
     best, best_step, best_state, stale, step = -1, 0, None, 0, 0
-    backward = 0
     while True:
         opt.zero_grad(set_to_none=True)
         fooled = 0
@@ -77,7 +83,8 @@ def fit_to_inputs(gen: torch.nn.Module, model: Callable[[torch.Tensor], torch.Te
         for s in range(0, n, chunk):
             xb, yb = x[s:s + chunk], y[s:s + chunk]
             with torch.enable_grad():
-                logits = model(gen(xb)).float()
+                db = dirs[s:s + chunk] if dirs is not None else None
+                logits = model(gen(xb, db)).float()
                 m = margin(logits, yb)
                 active = (m > -kappa).float()
                 loss = -(F.cross_entropy(logits, yb, reduction="none") * active).sum() / n
