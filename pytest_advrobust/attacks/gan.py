@@ -1,4 +1,10 @@
-"""The ``gan`` attack: get (or train) an AdvGAN generator, then one forward pass per batch.
+"""The ``gan`` attack: two generators fitted to the evaluation inputs, best of both per sample.
+
+:func:`gan_attack` gets the pair from :func:`.gan_fit.fitted_heads` (each head
+trained on the training split by :func:`obtain_generator` below, then
+fine-tuned on the evaluation inputs) and keeps, per sample, the output that
+fools the model: one forward and one backward pass for the input gradient's
+direction, then one forward pass per head.
 
 A generator is identified by a key over the model (class, parameter layout
 and weights), the training data, the GAN settings, the generator
@@ -446,7 +452,7 @@ def _rebuild(arch: Dict[str, Any], state: Dict[str, torch.Tensor], ctx: AttackCo
 # --------------------------------------------------------------------------- the attack
 def gan_attack(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
                ctx: AttackContext) -> torch.Tensor:
-    """Adversarial inputs from the (cached or freshly trained) generator, optionally PGD-refined.
+    """Adversarial inputs from the (cached or freshly trained) generators, optionally PGD-refined.
 
     ``x``: ``(N, *sample_shape)`` on ``ctx.device``; ``y``: ``(N,)``. Returns
     ``x_adv`` with the shape and dtype of ``x``, within ``cfg.eps`` in
