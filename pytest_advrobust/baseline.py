@@ -315,7 +315,8 @@ def compare(entry: Optional[Mapping[str, Any]], report: Mapping[str, Any], toler
     changed = _attack_change(entry, report)
     if current < base - tolerance - SLACK and changed:
         status = "attack_changed"
-        message = (f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}, but {changed}: "
+        message = (f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}, "
+                   f"but {changed}: "
                    "the fall may be the attack's, not the model's; check with attack=\"pgd\" and "
                    f"save the baseline again ({SAVE_OPTION})")
     elif current < base - tolerance - SLACK:

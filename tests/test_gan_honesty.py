@@ -27,7 +27,8 @@ def test_gan():
 
 
 def run(pytester, *args):
-    return pytester.runpytest_subprocess("-p", "no:randomly", "--advrobust", "--advrobust-threads=1",
+    return pytester.runpytest_subprocess("-p", "no:randomly", "--advrobust",
+                                         "--advrobust-threads=1",
                                          *args)
 
 
@@ -51,12 +52,14 @@ def test_a_weak_generator_raises_gan_weaker_than_pgd_with_both_numbers(blobs_rep
     (flag,) = gan_flags(rep)
     assert f"{100 * probe['pgd_success']:.1f}%" in flag["message"]
     assert f"{100 * probe['gan_success']:.1f}%" in flag["message"]
-    result.stdout.fnmatch_lines([f"*sanity flag {FLAG_GAN_WEAKER}: On a seeded probe of 64 samples*"])
+    result.stdout.fnmatch_lines(
+        [f"*sanity flag {FLAG_GAN_WEAKER}: On a seeded probe of 64 samples*"])
 
 
 def test_a_normally_trained_generator_raises_no_flag(blobs_repo):
     blobs_repo.makepyfile(test_gan=GAN_TEST)
-    result = run(blobs_repo, "--advrobust-json=r.json", f"--advrobust-cache-dir={blobs_repo.path / 'c'}")
+    result = run(blobs_repo, "--advrobust-json=r.json",
+                 f"--advrobust-cache-dir={blobs_repo.path / 'c'}")
     result.assert_outcomes(passed=1)
     rep = the_report(blobs_repo)
     assert gan_flags(rep) == []
@@ -151,3 +154,48 @@ def test_probe_sign_test(b, c, significant):
 
     assert (_sign_test(b, c) < PROBE_ALPHA) is significant
     assert _sign_test(0, 0) == 1.0
+
+
+def test_fitting_to_the_inputs_is_deterministic_and_never_loses_ground(one_torch_thread):
+    import torch
+
+    from _support import digits_mlp, digits_tensors
+    from pytest_advrobust.gan.networks import build_generator
+    from pytest_advrobust.gan.transductive import fit_to_inputs
+
+    x, y = digits_tensors(200)
+    model = digits_mlp(x, y, steps=100).requires_grad_(False)
+    states, results = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        gen = build_generator((1, 8, 8), 0.2, width=8, n_res=1, grad_input=True).eval()
+        with torch.no_grad():
+            before = (model(gen.attack(model, x, y)).argmax(1) != y).float().mean()
+        results.append(fit_to_inputs(gen, model, x, y, max_steps=8, patience=8, lr=3e-3,
+                                     kappa=0.5))
+        states.append(gen.state_dict())
+        ok = model(x).argmax(1) == y
+        fooled = (model(gen.attack(model, x, y)).argmax(1) != y) & ok
+        assert abs(float(fooled.sum()) / int(ok.sum()) - results[-1].success) < 1e-9
+        assert results[-1].success >= float(before) - 0.05
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    r = results[0]
+    assert r.forward == 2 * 200 + 200 * (r.steps + 1) and r.backward >= 200 * (r.steps + 1)
+
+
+def test_a_gradient_fed_generator_needs_the_direction_and_stays_in_the_ball():
+    import torch
+
+    from pytest_advrobust.gan.networks import build_generator, generator_from_arch
+
+    torch.manual_seed(0)
+    gen = build_generator((20,), 0.1, grad_input=True).eval()
+    model = torch.nn.Linear(20, 3)
+    x = torch.rand(16, 20)
+    with pytest.raises(ValueError, match="input gradient"):
+        gen(x)
+    with torch.no_grad():
+        out = gen.bind(model)(x)
+    assert float((out - x).abs().max()) <= 0.1 + 1e-6 and 0 <= float(out.min())
+    assert generator_from_arch(gen.arch).grad_input and all(
+        p.grad is None for p in model.parameters())

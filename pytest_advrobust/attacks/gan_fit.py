@@ -90,7 +90,8 @@ def _combine(heads: List[Dict[str, Any]]) -> Dict[str, Any]:
         heads=[{k: h.get(k) for k in ("mode", "trained_mode", "steps", "train_steps", "fit_steps",
                                      "seconds", "eval_success", "key")} for h in heads])
     if any("trained_mode" in h for h in heads):
-        out["trained_mode"] = "+".join(sorted({str(h.get("trained_mode", h["mode"])) for h in heads}))
+        trained = {str(h.get("trained_mode", h["mode"])) for h in heads}
+        out["trained_mode"] = "+".join(sorted(trained))
     cost = [h.get("cost") or {} for h in heads]
     out["cost"] = {k: sum(float(c.get(k, 0.0)) for c in cost)
                    for k in ("forward_per_sample", "backward_per_sample", "seconds")}
@@ -208,7 +209,8 @@ def _facts(first: Optional[Dict[str, Any]], res, mode: str, key: str, n: int, fi
     bwd = (int(first.get("backward_samples", 0)) if trained_now else 0) + res.backward
     seconds = t_seconds + fit_seconds
     return {"mode": mode, "steps": t_steps + res.steps, "seconds": seconds,
-            "train_steps": t_steps, "fit_steps": int(res.steps), "fit_best_step": int(res.best_step),
+            "train_steps": t_steps, "fit_steps": int(res.steps),
+            "fit_best_step": int(res.best_step),
             "device": str(ctx.device), "key": key,
             "holdout_success": float(first.get("holdout_success", float("nan"))),
             "eval_success": float(res.success),
