@@ -77,8 +77,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                             "--advrobust-compare: fail, warn (default), skip",
         "threads": "torch threads while attacking and training (default: torch's own "
                    "setting; 1 is often fastest for small models on shared CI machines)",
-        "gan_steps": "GAN training step budget (default: about 3 epochs, 150 to 1000 steps)",
-        "gan_seconds": "GAN training time budget in seconds (default 180)",
+        "gan_steps": "GAN training step budget of both stages (default 300, and up to 200 "
+                     "fitting passes)",
+        "gan_seconds": "GAN training safety-net time cap in seconds; a training it cuts short "
+                       "is marked cut_short with a warning (default 3600)",
     }
     for name, (opt, ini, parse) in VALUE_OPTIONS.items():
         group.addoption(opt, type=parse, default=None, metavar=name.upper(),
