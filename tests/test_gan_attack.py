@@ -45,7 +45,7 @@ def small_gan(monkeypatch):
     def small(cfg, n_train):
         return dataclasses.replace(real_default(cfg, n_train), max_steps=120, batch_size=32, lr=3e-3, eval_every=5, holdout_fraction=0.2,
                                    patience=100, width=8, n_res=1, target_success=0.75,
-                                   fit_steps=20, fit_patience=5)
+                                   fit_steps=20, fit_patience=5, grad_input=False)
 
     def counting(*args, **kwargs):
         res = real_train(*args, **kwargs)
@@ -82,7 +82,10 @@ def test_attack_output_is_bounded_and_fools_the_model(problem, small_gan):
     assert facts["steps"] == facts["train_steps"] + facts["fit_steps"] and facts["fit_steps"] > 0
     assert set(facts["cost"]) == COST_KEYS and facts["cost"]["backward_per_sample"] > 0
     assert facts["cost"]["forward_per_sample"] > facts["cost"]["backward_per_sample"]
-    assert facts["device"] == "cpu" and len(small_gan) == 1 and not facts["cut_short"]
+    # two generators (one fed the input gradient's direction), each trained once
+    assert facts["device"] == "cpu" and len(small_gan) == 2 and not facts["cut_short"]
+    assert len(facts["heads"]) == 2 and facts["heads"][1]["train_steps"] > 0
+    assert facts["eval_forward_per_sample"] == 3 and facts["eval_backward_per_sample"] == 1
 
 
 def test_cache_hit_returns_identical_weights_and_trains_nothing(problem, small_gan, tmp_path):
@@ -178,11 +181,12 @@ def test_refine_runs_pgd_from_the_generator_output(problem, small_gan, monkeypat
     monkeypatch.setattr(gradient, "pgd_from", spy)
     cfg = AttackConfig(eps=EPS, refine=5)
     x_adv = gan_mod.gan_attack(model, x, y, cfg, _ctx(x, y))
-    from pytest_advrobust.attacks.gan_fit import fitted_generator
+    from pytest_advrobust.attacks.gan_fit import fitted_heads
 
-    gen, _ = fitted_generator(model, x, y, cfg, _ctx(x, y))
-    with torch.no_grad():
-        assert torch.allclose(seen["start"], gen(x), atol=1e-6)
+    heads, _ = fitted_heads(model, x, y, cfg, _ctx(x, y))
+    start = torch.cat([gan_mod._best_of(model, heads, x[s:s + 256], y[s:s + 256], cfg)
+                       for s in range(0, x.shape[0], 256)])
+    assert torch.allclose(seen["start"], start, atol=1e-6)
     assert float(perturbation_norms(x, x_adv, "linf").max()) <= EPS + 1e-6
 
 
