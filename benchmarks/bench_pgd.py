@@ -1,35 +1,37 @@
 """Benchmark: the plugin's PGD against a plain PGD loop, torchattacks and the gradient floor.
 
-On one naturally trained model and the same samples, with the same attack
-settings (L-inf, untargeted cross-entropy, no random start), it times
+On the same samples, with the same attack settings (L-inf, untargeted
+cross-entropy, no random start), it times
 
 * floor: ``steps`` forward+backward passes with respect to the input (no
-  parameter gradients): what any PGD-``steps`` must at least cost;
+  parameter gradients): what any PGD-``steps`` must at least cost (``--no-floor``
+  skips it);
 * plain: a PGD loop that attacks every sample for all ``steps``;
-* ours: ``pytest_advrobust.attacks.gradient.pgd`` (stops attacking a sample
-  as soon as it is misclassified);
+* ours: ``pytest_advrobust.attacks.gradient.pgd``, which stops a sample at its
+  first misclassification or when its iterate repeats an earlier one exactly;
 * torchattacks: ``torchattacks.PGD(model, eps, alpha, steps, random_start=False)``
   when torchattacks is installed;
 
 and prints, per method, the robust accuracy, the median seconds over
-``--repeats`` runs (the methods take turns on each batch, so they share the
-machine's load), the ratio to the floor and to ours (per-repeat ratios, median
-over repeats), the number of images that went through a forward+backward
-pass (the work, whatever the load), and on how many samples the methods
-disagree about whether the model is still right (same settings: expected 0;
-the exit status is 1 otherwise).
+``--repeats`` rounds (the methods take turns on each batch, so they share the
+machine's load), the ratio to the floor (or the plain loop) and to ours
+(per-round ratios, median over rounds), the forward and backward passes per
+image (counted in the first round: the work, whatever the load), and on how
+many samples the methods disagree about whether the model is still right (same
+settings: expected 0; the exit status is 1 otherwise).
 
-Default setting (the reference figures of the project): Fashion-MNIST, the
-small CNN (conv 32, conv 64, max-pool, fc 128, fc 10; Adam 1e-3, batch 128,
-2 epochs, seed 0; weights kept in ``--work-dir``), the first 1,000 test
-images, eps 0.1, step 0.01, 40 steps, batch 250. ``--data digits`` runs the
-same on scikit-learn's 8x8 digits. Torch's default thread count is kept
-unless ``--threads`` is given; on a busy machine ``--threads 1`` gives the
-steadiest ratios.
+Default setting: Fashion-MNIST, the first 1,000 test images, eps 0.1, step
+0.01, 40 steps, batch 250, on two models in one run (``--model both``): the
+small reference CNN (conv 32, conv 64, max-pool, fc 128, fc 10; Adam 1e-3,
+batch 128, 2 epochs, seed 0) and the same CNN adversarially trained with FGSM
+from a random start (eps 0.1, step 1.25 eps, Wong et al. 2020; 3 epochs on the
+first 20,000 training images, seed 0). Both are trained once and kept in
+``--work-dir``. ``--data digits`` runs the same on scikit-learn's 8x8 digits.
+``--threads 1`` gives the steadiest ratios on a busy machine.
 
 Usage::
 
-    python benchmarks/bench_pgd.py                  # Fashion-MNIST, minutes on 2 cores
+    python benchmarks/bench_pgd.py --threads 1      # both Fashion-MNIST models
     python benchmarks/bench_pgd.py --data digits    # about a minute
 """
 
@@ -53,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext  # noqa: E402
+from pytest_advrobust.attacks.counting import counting  # noqa: E402
 from pytest_advrobust.attacks.gradient import pgd  # noqa: E402
 from pytest_advrobust.data import load_idx_dataset  # noqa: E402
 
@@ -63,15 +66,25 @@ Pair = Tuple[torch.Tensor, torch.Tensor]
 
 # ------------------------------------------------------------------------ data and models
 
-def fashion_setting(work_dir: Path, root: Path, log) -> Tuple[nn.Module, Pair]:
-    """The reference CNN (trained once, then loaded from ``work_dir``) and the test set."""
-    from fashion import trained_cnn
+def fashion_setting(work_dir: Path, root: Path, log,
+                    robust: bool = False) -> Tuple[nn.Module, Pair]:
+    """The reference CNN (trained once, then loaded from ``work_dir``) and the test set.
+
+    ``robust``: the same CNN adversarially trained (FGSM with a random start,
+    eps 0.1, step 1.25 eps, Wong et al. 2020; 3 epochs on the first 20,000
+    training images, Adam 1e-3, batch 128, seed 0), trained once and cached.
+    """
+    from fashion import robust_cnn, trained_cnn
 
     x_test, y_test = load_idx_dataset(root, "test")
+    x_train, y_train = load_idx_dataset(root, "train")
+    if robust:
+        if not sorted(Path(work_dir).glob("cnn_fgsmrs_e3_n20000_eps0.1_s0.*")):
+            log("adversarially training the CNN (3 epochs on 20,000 images; once, then cached)")
+        return robust_cnn(x_train, y_train, work_dir=work_dir, log=log), (x_test, y_test)
     weights = sorted(Path(work_dir).glob("cnn_e2_s0.*"))
     if not weights:
         log("training the reference CNN (2 epochs on 60,000 images; once, then cached)")
-    x_train, y_train = load_idx_dataset(root, "train")
     model = trained_cnn(x_train, y_train, work_dir=work_dir, epochs=2, seed=0, log=log)
     return model, (x_test, y_test)
 
@@ -150,15 +163,26 @@ def floor(model, x, y, eps, step, steps) -> Optional[torch.Tensor]:
 
 
 def plain_pgd(model, x, y, eps, step, steps) -> torch.Tensor:
-    """Every sample for every step: sign-gradient step, projection onto the ball, clip to [0, 1]."""
-    x_adv = x.clone()
-    for _ in range(steps):
+    """Every sample for every step: sign-gradient step, projection onto the ball, clip to [0, 1].
+
+    Per sample it returns the first iterate the model misclassifies (any step
+    counts, as in ours), else the last iterate.
+    """
+    x_adv, first = x.clone(), x.clone()
+    won = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for t in range(steps + 1):
         x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+        with torch.set_grad_enabled(t < steps):
+            logits = model(x_adv)
+        new = (logits.argmax(1) != y) & ~won
+        first[new], won = x_adv.detach()[new], won | new
+        if t == steps:
+            break
+        loss = F.cross_entropy(logits, y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x_adv)
         moved = x_adv.detach() + step * grad.sign()
         x_adv = (x + (moved - x).clamp(-eps, eps)).clamp(0, 1)
-    return x_adv
+    return torch.where(won.view(-1, *([1] * (x.dim() - 1))), first, x_adv.detach())
 
 
 def ours(model, x, y, eps, step, steps) -> torch.Tensor:
@@ -195,6 +219,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=("fashion", "digits"), default="fashion")
+    p.add_argument("--model", choices=("natural", "robust", "both"), default="both",
+                   help="Fashion-MNIST: the naturally trained CNN, the adversarially trained "
+                        "one (FGSM with random start, trained here and cached), or both "
+                        "(default)")
     p.add_argument("--fashion-root", type=Path, default=FASHION_ROOT,
                    help="folder of the Fashion-MNIST IDX files (default %(default)s)")
     p.add_argument("--work-dir", type=Path, default=Path(".bench"),
@@ -210,65 +238,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own default, one per core)")
     p.add_argument("--no-torchattacks", action="store_true", help="skip torchattacks")
+    p.add_argument("--no-floor", action="store_true", help="skip the floor (saves a third)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def _time_methods(methods: Dict[str, Callable], model, x, y, args, device, log):
+    """Interleaved timing: per batch, every method in turn (the first one rotates).
 
-    def log(msg: str) -> None:
-        print(f"# {msg}", flush=True)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.data == "fashion":
-        model, (x_all, y_all) = fashion_setting(args.work_dir, args.fashion_root, log)
-        name = "Fashion-MNIST, reference small CNN (2 epochs, seed 0)"
-    else:
-        model, (x_all, y_all) = digits_setting(args.work_dir, log)
-        name = "sklearn digits 8x8, small CNN (15 epochs, seed 0)"
-    device = torch.device(args.device)
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    n = min(args.samples, x_all.shape[0])
-    x, y = x_all[:n].to(device).contiguous(), y_all[:n].to(device)
-
-    methods: Dict[str, Callable] = {"floor": floor, "plain": plain_pgd, "ours": ours}
-    ta = None if args.no_torchattacks else make_torchattacks(model, args.eps, args.step, args.steps)
-    if ta is not None:
-        methods["torchattacks"] = ta
-    labels = {"floor": f"floor: {args.steps} x forward+backward w.r.t. the input",
-              "plain": f"plain PGD-{args.steps} loop (no early stop)",
-              "ours": "pytest_advrobust pgd (early stop)",
-              "torchattacks": f"torchattacks {getattr(ta, 'version', '')} PGD"}
-
-    clean = correct(model, x, y, args.batch)
-    log(f"{name}: {n} images, clean accuracy {clean.float().mean():.3f}")
-    log(f"L-inf eps {args.eps:g}, step {args.step:g}, {args.steps} steps, no random start, "
-        f"batch {args.batch}, {args.repeats} repeats")
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {device}, "
-        f"{platform.processor() or platform.machine()}")
-
-    times: Dict[str, List[float]] = {m: [] for m in methods}
-    results: Dict[str, torch.Tensor] = {}
-    batches = list(_batches(n, args.batch))
-    # Warm-up (allocator, kernels) on one batch, untimed.
-    for fn in methods.values():
-        fn(model, x[batches[0]], y[batches[0]], args.eps, args.step, min(2, args.steps))
+    The first round also counts each method's forward and backward passes (a
+    forward hook per call, the same small overhead for every method).
+    """
     names = list(methods)
+    times: Dict[str, List[float]] = {m: [] for m in names}
+    counts = {m: [0, 0] for m in names}
+    results: Dict[str, torch.Tensor] = {}
+    batches = list(_batches(x.shape[0], args.batch))
+    for fn in methods.values():  # warm-up (allocator, kernels) on one batch, untimed
+        fn(model, x[batches[0]], y[batches[0]], args.eps, args.step, min(2, args.steps))
     for r in range(args.repeats):
         spent = dict.fromkeys(names, 0.0)
         outs: Dict[str, torch.Tensor] = {m: torch.empty_like(x) for m in names}
         for b, sl in enumerate(batches):
-            k = (r * len(batches) + b) % len(names)  # rotate who goes first
+            k = (r * len(batches) + b) % len(names)
             for m in names[k:] + names[:k]:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                out = methods[m](model, x[sl], y[sl], args.eps, args.step, args.steps)
+                with counting(model) as (_, count):
+                    out = methods[m](model, x[sl], y[sl], args.eps, args.step, args.steps)
+                if r == 0:
+                    counts[m][0] += count.forward
+                    counts[m][1] += count.backward
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 spent[m] += time.perf_counter() - t0
@@ -284,41 +285,14 @@ def main(argv=None) -> int:
         log(f"repeat {r + 1}/{args.repeats}: " +
             ", ".join(f"{m} {times[m][-1]:.2f}s" for m in names) +
             f" (load average {os.getloadavg()[0]:.1f})")
+    n = x.shape[0]
+    cost = {m: {"forward_per_sample": round(f / n, 3), "backward_per_sample": round(b / n, 3),
+                "seconds": round(statistics.median(times[m]), 3)}
+            for m, (f, b) in counts.items()}
+    return times, results, cost
 
-    # Work done, independent of the machine's load: images that went through a
-    # forward+backward pass (one untimed run per method, counted by a forward hook).
-    work: Dict[str, int] = {}
-    for m in names:
-        count = [0]
 
-        def hook(_module, inputs, _count=count):
-            if torch.is_grad_enabled():
-                _count[0] += int(inputs[0].shape[0])
-        handle = model.register_forward_pre_hook(hook)
-        try:
-            for sl in batches:
-                methods[m](model, x[sl], y[sl], args.eps, args.step, args.steps)
-        finally:
-            handle.remove()
-        work[m] = count[0]
-
-    med = {m: statistics.median(t) for m, t in times.items()}
-    robust = {m: correct(model, results[m], y, args.batch) & clean for m in results}
-    for m, xa in results.items():  # every method must stay inside the ball and [0, 1]
-        dev = float((xa - x).abs().amax())
-        if dev > args.eps + 1e-6 or float(xa.min()) < 0 or float(xa.max()) > 1:
-            log(f"warning: {m} left the eps-ball or [0, 1] (max |delta| {dev:.6f})")
-
-    # Ratios are taken within each repeat (the methods ran back to back there, under
-    # about the same load) and then the median over repeats is shown.
-    def ratio(a: str, b: str) -> float:
-        return statistics.median(ta_ / tb_ for ta_, tb_ in zip(times[a], times[b]))
-
-    rows = [("method", "robust acc", "median s", "x floor", "x ours", "gradients")]
-    for m in methods:
-        acc = f"{robust[m].float().mean() * 100:.1f}%" if m in robust else "-"
-        rows.append((labels[m], acc, f"{med[m]:.2f}", f"{ratio(m, 'floor'):.2f}",
-                     f"{ratio(m, 'ours'):.2f}", str(work[m])))
+def _print_table(rows) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for k, row in enumerate(rows):
@@ -327,35 +301,114 @@ def main(argv=None) -> int:
         if k == 0:
             print("  ".join("-" * w for w in widths))
     print()
+
+
+def run_setting(model, x, y, name: str, args, device, log) -> Dict:
+    """Time, count and compare the methods on one model; return the summary."""
+    n = x.shape[0]
+    methods: Dict[str, Callable] = {"floor": floor, "plain": plain_pgd, "ours": ours}
+    if args.no_floor:
+        del methods["floor"]
+    ta = None if args.no_torchattacks else make_torchattacks(model, args.eps, args.step, args.steps)
+    if ta is not None:
+        methods["torchattacks"] = ta
+    labels = {"floor": f"floor: {args.steps} x forward+backward w.r.t. the input",
+              "plain": f"plain PGD-{args.steps} loop (no early stop)",
+              "ours": "pytest_advrobust pgd (exact stops)",
+              "torchattacks": f"torchattacks {getattr(ta, 'version', '')} PGD"}
+    clean = correct(model, x, y, args.batch)
+    log(f"{name}: {n} images, clean accuracy {clean.float().mean():.3f}")
+    log(f"L-inf eps {args.eps:g}, step {args.step:g}, {args.steps} steps, no random start, "
+        f"batch {args.batch}, {args.repeats} repeats")
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {device}, "
+        f"{platform.processor() or platform.machine()}")
+    times, results, cost = _time_methods(methods, model, x, y, args, device, log)
+    med = {m: statistics.median(t) for m, t in times.items()}
+    robust = {m: correct(model, results[m], y, args.batch) & clean for m in results}
+    for m, xa in results.items():  # every method must stay inside the ball and [0, 1]
+        dev = float((xa - x).abs().amax())
+        if dev > args.eps + 1e-6 or float(xa.min()) < 0 or float(xa.max()) > 1:
+            log(f"warning: {m} left the eps-ball or [0, 1] (max |delta| {dev:.6f})")
+
+    def ratio(a: str, b: str) -> float:  # per repeat (same load), then the median
+        return statistics.median(ta_ / tb_ for ta_, tb_ in zip(times[a], times[b]))
+
+    ref = "floor" if "floor" in methods else "plain"
+    rows = [("method", "robust acc", "median s", f"x {ref}", "x ours", "fwd/sample",
+             "bwd/sample")]
+    for m in methods:
+        acc = f"{robust[m].float().mean() * 100:.1f}%" if m in robust else "-"
+        rows.append((labels[m], acc, f"{med[m]:.2f}", f"{ratio(m, ref):.2f}",
+                     f"{ratio(m, 'ours'):.2f}", f"{cost[m]['forward_per_sample']:.2f}",
+                     f"{cost[m]['backward_per_sample']:.2f}"))
+    _print_table(rows)
     summary = {"setting": name, "n": n, "eps": args.eps, "step": args.step, "steps": args.steps,
                "batch": args.batch, "repeats": args.repeats, "threads": torch.get_num_threads(),
                "cpus": os.cpu_count(), "torch": torch.__version__,
                "clean_accuracy": float(clean.float().mean()),
                "median_seconds": med, "times": times,
-               "ratio_to_floor": {m: ratio(m, "floor") for m in methods},
+               f"ratio_to_{ref}": {m: ratio(m, ref) for m in methods},
                "ratio_to_ours": {m: ratio(m, "ours") for m in methods},
-               "input_gradients": work,
+               "cost": cost,
                "robust_accuracy": {m: float(v.float().mean()) for m, v in robust.items()},
                "disagreements": {}}
-    print("x floor, x ours: per-repeat time ratios, median over repeats; gradients: images "
-          "through a forward+backward pass")
-    print(f"speed-up of ours: {ratio('plain', 'ours'):.2f}x over the plain loop, "
-          f"{ratio('floor', 'ours'):.2f}x over the floor" +
+    print(f"x {ref}, x ours: per-repeat time ratios, median over repeats; fwd/bwd per sample: "
+          "forward and backward passes through the model per image")
+    print(f"speed-up of ours: {ratio('plain', 'ours'):.2f}x over the plain loop" +
           (f", {ratio('torchattacks', 'ours'):.2f}x over torchattacks (torchattacks/ours)"
            if "torchattacks" in med else ""))
-    for other in ("plain", "torchattacks"):
-        if other in robust:
-            diff = int((robust["ours"] != robust[other]).sum())
-            summary["disagreements"][other] = diff
-            print(f"samples where ours and {other} disagree (robust or not): {diff} of {n}")
-    if "plain" in robust and "torchattacks" in robust:
-        diff = int((robust["plain"] != robust["torchattacks"]).sum())
-        summary["disagreements"]["plain_vs_torchattacks"] = diff
-        print(f"samples where plain and torchattacks disagree: {diff} of {n}")
+    diff = int((robust["ours"] != robust["plain"]).sum())
+    summary["disagreements"]["plain"] = diff
+    print(f"samples where ours and the plain loop disagree (robust or not): {diff} of {n}")
+    if "torchattacks" in robust:
+        # torchattacks judges the last iterate only; ours and the plain loop any iterate.
+        # Where they differ, an earlier iterate fooled the model and the last did not.
+        for a in ("ours", "plain"):
+            weaker = int((robust[a] & ~robust["torchattacks"]).sum())
+            stronger = int((~robust[a] & robust["torchattacks"]).sum())
+            summary["disagreements"][f"{a}_robust_torchattacks_not"] = weaker
+            summary[f"{a}_fooled_only_at_an_earlier_iterate"] = stronger
+            print(f"{a} vs torchattacks: robust only under {a} {weaker}; fooled only under "
+                  f"{a} (an earlier iterate, not the last, fooled the model) {stronger}")
+    return summary
+
+
+def _settings(args, log):
+    if args.data == "digits":
+        yield ("sklearn digits 8x8, small CNN (15 epochs, seed 0)",
+               digits_setting(args.work_dir, log))
+        return
+    kinds = ("natural", "robust") if args.model == "both" else (args.model,)
+    for kind in kinds:
+        label = ("Fashion-MNIST, reference small CNN (2 epochs, seed 0)" if kind == "natural"
+                 else "Fashion-MNIST, adversarially trained CNN (FGSM-RS eps 0.1, 3 epochs, "
+                      "20,000 images, seed 0)")
+        yield label, fashion_setting(args.work_dir, args.fashion_root, log, kind == "robust")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(f"# {msg}", flush=True)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    summaries = []
+    for name, (model, (x_all, y_all)) in _settings(args, log):
+        model = model.to(device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        n = min(args.samples, x_all.shape[0])
+        x, y = x_all[:n].to(device).contiguous(), y_all[:n].to(device)
+        summaries.append(run_setting(model, x, y, name, args, device, log))
+        print()
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    return 0 if not any(summary["disagreements"].values()) else 1
+        args.json.write_text(json.dumps(summaries, indent=2) + "\n")
+    return 0 if not any(v for s in summaries for v in s["disagreements"].values()) else 1
 
 
 if __name__ == "__main__":

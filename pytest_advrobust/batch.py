@@ -51,7 +51,8 @@ class AdversarialBatch:
         device = resolve_device(s.device)
         bs = batch_size or s.batch_size
         with borrowed(model, device) as m:
-            net = Preprocessed(m, *s.preprocessing).to(device) if s.preprocessing else m
+            net = Preprocessed(m, *s.preprocessing, channel_axis=s.channel_axis).to(device) \
+                if s.preprocessing else m
             y = self.y.to(device)
             clean = predict(net, self.x.to(device), y, bs, s.model)
             adv = predict(net, self.x_adv.to(device), y, bs, s.model)

@@ -4,8 +4,8 @@ Accepted forms (the ``robust_data`` fixture may return any of them):
 
 * an ``(x, y)`` pair of tensors or numpy arrays;
 * a map-style ``torch.utils.data.Dataset`` whose items are ``(input, label)``;
-* a ``DataLoader`` (its map-style dataset is indexed directly, so only the
-  samples needed are loaded; an iterable one is iterated once);
+* a ``DataLoader``, evaluated on what it yields: iterated once, in the order
+  the evaluation seed fixes (see :mod:`pytest_advrobust.loading`);
 * an iterable of ``(x_batch, y_batch)`` pairs.
 
 Also a reader for MNIST-style IDX files (plain or gzip), used by the
@@ -18,7 +18,7 @@ import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,8 +36,8 @@ class Split:
 
     x: torch.Tensor
     y: torch.Tensor
-    train_x: torch.Tensor
-    train_y: torch.Tensor
+    train_x: Optional[torch.Tensor]
+    train_y: Optional[torch.Tensor]
     total: int
     eval_indices: torch.Tensor
     train_is_eval: bool = False
@@ -108,8 +108,13 @@ def _is_map_dataset(obj: Any) -> bool:
 
 
 def to_tensor_pair(data: Any, fixture: str = "robust_data",
-                   indices: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Turn the user's data into ``(x, y)`` CPU tensors (optionally only ``indices``)."""
+                   indices: Optional[torch.Tensor] = None,
+                   seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Turn the user's data into ``(x, y)`` CPU tensors (optionally only ``indices``).
+
+    A ``DataLoader`` is iterated with its order seeded by ``seed``; ``indices``
+    then index what it yielded.
+    """
     from torch.utils.data import DataLoader, IterableDataset
 
     if data is None:
@@ -133,8 +138,10 @@ def to_tensor_pair(data: Any, fixture: str = "robust_data",
     if isinstance(data, (torch.Tensor, np.ndarray)):
         raise AdvRobustError(f"fixture {fixture!r} gave inputs without labels; "
                              "return an (x, y) pair")
-    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
-        return to_tensor_pair(data.dataset, fixture, indices)
+    if isinstance(data, DataLoader):
+        from .loading import loader_batches
+
+        return _from_batches(loader_batches(data, seed), fixture, indices)
     if _is_map_dataset(data) and not isinstance(data, IterableDataset):
         n = len(data)
         idx = range(n) if indices is None else indices.tolist()
@@ -152,46 +159,58 @@ def to_tensor_pair(data: Any, fixture: str = "robust_data",
         return _inputs(x, fixture), _labels(torch.stack([t.reshape(()) if t.numel() == 1 else t
                                                          for t in ys]), fixture)
     if hasattr(data, "__iter__"):
-        xs, ys = [], []
-        for batch in data:
-            xb, yb = _pair_from_item(batch, fixture)
-            xb = _as_tensor(xb, "inputs", fixture)
-            yb = _as_tensor(yb, "labels", fixture)
-            if yb.dim() == 0:
-                xb, yb = xb.unsqueeze(0), yb.reshape(1)
-            xs.append(xb)
-            ys.append(yb)
-        if not xs:
-            raise AdvRobustError(f"fixture {fixture!r} gave no samples")
-        x, y = _inputs(torch.cat(xs), fixture), _labels(torch.cat(ys), fixture)
-        if indices is not None:
-            x, y = x[indices], y[indices]
-        return x, y
+        return _from_batches(data, fixture, indices)
     raise AdvRobustError(f"fixture {fixture!r} returned a {type(data).__name__}; return a "
                          "Dataset, a DataLoader or an (x, y) pair")
+
+
+def _from_batches(batches: Any, fixture: str, indices: Optional[torch.Tensor]):
+    """Concatenate ``(x_batch, y_batch)`` pairs (or dict batches) into one pair."""
+    xs, ys = [], []
+    for batch in batches:
+        xb, yb = _pair_from_item(batch, fixture)
+        xb = _as_tensor(xb, "inputs", fixture)
+        yb = _as_tensor(yb, "labels", fixture)
+        if yb.dim() == 0:
+            xb, yb = xb.unsqueeze(0), yb.reshape(1)
+        xs.append(xb)
+        ys.append(yb)
+    if not xs:
+        raise AdvRobustError(f"fixture {fixture!r} gave no samples")
+    x, y = _inputs(torch.cat(xs), fixture), _labels(torch.cat(ys), fixture)
+    if indices is not None:
+        x, y = x[indices], y[indices]
+    return x, y
 
 
 def _length(data: Any) -> Optional[int]:
     from torch.utils.data import DataLoader, IterableDataset
 
-    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
-        return len(data.dataset)
+    if isinstance(data, DataLoader):
+        return None  # evaluated on what it yields: iterated once
     if _is_map_dataset(data) and not isinstance(data, IterableDataset):
         return len(data)
     return None
 
 
 def split_data(data: Any, n_samples: int, seed: int, fixture: str = "robust_data",
-               max_train: int = 60000) -> Split:
+               max_train: int = 60000, *, need_train: bool = True,
+               convert: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None
+               ) -> Split:
     """Choose ``n_samples`` evaluation samples with a seeded permutation.
 
     The remaining samples (up to ``max_train``) are for training a learned
     attack. When fewer than ``MIN_TRAIN`` remain, the learned attack trains
     on the evaluation samples themselves and ``train_is_eval`` says so.
+    With ``need_train=False`` the training samples of a Dataset are not
+    loaded (``train_x``/``train_y`` are ``None``). ``convert(data, fixture,
+    indices, seed)`` replaces :func:`to_tensor_pair` (a session's memo).
     """
+    if convert is None:
+        convert = to_tensor_pair
     total = _length(data)
     if total is None:
-        x_all, y_all = to_tensor_pair(data, fixture)
+        x_all, y_all = convert(data, fixture, None, seed)
         total = x_all.shape[0]
     else:
         x_all = y_all = None
@@ -205,13 +224,17 @@ def split_data(data: Any, n_samples: int, seed: int, fixture: str = "robust_data
     train_is_eval = train_idx.numel() < MIN_TRAIN
     if train_is_eval:
         train_idx = eval_idx
+    tx = ty = None
     if x_all is None:
-        x, y = to_tensor_pair(data, fixture, eval_idx)
-        tx, ty = (x, y) if train_is_eval else to_tensor_pair(data, fixture, train_idx)
+        x, y = convert(data, fixture, eval_idx, seed)
+        if need_train:
+            tx, ty = (x, y) if train_is_eval else convert(data, fixture, train_idx, seed)
     else:
         x, y = x_all[eval_idx], y_all[eval_idx]
-        tx, ty = x_all[train_idx], y_all[train_idx]
-    return Split(x=x.contiguous(), y=y, train_x=tx.contiguous(), train_y=ty, total=total,
+        if need_train:
+            tx, ty = x_all[train_idx], y_all[train_idx]
+    return Split(x=x.contiguous(), y=y, train_x=tx.contiguous() if tx is not None else None,
+                 train_y=ty, total=total,
                  eval_indices=eval_idx, train_is_eval=train_is_eval)
 
 

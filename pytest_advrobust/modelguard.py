@@ -107,25 +107,66 @@ def borrowed(model: Any, device: Optional[torch.device]) -> Iterator[Any]:
 
 
 class Preprocessed(nn.Module):
-    """``model((x - mean) / std)``: the attack works in the unnormalised input space."""
+    """``model((x - mean) / std)``: the attack works in the unnormalised input space.
 
-    def __init__(self, model: Callable, mean: Sequence[float], std: Sequence[float]):
+    ``mean`` and ``std`` hold one value, or one value per channel; the channel
+    axis is ``channel_axis`` when given, else 1 (``(N, C)``, ``(N, C, L)``,
+    ``(N, C, H, W)``), except that a 4-D input whose last axis matches the
+    number of values and whose axis 1 does not is read as channels-last
+    ``(N, H, W, C)``. :meth:`axis_for` raises :class:`AdvRobustError`
+    (naming ``preprocessing`` and ``channel_axis``) when the values fit no axis.
+    """
+
+    def __init__(self, model: Callable, mean: Sequence[float], std: Sequence[float],
+                 channel_axis: Optional[int] = None):
         super().__init__()
         self.inner = model
+        self.channel_axis = channel_axis
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
 
-    def _shape(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if t.numel() == 1:
+    def axis_for(self, shape: Sequence[int]) -> Optional[int]:
+        """The channel axis used for inputs of ``shape`` (``None``: one value for all)."""
+        k = max(int(self.mean.numel()), int(self.std.numel()))
+        if k == 1:
+            return None
+        dims = len(shape)
+        if self.channel_axis is not None:
+            axis = self.channel_axis % dims if -dims <= self.channel_axis < dims else None
+            if axis is None or axis == 0 or shape[axis] != k:
+                size = shape[axis] if axis else "no such axis"
+                raise AdvRobustError(
+                    f"preprocessing has {k} values per channel but channel_axis="
+                    f"{self.channel_axis} of inputs of shape {tuple(shape)} has size {size}; "
+                    "give channel_axis the axis that holds the channels")
+            return axis
+        if dims >= 2 and shape[1] == k:
+            return 1
+        if dims == 4 and shape[-1] == k:
+            return 3
+        raise AdvRobustError(
+            f"preprocessing has {k} values per channel, but inputs of shape {tuple(shape)} "
+            f"have no channel axis of that size at axis 1 (or -1 for (N, H, W, C) images); "
+            "give one value per channel and set channel_axis=... (marker) or "
+            "--advrobust-channel-axis")
+
+    def _shape(self, t: torch.Tensor, x: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
+        if axis is None:
             return t.reshape(())
-        if x.dim() == 4:
-            return t.view(1, -1, 1, 1)
-        return t.view(1, -1)
+        view = [1] * x.dim()
+        view[axis] = -1
+        return t.view(*view)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self._shape(self.mean.to(x.device, x.dtype), x)
-        std = self._shape(self.std.to(x.device, x.dtype), x)
-        return self.inner((x - mean) / std)
+        if self.mean.numel() != self.std.numel() and self.mean.numel() > 1 and \
+                self.std.numel() > 1:
+            raise AdvRobustError(f"preprocessing has {self.mean.numel()} means but "
+                                 f"{self.std.numel()} stds; give as many of each")
+        axis = self.axis_for(tuple(x.shape))
+        mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
+        if axis is not None:
+            mean, std = mean.expand(x.shape[axis]), std.expand(x.shape[axis])
+        return self.inner((x - self._shape(mean, x, axis)) / self._shape(std, x, axis))
 
 
 def check_logits(out: Any, n: int, fixture: str) -> torch.Tensor:
@@ -139,6 +180,10 @@ def check_logits(out: Any, n: int, fixture: str) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise AdvRobustError(f"model from fixture {fixture!r} returned {type(out).__name__}, "
                              "not a tensor of logits of shape (n, classes)")
+    if out.dim() == 2 and out.shape[0] == n and out.shape[1] == 1:
+        raise AdvRobustError(f"model from fixture {fixture!r} returned one logit per input, "
+                             f"shape ({n}, 1), but logits need at least 2 classes: for a "
+                             "binary model's logit z, return torch.cat([-z, z], dim=1)")
     if out.dim() != 2 or out.shape[0] != n or out.shape[1] < 2:
         raise AdvRobustError(f"model from fixture {fixture!r} returned shape {tuple(out.shape)} "
                              f"for {n} inputs; expected logits of shape ({n}, classes) "

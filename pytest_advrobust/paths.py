@@ -8,7 +8,7 @@ from typing import Mapping, Optional
 
 ENV_CACHE_DIR = "ADVROBUST_CACHE_DIR"
 
-__all__ = ["ENV_CACHE_DIR", "resolve_cache_dir"]
+__all__ = ["ENV_CACHE_DIR", "resolve_cache_dir", "unwritable_reason"]
 
 
 def resolve_cache_dir(
@@ -39,3 +39,21 @@ def resolve_cache_dir(
             path = (relative_to / path) if relative_to is not None else path.absolute()
         return path
     return base / ".pytest_cache" / "d" / "advrobust"
+
+
+def unwritable_reason(folder: Path) -> Optional[str]:
+    """Why ``folder`` cannot hold cache entries (created if missing), or ``None``.
+
+    Probes by creating the folder and a temporary file in it: mode bits alone
+    say nothing for root or on a read-only mount.
+    """
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".advrobust-probe-", dir=str(folder))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None

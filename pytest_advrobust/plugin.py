@@ -50,6 +50,10 @@ class _State:
     baseline: Any = None
     baseline_loaded: bool = False
     notes: List[str] = field(default_factory=list)
+    cache_default: bool = False  # cache_dir is pytest's own cache folder, made on first use
+    cache_checked: bool = False
+    cache_note: Optional[str] = None  # set when the cache folder cannot be written
+    store: Any = None  # SessionData: fixture values converted to tensors once per session
 
 
 STATE_KEY = pytest.StashKey[_State]()
@@ -81,6 +85,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "fitting passes)",
         "gan_seconds": "GAN training safety-net time cap in seconds; a training it cuts short "
                        "is marked cut_short with a warning (default 3600)",
+        "bounds": "valid input range LOW,HIGH (default 0,1), or none for unbounded features",
+        "preprocessing": "normalisation MEAN;STD the model applies to its inputs, comma-"
+                         "separated per channel (e.g. 0.5,0.5,0.5;0.25,0.25,0.25); eps stays "
+                         "in input units (default none)",
+        "channel_axis": "axis of the channels that preprocessing normalises: auto (default: "
+                        "1, or -1 for (N, H, W, C) images that fit only there) or an integer",
+        "min_clean_accuracy": "clean accuracy a robust test needs, in [0, 1] (default: "
+                              "clearly above chance, 1/classes)",
     }
     for name, (opt, ini, parse) in VALUE_OPTIONS.items():
         group.addoption(opt, type=parse, default=None, metavar=name.upper(),
@@ -161,7 +173,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "robust(threshold, attack='gan', eps=None, norm='linf', steps=40, step_size=None, "
         "restarts=1, random_start=False, n_samples=None, metric='absolute', seed=None, "
         "model='robust_model', data='robust_data', bounds=(0, 1), preprocessing=None, "
-        "refine=0, tolerance=None, sanity=None, threshold_eps=None, batch_size=None): "
+        "refine=0, tolerance=None, sanity=None, threshold_eps=None, batch_size=None, "
+        "targets=0, channel_axis=None, min_clean_accuracy=None): "
         "fail the test when clean minus adversarial accuracy exceeds threshold "
         "(runs with --advrobust)")
     values: Dict[str, Any] = {}
@@ -176,11 +189,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     from .paths import ENV_CACHE_DIR, resolve_cache_dir
 
+    # Nothing here touches the disk: a run without --advrobust must not depend on a
+    # writable checkout. The folder is made (and probed) on first use, by _cache_dir.
     option, ini = config.getoption("advrobust_cache_dir"), config.getini("advrobust_cache_dir")
-    if option or ini or os.environ.get(ENV_CACHE_DIR) or getattr(config, "cache", None) is None:
-        cache_dir = resolve_cache_dir(option, ini or None, os.environ, config.rootpath)
-    else:  # pytest's own cache folder, wherever its cache_dir ini puts it
-        cache_dir = Path(config.cache.mkdir("advrobust"))
+    cache_default = not (option or ini or os.environ.get(ENV_CACHE_DIR)) and \
+        getattr(config, "cache", None) is not None
+    cache_dir = None if cache_default else \
+        resolve_cache_dir(option, ini or None, os.environ, config.rootpath)
 
     images = _path_option(config, "advrobust_images", "advrobust_images")
     baseline = _path_option(config, "advrobust_baseline", "advrobust_baseline") or \
@@ -198,6 +213,7 @@ def pytest_configure(config: pytest.Config) -> None:
         strict=_flag(config, "advrobust_strict", "advrobust_strict"),
         retrain=bool(config.getoption("advrobust_retrain")),
         warm=bool(config.getoption("advrobust_warm")),
+        cache_default=cache_default,
     )
     if state.warm:
         state.enabled = True
@@ -213,6 +229,44 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _state(config: pytest.Config) -> _State:
     return config.stash[STATE_KEY]
+
+
+def _cache_dir(config: pytest.Config) -> Optional[Path]:
+    """The GAN cache folder, made and probed on first use; ``None`` when it cannot be
+    written (then generators live in memory for the session, with one warning)."""
+    from .paths import unwritable_reason
+
+    state = _state(config)
+    if state.cache_checked:
+        return state.cache_dir
+    state.cache_checked = True
+    folder: Any = state.cache_dir
+    try:
+        if state.cache_default:  # pytest's own cache folder, wherever its cache_dir ini puts it
+            folder = Path(config.cache.mkdir("advrobust"))
+        reason = unwritable_reason(Path(folder))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    if reason is not None:
+        where = folder if folder is not None else "pytest's cache folder"
+        state.cache_dir = None
+        state.cache_note = (f"GAN cache folder {where} cannot be written ({reason}): "
+                            "generators are kept in memory for this session and not cached; "
+                            "point --advrobust-cache-dir or $ADVROBUST_CACHE_DIR at a "
+                            "writable folder to keep them")
+        state.notes.append(state.cache_note)
+        _warn(state.cache_note)
+    else:
+        state.cache_dir = Path(folder)
+    return state.cache_dir
+
+
+def _store(state: _State) -> Any:
+    if state.store is None:
+        from .loading import SessionData
+
+        state.store = SessionData()
+    return state.store
 
 
 def _is_controller(config: pytest.Config) -> bool:
@@ -267,13 +321,15 @@ def _fixture_value(request: pytest.FixtureRequest, name: str, role: str, arg: st
             f"or name another fixture with robust({arg}=...) or the ini option {ini}") from None
 
 
-def _user_objects(request: pytest.FixtureRequest, settings: RobustSettings):
-    """The user's model, evaluation data and (optional) GAN training data."""
+def _user_objects(request: pytest.FixtureRequest, settings: RobustSettings,
+                  need_train: bool = True):
+    """The user's model, evaluation data and (optional, only when ``need_train``)
+    GAN training data."""
     model = _fixture_value(request, settings.model, "model", "model", "advrobust_model_fixture")
     data = _fixture_value(request, settings.data, "evaluation data", "data",
                           "advrobust_data_fixture")
     train = _fixture_value(request, settings.train_data, "GAN training data", "",
-                           "advrobust_train_data_fixture", optional=True)
+                           "advrobust_train_data_fixture", optional=True) if need_train else None
     return model, data, train
 
 
@@ -303,23 +359,30 @@ def _warn(message: str) -> None:
 
 def _outcome(request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
     """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
-    from .runner import run_evaluation, torch_threads
+    from .runner import needs_training_data, run_evaluation, torch_threads
 
     state = _state(request.config)
-    model, data, train = _user_objects(request, settings)
+    need_train = needs_training_data(settings)
+    model, data, train = _user_objects(request, settings, need_train)
     key = (id(model), id(data), id(train), settings.evaluation_key())
     hit = state.outcomes.get(key)
     if hit is not None:  # same numbers; this test's own threshold and tolerance
         training = hit[0].training
         if training is not None:  # nothing was trained for this test: the training's own facts
-            training = dict(training, mode="cached",
+            mode = "memory" if training.get("cache") == "not cached" else "cached"
+            training = dict(training, mode=mode,
                             trained_mode=training.get("trained_mode", training.get("mode")))
         return dataclasses.replace(hit[0], settings=settings, training=training)
+    cache_dir = _cache_dir(request.config) if need_train else None
     with torch_threads(state.values["threads"]):
         outcome = run_evaluation(model, data, settings, train_data=train,
-                                 cache_dir=state.cache_dir, retrain=state.retrain,
+                                 cache_dir=cache_dir, retrain=state.retrain,
                                  progress=_progress(request.config), warn=_warn,
-                                 quiet=request.config.get_verbosity() < 0)
+                                 quiet=request.config.get_verbosity() < 0, store=_store(state))
+    if state.cache_note and outcome.training is not None:
+        mode = outcome.training.get("mode")  # "cached" here means this session's memory
+        outcome.training = dict(outcome.training, cache="not cached",
+                                mode="memory" if mode == "cached" else mode)
     state.outcomes[key] = (outcome, model, data, train)  # keep objects alive: ids stay unique
     return outcome
 
@@ -337,8 +400,9 @@ def _warm_only(request: pytest.FixtureRequest, settings: RobustSettings) -> None
     model, data, train = _user_objects(request, settings)
     with torch_threads(state.values["threads"]):
         facts = warm_generators(model, data, settings, train_data=train,
-                                cache_dir=state.cache_dir, retrain=state.retrain,
-                                progress=_progress(request.config), warn=_warn)
+                                cache_dir=_cache_dir(request.config), retrain=state.retrain,
+                                progress=_progress(request.config), warn=_warn,
+                                store=_store(state))
     modes = ", ".join(f"eps={f['eps']:g}: {f['mode']}" for f in facts) or "no GAN attack"
     pytest.skip(f"advrobust warm: {modes}")
 
@@ -390,8 +454,9 @@ def gan_generator(request: pytest.FixtureRequest):
         model, data, train = _user_objects(request, settings)
         with torch_threads(state.values["threads"]):
             return generator_for(model, data, settings, train_data=train,
-                                 cache_dir=state.cache_dir, retrain=state.retrain,
-                                 progress=_progress(request.config), warn=_warn)
+                                 cache_dir=_cache_dir(request.config), retrain=state.retrain,
+                                 progress=_progress(request.config), warn=_warn,
+                                 store=_store(state))
     except AdvRobustError as exc:
         _fail_cleanly(exc)
 
@@ -404,6 +469,7 @@ def _judge(item: pytest.Item, outcome: Any) -> Optional[str]:
     rep = build_report(item.nodeid, outcome)
     item.config.hook.pytest_advrobust_report(report=rep, item=item)
     problems: List[str] = []
+    problems += _gate_checks(state, item, outcome)
     failing = outcome.failing_points()
     if failing:
         problems.append(failure_message(rep, failing))
@@ -422,6 +488,21 @@ def _judge(item: pytest.Item, outcome: Any) -> Optional[str]:
     item.user_properties.extend(junit_properties(rep))
     item.user_properties.append(("advrobust_report", json.dumps(rep, sort_keys=True)))
     return "\n".join(problems) if problems else None
+
+
+def _gate_checks(state: _State, item: pytest.Item, outcome: Any) -> List[str]:
+    """Clean accuracy at chance fails the test; a baseline that cannot fall warns."""
+    from .gatechecks import clean_accuracy_problem, stuck_baseline_warning
+
+    s, clean = outcome.settings, outcome.clean
+    problem = clean_accuracy_problem(int(clean.correct.sum()), int(clean.correct.numel()),
+                                     clean.num_classes, s.min_clean_accuracy, s.model, s.data)
+    if state.save_baseline or state.compare:
+        stuck = stuck_baseline_warning(outcome.numbers["adversarial_accuracy"],
+                                       clean.num_classes, outcome.numbers["eps"], s.attack_label)
+        if stuck:
+            _warn(f"{item.nodeid}: {stuck}")
+    return [problem] if problem else []
 
 
 def _load_baseline(state: _State) -> Any:
@@ -460,8 +541,11 @@ def _compare_with_baseline(item: pytest.Item, rep: Dict[str, Any],
 def _write_images(folder: Path, nodeid: str, outcome: Any, rep: Dict[str, Any]) -> None:
     from .images import safe_filename, save_curve, save_gallery
 
+    from .layout import channels_first
+
     stem = safe_filename(nodeid)
-    paths = [save_gallery(folder / f"{stem}.png", outcome.x, outcome.x_adv, outcome.y,
+    x, x_adv = (channels_first(t, outcome.settings) for t in (outcome.x, outcome.x_adv))
+    paths = [save_gallery(folder / f"{stem}.png", x, x_adv, outcome.y,
                           outcome.clean.pred, outcome.adv.pred)]
     if outcome.curve:
         paths.append(save_curve(folder / f"{stem}-curve.png", rep["curve"],
@@ -577,7 +661,15 @@ def _save_baseline(config: pytest.Config, state: _State) -> None:
         if (path not in collected_files or path in narrowed) and \
                 (Path(config.rootpath) / path).exists():
             collected.add(nodeid)
-    result = save_baseline(state.baseline_path, list(state.reports.values()),
+    reports = list(state.reports.values())
+    if state.compare:  # a run that regresses does not move its own baseline
+        held = [r["nodeid"] for r in reports
+                if (r.get("baseline") or {}).get("status") == "regressed"]
+        reports = [r for r in reports if r["nodeid"] not in held]
+        if held:
+            state.notes.append("baseline entries of regressed tests not overwritten "
+                               "(--advrobust-compare): " + ", ".join(held))
+    result = save_baseline(state.baseline_path, reports,
                            mode=state.save_baseline, existing=existing, collected=collected,
                            environment=_current_environment(state))
     state.notes.append(f"baseline written to {result.path}: {len(result.written)} "

@@ -50,6 +50,7 @@ def build_report(nodeid: str, outcome: Any) -> Dict[str, Any]:
         "per_class": num["per_class"],
         "attack_success_rate": _r(num["attack_success_rate"]),
         "training": outcome.training,
+        "cost": dict(getattr(outcome, "cost", None) or {}),
         "sanity": list(outcome.sanity),
         "curve": [dict(p, passed=outcome.verdict_at(p)) for p in outcome.curve]
         if outcome.curve else None,
@@ -140,9 +141,12 @@ def _generator_cell(tr: Optional[Dict[str, Any]]) -> str:
     if isinstance(cost, dict) and cost.get("forward_per_sample") is not None:
         trained += (f", {float(cost['forward_per_sample']):.0f}/"
                     f"{float(cost.get('backward_per_sample') or 0):.0f} passes")
-    if mode == "cached":
-        return f"cached ({tr.get('trained_mode', '?')} {trained})" if tr.get("trained_mode") else mode
-    out = f"{mode} {trained}"
+    cache = f", {tr['cache']}" if tr.get("cache") else ""
+    if mode in ("cached", "memory"):
+        if tr.get("trained_mode"):
+            return f"{mode} ({tr['trained_mode']} {trained}){cache}"
+        return mode + cache
+    out = f"{mode} {trained}{cache}"
     return out + " CUT SHORT" if tr.get("cut_short") else out
 
 

@@ -17,13 +17,17 @@ import torch
 
 from .attacks import get_attack
 from .attacks.base import AttackContext, perturbation_norms
+from .attacks.counting import counted
 from .data import Split, split_data, to_tensor_pair
 from .errors import AdvRobustError
 from .evaluate import Predictions, merge_worst_case, predict, summarize
+from .gradcheck import require_input_gradient
 from .modelguard import Preprocessed, borrowed, resolve_device
+from .precision import into_dtype, working_copy
 from .settings import RobustSettings
 
-__all__ = ["Outcome", "run_evaluation", "check_bound", "prepare", "torch_threads"]
+__all__ = ["Outcome", "run_evaluation", "check_bound", "needs_training_data", "prepare",
+           "torch_threads"]
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Outcome:
     sanity: List[Dict[str, str]] = field(default_factory=list)
     device: str = "cpu"
     train_is_eval: bool = False
+    cost: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     def verdict_at(self, point: Dict[str, Any]) -> bool:
         t = self.settings.threshold
@@ -66,8 +71,10 @@ def _input_range_check(x: torch.Tensor, settings: RobustSettings, fixture: str) 
     if xmin < lo - 1e-6 or xmax > hi + 1e-6:
         raise AdvRobustError(
             f"inputs from fixture {fixture!r} span [{xmin:.4g}, {xmax:.4g}], outside "
-            f"bounds=({lo:g}, {hi:g}); scale them, pass bounds=(low, high) to the robust "
-            "marker, or bounds=None for unbounded features")
+            f"bounds=({lo:g}, {hi:g}); if they are already normalised, give the "
+            "unnormalised data and preprocessing=(mean, std) so that eps stays in input "
+            "units, else scale them or pass bounds=(low, high) (bounds=None for unbounded "
+            "features) to the marker or --advrobust-bounds")
 
 
 def check_bound(name: str, x: torch.Tensor, x_adv: torch.Tensor, cfg) -> None:
@@ -79,7 +86,9 @@ def check_bound(name: str, x: torch.Tensor, x_adv: torch.Tensor, cfg) -> None:
     if not torch.isfinite(x_adv).all():
         raise AdvRobustError(f"attack {name!r} returned NaN or infinite inputs")
     slack = 1e-5 * max(1.0, cfg.eps)
-    worst = float(perturbation_norms(x.float(), x_adv.float(), cfg.norm).max()) if x.numel() else 0.0
+    # In float64: exact for the differences of float16/bfloat16/float32 values.
+    worst = float(perturbation_norms(x.double(), x_adv.double(), cfg.norm).max()) \
+        if x.numel() else 0.0
     if worst > cfg.eps + slack:
         raise AdvRobustError(f"attack {name!r} left the {cfg.norm} ball: perturbation "
                              f"{worst:.6g} > eps {cfg.eps:g}")
@@ -101,24 +110,51 @@ def _run_model_safely(fn: Callable[[], Any], fixture: str, shape) -> Any:
                              f"inputs of shape {tuple(shape)}: {first}") from exc
 
 
-def prepare(model: Any, data: Any, settings: RobustSettings, train_data: Any = None):
-    """Check the model, choose the device, split and check the data."""
+#: Built-in attacks that never use training data (everything else may: the GAN trains).
+NO_TRAINING_DATA = ("pgd", "fgsm")
+
+
+def needs_training_data(settings: RobustSettings) -> bool:
+    """Whether an attack of ``settings`` may use training samples (the GAN, custom ones)."""
+    return any(a not in NO_TRAINING_DATA and not a.startswith("apgd") for a in settings.attacks)
+
+
+def prepare(model: Any, data: Any, settings: RobustSettings, train_data: Any = None, *,
+            store: Any = None, need_train: bool = True):
+    """Check the model, choose the device, split and check the data.
+
+    ``store`` (a :class:`~pytest_advrobust.loading.SessionData`) remembers the
+    conversions for the session; with ``need_train=False`` no training
+    samples are loaded (``split.train_x`` is ``None``).
+    """
     if model is None or not callable(model):
         raise AdvRobustError(f"fixture {settings.model!r} returned {type(model).__name__}, "
                              "not a torch.nn.Module or callable mapping inputs to logits")
     device = resolve_device(settings.device)
-    split: Split = split_data(data, settings.n_samples, settings.seed, settings.data)
-    if train_data is not None:
-        tx, ty = to_tensor_pair(train_data, settings.train_data)
+    convert = store.convert if store is not None else None
+    split: Split = split_data(data, settings.n_samples, settings.seed, settings.data,
+                              need_train=need_train and train_data is None, convert=convert)
+    if train_data is not None and need_train:
+        tx, ty = (convert or to_tensor_pair)(train_data, settings.train_data, None,
+                                             settings.seed)
+        if tuple(tx.shape[1:]) != tuple(split.x.shape[1:]):
+            raise AdvRobustError(
+                f"fixture {settings.train_data!r} gives samples of shape {tuple(tx.shape[1:])} "
+                f"but fixture {settings.data!r} gives {tuple(split.x.shape[1:])}; the GAN "
+                "trains on one and attacks the other, so give both the same sample shape")
         split.train_x, split.train_y, split.train_is_eval = tx, ty, False
     _input_range_check(split.x, settings, settings.data)
+    if settings.preprocessing is not None:  # one sentence now, not a broadcast error later
+        Preprocessed(lambda t: t, *settings.preprocessing,
+                     channel_axis=settings.channel_axis).axis_for(tuple(split.x.shape))
     return device, split
 
 
 def with_preprocessing(model: Any, settings: RobustSettings, device) -> Any:
     if settings.preprocessing is None:
         return model
-    return Preprocessed(model, *settings.preprocessing).to(device)
+    return Preprocessed(model, *settings.preprocessing,
+                        channel_axis=settings.channel_axis).to(device)
 
 
 @contextlib.contextmanager
@@ -139,14 +175,16 @@ def run_evaluation(model: Any, data: Any, settings: RobustSettings, *,
                    train_data: Any = None, cache_dir: Optional[Path] = None,
                    retrain: bool = False, progress: Optional[Callable[[str], None]] = None,
                    warn: Optional[Callable[[str], None]] = None, quiet: bool = False,
-                   sanity_level: Optional[str] = None) -> Outcome:
+                   sanity_level: Optional[str] = None, store: Any = None) -> Outcome:
     """Evaluate ``model`` on ``data`` under ``settings``; restore the model afterwards.
 
     Torch's global random state is seeded from ``settings.seed`` for the
     evaluation and given back unchanged afterwards, so the tests that run
     later see the random state they would have seen without this one.
+    ``store`` remembers data conversions across evaluations of a session.
     """
-    device, split = prepare(model, data, settings, train_data)
+    device, split = prepare(model, data, settings, train_data, store=store,
+                            need_train=needs_training_data(settings))
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(settings.seed)
@@ -164,7 +202,15 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
         y = split.y.to(device)
         clean = _run_model_safely(lambda: predict(net, x, y, settings.batch_size, settings.model),
                                   settings.model, x.shape)
+        _run_model_safely(lambda: require_input_gradient(net, x, y, settings.attacks,
+                                                         settings.model, settings.refine),
+                          settings.model, x.shape)
+        net_work, x_work = working_copy(net, x)  # float32 attacks for float16/bfloat16 inputs
+        train_x = split.train_x
+        if train_x is not None and x_work is not x:
+            train_x = train_x.float()
         per_eps: Dict[float, Dict[str, Any]] = {}
+        cost: Dict[str, Dict[str, float]] = {}
         main_x_adv = main_adv = None
         training = None
         for eps in settings.eps:
@@ -172,10 +218,15 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
             results = []
             for name in settings.attacks:
                 attack = get_attack(name)
-                ctx = AttackContext(device=device, train_x=split.train_x, train_y=split.train_y,
+                ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y,
                                     cache_dir=cache_dir, retrain=retrain, progress=progress,
                                     warn=warn, quiet=quiet)
-                x_adv = attack(net, x, y, cfg, ctx)
+                x_adv, count = counted(attack, net_work, x_work, y, cfg, ctx)
+                if math.isclose(eps, settings.main_eps):
+                    cost[name] = count.per_sample(x.shape[0])
+                if x_work is not x:  # low precision: the bound must hold after rounding
+                    check_bound(name, x_work, x_adv, cfg)
+                    x_adv = into_dtype(x, x_adv, eps, cfg.norm, cfg.bounds)
                 check_bound(name, x, x_adv, cfg)
                 x_adv = x_adv.detach()
                 preds = _run_model_safely(
@@ -209,9 +260,10 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
         if level != "off":
             from .sanity import run_sanity
 
-            ctx = AttackContext(device=device, train_x=split.train_x, train_y=split.train_y,
+            ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y,
                                 cache_dir=cache_dir, progress=progress, warn=warn, quiet=True)
-            flags = run_sanity(net, x, y, main_raw, settings.attack_config(settings.main_eps),
+            flags = run_sanity(net_work, x_work, y, main_raw.to(x_work.dtype),
+                               settings.attack_config(settings.main_eps),
                                ctx, attacks=list(settings.attacks), level=level, curve=curve,
                                num_classes=clean.num_classes, adversarial=per_attack,
                                correct_counts=raw_counts)
@@ -220,4 +272,4 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
     return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
                    clean=clean, adv=main_adv, numbers=numbers, curve=curve,
                    training=training, sanity=flags, device=str(device),
-                   train_is_eval=split.train_is_eval)
+                   train_is_eval=split.train_is_eval, cost=cost)

@@ -48,7 +48,9 @@ PGD at a huge eps, PGD with twice the steps, PGD with twice the restarts):
 ``weak_beats_strong``
     A weaker attack (FGSM, random noise of the full eps norm, or a
     non-gradient attack under test such as ``gan``) reaches a lower accuracy
-    than PGD with the same eps.
+    than the strongest gradient attack configured with the same eps
+    (autoattack-lite, apgd-t, apgd, else PGD; see
+    :func:`~.attacks.strongest_attack`).
 ``large_eps``
     PGD with an eps that covers the whole input range (L-inf: the width of
     ``bounds``; L2: the diameter of the bounds box; 100 x eps without bounds)
@@ -94,6 +96,7 @@ FLAG_NONDETERMINISTIC = "nondeterministic"
 FLAG_ADV_ABOVE_CLEAN = "adv_above_clean"
 FLAG_CURVE_NOT_MONOTONE = "curve_not_monotone"
 FLAG_WEAK_BEATS_STRONG = "weak_beats_strong"
+STRONG = ("autoattack-lite", "apgd-t", "apgd")  # compared as the reference, not as weak
 FLAG_LARGE_EPS = "large_eps"
 FLAG_NOT_CONVERGED = "not_converged"
 FLAG_GAN_WEAKER = "gan_weaker_than_pgd"
@@ -352,7 +355,8 @@ def _large_eps(cfg: AttackConfig, x: torch.Tensor) -> float:
 
 def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: AttackConfig,
                  ctx: AttackContext, num_classes: int,
-                 evaluated: Dict[str, torch.Tensor]) -> List[dict]:
+                 evaluated: Dict[str, torch.Tensor], configured: Sequence[str] = ()) -> List[dict]:
+    from .attacks import strongest_attack
     from .attacks.gradient import fgsm, pgd
 
     flags: List[dict] = []
@@ -361,7 +365,11 @@ def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: Attac
         return flags
     bs = cfg.batch_size
     tol = _tolerance(n)
-    acc_pgd = _accuracy(model, pgd(model, xs, ys, cfg, ctx), ys, bs)
+    strong_name, strong = strongest_attack(configured)
+    acc_pgd = _accuracy(model, strong(model, xs, ys, cfg, ctx), ys, bs)
+    label = (f"PGD ({cfg.steps} steps, step size {cfg.resolved_step_size():.3g}, "
+             f"{cfg.restarts} restart(s))" if strong_name == "pgd" else
+             f"{strong_name.upper()} ({cfg.steps} iterations, {cfg.restarts} restart(s))")
 
     # weak_beats_strong: FGSM, noise, and any non-gradient attack under test.
     fgsm_cfg = replace(cfg, steps=1, step_size=None, restarts=1, random_start=False)
@@ -370,7 +378,7 @@ def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: Attac
         "random noise of the same norm": _accuracy(model, _noise(xs, cfg), ys, bs),
     }
     for name, adv in evaluated.items():
-        if name in ("pgd",):
+        if name in ("pgd", *STRONG):
             continue
         weak[f"the {name} attack"] = _accuracy(model, adv, ys, bs)
     worst_name = min(weak, key=lambda k: weak[k])
@@ -378,11 +386,10 @@ def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: Attac
         flags.append(_flag(
             FLAG_WEAK_BEATS_STRONG,
             f"With {cfg.norm} eps={cfg.eps:g}, {worst_name} brings accuracy to "
-            f"{weak[worst_name]:.3f} but PGD ({cfg.steps} steps, step size "
-            f"{cfg.resolved_step_size():.3g}, {cfg.restarts} restart(s)) only to "
-            f"{acc_pgd:.3f} on {n} samples.",
-            "PGD should never lose to a weaker attack: either its settings are too weak "
-            "(too few steps or too small a step size) or the gradients are masked; raise "
+            f"{weak[worst_name]:.3f} but {label} only to {acc_pgd:.3f} on {n} samples.",
+            "A strong gradient attack should never lose to a weaker attack: either its "
+            "settings are too weak (too few steps or too small a step size) or the "
+            "gradients are masked; raise "
             "steps and step size, add restarts, and check the gradients flag."))
 
     # large_eps: an attack with an unbounded budget must reach chance or below.
@@ -498,12 +505,12 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
     ``num_classes`` defaults to the width of the model's output.
     ``adversarial`` optionally maps single attack names to their own
     adversarial batch (same samples as ``x``); at level full each non-PGD
-    attack in it (or ``x_adv`` itself when ``attacks`` holds no ``pgd``) is
-    compared against PGD; when it holds ``gan``, the probe of
-    :func:`gan_probe` runs (at every level but off) and its numbers are put
-    in ``ctx.facts["probe"]``. ``correct_counts`` (clean and adversarial correct
-    counts on the full batch), when the caller has them, spares two forward
-    passes.
+    attack in it (or ``x_adv`` itself when ``attacks`` holds neither ``pgd`` nor
+    an APGD variant) is compared against the strongest gradient attack
+    configured; when it holds ``gan``, the probe of :func:`gan_probe` runs
+    (at every level but off) and its numbers are put in ``ctx.facts["probe"]``.
+    ``correct_counts`` (clean and adversarial correct counts on the full
+    batch), when the caller has them, spares two forward passes.
     """
     if level not in LEVELS:
         raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -545,8 +552,9 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
         evaluated: Dict[str, torch.Tensor] = {}
         if adversarial:
             evaluated = {name: adv[idx].detach() for name, adv in adversarial.items()}
-        elif x_adv is not None and attacks and "pgd" not in attacks \
+        elif x_adv is not None and attacks and not set(attacks) & {"pgd", *STRONG} \
                 and not set(attacks) <= {"fgsm"}:
             evaluated = {"+".join(attacks): x_adv[idx].detach()}
-        flags.extend(_full_checks(model, xs, ys, cfg, ctx, int(num_classes or 2), evaluated))
+        flags.extend(_full_checks(model, xs, ys, cfg, ctx, int(num_classes or 2), evaluated,
+                                  configured=attacks))
     return flags

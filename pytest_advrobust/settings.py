@@ -39,7 +39,8 @@ NORMS = ("linf", "l2")
 MARKER_ARGS = (
     "threshold", "attack", "eps", "norm", "steps", "step_size", "restarts", "random_start",
     "n_samples", "metric", "seed", "model", "data", "bounds", "preprocessing", "refine",
-    "tolerance", "sanity", "threshold_eps", "batch_size", "targets",
+    "tolerance", "sanity", "threshold_eps", "batch_size", "targets", "channel_axis",
+    "min_clean_accuracy",
 )
 
 
@@ -101,6 +102,55 @@ def choice_type(choices: Sequence[str]):
     return parse
 
 
+def bounds_type(value: str):
+    """``LOW,HIGH`` -> (low, high); ``none`` -> the string "none" (unbounded features)."""
+    v = str(value).strip().lower()
+    if v == "none":
+        return "none"
+    parts = [p for p in v.replace(";", ",").split(",") if p.strip()]
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not LOW,HIGH (e.g. 0,1) or none") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"{value!r} must be two finite numbers with LOW < HIGH")
+    return (lo, hi)
+
+
+def preprocessing_type(value: str):
+    """``MEAN;STD`` with comma-separated per-channel values -> ((mean...), (std...))."""
+    v = str(value).strip().lower()
+    if v == "none":
+        return "none"
+    halves = v.split(";")
+    try:
+        if len(halves) != 2:
+            raise ValueError
+        mean, std = (tuple(float(p) for p in h.split(",") if p.strip()) for h in halves)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not MEAN;STD (e.g. 0.5,0.5,0.5;0.25,0.25,0.25) or none") from None
+    if not mean or not std or not all(math.isfinite(t) for t in mean + std) or \
+            any(t <= 0 for t in std):
+        raise argparse.ArgumentTypeError(f"{value!r} needs finite means and positive stds")
+    return (mean, std)
+
+
+def channel_axis_type(value: str):
+    """``auto`` or an integer axis of the input tensor (1 for NCHW, -1 for NHWC)."""
+    v = str(value).strip().lower()
+    if v == "auto":
+        return "auto"
+    try:
+        out = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an axis (e.g. 1 or -1) or auto") \
+            from None
+    if out == 0:
+        raise argparse.ArgumentTypeError("axis 0 is the batch axis, not a channel axis")
+    return out
+
+
 # (option name, ini name, parser) for options that take a value and have an ini twin.
 VALUE_OPTIONS = {
     "device": ("--advrobust-device", "advrobust_device", device_type),
@@ -115,6 +165,12 @@ VALUE_OPTIONS = {
     "threads": ("--advrobust-threads", "advrobust_threads", positive_int_type),
     "gan_steps": ("--advrobust-gan-steps", "advrobust_gan_steps", positive_int_type),
     "gan_seconds": ("--advrobust-gan-seconds", "advrobust_gan_seconds", positive_float_type),
+    "bounds": ("--advrobust-bounds", "advrobust_bounds", bounds_type),
+    "preprocessing": ("--advrobust-preprocessing", "advrobust_preprocessing",
+                      preprocessing_type),
+    "channel_axis": ("--advrobust-channel-axis", "advrobust_channel_axis", channel_axis_type),
+    "min_clean_accuracy": ("--advrobust-min-clean-accuracy", "advrobust_min_clean_accuracy",
+                           unit_float_type),
 }
 
 
@@ -166,6 +222,8 @@ class RobustSettings:
     targets: int = 0
     gan_steps: Optional[int] = None
     gan_seconds: Optional[float] = None
+    channel_axis: Optional[int] = None
+    min_clean_accuracy: Optional[float] = None
 
     @property
     def attack_label(self) -> str:
@@ -194,7 +252,7 @@ class RobustSettings:
         """What decides the numbers and flags (the threshold and tolerance do not;
         threshold_eps picks the headline eps and sanity the checks that run)."""
         d = asdict(self)
-        for k in ("threshold", "tolerance"):
+        for k in ("threshold", "tolerance", "min_clean_accuracy"):
             d.pop(k)
         return tuple(sorted((k, repr(v)) for k, v in d.items()))
 
@@ -355,7 +413,9 @@ def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSett
                 raise _bad("bounds", b, "must have low < high")
             upd["bounds"] = (lo, hi)
 
-    if "preprocessing" in kwargs and kwargs["preprocessing"] is not None:
+    if "preprocessing" in kwargs and kwargs["preprocessing"] is None:
+        upd["preprocessing"] = None  # overrides --advrobust-preprocessing / the ini key
+    elif "preprocessing" in kwargs:
         p = kwargs["preprocessing"]
         if not isinstance(p, (list, tuple)) or len(p) != 2:
             raise _bad("preprocessing", p, "must be a (mean, std) pair")
@@ -366,6 +426,22 @@ def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSett
         if any(s <= 0 for s in parts[1]):
             raise _bad("preprocessing", p, "must have a positive std")
         upd["preprocessing"] = (parts[0], parts[1])
+
+    if "channel_axis" in kwargs:
+        axis = kwargs["channel_axis"]
+        if axis is not None and (_int("channel_axis", axis, -64) == 0):
+            raise _bad("channel_axis", axis, "is the batch axis; give the channel axis "
+                       "(1 for (N, C, H, W), -1 for (N, H, W, C))")
+        upd["channel_axis"] = None if axis is None else int(axis)
+
+    if "min_clean_accuracy" in kwargs:
+        floor = kwargs["min_clean_accuracy"]
+        if floor is not None:
+            floor = _number("min_clean_accuracy", floor)
+            if not 0.0 <= floor <= 1.0:
+                raise _bad("min_clean_accuracy", kwargs["min_clean_accuracy"],
+                           "must lie in [0, 1]")
+        upd["min_clean_accuracy"] = floor
 
     out = replace(base, **upd)
     if out.threshold_eps is not None and not any(math.isclose(out.threshold_eps, e) for e in out.eps):
@@ -389,7 +465,19 @@ def base_settings(values: Mapping[str, Any]) -> RobustSettings:
         device=values.get("device", DEFAULTS["device"]),
         gan_steps=values.get("gan_steps"),
         gan_seconds=values.get("gan_seconds"),
+        bounds=_option_bounds(values.get("bounds")),
+        preprocessing=None if values.get("preprocessing") in (None, "none")
+        else values["preprocessing"],
+        channel_axis=None if values.get("channel_axis") in (None, "auto")
+        else int(values["channel_axis"]),
+        min_clean_accuracy=values.get("min_clean_accuracy"),
     )
+
+
+def _option_bounds(value: Any) -> Optional[Tuple[float, float]]:
+    if value is None:
+        return (0.0, 1.0)
+    return None if value == "none" else (float(value[0]), float(value[1]))
 
 
 __all__ = ["RobustSettings", "from_marker", "base_settings", "resolve_value", "VALUE_OPTIONS",

@@ -16,9 +16,15 @@ __all__ = ["generator_for", "warm_generators"]
 def _obtain(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
     from .attacks.gan import obtain_generator
 
+    from .gradcheck import require_input_gradient
+    from .precision import working_copy
+
     with borrowed(model, device) as m:
         net = with_preprocessing(m, settings, device)
-        ctx = AttackContext(device=device, train_x=split.train_x, train_y=split.train_y,
+        require_input_gradient(net, split.x.to(device), split.y.to(device), ("gan",),
+                               settings.model)
+        net, train_x = working_copy(net, split.train_x)  # float32 for float16/bfloat16 data
+        ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y,
                             **ctx_kwargs)
         gen, facts = obtain_generator(net, settings.attack_config(eps), ctx)
     # The generator takes the model's input gradient: gen(x) computes it with the user's model.
@@ -28,9 +34,9 @@ def _obtain(model, split, settings: RobustSettings, eps: float, device, **ctx_kw
 def generator_for(model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None,
                   cache_dir: Optional[Path] = None, retrain: bool = False,
                   progress: Optional[Callable[[str], None]] = None,
-                  warn: Optional[Callable[[str], None]] = None) -> Any:
+                  warn: Optional[Callable[[str], None]] = None, store: Any = None) -> Any:
     """The generator for the settings' headline eps, trained or loaded from the cache."""
-    device, split = prepare(model, data, settings, train_data)
+    device, split = prepare(model, data, settings, train_data, store=store)
     gen, facts = _obtain(model, split, settings, settings.main_eps, device, cache_dir=cache_dir,
                          retrain=retrain, progress=progress, warn=warn)
     gen.training_facts = facts
@@ -40,11 +46,12 @@ def generator_for(model: Any, data: Any, settings: RobustSettings, *, train_data
 def warm_generators(model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None,
                     cache_dir: Optional[Path] = None, retrain: bool = False,
                     progress: Optional[Callable[[str], None]] = None,
-                    warn: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+                    warn: Optional[Callable[[str], None]] = None,
+                    store: Any = None) -> List[Dict[str, Any]]:
     """Obtain every generator a test needs (one per eps when it uses ``gan``)."""
     if "gan" not in settings.attacks:
         return []
-    device, split = prepare(model, data, settings, train_data)
+    device, split = prepare(model, data, settings, train_data, store=store)
     out = []
     for eps in settings.eps:
         _, facts = _obtain(model, split, settings, eps, device, cache_dir=cache_dir,

@@ -15,11 +15,18 @@ _BUILTIN = {
     "fgsm": ("pytest_advrobust.attacks.gradient", "fgsm"),
     "pgd": ("pytest_advrobust.attacks.gradient", "pgd"),
     "gan": ("pytest_advrobust.attacks.gan", "gan_attack"),
+    "apgd": ("pytest_advrobust.attacks.apgd", "apgd"),
+    "apgd-t": ("pytest_advrobust.attacks.apgd", "apgd_t"),
+    "autoattack-lite": ("pytest_advrobust.attacks.apgd", "autoattack_lite"),
 }
+# Gradient attacks from strongest to weakest (AttackBench ranks targeted APGD
+# first among L-inf attacks); the sanity checks compare against the first one
+# configured, else PGD.
+STRENGTH_ORDER = ("autoattack-lite", "apgd-t", "apgd", "pgd")
 _CUSTOM: Dict[str, Callable] = {}
 
 __all__ = ["AttackConfig", "AttackContext", "available", "bound", "clip_bounds",
-           "get_attack", "project", "register_attack"]
+           "get_attack", "project", "register_attack", "strongest_attack"]
 
 
 def register_attack(name: str, attack: Callable) -> None:
@@ -48,3 +55,14 @@ def get_attack(name: str) -> Callable:
         module, attr = _BUILTIN[name]
         return getattr(importlib.import_module(module), attr)
     raise KeyError(name)
+
+
+def strongest_attack(names=()) -> tuple:
+    """``(name, attack)`` of the strongest built-in gradient attack among ``names``.
+
+    Order: autoattack-lite, apgd-t, apgd, pgd; ``pgd`` when ``names`` holds
+    none of them. The sanity checks that compare attacks (and the GAN's
+    strength probe) measure against this attack.
+    """
+    chosen = next((n for n in STRENGTH_ORDER if n in set(names)), "pgd")
+    return chosen, get_attack(chosen)

@@ -1,9 +1,10 @@
 """Gradient attacks: FGSM and PGD (L-inf and L2), batched and seeded.
 
-PGD stops attacking a sample as soon as it is misclassified: that sample's
-result is already final, so the robust accuracy does not change while the
-cost falls with every sample that is fooled early. Restarts keep, per
-sample, the first successful perturbation, else the one with the highest loss.
+PGD stops attacking a sample as soon as its verdict is final: at its first
+misclassification, or when its iterate repeats an earlier one exactly (see
+:mod:`.pgd_core`), so the robust accuracy does not change while the cost
+falls. Restarts keep, per sample, the first successful perturbation, else
+the iterate with the lowest margin ``z_y - max_{j != y} z_j`` of any step.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import AttackConfig, AttackContext, Model, clip_bounds, project
+from .pgd_core import pgd_run
 
 __all__ = ["fgsm", "pgd", "pgd_from", "random_start"]
 
@@ -32,6 +34,12 @@ def _input_grad(model: Model, x: torch.Tensor, y: torch.Tensor,
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
+        if not logits.requires_grad:  # forward under no_grad, detached, argmax, ...
+            from ..gradcheck import missing_gradient_error
+
+            raise missing_gradient_error("pgd/fgsm", None,
+                                         "the output does not depend on the input through "
+                                         "autograd")
         z = logits.float()
         if target is None:
             loss = F.cross_entropy(z, y, reduction="sum")
@@ -88,31 +96,12 @@ def fgsm(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
 def _pgd_batch(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor,
                eps: float, norm: str, steps: int, step: float, bounds, early_stop: bool,
                target: Optional[torch.Tensor] = None):
-    """Run PGD on one batch; return (x_adv, fooled mask, loss per sample)."""
-    x_adv = clip_bounds(x + project(x_start - x, eps, norm), bounds).detach()
-    n = x.shape[0]
-    active = torch.arange(n, device=x.device)
-    for _ in range(steps):
-        if active.numel() == 0:
-            break
-        xa, ya = x_adv[active], y[active]
-        ta = target[active] if target is not None else None
-        logits, grad = _input_grad(model, xa, ya, ta)
-        if early_stop:
-            still = logits.argmax(dim=1) == ya
-            if not bool(still.all()):
-                active, xa, ya, grad = active[still], xa[still], ya[still], grad[still]
-                ta = ta[still] if ta is not None else None
-                if active.numel() == 0:
-                    break
-        moved = xa + step * _ascent_direction(grad, norm)
-        x0 = x[active]
-        x_adv[active] = clip_bounds(x0 + project(moved - x0, eps, norm), bounds).detach()
-    with torch.no_grad():
-        logits = model(x_adv).float()
-        loss = F.cross_entropy(logits, y, reduction="none")
-        fooled = logits.argmax(dim=1) != y
-    return x_adv, fooled, loss
+    """Run PGD on one batch; return (x_adv, fooled mask, margin per sample).
+
+    The loop lives in :mod:`.pgd_core`: exact stops at the first success or
+    at a repeated iterate, and the best iterate of any step.
+    """
+    return pgd_run(model, x, y, x_start, eps, norm, steps, step, bounds, early_stop, target)
 
 
 def pgd_from(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor,
@@ -142,7 +131,7 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
     first one does too when ``cfg.random_start``). Then, with ``cfg.targets=k``,
     one targeted run per each of the k most likely wrong classes (ranked at the
     clean input) attacks the samples still standing. Per sample, the first run
-    that fools the model wins; otherwise the highest cross-entropy wins.
+    that fools the model wins; otherwise the lowest margin of any step wins.
     """
     step = cfg.resolved_step_size()
     gen = torch.Generator().manual_seed(int(cfg.seed))
@@ -151,19 +140,19 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
         xb, yb = x[sl], y[sl]
         best = xb.clone()
         best_fooled = torch.zeros(xb.shape[0], dtype=torch.bool, device=xb.device)
-        best_loss = torch.full((xb.shape[0],), -float("inf"), device=xb.device)
+        best_margin = torch.full((xb.shape[0],), float("inf"), device=xb.device)
         for r in range(max(1, cfg.restarts)):
             start = random_start(xb, cfg.eps, cfg.norm, gen) if (cfg.random_start or r > 0) else xb
             todo = ~best_fooled
             if not bool(todo.any()):
                 break
             idx = todo.nonzero(as_tuple=True)[0]
-            adv, fooled, loss = _pgd_batch(model, xb[idx], yb[idx], start[idx], cfg.eps,
+            adv, fooled, margin = _pgd_batch(model, xb[idx], yb[idx], start[idx], cfg.eps,
                                            cfg.norm, cfg.steps, step, cfg.bounds, cfg.early_stop)
-            better = fooled | (loss > best_loss[idx])
+            better = fooled | (margin < best_margin[idx])
             take = idx[better]
             best[take] = adv[better]
-            best_loss[take] = loss[better]
+            best_margin[take] = margin[better]
             best_fooled[idx[fooled]] = True
         if cfg.targets > 0:
             with torch.no_grad():
@@ -175,13 +164,13 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
                 if not bool(todo.any()):
                     break
                 idx = todo.nonzero(as_tuple=True)[0]
-                adv, fooled, loss = _pgd_batch(model, xb[idx], yb[idx], xb[idx], cfg.eps,
+                adv, fooled, margin = _pgd_batch(model, xb[idx], yb[idx], xb[idx], cfg.eps,
                                                cfg.norm, cfg.steps, step, cfg.bounds,
                                                cfg.early_stop, target=ranked[idx, t])
-                better = fooled | (loss > best_loss[idx])
+                better = fooled | (margin < best_margin[idx])
                 take = idx[better]
                 best[take] = adv[better]
-                best_loss[take] = loss[better]
+                best_margin[take] = margin[better]
                 best_fooled[idx[fooled]] = True
         out[sl] = best
     return out

@@ -1,0 +1,111 @@
+"""Low-precision inputs (float16, bfloat16): attack in float32, keep the bound in the input's dtype.
+
+Attacks run on a float32 copy of a low-precision batch, through
+:class:`InputCast`, which hands the model its own input dtype (the cast is
+differentiable, so gradients still reach the float32 copy). The result is
+then brought back with :func:`into_dtype`, which rounds to the input dtype
+and, where rounding pushed a coordinate past the eps-ball or the bounds,
+moves it back one unit in the last place (or, failing that, to the clean
+value). So ``x_adv - x`` measured in the input's own values never exceeds
+``eps``: the bound holds in the dtype the model sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["LOW_PRECISION", "InputCast", "is_low_precision", "into_dtype", "working_copy"]
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+_MANTISSA = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
+
+
+def is_low_precision(x: torch.Tensor) -> bool:
+    return x.dtype in LOW_PRECISION
+
+
+class InputCast(nn.Module):
+    """``model(x.to(dtype))``: the model keeps getting inputs of its own dtype."""
+
+    def __init__(self, model: Callable, dtype: torch.dtype):
+        super().__init__()
+        self.inner = model
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.inner(x.to(self.dtype))
+
+
+def working_copy(model: Callable, x: torch.Tensor) -> Tuple[Callable, torch.Tensor]:
+    """``(model, x)`` for an attack: float32 through :class:`InputCast` for low precision."""
+    if not is_low_precision(x):
+        return model, x
+    return InputCast(model, x.dtype), x.float()
+
+
+def _ulp(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Spacing of ``dtype`` at each value of ``v`` (float64), towards smaller magnitudes."""
+    _, exp = torch.frexp(v)
+    ulp = torch.ldexp(torch.ones_like(v), exp - 1 - _MANTISSA.get(dtype, 23))
+    return torch.where(v == 0, torch.full_like(v, torch.finfo(dtype).tiny), ulp)
+
+
+def _linf(x64: torch.Tensor, a64: torch.Tensor, eps: float,
+          bounds: Optional[Tuple[float, float]], dtype: torch.dtype) -> torch.Tensor:
+    lo, hi = x64 - eps, x64 + eps
+    if bounds is not None:
+        lo, hi = lo.clamp_min(bounds[0]), hi.clamp_max(bounds[1])
+    out = torch.minimum(torch.maximum(a64, lo), hi).to(dtype)
+    for _ in range(4):
+        v = out.double()
+        below, above = v < lo, v > hi
+        if not bool((below | above).any()):
+            return out
+        step = _ulp(v, dtype)
+        v = torch.where(below, v + step, torch.where(above, v - step, v))
+        out = v.to(dtype)
+    v = out.double()
+    bad = (v < lo) | (v > hi)
+    return torch.where(bad, x64.to(dtype), out)
+
+
+def _l2(x64: torch.Tensor, a64: torch.Tensor, eps: float,
+        bounds: Optional[Tuple[float, float]], dtype: torch.dtype) -> torch.Tensor:
+    from .attacks.base import clip_bounds, project
+
+    delta = project(a64 - x64, eps, "l2")
+    shrink = 1.0
+    out = clip_bounds(x64 + delta, bounds).to(dtype)
+    for _ in range(12):
+        norms = (out.double() - x64).reshape(x64.shape[0], -1).norm(dim=1)
+        over = norms > eps
+        if not bool(over.any()):
+            return out
+        shrink *= 1.0 - 2.0 ** -(_MANTISSA.get(dtype, 23) - 2)
+        redo = clip_bounds(x64 + delta * shrink, bounds).to(dtype)
+        mask = over.view(-1, *([1] * (x64.dim() - 1)))
+        out = torch.where(mask, redo, out)
+    norms = (out.double() - x64).reshape(x64.shape[0], -1).norm(dim=1)
+    mask = (norms > eps).view(-1, *([1] * (x64.dim() - 1)))
+    return torch.where(mask, x64.to(dtype), out)
+
+
+def into_dtype(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str,
+               bounds: Optional[Tuple[float, float]]) -> torch.Tensor:
+    """``x_adv`` in the dtype of ``x``, within ``eps`` (``norm``) and ``bounds`` there.
+
+    ``x``: the clean batch (any floating dtype); ``x_adv``: an attack's result
+    of the same shape, usually float32. For float32 and float64 inputs the
+    result is only cast. Raises nothing; a coordinate that cannot be placed
+    inside falls back to its clean value.
+    """
+    dtype = x.dtype
+    if not is_low_precision(x):
+        return x_adv.to(dtype)
+    x64, a64 = x.double(), x_adv.detach().double()
+    if norm == "linf":
+        return _linf(x64, a64, float(eps), bounds, dtype)
+    return _l2(x64, a64, float(eps), bounds, dtype)
