@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import time
 import weakref
 from typing import Any, Dict, Optional, Tuple
