@@ -28,6 +28,8 @@ class AdversarialBatch:
         self.settings: Dict[str, Any] = outcome.settings.to_dict()
         self.report: Dict[str, Any] = report
         self.training: Optional[Dict[str, Any]] = outcome.training
+        # attack="generated": x_adv holds the accepted generated samples, labelled y_adv.
+        self.y_adv: torch.Tensor = outcome.y_adv if outcome.y_adv is not None else outcome.y
 
     @property
     def eps(self) -> float:
@@ -55,7 +57,11 @@ class AdversarialBatch:
                 if s.preprocessing else m
             y = self.y.to(device)
             clean = predict(net, self.x.to(device), y, bs, s.model)
-            adv = predict(net, self.x_adv.to(device), y, bs, s.model)
+            adv = predict(net, self.x_adv.to(device), self.y_adv.to(device), bs, s.model)
+        if self._outcome.generated is not None:
+            from .generated.evaluation import real_and_generated_numbers
+
+            return real_and_generated_numbers(self.y, clean, self.y_adv, adv, s.metric)
         out = summarize(self.y, clean, adv, s.metric)
         out.update(eps=self.eps, attack=self.attack, norm=s.norm)
         return out

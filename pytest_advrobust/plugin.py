@@ -22,7 +22,7 @@ from .report import build_report, failure_message, junit_properties, summary_lin
 from .settings import (DEFAULTS, RobustSettings, VALUE_OPTIONS, base_settings, from_marker,
                        resolve_value)
 
-ROBUST_FIXTURES = ("adversarial_batch", "gan_generator")
+ROBUST_FIXTURES = ("adversarial_batch", "gan_generator", "conditional_generator")
 SKIP_REASON = "robustness test: pass --advrobust to run it"
 
 
@@ -174,7 +174,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "restarts=1, random_start=False, n_samples=None, metric='absolute', seed=None, "
         "model='robust_model', data='robust_data', bounds=(0, 1), preprocessing=None, "
         "refine=0, tolerance=None, sanity=None, threshold_eps=None, batch_size=None, "
-        "targets=0, channel_axis=None, min_clean_accuracy=None): "
+        "targets=0, channel_axis=None, min_clean_accuracy=None, validity=0.9): "
         "fail the test when clean minus adversarial accuracy exceeds threshold "
         "(runs with --advrobust)")
     values: Dict[str, Any] = {}
@@ -403,7 +403,8 @@ def _warm_only(request: pytest.FixtureRequest, settings: RobustSettings) -> None
                                 cache_dir=_cache_dir(request.config), retrain=state.retrain,
                                 progress=_progress(request.config), warn=_warn,
                                 store=_store(state))
-    modes = ", ".join(f"eps={f['eps']:g}: {f['mode']}" for f in facts) or "no GAN attack"
+    modes = ", ".join(f"{f.get('role') or 'eps=%g' % f['eps']}: {f['mode']}"
+                      for f in facts) or "no GAN attack"
     pytest.skip(f"advrobust warm: {modes}")
 
 
@@ -457,6 +458,29 @@ def gan_generator(request: pytest.FixtureRequest):
                                  cache_dir=_cache_dir(request.config), retrain=state.retrain,
                                  progress=_progress(request.config), warn=_warn,
                                  store=_store(state))
+    except AdvRobustError as exc:
+        _fail_cleanly(exc)
+
+
+@pytest.fixture
+def conditional_generator(request: pytest.FixtureRequest):
+    """The class-conditional sample generator of ``attack="generated"``, trained on
+    ``robust_train_data`` (or cached): an ``nn.Module`` in eval mode mapping (noise
+    ``(N, noise_dim)``, class index ``(N,)``) to samples, with ``sample(n, seed, classes)``
+    giving ``(x, y)``, ``labels``, and ``reference`` (the validity judge)."""
+    from .generated.fixture import conditional_generator_for
+    from .runner import torch_threads
+
+    state = _state(request.config)
+    try:
+        settings = _settings_for(request, require_threshold=False)
+        model, data, train = _user_objects(request, settings)
+        with torch_threads(state.values["threads"]):
+            return conditional_generator_for(model, data, settings, train_data=train,
+                                             cache_dir=_cache_dir(request.config),
+                                             retrain=state.retrain,
+                                             progress=_progress(request.config), warn=_warn,
+                                             store=_store(state))
     except AdvRobustError as exc:
         _fail_cleanly(exc)
 
@@ -544,6 +568,14 @@ def _write_images(folder: Path, nodeid: str, outcome: Any, rep: Dict[str, Any]) 
     from .layout import channels_first
 
     stem = safe_filename(nodeid)
+    if outcome.generated is not None:  # attack="generated": the samples the model got wrong
+        from .generated.gallery import save_wrong_gallery
+
+        path = save_wrong_gallery(folder / f"{stem}-generated-wrong.png",
+                                  channels_first(outcome.x_adv, outcome.settings),
+                                  outcome.y_adv, outcome.adv.pred, outcome.settings.bounds)
+        rep["images"] = [str(path)] if path is not None else []
+        return
     x, x_adv = (channels_first(t, outcome.settings) for t in (outcome.x, outcome.x_adv))
     paths = [save_gallery(folder / f"{stem}.png", x, x_adv, outcome.y,
                           outcome.clean.pred, outcome.adv.pred)]

@@ -57,11 +57,17 @@ def build_report(nodeid: str, outcome: Any) -> Dict[str, Any]:
         "baseline": None,
         "verdict": "fail" if failing else "pass",
     }
+    if getattr(outcome, "generated", None) is not None:  # attack="generated"
+        rep["generated"] = outcome.generated
     return rep
 
 
 def point_message(rep: Dict[str, Any], point: Dict[str, Any]) -> str:
     """``robustness gap 0.231 > threshold 0.100 (clean ... n=512, gan linf eps=0.1)``."""
+    if rep.get("generated") is not None:
+        from .generated.messages import gap_message
+
+        return gap_message(rep)
     lo, hi = point["adversarial_ci"]
     rel = " (relative)" if rep.get("metric") == "relative" else ""
     return (f"robustness gap{rel} {point['gap']:.3f} > threshold {rep['threshold']:.3f} "
@@ -89,6 +95,10 @@ def junit_properties(rep: Dict[str, Any]) -> List[tuple]:
     ]
     if rep.get("training"):
         props.append(("advrobust_generator", rep["training"].get("mode")))
+    if rep.get("generated"):
+        from .generated.messages import junit_extra
+
+        props += junit_extra(rep)
     return props
 
 
@@ -115,8 +125,12 @@ def summary_lines(reports: List[Dict[str, Any]], width: int = 120) -> List[str]:
         gen = _generator_cell(rep.get("training"))
         eps = rep["eps"] if not rep.get("curve") else \
             ",".join(f"{p['eps']:g}" for p in rep["curve"])
+        eps = "-" if eps is None else eps
         flags = f" ({len(rep['sanity'])} flags)" if rep.get("sanity") else ""
-        rows.append([rep["nodeid"], rep["attack"] + " " + rep["norm"],
+        what = rep["attack"] + " " + rep["norm"]
+        if rep.get("generated"):
+            what = f"generated {rep['generated']['accepted']}/{rep['generated']['drawn']} valid"
+        rows.append([rep["nodeid"], what,
                      eps if isinstance(eps, str) else f"{eps:g}", str(rep["n"]),
                      _fmt(rep["clean_accuracy"]),
                      f"{_fmt(rep['adversarial_accuracy'])} [{_fmt(lo)}, {_fmt(hi)}]",

@@ -47,6 +47,10 @@ class Outcome:
     device: str = "cpu"
     train_is_eval: bool = False
     cost: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    # attack="generated": its numbers (acceptance, reference) and the labels of x_adv,
+    # which then holds the accepted generated samples rather than perturbed copies of x.
+    generated: Optional[Dict[str, Any]] = None
+    y_adv: Optional[torch.Tensor] = None
 
     def verdict_at(self, point: Dict[str, Any]) -> bool:
         t = self.settings.threshold
@@ -183,6 +187,12 @@ def run_evaluation(model: Any, data: Any, settings: RobustSettings, *,
     later see the random state they would have seen without this one.
     ``store`` remembers data conversions across evaluations of a session.
     """
+    if "generated" in settings.attacks:
+        from .generated.evaluation import run_generated
+
+        return run_generated(model, data, settings, train_data=train_data, cache_dir=cache_dir,
+                             retrain=retrain, progress=progress, warn=warn, quiet=quiet,
+                             store=store)
     device, split = prepare(model, data, settings, train_data, store=store,
                             need_train=needs_training_data(settings))
     cuda = [device.index or 0] if device.type == "cuda" else []

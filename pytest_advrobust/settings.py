@@ -40,7 +40,7 @@ MARKER_ARGS = (
     "threshold", "attack", "eps", "norm", "steps", "step_size", "restarts", "random_start",
     "n_samples", "metric", "seed", "model", "data", "bounds", "preprocessing", "refine",
     "tolerance", "sanity", "threshold_eps", "batch_size", "targets", "channel_axis",
-    "min_clean_accuracy",
+    "min_clean_accuracy", "validity",
 )
 
 
@@ -224,6 +224,7 @@ class RobustSettings:
     gan_seconds: Optional[float] = None
     channel_axis: Optional[int] = None
     min_clean_accuracy: Optional[float] = None
+    validity: float = 0.9  # attack="generated": least reference confidence of a valid sample
 
     @property
     def attack_label(self) -> str:
@@ -396,6 +397,12 @@ def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSett
         if not 0.0 <= tol <= 1.0:
             raise _bad("tolerance", kwargs["tolerance"], "must lie in [0, 1]")
         upd["tolerance"] = tol
+
+    if "validity" in kwargs:
+        v = _number("validity", kwargs["validity"])
+        if not 0.5 <= v < 1.0:
+            raise _bad("validity", kwargs["validity"], "must lie in [0.5, 1)")
+        upd["validity"] = v
 
     for arg in ("model", "data"):
         if arg in kwargs:

@@ -49,6 +49,12 @@ def warm_generators(model: Any, data: Any, settings: RobustSettings, *, train_da
                     warn: Optional[Callable[[str], None]] = None,
                     store: Any = None) -> List[Dict[str, Any]]:
     """Obtain every generator a test needs (one per eps when it uses ``gan``)."""
+    if "generated" in settings.attacks:
+        from .generated.fixture import warm_sample_generator
+
+        return warm_sample_generator(model, data, settings, train_data=train_data,
+                                     cache_dir=cache_dir, retrain=retrain, progress=progress,
+                                     warn=warn, store=store)
     if "gan" not in settings.attacks:
         return []
     device, split = prepare(model, data, settings, train_data, store=store)
