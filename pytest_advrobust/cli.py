@@ -7,6 +7,7 @@
     advrobust cache clear
     advrobust cache prune --keep 5 --older-than 30
     advrobust compare OLD.json NEW.json --tolerance 0.02
+    advrobust history reports/ --plot history.png   # each test across saved reports
     advrobust warm tests/robust -x            # train every generator ahead of CI
     torchrun --nproc-per-node=4 -m pytest_advrobust.cli warm tests/robust
                                               # ... with 4 processes (DDP; NCCL on GPUs)
@@ -121,10 +122,10 @@ def _non_negative_int(text: str) -> int:
 
 
 def _cache_dir(option: Optional[str]) -> Path:
-    from .cache import resolve_cache_dir
+    from .rootdir import pytest_cache_dir
 
-    # the command line has no ini file: option > $ADVROBUST_CACHE_DIR > ./.pytest_cache/d/advrobust
-    return Path(resolve_cache_dir(option, None, os.environ, Path.cwd()))
+    # the folder `pytest` started here would use: its rootdir and ini file decide
+    return pytest_cache_dir(option, os.environ, Path.cwd())
 
 
 def _open_cache(root: Path) -> Any:
@@ -156,10 +157,12 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         if not entries:
             _out(f"no cache entries in {root}")
             return 0
-        rows = [["KEY", "FAMILY", "CREATED", "SIZE", "VALID"]]
+        from .cache_view import entry_row, header
+
+        rows = [header()]
         for e in entries:
-            rows.append([str(e.key), str(e.family), _when(e.created), _size(e.size), "yes" if e.valid else "NO"])
-        for line in _table(rows, right=(3,)):
+            rows.append(entry_row(e, _when(e.created), _size(e.size)))
+        for line in _table(rows, right=(5,)):
             _out(line)
         total = sum(e.size for e in entries if isinstance(e.size, (int, float)))
         invalid = sum(1 for e in entries if not e.valid)
@@ -184,8 +187,12 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             else:
                 _err(f"no cache entry {args.key} in {root}; `{PROG} cache list` shows the keys")
             return 1
+        from .cache_view import describe
+
         _out(f"key:     {entry.key}")
         _out(f"family:  {entry.family}")
+        for label, text in describe(entry.meta or {}):
+            _out(f"{label + ':':<9}{text}")
         _out(f"created: {_when(entry.created)}")
         _out(f"size:    {_size(entry.size)}")
         if entry.valid:
@@ -364,6 +371,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# history
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from .history import history_table, load_history, plot_history
+
+    try:
+        history = load_history(args.reports)
+        baseline = load_results(args.baseline)[0] if args.baseline else None
+    except InputError as exc:
+        _err(str(exc))
+        return 2
+    for line in _table(history_table(history, baseline), right=range(1, len(history.runs) + 3)):
+        _out(line)
+    if args.plot:
+        _out(f"plot written to {plot_history(history, Path(args.plot), baseline)}")
+    return 0
+
+
+# --------------------------------------------------------------------------
 # warm
 
 
@@ -531,6 +558,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"allowed drop in adversarial accuracy (default {DEFAULT_TOLERANCE})",
     )
 
+    hist = commands.add_parser(
+        "history",
+        help="adversarial accuracy of each test across JSON reports",
+        description=(
+            "Print each test's adversarial accuracy across JSON reports, in the order given "
+            "(a folder: its *.json files in name order), with the lowest accuracy its "
+            "threshold allows and its baseline."
+        ),
+    )
+    hist.add_argument("reports", nargs="+", metavar="REPORT.json|DIR")
+    hist.add_argument("--plot", metavar="FILE", default=None,
+                      help="also write a PNG: a line per test, threshold floor and baseline marked")
+    hist.add_argument("--baseline", metavar="PATH", default=None,
+                      help="baseline file whose adversarial accuracies to mark")
+
     commands.add_parser(
         "warm",
         help="run the robust tests once to train and cache every generator",
@@ -560,6 +602,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_cache(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "history":
+            return _cmd_history(args)
         return _cmd_warm([])  # pragma: no cover - handled above
     except AdvRobustError as exc:
         _err(str(exc))

@@ -18,14 +18,15 @@ import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .errors import AdvRobustError
 
-__all__ = ["Split", "read_idx", "load_idx_dataset", "split_data", "to_tensor_pair"]
+__all__ = ["Split", "class_names_of", "read_idx", "load_idx_dataset", "split_data",
+           "to_tensor_pair"]
 
 MIN_TRAIN = 64
 
@@ -41,6 +42,7 @@ class Split:
     total: int
     eval_indices: torch.Tensor
     train_is_eval: bool = False
+    class_names: Optional[List[str]] = None
 
 
 def _as_tensor(value: Any, what: str, fixture: str) -> torch.Tensor:
@@ -235,7 +237,22 @@ def split_data(data: Any, n_samples: int, seed: int, fixture: str = "robust_data
             tx, ty = x_all[train_idx], y_all[train_idx]
     return Split(x=x.contiguous(), y=y, train_x=tx.contiguous() if tx is not None else None,
                  train_y=ty, total=total,
-                 eval_indices=eval_idx, train_is_eval=train_is_eval)
+                 eval_indices=eval_idx, train_is_eval=train_is_eval,
+                 class_names=class_names_of(data))
+
+
+def class_names_of(data: Any) -> Optional[List[str]]:
+    """The class names a data set carries (its ``classes``, as torchvision's data sets
+    have), looked up through DataLoaders and Subsets; ``None`` when it has none."""
+    for _ in range(4):  # DataLoader -> Subset -> Dataset
+        names = getattr(data, "classes", None)
+        if isinstance(names, (list, tuple)) and names and \
+                all(isinstance(n, (str, int)) for n in names):
+            return [str(n) for n in names]
+        data = getattr(data, "dataset", None)
+        if data is None:
+            return None
+    return None
 
 
 # ----------------------------------------------------------------- IDX files

@@ -13,3 +13,8 @@ class AdvRobustError(Exception):
 
 class CacheIntegrityError(Exception):
     """A cache entry failed verification; callers set it aside and retrain."""
+
+
+class MissingPackage(AdvRobustError):
+    """An optional package (matplotlib for curves) is not installed; callers that draw
+    pictures beside a verdict warn once and go on without the picture."""

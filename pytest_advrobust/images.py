@@ -7,7 +7,10 @@
 3. the perturbation ``x_adv - x``, amplified to fill [0, 1] around a mid-grey
    of 0.5, captioned with its L-inf size.
 
-Captions are green when the prediction is right and red when it is wrong.
+Captions are green when the prediction is right and red when it is wrong. An
+optional title band on top names the test, the attack and eps;
+:func:`pick_samples` chooses which samples to show (those the attack turned
+first).
 Images (N, C, H, W) with 1 or 3 channels are drawn as they are (other channel
 counts: the first three, or their mean), (N, H, W) as grey images, flat
 (N, D) vectors as a square image when D is a perfect square and otherwise as a
@@ -27,9 +30,10 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import AdvRobustError
+from .errors import MissingPackage
 
-__all__ = ["MAX_BARS", "MIN_CELL", "PADDING", "STRIP_HEIGHT", "TEXT_HEIGHT", "cell_size",
+__all__ = ["MAX_BARS", "MIN_CELL", "PADDING", "STRIP_HEIGHT", "TEXT_HEIGHT", "TITLE_HEIGHT",
+           "cell_size", "curve_figure", "gallery_image", "pick_samples", "png_bytes",
            "safe_filename", "save_curve", "save_gallery", "strip_shape"]
 
 #: Shorter side, in pixels, that each cell is enlarged to at least.
@@ -38,6 +42,8 @@ MIN_CELL = 64
 PADDING = 2
 #: Height of the caption band under each row.
 TEXT_HEIGHT = 14
+#: Height of the title band drawn on top when a gallery has a title.
+TITLE_HEIGHT = 16
 #: Height of the bar strip drawn for flat non-square vectors.
 STRIP_HEIGHT = 64
 #: Most bars in a strip; longer vectors are averaged into this many bins.
@@ -179,15 +185,57 @@ def _fit(draw, text: str, font, width: int) -> str:
     return text + "~"
 
 
-def save_gallery(path, x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8,
-                 amplify: Optional[float] = None, class_names: Optional[Sequence] = None) -> Path:
-    """Write a PNG of clean, adversarial and amplified-perturbation images.
+def pick_samples(clean_correct, adv_correct, k: int = 8) -> list:
+    """Indices of up to ``k`` samples worth showing, in this order of preference.
 
-    One column per sample (the first ``max_images``); three rows as described
-    in the module docstring, each followed by a caption band. ``amplify``
-    fixes the perturbation's scale factor (default: each perturbation is
-    stretched to fill [0, 1]). ``class_names`` maps labels to names for the
-    captions. Returns the path written.
+    First the samples the attack turned (right without the attack, wrong with
+    it), then those that resisted (right both times); samples the model gets
+    wrong before any attack come last, only when nothing else is left. Each
+    group keeps the batch order. Inputs are boolean (N,) tensors or lists.
+    """
+    clean = [bool(v) for v in clean_correct]
+    adv = [bool(v) for v in adv_correct]
+    turned = [i for i, (c, a) in enumerate(zip(clean, adv)) if c and not a]
+    resisted = [i for i, (c, a) in enumerate(zip(clean, adv)) if c and a]
+    wrong = [i for i, c in enumerate(clean) if not c]
+    return (turned + resisted + wrong)[:max(0, int(k))]
+
+
+def save_gallery(path, x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8,
+                 amplify: Optional[float] = None, class_names: Optional[Sequence] = None,
+                 title: Optional[str] = None) -> Path:
+    """Write :func:`gallery_image` as a PNG to ``path`` and return the path."""
+    canvas = gallery_image(x, x_adv, y, pred_clean, pred_adv, max_images=max_images,
+                           amplify=amplify, class_names=class_names, title=title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, format="PNG")
+    return path
+
+
+def png_bytes(picture) -> bytes:
+    """The PNG bytes of a PIL image or a matplotlib figure (from :func:`curve_figure`)."""
+    import io
+
+    buf = io.BytesIO()
+    if hasattr(picture, "savefig"):
+        picture.savefig(buf, format="png")
+    else:
+        picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def gallery_image(x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8,
+                  amplify: Optional[float] = None, class_names: Optional[Sequence] = None,
+                  title: Optional[str] = None):
+    """A PIL image of clean, adversarial and amplified-perturbation images.
+
+    One column per sample (the first ``max_images``; choose them with
+    :func:`pick_samples`); three rows as described in the module docstring,
+    each followed by a caption band, under a title band of
+    :data:`TITLE_HEIGHT` pixels when ``title`` is given. ``amplify`` fixes the
+    perturbation's scale factor (default: each perturbation is stretched to
+    fill [0, 1]). ``class_names`` maps labels to names for the captions.
     """
     import torch
     from PIL import Image, ImageDraw, ImageFont
@@ -226,14 +274,18 @@ def save_gallery(path, x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8
     ch, cw = cell_size(*clean_img.shape[-2:])
     row_h = rows[0].shape[1]
     width = rows[0].shape[2]
-    height = 3 * (row_h + TEXT_HEIGHT)
+    head = TITLE_HEIGHT if title else 0
+    height = head + 3 * (row_h + TEXT_HEIGHT)
 
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
+    if title:
+        draw.text((PADDING + 1, 2), _fit(draw, title, font, width - 2 * PADDING - 2),
+                  fill=(0, 0, 0), font=font)
     for r, grid in enumerate(rows):
         arr = (grid.permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy())
-        top = r * (row_h + TEXT_HEIGHT)
+        top = head + r * (row_h + TEXT_HEIGHT)
         canvas.paste(Image.fromarray(arr), (0, top))
         for i in range(n):
             if r == 0:
@@ -248,11 +300,7 @@ def save_gallery(path, x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8
             left = PADDING + i * (cw + PADDING)
             draw.text((left + 1, top + row_h), _fit(draw, text, font, cw - 2), fill=color,
                       font=font)
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
-    return path
+    return canvas
 
 
 # --------------------------------------------------------------------- curve
@@ -264,7 +312,7 @@ def _matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise AdvRobustError(
+        raise MissingPackage(
             "Drawing robustness curves needs matplotlib; install it with "
             "`pip install pytest-advrobust[images]`.") from None
     return Figure, FigureCanvasAgg
@@ -272,13 +320,26 @@ def _matplotlib():
 
 def save_curve(path, curve: Sequence[dict], *, threshold: Optional[float] = None,
                title: str = "") -> Path:
-    """Plot an eps sweep to a PNG and return its path.
+    """Plot an eps sweep (:func:`curve_figure`) to a PNG and return its path."""
+    fig = curve_figure(curve, threshold=threshold, title=title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def curve_figure(curve: Sequence[dict], *, threshold: Optional[float] = None,
+                 title: str = ""):
+    """A matplotlib figure of an eps sweep: accuracy and gap against eps.
 
     ``curve`` holds dicts with ``eps`` and ``adversarial_accuracy`` and
-    optionally ``adversarial_ci`` ([lo, hi], drawn as a band), ``gap`` and
-    ``passed`` (failing points are marked). ``threshold`` is the gap
-    threshold, drawn as a dashed line. The figure uses the Agg canvas
-    directly and never touches pyplot's global state.
+    optionally ``adversarial_ci`` ([lo, hi], drawn as a band), ``gap``,
+    ``judged`` (whether the threshold applies at this eps; default: yes) and
+    ``passed``. ``threshold`` is the gap threshold, drawn as a dashed line on
+    the gap's scale. Judged points are ringed; a judged point whose gap is over
+    the threshold is marked with a red cross on the gap curve. Points that
+    were not judged are never marked. The figure uses the Agg canvas directly
+    and never touches pyplot's global state.
     """
     Figure, FigureCanvasAgg = _matplotlib()
     if not curve:
@@ -286,6 +347,7 @@ def save_curve(path, curve: Sequence[dict], *, threshold: Optional[float] = None
     points = sorted(curve, key=lambda p: float(p["eps"]))
     eps = [float(p["eps"]) for p in points]
     acc = [float(p["adversarial_accuracy"]) for p in points]
+    gaps = [None if p.get("gap") is None else float(p["gap"]) for p in points]
 
     fig = Figure(figsize=(5.0, 3.6), dpi=100)
     FigureCanvasAgg(fig)
@@ -295,25 +357,26 @@ def save_curve(path, curve: Sequence[dict], *, threshold: Optional[float] = None
     if all(ci is not None and len(ci) == 2 for ci in cis):
         ax.fill_between(eps, [float(c[0]) for c in cis], [float(c[1]) for c in cis],
                         color="tab:blue", alpha=0.2, label="95% interval")
-    if all(p.get("gap") is not None for p in points):
-        ax.plot(eps, [float(p["gap"]) for p in points], marker="s", color="tab:orange",
-                label="gap")
+    has_gap = all(g is not None for g in gaps)
+    if has_gap:
+        ax.plot(eps, gaps, marker="s", color="tab:orange", label="gap")
     if threshold is not None:
         ax.axhline(float(threshold), color="tab:red", linestyle="--", label="gap threshold")
-    failed = [(e, a) for e, a, p in zip(eps, acc, points) if p.get("passed") is False]
+    judged = [p.get("judged", True) is not False for p in points]
+    if has_gap and not all(judged):
+        ax.scatter([e for e, j in zip(eps, judged) if j], [g for g, j in zip(gaps, judged) if j],
+                   s=160, facecolors="none", edgecolors="black", zorder=3, label="judged eps")
+    failed = [(e, g) for e, g, p, j in zip(eps, gaps, points, judged)
+              if j and p.get("passed") is False and g is not None]
     if failed:
-        ax.scatter([e for e, _ in failed], [a for _, a in failed], marker="x", color="tab:red",
-                   s=60, zorder=3, label="gap over threshold")
+        ax.scatter([e for e, _ in failed], [g for _, g in failed], marker="x", color="tab:red",
+                   s=60, zorder=4, label="gap over threshold")
     ax.set_xlabel("eps")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy / gap")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize="small")
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return fig

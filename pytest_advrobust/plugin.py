@@ -50,6 +50,9 @@ class _State:
     baseline: Any = None
     baseline_loaded: bool = False
     notes: List[str] = field(default_factory=list)
+    markdown_path: Optional[Path] = None
+    missing_warned: Set[str] = field(default_factory=set)
+    relay: Any = None
     cache_default: bool = False  # cache_dir is pytest's own cache folder, made on first use
     cache_checked: bool = False
     cache_note: Optional[str] = None  # set when the cache folder cannot be written
@@ -128,6 +131,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write a PNG gallery (and curve) per robust test into DIR. "
                          "ini: advrobust_images")
     parser.addini("advrobust_images", "folder for PNG galleries")
+    group.addoption("--advrobust-markdown", metavar="PATH", default=None,
+                    help="write a Markdown table of every robust test to PATH (it is also "
+                         "appended to $GITHUB_STEP_SUMMARY when set). ini: advrobust_markdown")
+    parser.addini("advrobust_markdown", "path of the Markdown summary table")
     group.addoption("--advrobust-warm", action="store_true", default=False,
                     help="only train and cache the generators the selected tests need, "
                          "then skip them (used by `advrobust warm`)")
@@ -217,6 +224,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if state.warm:
         state.enabled = True
+    state.markdown_path = _path_option(config, "advrobust_markdown", "advrobust_markdown")
     config.stash[STATE_KEY] = state
 
     from .attacks import register_attack
@@ -225,6 +233,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_ReportCollector(state), "advrobust-reports")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(state), "advrobust-xdist")
+    if config.pluginmanager.hasplugin("html"):
+        from .html_report import HtmlHooks
+
+        config.pluginmanager.register(
+            HtmlHooks(lambda item: item.stash.get(OUTCOME_KEY, None),
+                      lambda exc: _missing_package(state, exc)), "advrobust-html")
 
 
 def _state(config: pytest.Config) -> _State:
@@ -333,9 +347,21 @@ def _user_objects(request: pytest.FixtureRequest, settings: RobustSettings,
     return model, data, train
 
 
+def _quiet(config: pytest.Config) -> bool:
+    return config.get_verbosity() < -1  # -qq; a plain -q still shows training progress
+
+
 def _progress(config: pytest.Config):
+    from .progress import WORKERINPUT_KEY, worker_writer
+
+    if _quiet(config):
+        return None
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:  # an xdist worker: the controller shows what it writes
+        folder = worker.get(WORKERINPUT_KEY)
+        return worker_writer(folder, worker.get("workerid", "gw")) if folder else None
     tr = config.pluginmanager.get_plugin("terminalreporter")
-    if tr is None or config.get_verbosity() < 0:
+    if tr is None:
         return None
 
     capman = config.pluginmanager.get_plugin("capturemanager")
@@ -378,7 +404,7 @@ def _outcome(request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
         outcome = run_evaluation(model, data, settings, train_data=train,
                                  cache_dir=cache_dir, retrain=state.retrain,
                                  progress=_progress(request.config), warn=_warn,
-                                 quiet=request.config.get_verbosity() < 0, store=_store(state))
+                                 quiet=_quiet(request.config), store=_store(state))
     if state.cache_note and outcome.training is not None:
         mode = outcome.training.get("mode")  # "cached" here means this session's memory
         outcome.training = dict(outcome.training, cache="not cached",
@@ -506,7 +532,10 @@ def _judge(item: pytest.Item, outcome: Any) -> Optional[str]:
     if state.compare:
         problems += _compare_with_baseline(item, rep, outcome.settings)
     if state.images_dir is not None:
-        _write_images(state.images_dir, item.nodeid, outcome, rep)
+        from .pictures import write_pictures
+
+        rep["images"] = write_pictures(state.images_dir, item.nodeid, outcome, rep,
+                                       lambda exc: _missing_package(state, exc))
     if problems and rep["verdict"] == "pass":
         rep["verdict"] = "fail"
     item.user_properties.extend(junit_properties(rep))
@@ -562,27 +591,11 @@ def _compare_with_baseline(item: pytest.Item, rep: Dict[str, Any],
     return []
 
 
-def _write_images(folder: Path, nodeid: str, outcome: Any, rep: Dict[str, Any]) -> None:
-    from .images import safe_filename, save_curve, save_gallery
-
-    from .layout import channels_first
-
-    stem = safe_filename(nodeid)
-    if outcome.generated is not None:  # attack="generated": the samples the model got wrong
-        from .generated.gallery import save_wrong_gallery
-
-        path = save_wrong_gallery(folder / f"{stem}-generated-wrong.png",
-                                  channels_first(outcome.x_adv, outcome.settings),
-                                  outcome.y_adv, outcome.adv.pred, outcome.settings.bounds)
-        rep["images"] = [str(path)] if path is not None else []
-        return
-    x, x_adv = (channels_first(t, outcome.settings) for t in (outcome.x, outcome.x_adv))
-    paths = [save_gallery(folder / f"{stem}.png", x, x_adv, outcome.y,
-                          outcome.clean.pred, outcome.adv.pred)]
-    if outcome.curve:
-        paths.append(save_curve(folder / f"{stem}-curve.png", rep["curve"],
-                                threshold=rep["threshold"], title=nodeid))
-    rep["images"] = [str(p) for p in paths]
+def _missing_package(state: _State, exc: Exception) -> None:
+    """A picture needs a package that is not installed: say so once, keep the verdict."""
+    if str(exc) not in state.missing_warned:
+        state.missing_warned.add(str(exc))
+        _warn(f"{exc} The verdicts and numbers are not affected.")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -717,8 +730,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _is_controller(config):
         config.workeroutput["advrobust_collected"] = sorted(state.collected)
         return
+    if state.relay is not None:
+        state.relay.stop()
+        state.relay = None
     if not state.enabled or state.warm:
         return
+    _write_markdown(state)
     if state.json_path is not None:
         from .report import write_json_report
 
@@ -733,6 +750,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _write_markdown(state: _State) -> None:
+    from .markdown import summary_targets, write_summary
+
+    targets = summary_targets(state.markdown_path)
+    if targets and state.reports:
+        for path in write_summary(list(state.reports.values()), targets):
+            state.notes.append(f"Markdown summary written to {path}")
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = _state(config)
     if not state.enabled or not (state.reports or state.notes):
@@ -745,11 +771,37 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(note)
 
 
+def _terminal_line(config: pytest.Config):
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+
+    def show(line: str) -> None:
+        if tr is None:
+            return
+        tr.ensure_newline()
+        writer = getattr(tr, "_tw", None)  # xdist's progress dots do not end their line
+        if writer is not None and getattr(writer, "width_of_current_line", 0):
+            tr.write("\n")
+        tr.write_line(line)
+    return show
+
+
 class _XdistHooks:
     """Registered only when pytest-xdist is installed."""
 
     def __init__(self, state: _State):
         self.state = state
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """Give each worker the folder whose progress lines the controller shows."""
+        from .progress import WORKERINPUT_KEY, ProgressRelay
+
+        state = self.state
+        if not state.enabled or _quiet(node.config):
+            return
+        if state.relay is None:
+            state.relay = ProgressRelay(_terminal_line(node.config))
+        node.workerinput[WORKERINPUT_KEY] = state.relay.folder
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:

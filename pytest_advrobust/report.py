@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 SCHEMA_VERSION = 1
 
-__all__ = ["SCHEMA_VERSION", "build_report", "failure_message", "point_message",
+__all__ = ["SCHEMA_VERSION", "build_report", "eps_cell", "failure_message", "point_message",
            "summary_lines", "write_json_report", "atomic_write_text", "junit_properties"]
 
 
@@ -52,14 +52,31 @@ def build_report(nodeid: str, outcome: Any) -> Dict[str, Any]:
         "training": outcome.training,
         "cost": dict(getattr(outcome, "cost", None) or {}),
         "sanity": list(outcome.sanity),
-        "curve": [dict(p, passed=outcome.verdict_at(p)) for p in outcome.curve]
-        if outcome.curve else None,
+        "curve": [_curve_point(p, outcome) for p in outcome.curve] if outcome.curve else None,
         "baseline": None,
         "verdict": "fail" if failing else "pass",
     }
     if getattr(outcome, "generated", None) is not None:  # attack="generated"
         rep["generated"] = outcome.generated
     return rep
+
+
+def _curve_point(point: Dict[str, Any], outcome: Any) -> Dict[str, Any]:
+    """A sweep point with ``judged`` (the threshold applies at its eps) and ``passed``
+    (its verdict; ``None`` where it is not judged)."""
+    at = outcome.settings.threshold_eps
+    judged = at is None or abs(float(point["eps"]) - float(at)) <= 1e-12 * max(1.0, abs(at))
+    return dict(point, judged=judged, passed=outcome.verdict_at(point) if judged else None)
+
+
+def eps_cell(rep: Dict[str, Any]) -> str:
+    """The eps a row's numbers are for; a sweep also lists its other eps."""
+    if rep.get("eps") is None:  # attack="generated" has no eps
+        return "-"
+    if not rep.get("curve"):
+        return f"{rep['eps']:g}"
+    others = ",".join(f"{p['eps']:g}" for p in rep["curve"])
+    return f"{rep['eps']:g} (sweep {others})"
 
 
 def point_message(rep: Dict[str, Any], point: Dict[str, Any]) -> str:
@@ -123,15 +140,11 @@ def summary_lines(reports: List[Dict[str, Any]], width: int = 120) -> List[str]:
         else:
             btxt = "-"
         gen = _generator_cell(rep.get("training"))
-        eps = rep["eps"] if not rep.get("curve") else \
-            ",".join(f"{p['eps']:g}" for p in rep["curve"])
-        eps = "-" if eps is None else eps
         flags = f" ({len(rep['sanity'])} flags)" if rep.get("sanity") else ""
         what = rep["attack"] + " " + rep["norm"]
         if rep.get("generated"):
             what = f"generated {rep['generated']['accepted']}/{rep['generated']['drawn']} valid"
-        rows.append([rep["nodeid"], what,
-                     eps if isinstance(eps, str) else f"{eps:g}", str(rep["n"]),
+        rows.append([rep["nodeid"], what, eps_cell(rep), str(rep["n"]),
                      _fmt(rep["clean_accuracy"]),
                      f"{_fmt(rep['adversarial_accuracy'])} [{_fmt(lo)}, {_fmt(hi)}]",
                      _fmt(rep["gap"]), _fmt(rep["threshold"]), btxt,

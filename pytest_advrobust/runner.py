@@ -46,6 +46,7 @@ class Outcome:
     sanity: List[Dict[str, str]] = field(default_factory=list)
     device: str = "cpu"
     train_is_eval: bool = False
+    class_names: Optional[List[str]] = None
     cost: Dict[str, Dict[str, float]] = field(default_factory=dict)
     # attack="generated": its numbers (acceptance, reference) and the labels of x_adv,
     # which then holds the accepted generated samples rather than perturbed copies of x.
@@ -282,4 +283,4 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
     return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
                    clean=clean, adv=main_adv, numbers=numbers, curve=curve,
                    training=training, sanity=flags, device=str(device),
-                   train_is_eval=split.train_is_eval, cost=cost)
+                   train_is_eval=split.train_is_eval, class_names=split.class_names, cost=cost)

@@ -285,7 +285,8 @@ def test_cache_list_with_entries(tmp_path, capsys, fake_cache):
     make_entry(tmp_path, "bbbb2222", bad=True)
     assert cli.main(["cache", "--cache-dir", str(tmp_path), "list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["KEY", "FAMILY", "CREATED", "SIZE", "VALID"]
+    assert out[0].split() == ["KEY", "MODEL", "ATTACK", "STRENGTH", "CREATED", "SIZE", "FAMILY",
+                              "VALID"]
     assert out[1].startswith("bbbb2222") and out[1].endswith("NO")  # newest first
     assert out[2].startswith("aaaa1111") and out[2].endswith("yes")
     assert "2.0 KiB" in out[1]

@@ -516,7 +516,8 @@ PICTURE_TESTS = f"""
 def _cell(img, row: int, col: int, h: int = 8, w: int = 8):
     """Pixels of one gallery cell (inside the padding) as an (ch, cw, 3) int array."""
     ch, cw = images.cell_size(h, w)
-    top = row * (ch + 2 * images.PADDING + images.TEXT_HEIGHT) + images.PADDING
+    top = images.TITLE_HEIGHT + row * (ch + 2 * images.PADDING + images.TEXT_HEIGHT) + \
+        images.PADDING
     left = images.PADDING + col * (cw + images.PADDING)
     return np.asarray(img.crop((left, top, left + cw, top + ch))).astype(int)
 
@@ -524,7 +525,7 @@ def _cell(img, row: int, col: int, h: int = 8, w: int = 8):
 def _gallery_size(n: int, h: int = 8, w: int = 8):
     ch, cw = images.cell_size(h, w)
     return (n * (cw + images.PADDING) + images.PADDING,
-            3 * (ch + 2 * images.PADDING + images.TEXT_HEIGHT))
+            images.TITLE_HEIGHT + 3 * (ch + 2 * images.PADDING + images.TEXT_HEIGHT))
 
 
 def test_images_option_writes_galleries_and_curves(repo):
@@ -554,13 +555,21 @@ def test_images_option_writes_galleries_and_curves(repo):
             # one column per sample (at most 8), 8x8 digits enlarged to 64x64 cells
             assert img.size == _gallery_size(n)
             img = img.convert("RGB")
+            # a title band on top names the test, the attack and eps: text was drawn there
+            assert (np.asarray(img.crop((0, 0, img.size[0], images.TITLE_HEIGHT))) < 128).any()
+            clean_ok = data["pred_clean"] == data["y"]
+            adv_ok = data["pred_adv"] == data["y"]
+            order = images.pick_samples(clean_ok, adv_ok, 8)
+            turned = [i for i in range(len(clean_ok)) if clean_ok[i] and not adv_ok[i]]
+            # the samples the attack turned come first, not simply the first 8
+            assert order[:len(turned)] == turned[:len(order)]
             moved = 0
-            for col in range(n):
+            for col, i in enumerate(order):
                 clean, adv = _cell(img, 0, col), _cell(img, 1, col)
                 # the rows show this test's own clean and adversarial inputs
-                assert np.abs(clean[::8, ::8, 0] - np.round(data["x"][col, 0] * 255)).max() <= 1
-                assert np.abs(adv[::8, ::8, 0] - np.round(data["x_adv"][col, 0] * 255)).max() <= 1
-                attacked = data["pred_clean"][col] == data["y"][col]
+                assert np.abs(clean[::8, ::8, 0] - np.round(data["x"][i, 0] * 255)).max() <= 1
+                assert np.abs(adv[::8, ::8, 0] - np.round(data["x_adv"][i, 0] * 255)).max() <= 1
+                attacked = data["pred_clean"][i] == data["y"][i]
                 delta = _cell(img, 2, col)  # perturbation, stretched around mid-grey
                 if attacked:  # a correct sample was perturbed: its two cells differ
                     assert (clean != adv).any(), (png, col)
@@ -583,6 +592,7 @@ def test_images_option_writes_galleries_and_curves(repo):
     assert_same_pixels(curve_png, images.save_curve(
         repo.path / "expected-curve.png", rep["curve"], threshold=rep["threshold"],
         title=sweep_id))
+    assert all(p["judged"] for p in rep["curve"])  # no threshold_eps: every eps is judged
 
 
 def assert_same_pixels(got: Path, expected: Path) -> None:

@@ -491,7 +491,13 @@ def test_channels_last_images_are_normalised_and_drawn_on_their_channel_axis(pyt
 
     nhwc = Image.open(pytester.path / "pics" / "test_layout.py_test_nhwc.png")
     nchw = Image.open(pytester.path / "pics" / "test_layout.py_test_nchw.png")
-    assert nhwc.size == nchw.size and nhwc.tobytes() == nchw.tobytes()
+    from pytest_advrobust.images import TITLE_HEIGHT
+
+    # the same pictures under titles that name each test
+    below = (0, TITLE_HEIGHT, nhwc.size[0], nhwc.size[1])
+    assert nhwc.size == nchw.size and nhwc.crop(below).tobytes() == nchw.crop(below).tobytes()
+    assert nhwc.crop((0, 0, nhwc.size[0], TITLE_HEIGHT)).tobytes() != \
+        nchw.crop((0, 0, nchw.size[0], TITLE_HEIGHT)).tobytes()
 
 
 # ---------------------------------------------------------- 6. at chance

@@ -41,7 +41,7 @@ import torch.nn as nn
 from ..errors import AdvRobustError
 from ..gan.networks import Generator, build_generator, generator_from_arch
 from ..gan.train import GanConfig, train_generator
-from ..modelguard import frozen
+from ..modelguard import Preprocessed, frozen
 from .base import AttackConfig, AttackContext, Model, bound
 
 __all__ = ["FORMAT_VERSION", "clear_memo", "default_gan_config", "gan_attack", "identity",
@@ -179,6 +179,8 @@ def identity(model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optio
     parts = dict(family_parts, model=model_digest)
     key = _hash_parts(parts)
     family = _hash_parts(family_parts)
+    user = model.inner if isinstance(model, Preprocessed) else model
+    parts["user_model_class"] = _qualname(user)  # shown by `advrobust cache list`, not keyed
 
     return train_x, train_y, gcfg, arch, parts, key, family
 
@@ -271,6 +273,7 @@ def _store(cache, ctx: AttackContext, key: str, family: str, arch: Dict[str, Any
     """Store a freshly trained generator (the bare network's weights) and record the event."""
     meta = {"format": FORMAT_VERSION, "family": family, "arch": arch, "gan": gcfg.to_dict(),
             "model_class": parts["model_class"], "mode": result.mode, "steps": int(result.steps),
+            "user_model_class": parts.get("user_model_class", parts["model_class"]),
             "seconds": float(result.seconds), "device": result.device,
             "holdout_success": float(result.holdout_success), "created": time.time(),
             "facts": _facts(result, key)}

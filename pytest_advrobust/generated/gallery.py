@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["save_wrong_gallery"]
+__all__ = ["save_wrong_gallery", "wrong_gallery_image"]
 
 _CELL = 64
 _CAPTION = 14
@@ -37,12 +37,12 @@ def _as_images(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return torch.nn.functional.interpolate(img, scale_factor=factor, mode="nearest")
 
 
-def save_wrong_gallery(path: Path, x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
-                       bounds=(0.0, 1.0), max_images: int = 32) -> Optional[Path]:
-    """Write the samples with ``pred != y`` (at most ``max_images``) to ``path``.
+def wrong_gallery_image(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
+                        bounds=(0.0, 1.0), max_images: int = 32):
+    """A PIL image of the samples with ``pred != y`` (at most ``max_images``).
 
     ``x``: ``(N, ...)`` float samples; ``y``, ``pred``: int64 ``(N,)``. Returns
-    the path, or ``None`` (no file) when the model got every sample right.
+    ``None`` when the model got every sample right.
     """
     from PIL import Image, ImageDraw
     from torchvision.utils import make_grid
@@ -64,6 +64,16 @@ def save_wrong_gallery(path: Path, x: torch.Tensor, y: torch.Tensor, pred: torch
         col, row = k % _PER_ROW, k // _PER_ROW
         left, top = 2 + col * (w + 2), 2 + row * (h + _CAPTION + 2) + h
         draw.text((left + 2, top + 1), f"y={int(y[i])} p={int(pred[i])}", fill=(200, 0, 0))
+    return canvas
+
+
+def save_wrong_gallery(path: Path, x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
+                       bounds=(0.0, 1.0), max_images: int = 32) -> Optional[Path]:
+    """Write :func:`wrong_gallery_image` to ``path``; ``None`` (no file) when the
+    model got every sample right."""
+    canvas = wrong_gallery_image(x, y, pred, bounds, max_images)
+    if canvas is None:
+        return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")

@@ -1,0 +1,136 @@
+"""``advrobust history``: each test's adversarial accuracy across saved JSON reports.
+
+Reports are read in the order given; a folder stands for the ``*.json`` files
+in it, in file-name order (name them by date or build number). The table has
+one row per test and one column per report; ``--plot FILE`` draws one line
+per test with matplotlib, with the lowest adversarial accuracy its threshold
+allows (dashed: clean accuracy minus the threshold, or clean x (1 - threshold)
+for ``metric="relative"``) and its baseline adversarial accuracy (dotted) in
+the same colour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["History", "expand_paths", "floor_of", "load_history", "plot_history",
+           "history_table"]
+
+Reports = Dict[str, Dict[str, Any]]
+
+
+class History:
+    """The reports in order: ``labels[i]`` names ``runs[i]`` ({nodeid: test report})."""
+
+    def __init__(self, labels: List[str], runs: List[Reports]):
+        self.labels, self.runs = labels, runs
+
+    @property
+    def tests(self) -> List[str]:
+        return sorted({nodeid for run in self.runs for nodeid in run})
+
+    def series(self, nodeid: str, field: str = "adversarial_accuracy") -> List[Optional[float]]:
+        out: List[Optional[float]] = []
+        for run in self.runs:
+            value = (run.get(nodeid) or {}).get(field)
+            out.append(float(value) if isinstance(value, (int, float)) else None)
+        return out
+
+
+def expand_paths(paths: Sequence[str]) -> List[Path]:
+    """Files as given; a folder becomes its ``*.json`` files in name order."""
+    out: List[Path] = []
+    for text in paths:
+        p = Path(text)
+        out.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
+    return out
+
+
+def load_history(paths: Sequence[str]) -> History:
+    """Read the reports; raises the CLI's ``InputError`` (one sentence) on a bad file."""
+    from .cli import InputError, load_results
+
+    files = expand_paths(paths)
+    if not files:
+        raise InputError(f"no JSON reports in {', '.join(paths)}")
+    runs = [load_results(str(f))[0] for f in files]
+    return History([f.stem for f in files], runs)
+
+
+def floor_of(rep: Dict[str, Any]) -> Optional[float]:
+    """The lowest adversarial accuracy the threshold allows for this report."""
+    clean, threshold = rep.get("clean_accuracy"), rep.get("threshold")
+    if not isinstance(clean, (int, float)) or not isinstance(threshold, (int, float)):
+        return None
+    if rep.get("metric") == "relative":
+        return float(clean) * (1.0 - float(threshold))
+    return float(clean) - float(threshold)
+
+
+def _baseline_of(rep: Dict[str, Any]) -> Optional[float]:
+    base = rep.get("baseline")
+    if isinstance(base, dict) and isinstance(base.get("adversarial_accuracy"), (int, float)):
+        return float(base["adversarial_accuracy"])
+    return None
+
+
+def _last(history: History, nodeid: str) -> Dict[str, Any]:
+    return next((run[nodeid] for run in reversed(history.runs) if nodeid in run), {})
+
+
+def marks(history: History, nodeid: str,
+          baseline: Optional[Dict[str, Any]] = None) -> Tuple[Optional[float], Optional[float]]:
+    """``(threshold floor, baseline accuracy)`` of a test, from its newest report
+    (the baseline file, when given, wins over the reports' own baseline field)."""
+    last = _last(history, nodeid)
+    base = None
+    if baseline and isinstance(baseline.get(nodeid), dict):
+        value = baseline[nodeid].get("adversarial_accuracy")
+        base = float(value) if isinstance(value, (int, float)) else None
+    return floor_of(last), base if base is not None else _baseline_of(last)
+
+
+def history_table(history: History, baseline: Optional[Dict[str, Any]] = None) -> List[List[str]]:
+    """Rows (header first): test, one column per report, the floor and the baseline."""
+    rows = [["TEST", *history.labels, "FLOOR", "BASELINE"]]
+    for nodeid in history.tests:
+        cells = ["-" if v is None else f"{v:.3f}" for v in history.series(nodeid)]
+        floor, base = marks(history, nodeid, baseline)
+        rows.append([nodeid, *cells, "-" if floor is None else f"{floor:.3f}",
+                     "-" if base is None else f"{base:.3f}"])
+    return rows
+
+
+def plot_history(history: History, path: Path,
+                 baseline: Optional[Dict[str, Any]] = None) -> Path:
+    """Write the PNG: a line per test, its floor dashed and its baseline dotted."""
+    from .images import _matplotlib
+
+    Figure, FigureCanvasAgg = _matplotlib()
+    fig = Figure(figsize=(7.0, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(len(history.labels)))
+    colours = [f"C{i % 10}" for i in range(len(history.tests))]
+    for nodeid, colour in zip(history.tests, colours):
+        pts = [(x, v) for x, v in zip(xs, history.series(nodeid)) if v is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour, label=nodeid)
+        floor, base = marks(history, nodeid, baseline)
+        if floor is not None:
+            ax.axhline(floor, color=colour, linestyle="--", linewidth=1)
+        if base is not None:
+            ax.axhline(base, color=colour, linestyle=":", linewidth=1.5)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(history.labels, rotation=30, ha="right", fontsize="small")
+    ax.set_ylabel("adversarial accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.set_title("adversarial accuracy per report (dashed: threshold floor, dotted: baseline)",
+                 fontsize="small")
+    ax.legend(loc="best", fontsize="x-small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,97 @@
+"""The CI job summary: one Markdown table of every robust test, failures first.
+
+GitHub Actions renders the Markdown that a step appends to the file named by
+``$GITHUB_STEP_SUMMARY`` on the job's summary page. The controller (never an
+xdist worker) writes the table once per run: appended to that file, as
+GitHub expects, and written whole to the file named by
+``--advrobust-markdown`` (ini ``advrobust_markdown``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from .report import atomic_write_text, eps_cell
+
+__all__ = ["ENV_STEP_SUMMARY", "markdown_table", "summary_targets", "write_summary"]
+
+ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
+
+_HEADER = ["verdict", "test", "attack", "eps", "n", "clean", "adversarial [95% CI]", "gap",
+           "threshold", "baseline delta"]
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _f(v: Optional[float]) -> str:
+    return "-" if v is None else f"{float(v):.3f}"
+
+
+def _baseline(rep: Dict[str, Any]) -> str:
+    base = rep.get("baseline") or {}
+    if base.get("delta") is not None:
+        return f"{base['delta']:+.3f}" + (" **regressed**" if base.get("status") == "regressed"
+                                          else "")
+    return str(base.get("status") or "-")
+
+
+def _row(rep: Dict[str, Any]) -> List[str]:
+    lo, hi = rep["adversarial_ci"]
+    verdict = rep["verdict"].upper()
+    return [f"**{verdict}**" if verdict != "PASS" else verdict, f"`{rep['nodeid']}`",
+            f"{rep['attack']} {rep['norm']}", eps_cell(rep), str(rep["n"]),
+            _f(rep["clean_accuracy"]), f"{_f(rep['adversarial_accuracy'])} [{_f(lo)}, {_f(hi)}]",
+            _f(rep["gap"]) + (" (relative)" if rep.get("metric") == "relative" else ""),
+            _f(rep["threshold"]), _baseline(rep)]
+
+
+def markdown_table(reports: Iterable[Dict[str, Any]], title: str = "pytest-advrobust") -> str:
+    """A Markdown section: a heading, a count line and one table row per test.
+
+    Failing tests come first, then passing ones, each group in node id order.
+    """
+    ordered = sorted(reports, key=lambda r: (r["verdict"] == "pass", r["nodeid"]))
+    failed = sum(1 for r in ordered if r["verdict"] != "pass")
+    lines = [f"### {title}", "",
+             f"{len(ordered)} robust tests, {failed} failed, {len(ordered) - failed} passed.", "",
+             "| " + " | ".join(_HEADER) + " |",
+             "|" + "|".join(" --- " for _ in _HEADER) + "|"]
+    for rep in ordered:
+        lines.append("| " + " | ".join(_cell(c) for c in _row(rep)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_targets(option_path: Optional[Path],
+                    env: Optional[Mapping[str, str]] = None) -> List[tuple]:
+    """``[(path, append)]``: the option's file (rewritten) and the step summary (appended).
+
+    The same file named twice is written once, appended to."""
+    env = os.environ if env is None else env
+    targets: List[tuple] = []
+    step = env.get(ENV_STEP_SUMMARY, "").strip()
+    if step:
+        targets.append((Path(step), True))
+    if option_path is not None and \
+            not any(Path(os.path.abspath(p)) == Path(os.path.abspath(option_path))
+                    for p, _ in targets):
+        targets.append((Path(option_path), False))
+    return targets
+
+
+def write_summary(reports: List[Dict[str, Any]], targets: List[tuple]) -> List[Path]:
+    """Write the table to every target; return the paths written."""
+    text = markdown_table(reports)
+    written = []
+    for path, append in targets:
+        if append:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8", newline="\n") as handle:
+                handle.write(text + "\n")
+        else:
+            atomic_write_text(path, text)
+        written.append(path)
+    return written
