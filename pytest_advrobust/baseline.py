@@ -39,7 +39,7 @@ from .settings import MISSING_POLICIES  # noqa: F401  (what a test without an en
 SCHEMA_VERSION = 1
 
 #: Statuses returned by :func:`compare`.
-STATUSES = ("ok", "regressed", "missing", "improved")
+STATUSES = ("ok", "regressed", "missing", "improved", "attack_changed")
 
 #: The command-line option that names the baseline file.
 BASELINE_OPTION = "--advrobust-baseline"
@@ -312,7 +312,14 @@ def compare(entry: Optional[Mapping[str, Any]], report: Mapping[str, Any], toler
         f"(baseline {base:.3f} -> current {current:.3f}, "
         f"delta {delta:+.3f}, tolerance {tolerance:.3f})"
     )
-    if current < base - tolerance - SLACK:
+    changed = _attack_change(entry, report)
+    if current < base - tolerance - SLACK and changed:
+        status = "attack_changed"
+        message = (f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}, "
+                   f"but {changed}: "
+                   "the fall may be the attack's, not the model's; check with attack=\"pgd\" and "
+                   f"save the baseline again ({SAVE_OPTION})")
+    elif current < base - tolerance - SLACK:
         status = "regressed"
         message = f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}"
     elif current > base + tolerance + SLACK:
@@ -353,11 +360,42 @@ class SaveResult:
     pruned: List[str]
 
 
+def generator_facts(training: Any) -> Optional[Dict[str, Any]]:
+    """What a baseline entry records about a GAN attack's generator (``None`` without one).
+
+    ``key`` (model, data and settings), ``attack_id`` (settings and version only),
+    how it was trained (``mode``, ``steps``) and its strength on the probe.
+    """
+    if not isinstance(training, Mapping):
+        return None
+    probe = training.get("probe") if isinstance(training.get("probe"), Mapping) else {}
+    return {"key": training.get("key"), "attack_id": training.get("attack_id"),
+            "mode": training.get("trained_mode", training.get("mode")),
+            "steps": training.get("steps"), "eval_success": training.get("eval_success"),
+            "probe_gan_success": probe.get("gan_success"),
+            "probe_pgd_success": probe.get("pgd_success")}
+
+
+def _attack_change(entry: Mapping[str, Any], report: Mapping[str, Any]) -> Optional[str]:
+    """Why the attack of ``report`` is not the one the baseline was recorded with, or ``None``."""
+    old = entry.get("generator")
+    new = generator_facts(report.get("training"))
+    if not isinstance(old, Mapping) or new is None:
+        return None
+    if old.get("attack_id") and new.get("attack_id") and old["attack_id"] != new["attack_id"]:
+        return (f"the GAN attack changed (generator settings or version {old['attack_id'][:12]} -> "
+                f"{new['attack_id'][:12]}, {old.get('steps')} -> {new.get('steps')} steps)")
+    return None
+
+
 def entry_from_report(report: Mapping[str, Any], environment: Mapping[str, Any]) -> Dict[str, Any]:
-    """The baseline entry recorded for one report."""
+    """The baseline entry recorded for one report (with ``generator`` for the GAN attack)."""
     entry = {key: report.get(key) for key in ENTRY_FIELDS}
     if entry["settings"] is None:
         entry["settings"] = {}
+    gen = generator_facts(report.get("training"))
+    if gen is not None:
+        entry["generator"] = gen
     entry["environment"] = dict(environment)
     return entry
 

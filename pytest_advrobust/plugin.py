@@ -84,8 +84,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                             "--advrobust-compare: fail, warn (default), skip",
         "threads": "torch threads while attacking and training (default: torch's own "
                    "setting; 1 is often fastest for small models on shared CI machines)",
-        "gan_steps": "GAN training step budget (default: about 3 epochs, 150 to 1000 steps)",
-        "gan_seconds": "GAN training time budget in seconds (default 180)",
+        "gan_steps": "GAN training step budget of both stages (default 300, and up to 200 "
+                     "fitting passes)",
+        "gan_seconds": "GAN training safety-net time cap in seconds; a training it cuts short "
+                       "is marked cut_short with a warning (default 3600)",
         "bounds": "valid input range LOW,HIGH (default 0,1), or none for unbounded features",
         "preprocessing": "normalisation MEAN;STD the model applies to its inputs, comma-"
                          "separated per channel (e.g. 0.5,0.5,0.5;0.25,0.25,0.25); eps stays "
@@ -392,9 +394,10 @@ def _outcome(request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
     hit = state.outcomes.get(key)
     if hit is not None:  # same numbers; this test's own threshold and tolerance
         training = hit[0].training
-        if training is not None:  # nothing was trained for this test
+        if training is not None:  # nothing was trained for this test: the training's own facts
             mode = "memory" if training.get("cache") == "not cached" else "cached"
-            training = dict(training, mode=mode, steps=0, seconds=0.0)
+            training = dict(training, mode=mode,
+                            trained_mode=training.get("trained_mode", training.get("mode")))
         return dataclasses.replace(hit[0], settings=settings, training=training)
     cache_dir = _cache_dir(request.config) if need_train else None
     with torch_threads(state.values["threads"]):

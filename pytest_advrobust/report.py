@@ -139,14 +139,7 @@ def summary_lines(reports: List[Dict[str, Any]], width: int = 120) -> List[str]:
             btxt = base["status"]
         else:
             btxt = "-"
-        gen = "-"
-        tr = rep.get("training")
-        if tr:
-            gen = f"{tr.get('mode', '?')}"
-            if tr.get("mode") != "cached":
-                gen += f" {tr.get('steps', 0)} steps {tr.get('seconds', 0):.1f}s"
-            if tr.get("cache"):
-                gen += f", {tr['cache']}"
+        gen = _generator_cell(rep.get("training"))
         flags = f" ({len(rep['sanity'])} flags)" if rep.get("sanity") else ""
         what = rep["attack"] + " " + rep["norm"]
         if rep.get("generated"):
@@ -163,6 +156,25 @@ def summary_lines(reports: List[Dict[str, Any]], width: int = 120) -> List[str]:
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return out
+
+
+def _generator_cell(tr: Optional[Dict[str, Any]]) -> str:
+    """``cold 437 steps 53.2s, 178/176 passes`` (training cost: model passes per sample)."""
+    if not tr:
+        return "-"
+    mode = str(tr.get("mode", "?"))
+    trained = f"{tr.get('steps', 0)} steps {float(tr.get('seconds', 0) or 0):.1f}s"
+    cost = tr.get("cost")
+    if isinstance(cost, dict) and cost.get("forward_per_sample") is not None:
+        trained += (f", {float(cost['forward_per_sample']):.0f}/"
+                    f"{float(cost.get('backward_per_sample') or 0):.0f} passes")
+    cache = f", {tr['cache']}" if tr.get("cache") else ""
+    if mode in ("cached", "memory"):
+        if tr.get("trained_mode"):
+            return f"{mode} ({tr['trained_mode']} {trained}){cache}"
+        return mode + cache
+    out = f"{mode} {trained}{cache}"
+    return out + " CUT SHORT" if tr.get("cut_short") else out
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -281,6 +281,8 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
                                ctx, attacks=list(settings.attacks), level=level, curve=curve,
                                num_classes=clean.num_classes, adversarial=per_attack,
                                correct_counts=raw_counts)
+            if "probe" in ctx.facts and training is not None:
+                training["probe"] = ctx.facts["probe"]  # PGD against the GAN on a seeded probe
     return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
                    clean=clean, adv=main_adv, numbers=numbers, curve=curve,
                    training=training, sanity=flags, device=str(device),

@@ -32,6 +32,14 @@ over the evaluation batch plus a few passes on a sub-batch of at most
     model *more* accurate.
 ``curve_not_monotone``
     In an eps sweep, adversarial accuracy rises as eps grows.
+``gan_weaker_than_pgd``
+    Whenever the ``gan`` attack was evaluated: the plugin's PGD (the
+    configured steps, 40 by default) also runs on a seeded probe of
+    :data:`PROBE_SIZE` evaluation samples (:func:`gan_probe`), and the flag
+    is raised when PGD fools more of the probe's correctly classified samples
+    than the generator beyond sampling noise (a one-sided exact sign test on
+    the samples only one of the two fools, p < :data:`PROBE_ALPHA`). The
+    probe's numbers go to the report's ``training.probe``.
 
 Full checks (``level="full"``, in addition) run extra attacks on the same
 sub-batch, about six PGD runs of the configured steps in all (PGD, FGSM, noise,
@@ -68,6 +76,7 @@ __all__ = [
     "CHEAP_FLAGS",
     "FLAG_ADV_ABOVE_CLEAN",
     "FLAG_CURVE_NOT_MONOTONE",
+    "FLAG_GAN_WEAKER",
     "FLAG_GRADIENTS",
     "FLAG_LARGE_EPS",
     "FLAG_NONDETERMINISTIC",
@@ -77,6 +86,7 @@ __all__ = [
     "FULL_FLAGS",
     "LEVELS",
     "check_curve",
+    "gan_probe",
     "run_sanity",
 ]
 
@@ -89,9 +99,10 @@ FLAG_WEAK_BEATS_STRONG = "weak_beats_strong"
 STRONG = ("autoattack-lite", "apgd-t", "apgd")  # compared as the reference, not as weak
 FLAG_LARGE_EPS = "large_eps"
 FLAG_NOT_CONVERGED = "not_converged"
+FLAG_GAN_WEAKER = "gan_weaker_than_pgd"
 
 CHEAP_FLAGS = (FLAG_PROBABILITIES, FLAG_GRADIENTS, FLAG_NONDETERMINISTIC,
-               FLAG_ADV_ABOVE_CLEAN, FLAG_CURVE_NOT_MONOTONE)
+               FLAG_ADV_ABOVE_CLEAN, FLAG_CURVE_NOT_MONOTONE, FLAG_GAN_WEAKER)
 FULL_FLAGS = (FLAG_WEAK_BEATS_STRONG, FLAG_LARGE_EPS, FLAG_NOT_CONVERGED)
 ALL_FLAGS = CHEAP_FLAGS + FULL_FLAGS
 
@@ -112,6 +123,10 @@ ACC_TOL = 0.01
 LARGE_EPS_FACTOR = 100.0
 #: Fewest PGD steps the large-eps check uses.
 LARGE_EPS_MIN_STEPS = 10
+#: Samples in the seeded probe on which PGD checks the GAN attack.
+PROBE_SIZE = 64
+#: Significance level of the probe's sign test.
+PROBE_ALPHA = 0.05
 
 
 def _flag(flag: str, message: str, suggests: str) -> dict:
@@ -416,6 +431,62 @@ def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: Attac
     return flags
 
 
+# ----------------------------------------------------------------------- probe
+
+
+def _sign_test(b: int, c: int) -> float:
+    """One-sided exact sign test: P(X >= b) for X ~ Binomial(b + c, 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(b, n + 1)) / 2.0 ** n
+
+
+def gan_probe(model: Callable, x: torch.Tensor, y: torch.Tensor, x_gan: torch.Tensor,
+              cfg: AttackConfig, ctx: AttackContext) -> Tuple[dict, Optional[dict]]:
+    """PGD against the GAN attack on a seeded probe of the evaluation batch.
+
+    ``x``, ``y``: the evaluation batch ``(N, ...)``, ``(N,)``; ``x_gan``: the
+    ``gan`` attack's adversarial batch for it. The probe is
+    ``min(N, PROBE_SIZE)`` samples drawn with ``cfg.seed``; PGD runs with
+    ``cfg`` (the test's own eps, norm, steps). Returns ``(probe, flag)``:
+    ``probe`` holds the sample count, both attack success rates (shares of the
+    probe's correctly classified samples fooled), the samples only PGD fools
+    (``pgd_only``) and only the GAN fools (``gan_only``) and the sign test's
+    ``p_value``; ``flag`` is the ``gan_weaker_than_pgd`` flag or ``None``.
+    """
+    from .attacks.gradient import pgd
+
+    n = x.shape[0]
+    k = min(n, PROBE_SIZE)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    idx = torch.randperm(n, generator=gen)[:k].sort().values.to(x.device)
+    xs, ys = x[idx].detach(), y[idx].detach()
+    bs = cfg.batch_size
+    ok = _predict(model, xs, bs) == ys
+    gan_fooled = ok & (_predict(model, x_gan[idx].detach(), bs) != ys)
+    pgd_fooled = ok & (_predict(model, pgd(model, xs, ys, cfg, ctx), bs) != ys)
+    b = int((pgd_fooled & ~gan_fooled).sum())
+    c = int((gan_fooled & ~pgd_fooled).sum())
+    n_ok = int(ok.sum())
+    rate = (lambda m: int(m.sum()) / n_ok if n_ok else 0.0)
+    probe = {"n": int(k), "seed": int(cfg.seed), "clean_correct": n_ok, "pgd_steps": int(cfg.steps),
+             "pgd_success": rate(pgd_fooled), "gan_success": rate(gan_fooled),
+             "pgd_only": b, "gan_only": c, "p_value": _sign_test(b, c)}
+    flag = None
+    if b > c and probe["p_value"] < PROBE_ALPHA:
+        flag = _flag(
+            FLAG_GAN_WEAKER,
+            f"On a seeded probe of {k} samples ({n_ok} classified correctly), PGD "
+            f"({cfg.steps} steps, {cfg.norm} eps={cfg.eps:g}) fools {_pct(probe['pgd_success'])} "
+            f"but the GAN generator only {_pct(probe['gan_success'])} ({b} samples only PGD fools, "
+            f"{c} only the GAN; sign test p={probe['p_value']:.3g}).",
+            "The generator is weaker than PGD here, so the GAN's robust accuracy is too "
+            "optimistic: raise --advrobust-gan-steps (or leave it at its default), clear the "
+            "cache with --advrobust-retrain, or gate on attack=\"pgd\" or [\"gan\", \"pgd\"].")
+    return probe, flag
+
+
 # ----------------------------------------------------------------------- API
 
 
@@ -436,8 +507,10 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
     adversarial batch (same samples as ``x``); at level full each non-PGD
     attack in it (or ``x_adv`` itself when ``attacks`` holds neither ``pgd`` nor
     an APGD variant) is compared against the strongest gradient attack
-    configured. ``correct_counts`` (clean and adversarial correct counts on
-    the full batch), when the caller has them, spares two forward passes.
+    configured; when it holds ``gan``, the probe of :func:`gan_probe` runs
+    (at every level but off) and its numbers are put in ``ctx.facts["probe"]``.
+    ``correct_counts`` (clean and adversarial correct counts on the full
+    batch), when the caller has them, spares two forward passes.
     """
     if level not in LEVELS:
         raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -468,6 +541,11 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
     found = check_curve(curve, n)
     if found:
         flags.append(found)
+    if n and has_grad and adversarial and "gan" in adversarial:
+        probe, found = gan_probe(model, x, y, adversarial["gan"], cfg, ctx)
+        ctx.facts["probe"] = probe
+        if found:
+            flags.append(found)
 
     # Gradient attacks cannot run without an input gradient; the gradients flag says so.
     if level == "full" and n and has_grad:

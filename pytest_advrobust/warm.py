@@ -26,7 +26,9 @@ def _obtain(model, split, settings: RobustSettings, eps: float, device, **ctx_kw
         net, train_x = working_copy(net, split.train_x)  # float32 for float16/bfloat16 data
         ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y,
                             **ctx_kwargs)
-        return obtain_generator(net, settings.attack_config(eps), ctx)
+        gen, facts = obtain_generator(net, settings.attack_config(eps), ctx)
+    # The generator takes the model's input gradient: gen(x) computes it with the user's model.
+    return gen.bind(net), facts
 
 
 def generator_for(model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None,

@@ -112,9 +112,11 @@ def test_torchrun_warm_trains_with_two_ranks_and_the_plugin_loads_the_entry(repo
     result = _pytest(repo, cache_dir, "--advrobust", "--advrobust-json=r.json", "test_robust.py::test_gan")
     result.assert_outcomes(passed=1)
     (test,) = json.loads((repo.path / "r.json").read_text())["tests"]
-    assert test["training"]["mode"] == "cached" and test["training"]["steps"] == 0
-    assert test["training"]["key"] == entry.key
-    assert cache.stats() == {"train": 1, "hit": 1}
+    # The first stage of the gradient-fed generator is the warmed entry; what depends on the
+    # evaluation samples (the fitting, the second generator) is added by the run.
+    head = test["training"]["heads"][0]
+    assert head["train_steps"] == 0 and head["fit_steps"] > 0
+    assert cache.stats()["hit"] == 1
 
 
 @needs_gloo

@@ -14,6 +14,7 @@ from pytest_advrobust.gan.train import GanConfig
 EPS = 0.2
 REAL_DEFAULT = gan_mod.default_gan_config
 FACT_KEYS = {"mode", "steps", "seconds", "device", "holdout_success", "key"}
+COST_KEYS = {"forward_per_sample", "backward_per_sample", "seconds"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,7 +44,8 @@ def small_gan(monkeypatch):
 
     def small(cfg, n_train):
         return dataclasses.replace(real_default(cfg, n_train), max_steps=120, batch_size=32, lr=3e-3, eval_every=5, holdout_fraction=0.2,
-                                   patience=100, width=8, n_res=1, target_success=0.75)
+                                   patience=100, width=8, n_res=1, target_success=0.75,
+                                   fit_steps=20, fit_patience=5, grad_input=False)
 
     def counting(*args, **kwargs):
         res = real_train(*args, **kwargs)
@@ -76,8 +78,14 @@ def test_attack_output_is_bounded_and_fools_the_model(problem, small_gan):
     acc = float((model(x_adv).argmax(1) == y).float().mean())
     assert acc <= 0.3
     facts = ctx.facts["training"]
-    assert set(facts) == FACT_KEYS and facts["mode"] == "cold" and facts["steps"] > 0
-    assert facts["device"] == "cpu" and len(small_gan) == 1
+    assert FACT_KEYS <= set(facts) and facts["mode"] == "cold" and facts["steps"] > 0
+    assert facts["steps"] == facts["train_steps"] + facts["fit_steps"] and facts["fit_steps"] > 0
+    assert set(facts["cost"]) == COST_KEYS and facts["cost"]["backward_per_sample"] > 0
+    assert facts["cost"]["forward_per_sample"] > facts["cost"]["backward_per_sample"]
+    # two generators (one fed the input gradient's direction), each trained once
+    assert facts["device"] == "cpu" and len(small_gan) == 2 and not facts["cut_short"]
+    assert len(facts["heads"]) == 2 and facts["heads"][1]["train_steps"] > 0
+    assert facts["eval_forward_per_sample"] == 3 and facts["eval_backward_per_sample"] == 1
 
 
 def test_cache_hit_returns_identical_weights_and_trains_nothing(problem, small_gan, tmp_path):
@@ -87,7 +95,9 @@ def test_cache_hit_returns_identical_weights_and_trains_nothing(problem, small_g
     assert facts1["mode"] == "cold" and len(small_gan) == 1
     gan_mod.clear_memo()  # a new process: only the disk cache remains
     gen2, facts2 = gan_mod.obtain_generator(model, cfg, _ctx(x, y, tmp_path))
-    assert facts2["mode"] == "cached" and facts2["steps"] == 0 and facts2["key"] == facts1["key"]
+    # A cached generator reports the facts of its training, not zeros.
+    assert facts2["mode"] == "cached" and facts2["trained_mode"] == "cold"
+    assert facts2["steps"] == facts1["steps"] > 0 and facts2["key"] == facts1["key"]
     assert len(small_gan) == 1  # no training at all
     assert gen2 is not gen1 and _same_weights(gen1, gen2)
     assert facts2["holdout_success"] == pytest.approx(facts1["holdout_success"])
@@ -111,7 +121,8 @@ def test_without_cache_dir_generators_are_memoised_in_process(problem, small_gan
     cfg = AttackConfig(eps=EPS)
     gen1, _ = gan_mod.obtain_generator(model, cfg, _ctx(x, y))
     gen2, facts = gan_mod.obtain_generator(model, cfg, _ctx(x, y))
-    assert gen2 is gen1 and facts["mode"] == "cached" and facts["steps"] == 0 and len(small_gan) == 1
+    assert gen2 is gen1 and facts["mode"] == "cached" and len(small_gan) == 1
+    assert facts["trained_mode"] == "cold" and facts["steps"] == small_gan[0].steps
     gan_mod.obtain_generator(model, dataclasses.replace(cfg, eps=0.1), _ctx(x, y))
     assert len(small_gan) == 2  # other settings, other generator
 
@@ -170,9 +181,12 @@ def test_refine_runs_pgd_from_the_generator_output(problem, small_gan, monkeypat
     monkeypatch.setattr(gradient, "pgd_from", spy)
     cfg = AttackConfig(eps=EPS, refine=5)
     x_adv = gan_mod.gan_attack(model, x, y, cfg, _ctx(x, y))
-    gen, _ = gan_mod.obtain_generator(model, cfg, _ctx(x, y))
-    with torch.no_grad():
-        assert torch.allclose(seen["start"], gen(x))
+    from pytest_advrobust.attacks.gan_fit import fitted_heads
+
+    heads, _ = fitted_heads(model, x, y, cfg, _ctx(x, y))
+    start = torch.cat([gan_mod._best_of(model, heads, x[s:s + 256], y[s:s + 256], cfg)
+                       for s in range(0, x.shape[0], 256)])
+    assert torch.allclose(seen["start"], start, atol=1e-6)
     assert float(perturbation_norms(x, x_adv, "linf").max()) <= EPS + 1e-6
 
 
@@ -184,12 +198,15 @@ def test_l2_flat_features(small_gan):
     assert float(perturbation_norms(xf, x_adv, "l2").max()) <= 1.0 * (1 + 1e-5)
 
 
-def test_default_config_scales_with_data():
+def test_default_budget_is_in_steps_not_set_by_the_data_size():
     cfg = AttackConfig(eps=0.1, norm="l2", bounds=None, seed=3)
     small, large = REAL_DEFAULT(cfg, 200), REAL_DEFAULT(cfg, 60000)
     for g in (small, large):
         assert isinstance(g, GanConfig) and g.eps == 0.1 and g.norm == "l2" and g.bounds is None and g.seed == 3
-    assert small.max_steps < large.max_steps and small.batch_size <= large.batch_size
+        assert g.gan_weight == 0 and g.fit_steps == 200 and g.max_seconds >= 3600
+    assert small.max_steps == large.max_steps == 300 and small.batch_size <= large.batch_size
+    tiny = REAL_DEFAULT(dataclasses.replace(cfg, gan_steps=2), 60000)
+    assert tiny.max_steps == 2 and tiny.fit_steps == 2
 
 
 def test_missing_training_data_is_an_error(problem):

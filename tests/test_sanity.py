@@ -121,7 +121,7 @@ def test_flag_ids_are_documented():
     doc = sanity.__doc__
     for flag in sanity.ALL_FLAGS:
         assert f"``{flag}``" in doc
-    assert len(set(sanity.ALL_FLAGS)) == len(sanity.ALL_FLAGS) == 8
+    assert len(set(sanity.ALL_FLAGS)) == len(sanity.ALL_FLAGS) == 9
 
 
 def test_sound_model_raises_no_flag_cheap(digits):

@@ -31,11 +31,14 @@ import torch.nn.functional as F
 from ..attacks.base import NORMS, project
 
 __all__ = ["ARCH_VERSION", "Generator", "build_discriminator", "build_generator",
-           "generator_from_arch"]
+           "generator_from_arch", "input_direction"]
 
 ARCH_VERSION = 1
 
 Bounds = Optional[Tuple[float, float]]
+
+#: Weight of the gradient direction in the L-inf generator's pre-activation (tanh(1) = 0.76).
+_PRIOR = 1.0
 
 
 # --------------------------------------------------------------------------- validation
@@ -110,11 +113,11 @@ class _ResBlock(nn.Module):
 class _UNet(nn.Module):
     """(N, C, H, W) -> raw perturbation (N, C, H, W), any H, W >= 4."""
 
-    def __init__(self, channels: int, width: int, n_down: int, n_res: int):
+    def __init__(self, channels: int, width: int, n_down: int, n_res: int, in_channels: int = 0):
         super().__init__()
         self.n_down = n_down
         widths = [width * (2 ** i) for i in range(n_down + 1)]
-        self.stem = _ConvAct(channels, widths[0])
+        self.stem = _ConvAct(in_channels or channels, widths[0])
         self.down = nn.ModuleList(_ConvAct(widths[i], widths[i + 1], stride=2) for i in range(n_down))
         self.mid = nn.Sequential(*[_ResBlock(widths[-1]) for _ in range(n_res)])
         self.up = nn.ModuleList(_ConvAct(widths[i + 1], widths[i]) for i in reversed(range(n_down)))
@@ -144,9 +147,11 @@ class _UNet(nn.Module):
 class _ResMLP(nn.Module):
     """(N, D) -> raw perturbation (N, D)."""
 
-    def __init__(self, dim: int, hidden: int, n_res: int):
+    def __init__(self, dim: int, hidden: int, n_res: int, in_dim: int = 0):
         super().__init__()
-        self.inp = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, hidden), nn.ReLU())
+        in_dim = in_dim or dim
+        self.inp = nn.Sequential(nn.BatchNorm1d(in_dim, affine=False), nn.Linear(in_dim, hidden),
+                                 nn.ReLU())
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(),
                           nn.Linear(hidden, hidden)) for _ in range(n_res))
@@ -187,38 +192,106 @@ class Generator(nn.Module):
     def has_bounds(self) -> bool:
         return bool(torch.isfinite(self.bounds).all())
 
-    def perturbation(self, x: torch.Tensor) -> torch.Tensor:
-        """The bounded perturbation (before clipping into ``bounds``), float32, shape of ``x``."""
-        raw = self.body(x).float()
+    @property
+    def grad_input(self) -> bool:
+        """Whether the generator also takes the input gradient's direction (FGSM-SDI style)."""
+        return bool(self.arch.get("grad_input", False))
+
+    def perturbation(self, x: torch.Tensor, direction: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The bounded perturbation (before clipping into ``bounds``), float32, shape of ``x``.
+
+        With :attr:`grad_input`, ``direction`` (see :func:`input_direction`) is
+        an input of the network and the prior of its output: L-inf
+        ``eps * tanh(raw + direction)``, L2 ``raw + eps * direction``
+        projected, so an untrained network starts near the FGSM step.
+        """
         eps = float(self.eps)
+        if self.grad_input:
+            if direction is None:
+                raise ValueError("this generator takes the input gradient's direction: call it as "
+                                 "gen(x, input_direction(model, x, y, norm)) or gen.attack(model, x, y)")
+            d = direction.to(x.dtype)
+            raw = self.body(torch.cat([x, d], dim=1)).float()
+            raw = raw + (_PRIOR * d if self.norm == "linf" else eps * d)
+        else:
+            raw = self.body(x).float()
         if self.norm == "linf":
             return eps * torch.tanh(raw)
         return project(raw, eps, "l2")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def bind(self, model: Any) -> "Generator":
+        """Remember ``model`` (not as a submodule) so that ``gen(x)`` alone works with
+        :attr:`grad_input`: the direction is then taken at the model's own predicted labels."""
+        object.__setattr__(self, "_bound_model", model)
+        return self
+
+    def _bound_direction(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        model = getattr(self, "_bound_model", None)
+        if model is None or not self.grad_input:
+            return None
+        from ..modelguard import frozen
+
+        with frozen(model):
+            with torch.no_grad():
+                pred = model(x).argmax(dim=1)
+            return input_direction(model, x, pred, self.norm)
+
+    def attack(self, model: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x_adv`` for ``(x, y)``: the gradient direction (if used) from ``model``, then :meth:`forward`."""
+        direction = input_direction(model, x, y, self.norm) if self.grad_input else None
+        with torch.no_grad():
+            return self(x, direction)
+
+    def forward(self, x: torch.Tensor, direction: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x``: ``(N, *sample_shape)``; returns ``x_adv`` with the shape and dtype of ``x``."""
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ValueError(f"generator expects inputs of shape (N, {', '.join(map(str, self.sample_shape))}), "
                              f"got {tuple(x.shape)}")
         param = next(self.parameters())
+        if direction is None and self.grad_input:
+            direction = self._bound_direction(x)
         xf = x.to(device=param.device, dtype=torch.float32)
-        delta = self.perturbation(xf)
+        if direction is not None:
+            direction = direction.to(device=param.device, dtype=torch.float32)
+        delta = self.perturbation(xf, direction)
         out = xf + delta
         if self.has_bounds:
             out = torch.clamp(out, float(self.bounds[0]), float(self.bounds[1]))
         return out.to(x.dtype)
 
 
+def input_direction(model: Any, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
+    """The ascent direction of the cross-entropy at ``x``: its sign (L-inf) or unit-L2 gradient.
+
+    ``model`` maps ``x`` ``(N, ...)`` to logits ``(N, K)``; ``y``: ``(N,)``.
+    One forward and one backward pass; float32, shape of ``x``; no gradient
+    flows back through it (Jia et al., "Prior-Guided Adversarial
+    Initialization for Fast Adversarial Training" / FGSM-SDI, 2022, feed it
+    to the generator).
+    """
+    xg = x.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(xg).float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xg)
+    if norm == "linf":
+        return grad.sign()
+    flat = grad.reshape(grad.shape[0], -1).norm(p=2, dim=1).clamp_min(1e-12)
+    return grad / flat.view(-1, *([1] * (grad.dim() - 1)))
+
+
 def build_generator(sample_shape: Sequence[int], eps: float, norm: str = "linf",
                     bounds: Bounds = (0.0, 1.0), *, width: Optional[int] = None,
-                    n_res: Optional[int] = None, n_down: Optional[int] = None) -> Generator:
+                    n_res: Optional[int] = None, n_down: Optional[int] = None,
+                    grad_input: bool = False) -> Generator:
     """Build a :class:`Generator` for samples of ``sample_shape``.
 
     ``sample_shape``: ``(C, H, W)`` (H, W >= 4; a U-Net with ``n_down`` stride-2
     stages: 1 below 28 pixels, 2 for 28-55, 3 for 56-111, else 4) or ``(D,)`` (a residual MLP).
     ``width``: channels of the first conv stage (default 16) or hidden units
     of the MLP (default ``clamp(2 * D, 64, 512)``); ``n_res``: residual blocks
-    (default 2). Weights are initialised from torch's global RNG: seed it (or
+    (default 2). ``grad_input``: the network also takes the input
+    gradient's direction (:func:`input_direction`) as extra channels or
+    features (call the generator as ``gen(x, direction)``). Weights are initialised from torch's global RNG: seed it (or
     use :func:`torch.random.fork_rng`) for reproducible weights.
     """
     shape = _check_shape(sample_shape)
@@ -231,6 +304,8 @@ def build_generator(sample_shape: Sequence[int], eps: float, norm: str = "linf",
     arch: Dict[str, Any] = {"version": ARCH_VERSION, "sample_shape": list(shape), "norm": norm,
                             "eps": eps_f, "bounds": list(bounds) if bounds is not None else None,
                             "n_res": n_res}
+    if grad_input:
+        arch["grad_input"] = True
     if len(shape) == 3:
         c, h, w = shape
         if n_down is None:
@@ -239,12 +314,12 @@ def build_generator(sample_shape: Sequence[int], eps: float, norm: str = "linf",
             raise ValueError(f"n_down must be an integer in [0, 6], got {n_down!r}")
         width = 16 if width is None else width
         arch.update(kind="unet", width=width, n_down=n_down)
-        body: nn.Module = _UNet(c, width, n_down, n_res)
+        body: nn.Module = _UNet(c, width, n_down, n_res, in_channels=2 * c if grad_input else 0)
     else:
         (d,) = shape
         width = int(min(512, max(64, 2 * d))) if width is None else width
         arch.update(kind="mlp", width=width)
-        body = _ResMLP(d, width, n_res)
+        body = _ResMLP(d, width, n_res, in_dim=2 * d if grad_input else 0)
     return Generator(body, arch, eps_f, norm, bounds)
 
 
@@ -254,7 +329,8 @@ def generator_from_arch(arch: Dict[str, Any]) -> Generator:
         raise ValueError(f"arch must be a generator arch dict of version {ARCH_VERSION}, got {arch!r}")
     bounds = tuple(arch["bounds"]) if arch.get("bounds") is not None else None
     return build_generator(tuple(arch["sample_shape"]), arch["eps"], arch["norm"], bounds,
-                           width=arch["width"], n_res=arch["n_res"], n_down=arch.get("n_down"))
+                           width=arch["width"], n_res=arch["n_res"], n_down=arch.get("n_down"),
+                           grad_input=bool(arch.get("grad_input", False)))
 
 
 # --------------------------------------------------------------------------- discriminator

@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from ..attacks.base import NORMS
 from ..modelguard import check_logits, frozen
-from .networks import Generator, build_discriminator, build_generator
+from .networks import Generator, build_discriminator, build_generator, input_direction
 
 __all__ = ["GanConfig", "TrainResult", "margin", "train_generator"]
 
@@ -81,6 +81,12 @@ class GanConfig:
       also uses bfloat16 on CPUs with native support (AVX512-BF16 or AMX),
       which pays off for long trainings; ``"fp32"`` always uses float32.
       Held-out evaluation is always float32.
+    fit_steps, fit_patience, fit_lr, fit_kappa: the fine-tuning on the
+      evaluation inputs (:mod:`.transductive`); ``fit_steps=0`` skips it.
+      :func:`train_generator` itself does not use them.
+    grad_input: the generator also takes the input gradient's direction
+      (:func:`.networks.input_direction`; one more forward and backward pass
+      of the model per sample).
     """
 
     eps: float
@@ -104,6 +110,11 @@ class GanConfig:
     width: Optional[int] = None
     n_res: Optional[int] = None
     precision: str = "auto"
+    fit_steps: int = 0
+    fit_patience: int = 40
+    fit_lr: float = 3e-3
+    fit_kappa: float = 0.5
+    grad_input: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, what: str) -> None:
@@ -147,6 +158,16 @@ class GanConfig:
             bad("width", "None or an integer >= 2")
         if self.n_res is not None and (not _is_int(self.n_res) or self.n_res < 0):
             bad("n_res", "None or a non-negative integer")
+        if not _is_int(self.fit_steps) or self.fit_steps < 0:
+            bad("fit_steps", "a non-negative integer")
+        if not _is_int(self.fit_patience) or self.fit_patience < 1:
+            bad("fit_patience", "a positive integer")
+        for name in ("fit_lr", "fit_kappa"):
+            v = getattr(self, name)
+            if not _is_number(v) or not math.isfinite(v) or v <= 0:
+                bad(name, "a positive number")
+        if not isinstance(self.grad_input, bool):
+            bad("grad_input", "True or False")
         if self.precision not in ("auto", "bf16", "fp32"):
             bad("precision", "'auto', 'bf16' or 'fp32'")
 
@@ -177,6 +198,8 @@ class TrainResult:
     ``"warm"``; ``history`` lists ``(step, held-out success)`` per evaluation.
     ``world_size`` is the number of processes that trained together and
     ``rank_samples`` the number of training samples each of them processed.
+    ``forward_samples``/``backward_samples`` count the model's forward and
+    backward passes in samples (this rank's, held-out evaluations included).
     """
 
     generator: Generator
@@ -189,6 +212,8 @@ class TrainResult:
     history: List[Tuple[int, float]] = field(default_factory=list)
     world_size: int = 1
     rank_samples: List[int] = field(default_factory=list)
+    forward_samples: int = 0
+    backward_samples: int = 0
 
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -203,7 +228,8 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _seeded_networks(sample_shape, cfg: GanConfig, need_d: bool):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        gen = build_generator(sample_shape, cfg.eps, cfg.norm, cfg.bounds, width=cfg.width, n_res=cfg.n_res)
+        gen = build_generator(sample_shape, cfg.eps, cfg.norm, cfg.bounds, width=cfg.width, n_res=cfg.n_res,
+                              grad_input=cfg.grad_input)
         torch.manual_seed(cfg.seed + 1)
         disc = build_discriminator(sample_shape) if need_d else None
     return gen, disc
@@ -321,15 +347,25 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
     x_hold, y_hold = x_src[hold_idx.to(x_src.device)], y[hold_idx.to(y.device)].cpu()
     clean_pred = _predict(model, x_hold, dev, _EVAL_BATCH, fp32)
     correct = clean_pred == y_hold
+    passes = {"forward": int(x_hold.shape[0]), "backward": 0}
+    d_hold = None
+    if cfg.grad_input:  # the model is frozen and the held-out inputs fixed: directions once
+        d_hold = torch.cat([input_direction(model, x_hold[s:s + _EVAL_BATCH].to(dev),
+                                            y_hold[s:s + _EVAL_BATCH].to(dev), cfg.norm)
+                            for s in range(0, x_hold.shape[0], _EVAL_BATCH)])
+        passes["forward"] += int(x_hold.shape[0])
+        passes["backward"] += int(x_hold.shape[0])
 
     def evaluate() -> float:
+        passes["forward"] += int(x_hold.shape[0])
         sync.sync_module(gen)  # identical weights and batch-norm statistics on every rank
         gen.eval()
         preds = []
         with torch.no_grad():
             for s in range(0, x_hold.shape[0], _EVAL_BATCH):
                 xb = x_hold[s:s + _EVAL_BATCH].to(dev, non_blocking=True)
-                x_adv = gen(xb.contiguous(memory_format=mem_fmt) if image else xb)
+                db = d_hold[s:s + _EVAL_BATCH] if d_hold is not None else None
+                x_adv = gen(xb.contiguous(memory_format=mem_fmt) if image else xb, db)
                 logits = model(x_adv)
                 preds.append(logits.float().argmax(dim=1).cpu())
         gen.train()
@@ -371,6 +407,7 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
     if best >= cfg.target_success:
         reason = "target"
     samples = 0
+    samples_grad = 0
     # Distributed: rank 0's clock decides, agreed on once per step (with the loss check).
     clock_up = sync.broadcast_flag(time.perf_counter() - t0 >= budget_seconds) if sync.active else False
     while reason != "target" and step < budget_steps:
@@ -402,8 +439,12 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
         # Generator step (the discriminator's weights are frozen meanwhile) ...
         if disc is not None:
             disc.requires_grad_(False)
+        db = None
+        if cfg.grad_input:
+            db = input_direction(model, xb, yb, cfg.norm)
+            samples_grad += idx.numel()
         with autocast():
-            x_adv = gen_step(xb)
+            x_adv = gen_step(xb, db) if db is not None else gen_step(xb)
             logits = model(x_adv)
             adv_loss = margin(logits, yb).clamp(min=-cfg.kappa).mean()
             loss = cfg.adv_weight * adv_loss
@@ -468,7 +509,9 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
         f"at step {best_step}")
     return TrainResult(generator=gen, steps=step, seconds=seconds, device=str(dev),
                        holdout_success=best, mode=mode, stop_reason=reason, history=history,
-                       world_size=sync.world, rank_samples=rank_samples)
+                       world_size=sync.world, rank_samples=rank_samples,
+                       forward_samples=passes["forward"] + samples + samples_grad,
+                       backward_samples=passes["backward"] + samples + samples_grad)
 
 
 class _Sync:
