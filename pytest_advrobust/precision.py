@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["LOW_PRECISION", "InputCast", "is_low_precision", "into_dtype", "working_copy"]
+__all__ = ["LOW_PRECISION", "InputCast", "is_low_precision", "into_dtype", "model_dtype",
+           "working_copy"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 _MANTISSA = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
@@ -39,6 +40,17 @@ class InputCast(nn.Module):
         return self.inner(x.to(self.dtype))
 
 
+def model_dtype(model: Any) -> Optional[torch.dtype]:
+    """The floating dtype of a module's first floating parameter or buffer, else ``None``
+    (a plain callable, or a module without floating state)."""
+    if not isinstance(model, nn.Module):
+        return None
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
 def working_copy(model: Callable, x: torch.Tensor) -> Tuple[Callable, torch.Tensor]:
     """``(model, x)`` for an attack: float32 through :class:`InputCast` for low precision."""
     if not is_low_precision(x):
@@ -53,8 +65,18 @@ def _ulp(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(v == 0, torch.full_like(v, torch.finfo(dtype).tiny), ulp)
 
 
+def _below(eps: float, dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` not above ``eps``: a perturbation bounded by it still
+    reads ``<= eps`` when its size is computed in ``dtype`` and compared in float64."""
+    e = torch.tensor(eps, dtype=torch.float64).to(dtype)
+    if float(e) > eps:
+        e = torch.nextafter(e, torch.zeros_like(e))
+    return float(e)
+
+
 def _linf(x64: torch.Tensor, a64: torch.Tensor, eps: float,
           bounds: Optional[Tuple[float, float]], dtype: torch.dtype) -> torch.Tensor:
+    eps = _below(eps, dtype)
     lo, hi = x64 - eps, x64 + eps
     if bounds is not None:
         lo, hi = lo.clamp_min(bounds[0]), hi.clamp_max(bounds[1])
@@ -98,12 +120,15 @@ def into_dtype(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str,
     """``x_adv`` in the dtype of ``x``, within ``eps`` (``norm``) and ``bounds`` there.
 
     ``x``: the clean batch (any floating dtype); ``x_adv``: an attack's result
-    of the same shape, usually float32. For float32 and float64 inputs the
-    result is only cast. Raises nothing; a coordinate that cannot be placed
-    inside falls back to its clean value.
+    of the same shape, usually float32. Rounding in the attack's own arithmetic
+    can put an L-inf coordinate one unit in the last place outside ``eps``; it
+    is moved back in, so that ``(x_adv - x).abs().max() <= eps`` holds however
+    the user computes it. For float64 inputs the result is only cast. Raises
+    nothing; a coordinate that cannot be placed inside falls back to its clean
+    value.
     """
     dtype = x.dtype
-    if not is_low_precision(x):
+    if dtype == torch.float64 or not x.is_floating_point():
         return x_adv.to(dtype)
     x64, a64 = x.double(), x_adv.detach().double()
     if norm == "linf":

@@ -23,7 +23,7 @@ from .errors import AdvRobustError
 from .evaluate import Predictions, merge_worst_case, predict, summarize
 from .gradcheck import require_input_gradient
 from .modelguard import Preprocessed, borrowed, resolve_device
-from .precision import into_dtype, working_copy
+from .precision import into_dtype, model_dtype, working_copy
 from .settings import RobustSettings
 
 __all__ = ["Outcome", "run_evaluation", "check_bound", "needs_training_data", "prepare",
@@ -151,11 +151,25 @@ def prepare(model: Any, data: Any, settings: RobustSettings, train_data: Any = N
                 f"but fixture {settings.data!r} gives {tuple(split.x.shape[1:])}; the GAN "
                 "trains on one and attacks the other, so give both the same sample shape")
         split.train_x, split.train_y, split.train_is_eval = tx, ty, False
+    _match_model_dtype(model, split)
     _input_range_check(split.x, settings, settings.data)
     if settings.preprocessing is not None:  # one sentence now, not a broadcast error later
         Preprocessed(lambda t: t, *settings.preprocessing,
                      channel_axis=settings.channel_axis).axis_for(tuple(split.x.shape))
     return device, split
+
+
+def _match_model_dtype(model: Any, split: Split) -> None:
+    """Floating inputs take the dtype of the model's parameters (float64 arrays from
+    NumPy for a float32 model, say): the model receives inputs of its own dtype."""
+    dtype = model_dtype(model)
+    if dtype is None:
+        return
+    if split.x.is_floating_point() and split.x.dtype != dtype:
+        split.x = split.x.to(dtype)
+    tx = split.train_x
+    if tx is not None and tx.is_floating_point() and tx.dtype != dtype:
+        split.train_x = tx.to(dtype)
 
 
 def with_preprocessing(model: Any, settings: RobustSettings, device) -> Any:
@@ -238,9 +252,9 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
                 x_adv, count = counted(attack, net_work, x_work, y, cfg, ctx)
                 if math.isclose(eps, settings.main_eps):
                     cost[name] = count.per_sample(x.shape[0])
-                if x_work is not x:  # low precision: the bound must hold after rounding
-                    check_bound(name, x_work, x_adv, cfg)
-                    x_adv = into_dtype(x, x_adv, eps, cfg.norm, cfg.bounds)
+                check_bound(name, x_work, x_adv, cfg)  # the attack's own result
+                # then the bound holds after rounding to the input dtype, to the last bit
+                x_adv = into_dtype(x, x_adv, eps, cfg.norm, cfg.bounds)
                 check_bound(name, x, x_adv, cfg)
                 x_adv = x_adv.detach()
                 preds = _run_model_safely(

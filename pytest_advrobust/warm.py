@@ -60,7 +60,30 @@ def warm_generators(model: Any, data: Any, settings: RobustSettings, *, train_da
     device, split = prepare(model, data, settings, train_data, store=store)
     out = []
     for eps in settings.eps:
-        _, facts = _obtain(model, split, settings, eps, device, cache_dir=cache_dir,
+        facts = _fit_heads(model, split, settings, eps, device, cache_dir=cache_dir,
                            retrain=retrain, progress=progress, warn=warn)
         out.append(dict(facts, eps=eps))
     return out
+
+
+def _fit_heads(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
+    """What the ``gan`` attack obtains for this evaluation (both generators, trained and
+    fitted to the evaluation samples), so that the test run that follows loads them."""
+    from .attacks.gan_fit import fitted_heads
+
+    from .gradcheck import require_input_gradient
+    from .precision import working_copy
+
+    with borrowed(model, device) as m:
+        net = with_preprocessing(m, settings, device)
+        x, y = split.x.to(device), split.y.to(device)
+        require_input_gradient(net, x, y, ("gan",), settings.model)
+        net, x_work = working_copy(net, x)  # float32 for float16/bfloat16 data, as the runner
+        train_x, train_y = split.train_x, split.train_y
+        if train_x is None:  # as gan_attack: without training samples it trains on x itself
+            train_x, train_y = x_work.detach().cpu(), y.detach().cpu()
+        elif x_work is not x:
+            train_x = train_x.float()
+        ctx = AttackContext(device=device, train_x=train_x, train_y=train_y, **ctx_kwargs)
+        _, facts = fitted_heads(net, x_work, y, settings.attack_config(eps), ctx)
+    return facts

@@ -411,6 +411,68 @@ def test_into_dtype_keeps_every_perturbation_inside_after_rounding(dtype, norm, 
     assert float(sizes.max()) >= eps * (0.97 if dtype == torch.float16 else 0.9)
 
 
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("linf", 0.03)])
+def test_float32_results_read_inside_eps_however_the_size_is_computed(norm, eps):
+    """x + delta rounds in float32; the bound must hold for ``(x_adv - x).abs().max() <= eps``
+    computed in float32 and compared as a Python float, as a user writes it."""
+    from pytest_advrobust.attacks.base import bound
+    from pytest_advrobust.precision import into_dtype
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(512, 64, generator=g)
+    raw = bound(x, x + 3 * eps * torch.randn(x.shape, generator=g), eps, norm, (0.0, 1.0))
+    assert float((raw - x).abs().max()) > eps  # float32 rounding: the case being fixed
+    out = into_dtype(x, raw, eps, norm, (0.0, 1.0))
+    assert out.dtype == torch.float32
+    assert float((out - x).abs().max()) <= eps
+    assert bool(((out - x).abs() <= eps).all())
+    assert float((out - raw).abs().max()) <= 2e-7  # a unit in the last place, no more
+
+
+FLOAT64_CONFTEST = """
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def robust_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(4).repeat(1, 4) * 4.0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def robust_data():  # NumPy's default float64, as scikit-learn hands it over
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 256)
+    x = rng.uniform(0, 0.4, (256, 16))
+    for k in range(4):
+        x[:, k::4] += 0.5 * (y == k)[:, None]
+    return x, y
+"""
+
+
+def test_float64_arrays_reach_a_float32_model_in_its_own_dtype(pytester):
+    pytester.makeconftest(FLOAT64_CONFTEST)
+    pytester.makepyfile(test_f64="""
+        import pytest
+        import torch
+
+        @pytest.mark.parametrize("attack", ["pgd", "fgsm", "apgd"])
+        def test_attack(request, attack):
+            request.applymarker(pytest.mark.robust(threshold=1.0, attack=attack, eps=0.05))
+            batch = request.getfixturevalue("adversarial_batch")
+            assert batch.x.dtype == batch.x_adv.dtype == torch.float32
+            assert batch.report["clean_accuracy"] > 0.9
+    """)
+    result = run(pytester, "--advrobust", "-rA")
+    result.assert_outcomes(passed=3)
+    assert "raised RuntimeError" not in result.stdout.str()
+
 # ----------------------------------------------------------- 5. channels-last
 
 CHANNELS_CONFTEST = """

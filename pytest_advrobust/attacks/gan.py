@@ -104,6 +104,16 @@ def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
 
 
+def user_model_class(model: Any) -> str:
+    """The qualified class name of the user's own model inside the plugin's wrappers
+    (preprocessing, dtype cast), as ``advrobust cache list`` shows it."""
+    from ..precision import InputCast
+
+    while isinstance(model, (Preprocessed, InputCast)):
+        model = model.inner
+    return _qualname(model)
+
+
 def _layout_digest(model: Any) -> str:
     """Digest of the parameter/buffer names, shapes and dtypes (the architecture, not the values)."""
     if not isinstance(model, nn.Module):
@@ -179,8 +189,7 @@ def identity(model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optio
     parts = dict(family_parts, model=model_digest)
     key = _hash_parts(parts)
     family = _hash_parts(family_parts)
-    user = model.inner if isinstance(model, Preprocessed) else model
-    parts["user_model_class"] = _qualname(user)  # shown by `advrobust cache list`, not keyed
+    parts["user_model_class"] = user_model_class(model)  # shown by `cache list`, not keyed
 
     return train_x, train_y, gcfg, arch, parts, key, family
 

@@ -172,6 +172,7 @@ def _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache):
     facts = _facts(first, res, mode, key, x.shape[0], time.perf_counter() - t1, ctx)
     if cache is not None:
         meta = {"format": g.FORMAT_VERSION, "family": family, "arch": arch, "gan": gcfg.to_dict(),
+                "model_class": g._qualname(model), "user_model_class": g.user_model_class(model),
                 "mode": mode, "steps": facts["steps"], "seconds": facts["seconds"],
                 "device": str(ctx.device), "holdout_success": facts["holdout_success"],
                 "created": time.time(), "facts": facts}
