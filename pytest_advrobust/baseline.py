@@ -38,9 +38,6 @@ from .settings import MISSING_POLICIES  # noqa: F401  (what a test without an en
 
 SCHEMA_VERSION = 1
 
-#: Statuses returned by :func:`compare`.
-STATUSES = ("ok", "regressed", "missing", "improved", "attack_changed")
-
 #: The command-line option that names the baseline file.
 BASELINE_OPTION = "--advrobust-baseline"
 
@@ -232,7 +229,8 @@ def _validate(path: Path, data: Any) -> Dict[str, Any]:
 class Comparison:
     """One test's adversarial accuracy against its baseline entry.
 
-    ``delta`` is ``current - baseline`` (negative when robustness fell);
+    ``status`` is one of ``"ok"``, ``"regressed"``, ``"missing"``, ``"improved"``
+    and ``"attack_changed"``. ``delta`` is ``current - baseline`` (negative when robustness fell);
     ``baseline`` and ``delta`` are ``None`` when the entry is missing.
     ``mismatches`` lists settings that differ from the ones the baseline was
     recorded with (``"eps 0.1 -> 0.2"``); they are noted in ``message`` but do

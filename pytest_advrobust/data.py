@@ -39,7 +39,6 @@ class Split:
     y: torch.Tensor
     train_x: Optional[torch.Tensor]
     train_y: Optional[torch.Tensor]
-    total: int
     eval_indices: torch.Tensor
     train_is_eval: bool = False
     class_names: Optional[List[str]] = None
@@ -236,7 +235,7 @@ def split_data(data: Any, n_samples: int, seed: int, fixture: str = "robust_data
         if need_train:
             tx, ty = x_all[train_idx], y_all[train_idx]
     return Split(x=x.contiguous(), y=y, train_x=tx.contiguous() if tx is not None else None,
-                 train_y=ty, total=total,
+                 train_y=ty,
                  eval_indices=eval_idx, train_is_eval=train_is_eval,
                  class_names=class_names_of(data))
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import AdvRobustError
 
-__all__ = ["borrowed", "frozen", "Preprocessed", "check_logits", "resolve_device", "model_device"]
+__all__ = ["borrowed", "frozen", "Preprocessed", "check_logits", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,13 +32,6 @@ def resolve_device(name: str) -> torch.device:
             raise AdvRobustError(f"--advrobust-device={name} was asked for, but this machine "
                                  f"has {torch.cuda.device_count()} CUDA device(s)")
     return dev
-
-
-def model_device(model: Any) -> Optional[torch.device]:
-    if isinstance(model, nn.Module):
-        for t in list(model.parameters()) + list(model.buffers()):
-            return t.device
-    return None
 
 
 class _Snapshot:

@@ -123,7 +123,7 @@ def _fmt(v: Optional[float], nd: int = 3) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
-def summary_lines(reports: List[Dict[str, Any]], width: int = 120) -> List[str]:
+def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
     """Rows of the terminal summary, one per robust test, in node id order."""
     header = ["test", "attack", "eps", "n", "clean", "adversarial [95% CI]", "gap",
               "threshold", "baseline", "verdict", "generator"]

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_advrobust.cache import FORMAT_VERSION, CacheWarning, GanCache
+from pytest_advrobust.errors import CacheIntegrityError
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).resolve().parent / "cache_helpers" / "cache_child.py"
@@ -248,6 +249,30 @@ def test_forged_header_names_another_key(cache, seen):
     specs = {n: {"shape": list(t.shape), "dtype": "float32"} for n, t in state().items()}
     _forge(cache, data, specs)
     assert_set_aside(cache, seen)
+
+
+def test_listing_judges_forged_offsets_like_a_load(cache, seen):
+    """A header whose offsets do not cover the data is invalid in the listing too."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    specs = {"w": {"shape": [4], "dtype": "float32"}}
+    _forge(cache, struct.pack("<Q", len(header)) + header + b"\0" * 8, specs)
+    [info] = cache.entries()
+    assert not info.valid and "decoded" in info.problem
+    assert seen == [] and weights(cache).exists()  # listing never moves anything
+
+
+def test_weights_replaced_after_the_checksum_are_refused(cache):
+    """The metadata key is read by reopening the file: it must still be the checksummed one."""
+    from pytest_advrobust.cache.verify import check_header_key
+
+    before = weights(cache).stat()
+    check_header_key(KEY, weights(cache), before)  # the same file passes
+    data = weights(cache).read_bytes()
+    weights(cache).unlink()
+    weights(cache).write_bytes(data)  # same bytes, another file
+    os.utime(weights(cache), ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    with pytest.raises(CacheIntegrityError, match="changed while being read"):
+        check_header_key(KEY, weights(cache), before)
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from pytest_advrobust import cache as cache_mod  # noqa: E402
 from pytest_advrobust.cache import GanCache, canonical_key, digest_module, digest_tensors  # noqa: E402
+from pytest_advrobust.cache import files as cache_files  # noqa: E402
 
 
 def fixed_inputs():
@@ -73,7 +73,7 @@ def mode_train_or_load(root: str, key: str, ready: str, go: str) -> None:
 
 def mode_slow_store(root: str, key: str, stage: str, marker: str) -> None:
     cache = GanCache(root)
-    original_write = cache_mod._write_bytes
+    original_write = cache_files.write_bytes
     original_replace = os.replace
 
     def stall() -> None:
@@ -94,7 +94,7 @@ def mode_slow_store(root: str, key: str, stage: str, marker: str) -> None:
         if stage == "between" and str(dst).endswith(".safetensors"):
             stall()
 
-    cache_mod._write_bytes = slow_write
+    cache_files.write_bytes = slow_write
     os.replace = slow_replace
     state = {"w": torch.full((16, 16), 7.0), "b": torch.zeros(16)}
     with cache.lock(key):
