@@ -96,7 +96,7 @@ def _linf(x64: torch.Tensor, a64: torch.Tensor, eps: float,
 
 def _l2(x64: torch.Tensor, a64: torch.Tensor, eps: float,
         bounds: Optional[Tuple[float, float]], dtype: torch.dtype) -> torch.Tensor:
-    from .attacks.base import clip_bounds, project
+    from .geometry import clip_bounds, project
 
     delta = project(a64 - x64, eps, "l2")
     shrink = 1.0

@@ -16,11 +16,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 
 from .attacks import get_attack
-from .attacks.base import AttackContext, perturbation_norms
+from .attacks.base import AttackContext
 from .attacks.counting import counted
 from .data import Split, split_data, to_tensor_pair
 from .errors import AdvRobustError
 from .evaluate import Predictions, merge_worst_case, predict, summarize
+from .geometry import perturbation_norms
 from .gradcheck import require_input_gradient
 from .modelguard import Preprocessed, borrowed, resolve_device
 from .precision import into_dtype, model_dtype, working_copy

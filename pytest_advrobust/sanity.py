@@ -69,7 +69,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .attacks.base import AttackConfig, AttackContext, clip_bounds, project
+from .attacks.base import AttackConfig, AttackContext
+from .geometry import clip_bounds, project
 
 __all__ = [
     "ALL_FLAGS",

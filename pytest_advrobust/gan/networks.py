@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attacks.base import NORMS, project
+from ..geometry import NORMS, project
 
 __all__ = ["ARCH_VERSION", "Generator", "build_discriminator", "build_generator",
            "generator_from_arch", "input_direction"]

@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..attacks.base import NORMS
+from ..geometry import NORMS
 from ..modelguard import check_logits, frozen
 from .networks import Generator, build_discriminator, build_generator, input_direction
 
