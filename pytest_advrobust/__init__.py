@@ -1,3 +1,28 @@
-"""pytest-advrobust: adversarial robustness as a regression test for PyTorch models."""
+"""pytest-advrobust: adversarial robustness as a regression test for PyTorch models.
+
+The flow of one robust test, and the module that holds each stage:
+
+1. **plugin** (``plugin.py``: hooks only; ``session.py``, ``gate.py``, ``options.py``):
+   options, the ``robust`` marker, fixtures, the verdict after the test body.
+2. **settings** (``settings.py``): marker, command line and ini -> one frozen settings object.
+3. **data** (``data.py``, ``loading.py``, ``layout.py``): the user's data -> seeded,
+   fixed evaluation and training tensors, converted once per session.
+4. **attack** (``attacks/``): the protocol and registry, PGD/FGSM (``gradient.py``,
+   ``pgd_core.py``), APGD (``apgd.py``), the generator attack (``gan.py``, ``gan_fit.py``),
+   query counts (``counting.py``); norm geometry in ``geometry.py``.
+   - **gan** (``gan/``): generator networks, AdvGAN training, fitting to the evaluation inputs.
+   - **cache** (``cache/``): keys, the safe store, maintenance; weights only, checksummed.
+   - **generated** (``generated/``): the class-conditional generator and the real vs
+     generated gap.
+5. **evaluate** (``runner.py``, ``evaluate.py``, ``sanity.py``, ``gatechecks.py``,
+   ``precision.py``, ``gradcheck.py``): clean vs adversarial metrics, sanity flags.
+6. **report** (``report.py``, ``baseline.py``, ``markdown.py``, ``html_report.py``,
+   ``pictures.py``, ``images.py``, ``history.py``): the terminal table, JSON, JUnit,
+   pictures, baselines, the CI job summary and the pytest-html rows.
+
+``cli.py`` (the ``advrobust`` command), ``warm.py`` and ``distributed.py`` reuse the stages
+outside a pytest run. Imports flow one way, down this list; ``tests/test_structure.py``
+checks it.
+"""
 
 __version__ = "0.1.0"

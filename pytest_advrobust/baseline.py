@@ -63,6 +63,8 @@ ENTRY_FIELDS = (
 #: Fields whose difference between baseline and current run makes the
 #: comparison one of different experiments; shown in the message.
 _SETTING_FIELDS = ("attack", "norm", "eps", "n", "seed")
+#: Settings (of the report's ``settings``) that change the attack's strength.
+_ATTACK_SETTINGS = ("steps", "step_size", "restarts", "random_start", "targets", "refine")
 
 #: Order in which fingerprint differences are listed.
 _FINGERPRINT_ORDER = ("torch", "device_kind", "python", "plugin", "seed")
@@ -271,6 +273,10 @@ def _settings_mismatches(entry: Mapping[str, Any], report: Mapping[str, Any]) ->
             same = old == new
         if not same:
             out.append(f"{key} {old} -> {new}")
+    old_s, new_s = entry.get("settings") or {}, report.get("settings") or {}
+    for key in _ATTACK_SETTINGS:  # what makes the attack stronger or weaker
+        if key in old_s and key in new_s and old_s[key] != new_s[key]:
+            out.append(f"{key} {old_s[key]} -> {new_s[key]}")
     return out
 
 
