@@ -18,3 +18,14 @@ class CacheIntegrityError(Exception):
 class MissingPackage(AdvRobustError):
     """An optional package (matplotlib for curves) is not installed; callers that draw
     pictures beside a verdict warn once and go on without the picture."""
+
+
+class AdvRobustWarning(UserWarning):
+    """A robustness evaluation needs a human look (sanity flag, baseline, environment)."""
+
+
+def warn(message: str) -> None:
+    """Issue ``message`` as an AdvRobustWarning at the caller's line."""
+    import warnings
+
+    warnings.warn(AdvRobustWarning(message), stacklevel=2)

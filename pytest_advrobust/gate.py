@@ -1,0 +1,88 @@
+"""The gate: judge one robust test after its body, and compare it with the baseline.
+
+The verdict of a test is its report's failing points (gap above threshold), the
+gate checks (clean accuracy at chance), sanity flags under ``--advrobust-strict``
+and, under ``--advrobust-compare``, a fall below its baseline entry.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import pytest
+
+from .errors import warn
+from .report import build_report, failure_message, junit_properties
+from .settings import RobustSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import AdvRobustSession
+
+
+def judge(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> Optional[str]:
+    """Build the report, attach it to the item, return a failure message or None."""
+    rep = build_report(item.nodeid, outcome)
+    item.config.hook.pytest_advrobust_report(report=rep, item=item)
+    problems: List[str] = []
+    problems += gate_checks(session, item, outcome)
+    failing = outcome.failing_points()
+    if failing:
+        problems.append(failure_message(rep, failing))
+    for flag in rep["sanity"]:
+        text = f"sanity flag {flag['flag']}: {flag['message']} {flag.get('suggests', '')}".strip()
+        if session.strict:
+            problems.append(text + " (--advrobust-strict)")
+        else:
+            warn(f"{item.nodeid}: {text}")
+    if session.compare:
+        problems += compare_with_baseline(session, item, rep, outcome.settings)
+    if session.images_dir is not None:
+        from .pictures import write_pictures
+
+        rep["images"] = write_pictures(session.images_dir, item.nodeid, outcome, rep,
+                                       session.missing_package)
+    if problems and rep["verdict"] == "pass":
+        rep["verdict"] = "fail"
+    item.user_properties.extend(junit_properties(rep))
+    item.user_properties.append(("advrobust_report", json.dumps(rep, sort_keys=True)))
+    return "\n".join(problems) if problems else None
+
+
+def gate_checks(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> List[str]:
+    """Clean accuracy at chance fails the test; a baseline that cannot fall warns."""
+    from .gatechecks import clean_accuracy_problem, stuck_baseline_warning
+
+    s, clean = outcome.settings, outcome.clean
+    problem = clean_accuracy_problem(int(clean.correct.sum()), int(clean.correct.numel()),
+                                     clean.num_classes, s.min_clean_accuracy, s.model, s.data)
+    if session.save_baseline or session.compare:
+        stuck = stuck_baseline_warning(outcome.numbers["adversarial_accuracy"],
+                                       clean.num_classes, outcome.numbers["eps"], s.attack_label)
+        if stuck:
+            warn(f"{item.nodeid}: {stuck}")
+    return [problem] if problem else []
+
+
+def compare_with_baseline(session: AdvRobustSession, item: pytest.Item, rep: Dict[str, Any],
+                          settings: RobustSettings) -> List[str]:
+    """Record the baseline comparison in ``rep``; the problems it raises for the verdict."""
+    from .baseline import compare
+
+    baseline = session.load_baseline() or {"tests": {}}
+    entry = baseline.get("tests", {}).get(item.nodeid)
+    cmp = compare(entry, rep, settings.tolerance)
+    rep["baseline"] = cmp.to_report()
+    if cmp.status == "regressed":
+        return [cmp.message]
+    if cmp.status == "missing":
+        policy = session.values["missing_baseline"]
+        text = (f"no baseline entry for this test in {session.baseline_path.name}; "
+                "save one with --advrobust-save-baseline")
+        if policy == "fail":
+            return [text + " (--advrobust-missing-baseline=fail)"]
+        if policy == "warn":
+            warn(f"{item.nodeid}: {text}")
+        else:
+            rep["baseline"]["status"] = "missing (skipped)"
+    return []

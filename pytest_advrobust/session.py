@@ -1,0 +1,394 @@
+"""The state of one pytest run of pytest-advrobust, and what the hooks hand off to it.
+
+One :class:`AdvRobustSession` is made in ``pytest_configure`` and kept in
+``config.stash``; the hooks and fixtures of ``plugin.py`` call its methods.
+It owns the run's options, the evaluations made so far (so that tests sharing a
+model, data and settings evaluate once), the reports gathered for the summary,
+JSON, Markdown and baseline, and the notes shown at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Generator, List, Optional, Set
+
+import pytest
+
+from . import __version__
+from .errors import AdvRobustError, warn
+from .options import flag, path_option, read_values
+from .settings import RobustSettings, base_settings, from_marker
+from .terminal import progress_writer, quiet, terminal_line
+from .user_fixtures import user_objects
+
+ROBUST_FIXTURES = ("adversarial_batch", "gan_generator", "conditional_generator")
+SKIP_REASON = "robustness test: pass --advrobust to run it"
+
+
+def is_robust(item: pytest.Item) -> bool:
+    """A robust test: marked ``robust`` or using one of the robust fixtures."""
+    if item.get_closest_marker("robust") is not None:
+        return True
+    names = getattr(item, "fixturenames", ())
+    return any(n in names for n in ROBUST_FIXTURES)
+
+
+def fail_cleanly(exc: AdvRobustError) -> None:
+    """Fail the test with the error's one sentence, without a traceback."""
+    raise pytest.fail.Exception(str(exc), pytrace=False) from None
+
+
+@dataclass
+class AdvRobustSession:
+    config: pytest.Config
+    enabled: bool
+    values: Dict[str, Any]
+    base: RobustSettings
+    cache_dir: Optional[Path]
+    json_path: Optional[Path]
+    images_dir: Optional[Path]
+    baseline_path: Path
+    save_baseline: Optional[str]
+    compare: bool
+    strict: bool
+    retrain: bool
+    warm: bool
+    outcomes: Dict[Any, Any] = field(default_factory=dict)
+    reports: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    collected: Set[str] = field(default_factory=set)
+    baseline: Any = None
+    baseline_loaded: bool = False
+    notes: List[str] = field(default_factory=list)
+    markdown_path: Optional[Path] = None
+    missing_warned: Set[str] = field(default_factory=set)
+    relay: Any = None
+    cache_default: bool = False  # cache_dir is pytest's own cache folder, made on first use
+    cache_checked: bool = False
+    cache_note: Optional[str] = None  # set when the cache folder cannot be written
+    store: Any = None  # SessionData: fixture values converted to tensors once per session
+
+    # ------------------------------------------------------------ configure
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> AdvRobustSession:
+        """Read the options; nothing here touches the disk or imports torch."""
+        from .paths import ENV_CACHE_DIR, resolve_cache_dir
+
+        values = read_values(config)
+        # A run without --advrobust must not depend on a writable checkout: the cache
+        # folder is made (and probed) on first use, by cache_folder.
+        option, ini = config.getoption("advrobust_cache_dir"), config.getini("advrobust_cache_dir")
+        cache_default = not (option or ini or os.environ.get(ENV_CACHE_DIR)) and \
+            getattr(config, "cache", None) is not None
+        cache_dir = None if cache_default else \
+            resolve_cache_dir(option, ini or None, os.environ, config.rootpath)
+        baseline = path_option(config, "advrobust_baseline", "advrobust_baseline") or \
+            Path(config.rootpath) / "advrobust-baseline.json"
+        warm = bool(config.getoption("advrobust_warm"))
+        return cls(
+            config=config,
+            enabled=warm or flag(config, "advrobust", "advrobust"),
+            values=values,
+            base=base_settings(values),
+            cache_dir=cache_dir,
+            json_path=path_option(config, "advrobust_json", "advrobust_json"),
+            images_dir=path_option(config, "advrobust_images", "advrobust_images"),
+            baseline_path=baseline,
+            save_baseline=config.getoption("advrobust_save_baseline"),
+            compare=flag(config, "advrobust_compare", "advrobust_compare"),
+            strict=flag(config, "advrobust_strict", "advrobust_strict"),
+            retrain=bool(config.getoption("advrobust_retrain")),
+            warm=warm,
+            markdown_path=path_option(config, "advrobust_markdown", "advrobust_markdown"),
+            cache_default=cache_default,
+        )
+
+    def register_attacks(self) -> None:
+        """Let other plugins add attacks (the pytest_advrobust_register_attacks hook)."""
+        from .attacks import register_attack
+
+        self.config.hook.pytest_advrobust_register_attacks(register=register_attack)
+
+    @property
+    def is_controller(self) -> bool:
+        """Not an xdist worker: the process that writes the summary and files."""
+        return not hasattr(self.config, "workerinput")
+
+    def cache_folder(self) -> Optional[Path]:
+        """The GAN cache folder, made and probed on first use; ``None`` when it cannot be
+        written (then generators live in memory for the session, with one warning)."""
+        from .paths import unwritable_reason
+
+        if self.cache_checked:
+            return self.cache_dir
+        self.cache_checked = True
+        folder: Any = self.cache_dir
+        try:
+            if self.cache_default:  # pytest's own cache folder, wherever its ini puts it
+                folder = Path(self.config.cache.mkdir("advrobust"))
+            reason = unwritable_reason(Path(folder))
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        if reason is not None:
+            where = folder if folder is not None else "pytest's cache folder"
+            self.cache_dir = None
+            self.cache_note = (f"GAN cache folder {where} cannot be written ({reason}): "
+                               "generators are kept in memory for this session and not "
+                               "cached; point --advrobust-cache-dir or $ADVROBUST_CACHE_DIR "
+                               "at a writable folder to keep them")
+            self.notes.append(self.cache_note)
+            warn(self.cache_note)
+        else:
+            self.cache_dir = Path(folder)
+        return self.cache_dir
+
+    def session_data(self) -> Any:
+        """Fixture values converted to tensors once per session."""
+        if self.store is None:
+            from .loading import SessionData
+
+            self.store = SessionData()
+        return self.store
+
+    def load_baseline(self) -> Any:
+        """The baseline file, read once (``None`` when there is none)."""
+        from .baseline import load_baseline
+
+        if not self.baseline_loaded:
+            self.baseline = load_baseline(self.baseline_path)
+            self.baseline_loaded = True
+        return self.baseline
+
+    def missing_package(self, exc: Exception) -> None:
+        """A picture needs a package that is not installed: say so once, keep the verdict."""
+        if str(exc) not in self.missing_warned:
+            self.missing_warned.add(str(exc))
+            warn(f"{exc} The verdicts and numbers are not affected.")
+
+    # ----------------------------------------------------------- collection
+
+    def item_collected(self, item: pytest.Item) -> None:
+        if is_robust(item):
+            self.collected.add(item.nodeid)
+
+    def skip_unless_enabled(self, items: List[pytest.Item]) -> None:
+        """Without --advrobust, robust tests are skipped with a reason that says so."""
+        if self.enabled:
+            return
+        skip = pytest.mark.skip(reason=SKIP_REASON)
+        for item in items:
+            if is_robust(item):
+                item.add_marker(skip)
+
+    # ------------------------------------------------------------- fixtures
+
+    def settings_for(self, request: pytest.FixtureRequest,
+                     require_threshold: bool) -> RobustSettings:
+        marker = request.node.get_closest_marker("robust")
+        if marker is None:
+            return self.base
+        return from_marker(marker.kwargs, marker.args, self.base,
+                           require_threshold=require_threshold)
+
+    def _tools(self, need_cache: bool = True) -> Dict[str, Any]:
+        """The keyword arguments every evaluation and generator look-up shares."""
+        return dict(cache_dir=self.cache_folder() if need_cache else None,
+                    retrain=self.retrain, progress=progress_writer(self.config), warn=warn,
+                    store=self.session_data())
+
+    def gate_outcome(self, request: pytest.FixtureRequest) -> Any:
+        """The autouse gate: evaluate a marked test during setup (its verdict is given
+        after the body); ``None`` for any other test."""
+        if not self.enabled or not isinstance(request.node, pytest.Item):
+            return None
+        marker = request.node.get_closest_marker("robust")
+        if marker is None and not any(n in request.fixturenames for n in ROBUST_FIXTURES):
+            return None
+        try:
+            settings = self.settings_for(request, require_threshold=True)
+            if self.warm:
+                self._warm_only(request, settings)
+            return self.outcome(request, settings) if marker is not None else None
+        except AdvRobustError as exc:
+            fail_cleanly(exc)
+
+    def outcome(self, request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
+        """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
+        from .runner import needs_training_data, run_evaluation, torch_threads
+
+        need_train = needs_training_data(settings)
+        model, data, train = user_objects(request, settings, need_train)
+        key = (id(model), id(data), id(train), settings.evaluation_key())
+        hit = self.outcomes.get(key)
+        if hit is not None:  # same numbers; this test's own threshold and tolerance
+            training = hit[0].training
+            if training is not None:  # nothing was trained for this test: its own facts
+                mode = "memory" if training.get("cache") == "not cached" else "cached"
+                training = dict(training, mode=mode,
+                                trained_mode=training.get("trained_mode", training.get("mode")))
+            return dataclasses.replace(hit[0], settings=settings, training=training)
+        with torch_threads(self.values["threads"]):
+            outcome = run_evaluation(model, data, settings, train_data=train,
+                                     quiet=quiet(self.config), **self._tools(need_train))
+        if self.cache_note and outcome.training is not None:
+            mode = outcome.training.get("mode")  # "cached" here means this session's memory
+            outcome.training = dict(outcome.training, cache="not cached",
+                                    mode="memory" if mode == "cached" else mode)
+        self.outcomes[key] = (outcome, model, data, train)  # keep objects alive: ids stay unique
+        return outcome
+
+    def _warm_only(self, request: pytest.FixtureRequest, settings: RobustSettings) -> None:
+        """``--advrobust-warm``: obtain the generators this test needs, then skip it."""
+        from .runner import torch_threads
+        from .warm import warm_generators
+
+        model, data, train = user_objects(request, settings)
+        with torch_threads(self.values["threads"]):
+            facts = warm_generators(model, data, settings, train_data=train, **self._tools())
+        modes = ", ".join(f"{f.get('role') or 'eps=%g' % f['eps']}: {f['mode']}"
+                          for f in facts) or "no GAN attack"
+        pytest.skip(f"advrobust warm: {modes}")
+
+    def adversarial_batch(self, request: pytest.FixtureRequest, outcome: Any) -> Any:
+        """The ``adversarial_batch`` fixture's value (``outcome``: the gate's, if any)."""
+        from .batch import AdversarialBatch
+        from .report import build_report
+
+        try:
+            settings = self.settings_for(request, require_threshold=False)
+            outcome = outcome or self.outcome(request, settings)
+        except AdvRobustError as exc:
+            fail_cleanly(exc)
+        return AdversarialBatch(outcome, build_report(request.node.nodeid, outcome))
+
+    def generator(self, request: pytest.FixtureRequest, conditional: bool) -> Any:
+        """The ``gan_generator`` (or, with ``conditional``, ``conditional_generator``)
+        fixture's value: trained, or read from the cache."""
+        from .runner import torch_threads
+
+        if conditional:
+            from .generated.fixture import conditional_generator_for as look_up
+        else:
+            from .warm import generator_for as look_up
+        try:
+            settings = self.settings_for(request, require_threshold=False)
+            model, data, train = user_objects(request, settings)
+            with torch_threads(self.values["threads"]):
+                return look_up(model, data, settings, train_data=train, **self._tools())
+        except AdvRobustError as exc:
+            fail_cleanly(exc)
+
+    # ------------------------------------------------------------- the gate
+
+    def judged_call(self, item: pytest.Item, outcome: Any) -> Generator[None, Any, Any]:
+        """The body of the ``pytest_runtest_call`` wrapper: run the test, then judge it."""
+        from .gate import judge
+
+        if outcome is None:
+            return (yield)
+        try:
+            result = yield
+        except BaseException:
+            try:
+                judge(self, item, outcome)
+            except Exception:  # the body already failed; its error is the one to show
+                pass
+            raise
+        try:
+            message = judge(self, item, outcome)
+        except AdvRobustError as exc:
+            fail_cleanly(exc)
+        if message:
+            pytest.fail(message, pytrace=False)
+        return result
+
+    def collect_report(self, report: pytest.TestReport) -> None:
+        """Keep each test's advrobust report, from the test report itself (so that the
+        same code serves a plain run and an xdist controller)."""
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == "advrobust_report":
+                self.reports[report.nodeid] = json.loads(value)
+
+    # -------------------------------------------------- session start / end
+
+    def start(self) -> None:
+        """Before collection: warn when the baseline comes from another environment."""
+        from .baseline_run import check_fingerprint
+
+        if self.enabled and self.compare and self.is_controller:
+            check_fingerprint(self)
+
+    def finish(self, session: pytest.Session) -> None:
+        """Write the JSON report, the Markdown table and the baseline (controller only)."""
+        if not self.is_controller:
+            self.config.workeroutput["advrobust_collected"] = sorted(self.collected)
+            return
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
+        if not self.enabled or self.warm:
+            return
+        self._write_markdown()
+        if self.json_path is not None:
+            self._write_json()
+        if self.save_baseline:
+            from .baseline_run import save_run_baseline
+
+            try:
+                save_run_baseline(self)
+            except AdvRobustError as exc:
+                self.notes.append(f"baseline NOT written: {exc}")
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _write_json(self) -> None:
+        from .baseline_run import current_environment
+        from .report import write_json_report
+
+        write_json_report(self.json_path, list(self.reports.values()),
+                          current_environment(self.values), __version__)
+        self.notes.append(f"JSON report written to {self.json_path}")
+
+    def _write_markdown(self) -> None:
+        from .markdown import summary_targets, write_summary
+
+        targets = summary_targets(self.markdown_path)
+        if targets and self.reports:
+            for path in write_summary(list(self.reports.values()), targets):
+                self.notes.append(f"Markdown summary written to {path}")
+
+    def terminal_summary(self, terminalreporter: Any) -> None:
+        """The ``advrobust`` section: one line per robust test, then the notes."""
+        from .report import summary_lines
+
+        if not self.enabled or not (self.reports or self.notes):
+            return
+        terminalreporter.section("advrobust")
+        if self.reports:
+            for line in summary_lines(list(self.reports.values())):
+                terminalreporter.write_line(line)
+        for note in self.notes:
+            terminalreporter.write_line(note)
+
+    # ---------------------------------------------------------------- xdist
+
+    def configure_node(self, node: Any) -> None:
+        """Give each worker the folder whose progress lines the controller shows."""
+        from .progress import WORKERINPUT_KEY, ProgressRelay
+
+        if not self.enabled or quiet(node.config):
+            return
+        if self.relay is None:
+            self.relay = ProgressRelay(terminal_line(node.config))
+        node.workerinput[WORKERINPUT_KEY] = self.relay.folder
+
+    def node_down(self, node: Any) -> None:
+        """Merge what a finished worker collected into this run's list."""
+        out = getattr(node, "workeroutput", None) or {}
+        self.collected.update(out.get("advrobust_collected", ()))
+
