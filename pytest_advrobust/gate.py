@@ -73,8 +73,13 @@ def compare_with_baseline(session: AdvRobustSession, item: pytest.Item, rep: Dic
     entry = baseline.get("tests", {}).get(item.nodeid)
     cmp = compare(entry, rep, settings.tolerance)
     rep["baseline"] = cmp.to_report()
-    if cmp.status == "regressed":
+    if cmp.status in ("regressed", "attack_changed"):  # a fall never passes unnoticed
         return [cmp.message]
+    if cmp.mismatches and cmp.status in ("ok", "improved"):
+        # a weaker attack than the baseline's (fgsm for pgd, fewer steps) would pass here
+        warn(f"{item.nodeid}: compared with a baseline recorded with other settings "
+             f"({', '.join(cmp.mismatches)}); save the baseline again with these settings "
+             "(--advrobust-save-baseline) so that the comparison means something")
     if cmp.status == "missing":
         policy = session.values["missing_baseline"]
         text = (f"no baseline entry for this test in {session.baseline_path.name}; "

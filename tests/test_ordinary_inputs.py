@@ -836,3 +836,27 @@ def test_baseline_at_zero_or_chance_warns_that_it_cannot_regress(blobs_repo):
                      "regression here; use a smaller eps or an eps sweep") == 1
     assert "test_broken_at_large_eps: the baseline's adversarial accuracy 0.000 under pgd " \
            "at eps=0.5 is at 0" in out
+
+
+# ------------------------------------------- baseline compared under a weaker attack
+
+def test_a_baseline_compared_under_a_weaker_attack_warns_instead_of_passing_quietly(
+        blobs_repo):
+    test = """
+        import pytest
+
+        @pytest.mark.robust(threshold=1.0, attack="{attack}", eps=0.3, steps={steps})
+        def test_gate():
+            pass
+    """
+    blobs_repo.makepyfile(test_w=test.format(attack="pgd", steps=20))
+    run(blobs_repo, "--advrobust", "--advrobust-save-baseline").assert_outcomes(passed=1)
+    for attack, steps, changed in (("fgsm", 20, "attack pgd -> fgsm"),
+                                   ("pgd", 2, "steps 20 -> 2")):
+        blobs_repo.makepyfile(test_w=test.format(attack=attack, steps=steps))
+        result = run(blobs_repo, "--advrobust", "--advrobust-compare", "-W",
+                     "always::UserWarning")
+        result.assert_outcomes(passed=1)
+        out = result.stdout.str()
+        assert "recorded with other settings" in out and changed in out, out
+        assert "--advrobust-save-baseline" in out
