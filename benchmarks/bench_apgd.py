@@ -50,23 +50,31 @@ from pytest_advrobust.attacks.gradient import pgd  # noqa: E402
 def methods(args) -> Dict[str, Callable]:
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
-    cfg = AttackConfig(eps=args.eps, steps=args.steps, batch_size=args.batch,
-                       targets=args.targets)
+    cfg = AttackConfig(eps=args.eps, steps=args.steps, batch_size=args.batch, targets=args.targets)
     pgd_cfg = AttackConfig(eps=args.eps, steps=40, step_size=0.01, batch_size=args.batch)
 
     def theirs_ce(model, x, y):
-        return APGDAttack(model, n_iter=args.steps, eps=args.eps, seed=0, device=x.device,
-                          loss="ce").perturb(x, y)
+        return APGDAttack(
+            model, n_iter=args.steps, eps=args.eps, seed=0, device=x.device, loss="ce"
+        ).perturb(x, y)
 
     def theirs_t(model, x, y):
-        return APGDAttack_targeted(model, n_iter=args.steps, eps=args.eps, seed=0,
-                                   device=x.device, n_target_classes=args.targets).perturb(x, y)
+        return APGDAttack_targeted(
+            model,
+            n_iter=args.steps,
+            eps=args.eps,
+            seed=0,
+            device=x.device,
+            n_target_classes=args.targets,
+        ).perturb(x, y)
 
-    return {"PGD-40 (ours)": lambda m, x, y: pgd(m, x, y, pgd_cfg),
-            "APGD-CE (ours)": lambda m, x, y: apgd(m, x, y, cfg),
-            "APGD-CE (AutoAttack)": theirs_ce,
-            "APGD-T (ours)": lambda m, x, y: apgd_t(m, x, y, cfg),
-            "APGD-T (AutoAttack)": theirs_t}
+    return {
+        "PGD-40 (ours)": lambda m, x, y: pgd(m, x, y, pgd_cfg),
+        "APGD-CE (ours)": lambda m, x, y: apgd(m, x, y, cfg),
+        "APGD-CE (AutoAttack)": theirs_ce,
+        "APGD-T (ours)": lambda m, x, y: apgd_t(m, x, y, cfg),
+        "APGD-T (AutoAttack)": theirs_t,
+    }
 
 
 def mcnemar(a: torch.Tensor, b: torch.Tensor):
@@ -77,47 +85,69 @@ def mcnemar(a: torch.Tensor, b: torch.Tensor):
 
 def run_model(model, x, y, args, log) -> Dict:
     clean = correct(model, x, y, args.batch)
-    log(f"{x.shape[0]} images, clean accuracy {clean.float().mean():.3f}, load average "
-        f"{os.getloadavg()[0]:.1f}")
+    log(
+        f"{x.shape[0]} images, clean accuracy {clean.float().mean():.3f}, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
     robust, rows = {}, {}
     for name, fn in methods(args).items():
         outs = []
         with counting(model) as (_, count):
             for s in range(0, x.shape[0], args.batch):
-                outs.append(fn(model, x[s:s + args.batch], y[s:s + args.batch]).detach())
+                outs.append(fn(model, x[s : s + args.batch], y[s : s + args.batch]).detach())
         x_adv = torch.cat(outs)
         if float((x_adv - x).abs().amax()) > args.eps + 1e-6:
             log(f"warning: {name} left the eps-ball")
         robust[name] = correct(model, x_adv, y, args.batch) & clean
-        rows[name] = dict(count.per_sample(x.shape[0]),
-                          robust_accuracy=float(robust[name].float().mean()))
-        log(f"{name}: robust {rows[name]['robust_accuracy']:.3f}, {count.seconds:.1f} s "
-            f"(load average {os.getloadavg()[0]:.1f})")
+        rows[name] = dict(
+            count.per_sample(x.shape[0]), robust_accuracy=float(robust[name].float().mean())
+        )
+        log(
+            f"{name}: robust {rows[name]['robust_accuracy']:.3f}, {count.seconds:.1f} s "
+            f"(load average {os.getloadavg()[0]:.1f})"
+        )
     for who in ("ours", "AutoAttack"):
         both = robust[f"APGD-CE ({who})"] & robust[f"APGD-T ({who})"]
         robust[f"APGD-CE + APGD-T ({who})"] = both
         rows[f"APGD-CE + APGD-T ({who})"] = {"robust_accuracy": float(both.float().mean())}
     print()
-    print(f"{'method':30s} {'robust acc':>10s} {'seconds':>8s} {'fwd/image':>10s} "
-          f"{'bwd/image':>10s}")
+    print(
+        f"{'method':30s} {'robust acc':>10s} {'seconds':>8s} {'fwd/image':>10s} {'bwd/image':>10s}"
+    )
     for name, r in rows.items():
-        extra = (f"{r['seconds']:8.1f} {r['forward_per_sample']:10.2f} "
-                 f"{r['backward_per_sample']:10.2f}") if "seconds" in r else ""
+        extra = (
+            (
+                f"{r['seconds']:8.1f} {r['forward_per_sample']:10.2f} "
+                f"{r['backward_per_sample']:10.2f}"
+            )
+            if "seconds" in r
+            else ""
+        )
         print(f"{name:30s} {r['robust_accuracy'] * 100:9.1f}% {extra}")
     checks = {}
     for what in ("APGD-CE", "APGD-T", "APGD-CE + APGD-T"):
         b, c, ok = mcnemar(robust[f"{what} (ours)"], robust[f"{what} (AutoAttack)"])
-        checks[f"{what}: ours vs AutoAttack"] = {"only_ours_robust": b,
-                                                 "only_autoattack_robust": c, "within": ok}
-        print(f"{what}: robust only under ours {b}, only under AutoAttack {c}: "
-              f"{'within' if ok else 'OUTSIDE'} sampling noise (McNemar, 95%)")
+        checks[f"{what}: ours vs AutoAttack"] = {
+            "only_ours_robust": b,
+            "only_autoattack_robust": c,
+            "within": ok,
+        }
+        print(
+            f"{what}: robust only under ours {b}, only under AutoAttack {c}: "
+            f"{'within' if ok else 'OUTSIDE'} sampling noise (McNemar, 95%)"
+        )
     for what in ("APGD-CE (ours)", "APGD-T (ours)", "APGD-CE + APGD-T (ours)"):
         b, c, ok = mcnemar(robust[what], robust["PGD-40 (ours)"])
         stronger = b <= c or ok
         checks[f"{what} at least as strong as PGD-40"] = {
-            "only_apgd_robust": b, "only_pgd_robust": c, "within": stronger}
-        print(f"{what} vs PGD-40: robust only under APGD {b}, only under PGD-40 {c}: "
-              f"{'at least as strong' if stronger else 'WEAKER'}")
+            "only_apgd_robust": b,
+            "only_pgd_robust": c,
+            "within": stronger,
+        }
+        print(
+            f"{what} vs PGD-40: robust only under APGD {b}, only under PGD-40 {c}: "
+            f"{'at least as strong' if stronger else 'WEAKER'}"
+        )
     print()
     return {"clean_accuracy": float(clean.float().mean()), "methods": rows, "checks": checks}
 
@@ -141,13 +171,16 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(f"# {msg}", flush=True)
 
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-        f"L-inf eps {args.eps:g}; APGD {args.steps} iterations, APGD-T {args.targets} targets")
+    log(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+        f"L-inf eps {args.eps:g}; APGD {args.steps} iterations, APGD-T {args.targets} targets"
+    )
     out, ok = {}, True
     kinds = ("natural", "robust") if args.model == "both" else (args.model,)
     for kind in kinds:
-        model, (x_all, y_all) = fashion_setting(args.work_dir, args.fashion_root, log,
-                                                kind == "robust")
+        model, (x_all, y_all) = fashion_setting(
+            args.work_dir, args.fashion_root, log, kind == "robust"
+        )
         model.eval()
         for prm in model.parameters():
             prm.requires_grad_(False)

@@ -84,7 +84,7 @@ def robust_train_data():
     return Fashion("train")
 '''
 
-TESTS = '''
+TESTS = """
 import pytest
 
 
@@ -106,14 +106,15 @@ def test_worst_case():
 @pytest.mark.robust(threshold=1.0, attack="pgd", eps=[0.02, 0.05], steps=10)
 def test_sweep():
     pass
-'''
+"""
 
 
 def write_repo(work: Path, epochs: int) -> Path:
     repo = work / "repo"
     repo.mkdir(parents=True, exist_ok=True)
-    (repo / "conftest.py").write_text(CONFTEST.format(bench=str(HERE), work=str(work),
-                                                      epochs=epochs))
+    (repo / "conftest.py").write_text(
+        CONFTEST.format(bench=str(HERE), work=str(work), epochs=epochs)
+    )
     (repo / "test_suite.py").write_text(textwrap.dedent(TESTS))
     (repo / "pytest.ini").write_text("[pytest]\n")
     return repo
@@ -128,11 +129,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     work = args.work_dir.resolve()
     repo = write_repo(work, args.epochs)
-    opts = ["-q", "-p", "no:randomly", "--advrobust", f"--advrobust-threads={args.threads}",
-            f"--advrobust-gan-steps={args.gan_steps}",
-            f"--advrobust-cache-dir={work / 'gan-cache'}", "-p", "no:cacheprovider"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get(
-        "PYTHONPATH", "")]))
+    opts = [
+        "-q",
+        "-p",
+        "no:randomly",
+        "--advrobust",
+        f"--advrobust-threads={args.threads}",
+        f"--advrobust-gan-steps={args.gan_steps}",
+        f"--advrobust-cache-dir={work / 'gan-cache'}",
+        "-p",
+        "no:cacheprovider",
+    ]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     print("cold run (trains the CNN once and the generator into the cache) ...", flush=True)
     cold = subprocess.run([sys.executable, "-m", "pytest", *opts, str(repo)], env=env)
     if cold.returncode != 0:
@@ -149,12 +159,16 @@ def main(argv=None) -> int:
     profile.disable()
     stats = pstats.Stats(profile)
     total = max(v[3] for v in stats.stats.values())  # the outermost call's cumulative time
-    convert = sum(v[3] for k, v in stats.stats.items()  # cProfile counts recursion once
-                  if k[2] == "to_tensor_pair" and k[0].endswith(os.path.join(
-                      "pytest_advrobust", "data.py")))
+    convert = sum(
+        v[3]
+        for k, v in stats.stats.items()  # cProfile counts recursion once
+        if k[2] == "to_tensor_pair" and k[0].endswith(os.path.join("pytest_advrobust", "data.py"))
+    )
     calls = sys.modules["conftest"].CALLS[0]
-    print(f"warm run: exit {int(code)}, total {total:.2f} s, in to_tensor_pair {convert:.2f} s "
-          f"= {100 * convert / total:.1f}% of the run, __getitem__ calls {calls:,}")
+    print(
+        f"warm run: exit {int(code)}, total {total:.2f} s, in to_tensor_pair {convert:.2f} s "
+        f"= {100 * convert / total:.1f}% of the run, __getitem__ calls {calls:,}"
+    )
     return int(code)
 
 

@@ -62,7 +62,7 @@ def _fit(model, x, y, epochs, lr=2e-3, seed=0, adv_eps=0.0, batch=64, bounds=(0.
     for _ in range(epochs):
         perm = torch.randperm(x.shape[0], generator=g)
         for s in range(0, perm.numel(), batch):
-            xb, yb = x[perm[s:s + batch]], y[perm[s:s + batch]]
+            xb, yb = x[perm[s : s + batch]], y[perm[s : s + batch]]
             if adv_eps > 0:
                 d = (torch.rand(xb.shape, generator=g) * 2 - 1) * adv_eps
                 d.requires_grad_(True)
@@ -117,25 +117,38 @@ def row_digits_bn(work):
     (xtr, ytr), te = _digits()
 
     def build():
-        return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                             nn.MaxPool2d(2), nn.Flatten(), nn.Linear(512, 10))
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(512, 10),
+        )
+
     return _cached(work, "digits_bn", build, lambda m: _fit(m, xtr, ytr, 15)), (xtr, ytr), te, {}
 
 
 def row_tabular_l2(work):
     from sklearn.datasets import make_classification
 
-    x, y = make_classification(n_samples=3000, n_features=20, n_informative=12, n_classes=4,
-                               random_state=0)
+    x, y = make_classification(
+        n_samples=3000, n_features=20, n_informative=12, n_classes=4, random_state=0
+    )
     x = torch.tensor(x, dtype=torch.float32)
     y = torch.tensor(y, dtype=torch.long)
     x = (x - x[:2000].mean(0)) / x[:2000].std(0)  # standardised with the training statistics
-    build = lambda: nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),  # noqa: E731
-                                  nn.Linear(64, 4))
+
+    def build():
+        return nn.Sequential(
+            nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)
+        )
+
     m = _cached(work, "tabular", build, lambda m: _fit(m, x[:2000], y[:2000], 40, lr=1e-3))
-    return m, (x[:2000], y[:2000]), (x[2000:], y[2000:]), {"norm": "l2", "eps": 0.5,
-                                                           "bounds": None}
+    return m, (x[:2000], y[:2000]), (x[2000:], y[2000:]), {"norm": "l2", "eps": 0.5, "bounds": None}
 
 
 def _fashion():
@@ -155,26 +168,43 @@ def row_fashion_adv(work):
     from fashion import small_cnn
 
     tr, te = _fashion()
-    m = _cached(work, "fashion_adv", small_cnn,
-                lambda m: _fit(m, tr[0][:20000], tr[1][:20000], 2, lr=1e-3, adv_eps=0.1, batch=128))
+    m = _cached(
+        work,
+        "fashion_adv",
+        small_cnn,
+        lambda m: _fit(m, tr[0][:20000], tr[1][:20000], 2, lr=1e-3, adv_eps=0.1, batch=128),
+    )
     return m, tr, te, {}
 
 
-ROWS = {"digits_cnn": row_digits_cnn, "digits_mlp": row_digits_mlp,
-        "digits_robust": row_digits_robust, "digits_bn": row_digits_bn,
-        "tabular_l2": row_tabular_l2, "fashion_cnn": row_fashion_cnn,
-        "fashion_adv": row_fashion_adv}
+ROWS = {
+    "digits_cnn": row_digits_cnn,
+    "digits_mlp": row_digits_mlp,
+    "digits_robust": row_digits_robust,
+    "digits_bn": row_digits_bn,
+    "tabular_l2": row_tabular_l2,
+    "fashion_cnn": row_fashion_cnn,
+    "fashion_adv": row_fashion_adv,
+}
 #: The one-epoch fine-tune per row: training samples used (fashion: the first 20,000), learning
 #: rate, and the adversarial eps of the row's own recipe (adversarially trained rows keep it).
-FINETUNE = {"fashion_cnn": (20000, 1e-4, 0.0), "fashion_adv": (20000, 1e-4, 0.1),
-            "digits_robust": (None, 2e-4, 0.1)}
+FINETUNE = {
+    "fashion_cnn": (20000, 1e-4, 0.0),
+    "fashion_adv": (20000, 1e-4, 0.1),
+    "digits_robust": (None, 2e-4, 0.1),
+}
 
 
 # ----------------------------------------------------------------------------- measuring
 def _acc(model, x, y):
     with torch.no_grad():
-        return sum(int((model(x[s:s + 512]).argmax(1) == y[s:s + 512]).sum())
-                   for s in range(0, x.shape[0], 512)) / x.shape[0]
+        return (
+            sum(
+                int((model(x[s : s + 512]).argmax(1) == y[s : s + 512]).sum())
+                for s in range(0, x.shape[0], 512)
+            )
+            / x.shape[0]
+        )
 
 
 def _timed(fn):
@@ -189,8 +219,11 @@ def measure(name, work, speed=False):
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(xte.shape[0], generator=g)[:N_EVAL]
     x, y = xte[idx], yte[idx]
-    cfg = AttackConfig(eps=extra.get("eps", 0.1), norm=extra.get("norm", "linf"),
-                       bounds=extra.get("bounds", (0.0, 1.0)))
+    cfg = AttackConfig(
+        eps=extra.get("eps", 0.1),
+        norm=extra.get("norm", "linf"),
+        bounds=extra.get("bounds", (0.0, 1.0)),
+    )
     cache = work / f"gan_cache_{name}"
     shutil.rmtree(cache, ignore_errors=True)
     gan_mod.clear_memo()
@@ -230,20 +263,32 @@ def _speed(model, xte, yte, cfg, gan):
     heads = [v[0] for v in list(FIT.values())[-2:]]  # the last pair fitted (to ``model``)
 
     def run_gan():
-        return torch.cat([_best_of(model, heads, xte[s:s + 256], yte[s:s + 256], cfg)
-                          for s in range(0, xte.shape[0], 256)])
+        return torch.cat(
+            [
+                _best_of(model, heads, xte[s : s + 256], yte[s : s + 256], cfg)
+                for s in range(0, xte.shape[0], 256)
+            ]
+        )
+
     adv_g, t_gan = _timed(run_gan)
     adv_p, t_pgd = _timed(lambda: pgd(model, xte, yte, cfg, AttackContext()))
-    return {"n": int(xte.shape[0]), "gan_seconds": t_gan, "pgd40_seconds": t_pgd,
-            "ratio": t_pgd / t_gan, "gan_acc": _acc(model, adv_g, yte),
-            "pgd40_acc": _acc(model, adv_p, yte)}
+    return {
+        "n": int(xte.shape[0]),
+        "gan_seconds": t_gan,
+        "pgd40_seconds": t_pgd,
+        "ratio": t_pgd / t_gan,
+        "gan_acc": _acc(model, adv_g, yte),
+        "pgd40_acc": _acc(model, adv_p, yte),
+    }
 
 
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    out = ["| model | clean | PGD-40 | GAN | GAN - PGD (points) | cold steps (s) | "
-           "train passes/sample | warm steps (s), share | tuned: PGD-40 / GAN | eval passes |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| model | clean | PGD-40 | GAN | GAN - PGD (points) | cold steps (s) | "
+        "train passes/sample | warm steps (s), share | tuned: PGD-40 / GAN | eval passes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         c, w = r["cold"], r["warm"]
         out.append(
@@ -253,7 +298,8 @@ def table(path: Path) -> str:
             f"{c['cost']['backward_per_sample']:.0f} bwd | "
             f"{w['steps']} ({w['seconds']:.1f}), {100 * r['warm_step_share']:.0f}% | "
             f"{r['tuned_pgd40']:.3f} / {r['tuned_gan']:.3f} ({r['tuned_diff_points']:+.1f}) | "
-            f"{r['eval_forward_per_sample']} |")
+            f"{r['eval_forward_per_sample']} |"
+        )
     return "\n".join(out)
 
 
@@ -261,12 +307,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     p.add_argument("--work-dir", type=Path, default=Path(".bench"))
-    p.add_argument("--out", type=Path, default=Path(".bench/panel.jsonl"),
-                   help="JSON lines, appended")
+    p.add_argument(
+        "--out", type=Path, default=Path(".bench/panel.jsonl"), help="JSON lines, appended"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--speed", action="store_true", help="also time the whole test split")
-    p.add_argument("--table", type=Path, default=None,
-                   help="print the markdown table of a results file")
+    p.add_argument(
+        "--table", type=Path, default=None, help="print the markdown table of a results file"
+    )
     args = p.parse_args(argv)
     if args.table:
         print(table(args.table))

@@ -69,7 +69,7 @@ def train(model: torch.nn.Module, x, y, steps: int, seed: int, lr: float = 1e-3)
 
 def accuracy(model, x, y) -> float:
     with torch.no_grad():
-        pred = torch.cat([model(x[s:s + 500]).argmax(1) for s in range(0, x.shape[0], 500)])
+        pred = torch.cat([model(x[s : s + 500]).argmax(1) for s in range(0, x.shape[0], 500)])
     return float((pred == y).double().mean())
 
 
@@ -91,50 +91,78 @@ def main() -> None:
     torch.manual_seed(0)
     shortcut = train(small_cnn(), with_marker(x_train, y_train), y_train, args.cnn_steps, seed=0)
     torch.manual_seed(7)
-    auditor = train(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 256),
-                                        torch.nn.ReLU(), torch.nn.Linear(256, 10)),
-                    x_train, y_train, 1500, seed=7)
-    print(f"models trained in {time.perf_counter() - t0:.0f}s; auditor accuracy on the test "
-          f"set {accuracy(auditor, x_test, y_test):.3f}", flush=True)
+    auditor = train(
+        torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+        ),
+        x_train,
+        y_train,
+        1500,
+        seed=7,
+    )
+    print(
+        f"models trained in {time.perf_counter() - t0:.0f}s; auditor accuracy on the test "
+        f"set {accuracy(auditor, x_test, y_test):.3f}",
+        flush=True,
+    )
 
-    settings = RobustSettings(threshold=THRESHOLD, attacks=("generated",),
-                              n_samples=args.samples, gan_steps=args.gan_steps)
-    eval_x, eval_y = x_test[:args.samples], y_test[:args.samples]
+    settings = RobustSettings(
+        threshold=THRESHOLD,
+        attacks=("generated",),
+        n_samples=args.samples,
+        gan_steps=args.gan_steps,
+    )
+    eval_x, eval_y = x_test[: args.samples], y_test[: args.samples]
     rows = {}
-    for name, model, data in (("normal CNN", normal, (eval_x, eval_y)),
-                              ("shortcut CNN (marker pixel)", shortcut,
-                               (with_marker(eval_x, eval_y), eval_y))):
-        out = run_evaluation(model, data, settings, train_data=(x_train, y_train),
-                             cache_dir=args.work / "cache", progress=print)
+    for name, model, data in (
+        ("normal CNN", normal, (eval_x, eval_y)),
+        ("shortcut CNN (marker pixel)", shortcut, (with_marker(eval_x, eval_y), eval_y)),
+    ):
+        out = run_evaluation(
+            model,
+            data,
+            settings,
+            train_data=(x_train, y_train),
+            cache_dir=args.work / "cache",
+            progress=print,
+        )
         rep = build_report(name, out)
         rep["auditor_accuracy_accepted"] = accuracy(auditor, out.x_adv, out.y_adv)
         rows[name] = rep
         print(f"{name}: done at {time.perf_counter() - t0:.0f}s", flush=True)
 
     (args.work / "generated.json").write_text(json.dumps(rows, indent=2, sort_keys=True))
-    print("\n| model | real accuracy, all [95% CI] | real accuracy, valid [95% CI] | "
-          "generated accuracy, accepted [95% CI] | gap (valid real) | gap (all real) | "
-          "verdict at 0.10 |")
+    print(
+        "\n| model | real accuracy, all [95% CI] | real accuracy, valid [95% CI] | "
+        "generated accuracy, accepted [95% CI] | gap (valid real) | gap (all real) | "
+        "verdict at 0.10 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, r in rows.items():
         g = r["generated"]
         lo, hi = r["adversarial_ci"]
         clo, chi = r["clean_ci"]
         alo, ahi = g["real_accuracy_all"]["ci"]
-        print(f"| {name} | {g['real_accuracy_all']['value']:.3f} [{alo:.3f}, {ahi:.3f}] | "
-              f"{r['clean_accuracy']:.3f} [{clo:.3f}, {chi:.3f}] | "
-              f"{r['adversarial_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {r['gap']:+.3f} | "
-              f"{g['gap_all_real']:+.3f} | {r['verdict']} |")
-        print(f"  {name}: {g['real_accepted']} of {r['n']} real samples valid "
-              f"({g['real_acceptance_rate']['value']:.3f}, CI {g['real_acceptance_rate']['ci']})")
+        print(
+            f"| {name} | {g['real_accuracy_all']['value']:.3f} [{alo:.3f}, {ahi:.3f}] | "
+            f"{r['clean_accuracy']:.3f} [{clo:.3f}, {chi:.3f}] | "
+            f"{r['adversarial_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {r['gap']:+.3f} | "
+            f"{g['gap_all_real']:+.3f} | {r['verdict']} |"
+        )
+        print(
+            f"  {name}: {g['real_accepted']} of {r['n']} real samples valid "
+            f"({g['real_acceptance_rate']['value']:.3f}, CI {g['real_acceptance_rate']['ci']})"
+        )
     first = next(iter(rows.values()))
     g, audit = first["generated"], first["auditor_accuracy_accepted"]
-    print(f"\naccepted {g['accepted']} of {g['drawn']} generated samples "
-          f"({g['acceptance_rate']['value']:.3f}, CI {g['acceptance_rate']['ci']}); reference "
-          f"accuracy on all generated {g['reference_accuracy']['value']:.3f}, on real "
-          f"{g['reference_real_accuracy']['value']:.3f}; auditor accuracy on accepted "
-          f"{audit:.3f}; generator {first['training']['mode']}, "
-          f"{first['training']['steps']} steps; total {time.perf_counter() - t0:.0f}s")
+    print(
+        f"\naccepted {g['accepted']} of {g['drawn']} generated samples "
+        f"({g['acceptance_rate']['value']:.3f}, CI {g['acceptance_rate']['ci']}); reference "
+        f"accuracy on all generated {g['reference_accuracy']['value']:.3f}, on real "
+        f"{g['reference_real_accuracy']['value']:.3f}; auditor accuracy on accepted "
+        f"{audit:.3f}; generator {first['training']['mode']}, "
+        f"{first['training']['steps']} steps; total {time.perf_counter() - t0:.0f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,10 @@ Pair = Tuple[torch.Tensor, torch.Tensor]
 
 # ------------------------------------------------------------------------ data and models
 
-def fashion_setting(work_dir: Path, root: Path, log,
-                    robust: bool = False) -> Tuple[nn.Module, Pair]:
+
+def fashion_setting(
+    work_dir: Path, root: Path, log, robust: bool = False
+) -> Tuple[nn.Module, Pair]:
     """The reference CNN (trained once, then loaded from ``work_dir``) and the test set.
 
     ``robust``: the same CNN adversarially trained (FGSM with a random start,
@@ -95,10 +97,16 @@ class DigitsCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 10))
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(512, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -130,7 +138,7 @@ def digits_setting(work_dir: Path, log) -> Tuple[nn.Module, Pair]:
     for _ in range(15):
         order = train[torch.randperm(train.numel(), generator=g)]
         for s in range(0, order.numel(), 64):
-            idx = order[s:s + 64]
+            idx = order[s : s + 64]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -145,6 +153,7 @@ def digits_setting(work_dir: Path, log) -> Tuple[nn.Module, Pair]:
 
 # ------------------------------------------------------------------------------- methods
 
+
 def _batches(n: int, size: int):
     for s in range(0, n, size):
         yield slice(s, min(n, s + size))
@@ -152,6 +161,7 @@ def _batches(n: int, size: int):
 
 # Each method attacks one batch: the harness hands the methods the same batch in
 # turn, so that on a noisy machine they share its load at a fine grain.
+
 
 def floor(model, x, y, eps, step, steps) -> Optional[torch.Tensor]:
     """``steps`` forward+backward passes w.r.t. the input; no update, no result."""
@@ -186,8 +196,17 @@ def plain_pgd(model, x, y, eps, step, steps) -> torch.Tensor:
 
 
 def ours(model, x, y, eps, step, steps) -> torch.Tensor:
-    cfg = AttackConfig(eps=eps, norm="linf", steps=steps, step_size=step, random_start=False,
-                       restarts=1, bounds=(0.0, 1.0), batch_size=x.shape[0], early_stop=True)
+    cfg = AttackConfig(
+        eps=eps,
+        norm="linf",
+        steps=steps,
+        step_size=step,
+        random_start=False,
+        restarts=1,
+        bounds=(0.0, 1.0),
+        batch_size=x.shape[0],
+        early_stop=True,
+    )
     return pgd(model, x, y, cfg, AttackContext(device=x.device))
 
 
@@ -200,8 +219,9 @@ def make_torchattacks(model, eps, step, steps) -> Optional[Callable]:
 
     def run(model_, x, y, eps_, step_, steps_) -> torch.Tensor:
         if steps_ != steps:  # the warm-up
-            return torchattacks.PGD(model, eps=eps, alpha=step, steps=steps_,
-                                    random_start=False)(x, y)
+            return torchattacks.PGD(model, eps=eps, alpha=step, steps=steps_, random_start=False)(
+                x, y
+            )
         return atk(x, y)
 
     run.version = torchattacks.__version__  # type: ignore[attr-defined]
@@ -210,33 +230,52 @@ def make_torchattacks(model, eps, step, steps) -> Optional[Callable]:
 
 # ---------------------------------------------------------------------------------- main
 
+
 @torch.no_grad()
 def correct(model, x, y, batch) -> torch.Tensor:
     return torch.cat([model(x[sl]).argmax(1) == y[sl] for sl in _batches(x.shape[0], batch)])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", choices=("fashion", "digits"), default="fashion")
-    p.add_argument("--model", choices=("natural", "robust", "both"), default="both",
-                   help="Fashion-MNIST: the naturally trained CNN, the adversarially trained "
-                        "one (FGSM with random start, trained here and cached), or both "
-                        "(default)")
-    p.add_argument("--fashion-root", type=Path, default=FASHION_ROOT,
-                   help="folder of the Fashion-MNIST IDX files (default %(default)s)")
-    p.add_argument("--work-dir", type=Path, default=Path(".bench"),
-                   help="folder for trained weights (default %(default)s)")
-    p.add_argument("-n", "--samples", type=int, default=1000,
-                   help="first N test images (default %(default)s)")
+    p.add_argument(
+        "--model",
+        choices=("natural", "robust", "both"),
+        default="both",
+        help="Fashion-MNIST: the naturally trained CNN, the adversarially trained "
+        "one (FGSM with random start, trained here and cached), or both "
+        "(default)",
+    )
+    p.add_argument(
+        "--fashion-root",
+        type=Path,
+        default=FASHION_ROOT,
+        help="folder of the Fashion-MNIST IDX files (default %(default)s)",
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(".bench"),
+        help="folder for trained weights (default %(default)s)",
+    )
+    p.add_argument(
+        "-n", "--samples", type=int, default=1000, help="first N test images (default %(default)s)"
+    )
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--step", type=float, default=0.01)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's own default, one per core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own default, one per core)",
+    )
     p.add_argument("--no-torchattacks", action="store_true", help="skip torchattacks")
     p.add_argument("--no-floor", action="store_true", help="skip the floor (saves a third)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -282,13 +321,20 @@ def _time_methods(methods: Dict[str, Callable], model, x, y, args, device, log):
             if m in results and not torch.equal(results[m], outs[m]):
                 log(f"warning: {m} gave a different result in repeat {r + 1}")
             results[m] = outs[m]
-        log(f"repeat {r + 1}/{args.repeats}: " +
-            ", ".join(f"{m} {times[m][-1]:.2f}s" for m in names) +
-            f" (load average {os.getloadavg()[0]:.1f})")
+        log(
+            f"repeat {r + 1}/{args.repeats}: "
+            + ", ".join(f"{m} {times[m][-1]:.2f}s" for m in names)
+            + f" (load average {os.getloadavg()[0]:.1f})"
+        )
     n = x.shape[0]
-    cost = {m: {"forward_per_sample": round(f / n, 3), "backward_per_sample": round(b / n, 3),
-                "seconds": round(statistics.median(times[m]), 3)}
-            for m, (f, b) in counts.items()}
+    cost = {
+        m: {
+            "forward_per_sample": round(f / n, 3),
+            "backward_per_sample": round(b / n, 3),
+            "seconds": round(statistics.median(times[m]), 3),
+        }
+        for m, (f, b) in counts.items()
+    }
     return times, results, cost
 
 
@@ -296,8 +342,11 @@ def _print_table(rows) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for k, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+            )
+        )
         if k == 0:
             print("  ".join("-" * w for w in widths))
     print()
@@ -312,17 +361,23 @@ def run_setting(model, x, y, name: str, args, device, log) -> Dict:
     ta = None if args.no_torchattacks else make_torchattacks(model, args.eps, args.step, args.steps)
     if ta is not None:
         methods["torchattacks"] = ta
-    labels = {"floor": f"floor: {args.steps} x forward+backward w.r.t. the input",
-              "plain": f"plain PGD-{args.steps} loop (no early stop)",
-              "ours": "pytest_advrobust pgd (exact stops)",
-              "torchattacks": f"torchattacks {getattr(ta, 'version', '')} PGD"}
+    labels = {
+        "floor": f"floor: {args.steps} x forward+backward w.r.t. the input",
+        "plain": f"plain PGD-{args.steps} loop (no early stop)",
+        "ours": "pytest_advrobust pgd (exact stops)",
+        "torchattacks": f"torchattacks {getattr(ta, 'version', '')} PGD",
+    }
     clean = correct(model, x, y, args.batch)
     log(f"{name}: {n} images, clean accuracy {clean.float().mean():.3f}")
-    log(f"L-inf eps {args.eps:g}, step {args.step:g}, {args.steps} steps, no random start, "
-        f"batch {args.batch}, {args.repeats} repeats")
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    log(
+        f"L-inf eps {args.eps:g}, step {args.step:g}, {args.steps} steps, no random start, "
+        f"batch {args.batch}, {args.repeats} repeats"
+    )
+    log(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {device}, "
-        f"{platform.processor() or platform.machine()}")
+        f"{platform.processor() or platform.machine()}"
+    )
     times, results, cost = _time_methods(methods, model, x, y, args, device, log)
     med = {m: statistics.median(t) for m, t in times.items()}
     robust = {m: correct(model, results[m], y, args.batch) & clean for m in results}
@@ -335,29 +390,53 @@ def run_setting(model, x, y, name: str, args, device, log) -> Dict:
         return statistics.median(ta_ / tb_ for ta_, tb_ in zip(times[a], times[b]))
 
     ref = "floor" if "floor" in methods else "plain"
-    rows = [("method", "robust acc", "median s", f"x {ref}", "x ours", "fwd/sample",
-             "bwd/sample")]
+    rows = [("method", "robust acc", "median s", f"x {ref}", "x ours", "fwd/sample", "bwd/sample")]
     for m in methods:
         acc = f"{robust[m].float().mean() * 100:.1f}%" if m in robust else "-"
-        rows.append((labels[m], acc, f"{med[m]:.2f}", f"{ratio(m, ref):.2f}",
-                     f"{ratio(m, 'ours'):.2f}", f"{cost[m]['forward_per_sample']:.2f}",
-                     f"{cost[m]['backward_per_sample']:.2f}"))
+        rows.append(
+            (
+                labels[m],
+                acc,
+                f"{med[m]:.2f}",
+                f"{ratio(m, ref):.2f}",
+                f"{ratio(m, 'ours'):.2f}",
+                f"{cost[m]['forward_per_sample']:.2f}",
+                f"{cost[m]['backward_per_sample']:.2f}",
+            )
+        )
     _print_table(rows)
-    summary = {"setting": name, "n": n, "eps": args.eps, "step": args.step, "steps": args.steps,
-               "batch": args.batch, "repeats": args.repeats, "threads": torch.get_num_threads(),
-               "cpus": os.cpu_count(), "torch": torch.__version__,
-               "clean_accuracy": float(clean.float().mean()),
-               "median_seconds": med, "times": times,
-               f"ratio_to_{ref}": {m: ratio(m, ref) for m in methods},
-               "ratio_to_ours": {m: ratio(m, "ours") for m in methods},
-               "cost": cost,
-               "robust_accuracy": {m: float(v.float().mean()) for m, v in robust.items()},
-               "disagreements": {}}
-    print(f"x {ref}, x ours: per-repeat time ratios, median over repeats; fwd/bwd per sample: "
-          "forward and backward passes through the model per image")
-    print(f"speed-up of ours: {ratio('plain', 'ours'):.2f}x over the plain loop" +
-          (f", {ratio('torchattacks', 'ours'):.2f}x over torchattacks (torchattacks/ours)"
-           if "torchattacks" in med else ""))
+    summary = {
+        "setting": name,
+        "n": n,
+        "eps": args.eps,
+        "step": args.step,
+        "steps": args.steps,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "clean_accuracy": float(clean.float().mean()),
+        "median_seconds": med,
+        "times": times,
+        f"ratio_to_{ref}": {m: ratio(m, ref) for m in methods},
+        "ratio_to_ours": {m: ratio(m, "ours") for m in methods},
+        "cost": cost,
+        "robust_accuracy": {m: float(v.float().mean()) for m, v in robust.items()},
+        "disagreements": {},
+    }
+    print(
+        f"x {ref}, x ours: per-repeat time ratios, median over repeats; fwd/bwd per sample: "
+        "forward and backward passes through the model per image"
+    )
+    print(
+        f"speed-up of ours: {ratio('plain', 'ours'):.2f}x over the plain loop"
+        + (
+            f", {ratio('torchattacks', 'ours'):.2f}x over torchattacks (torchattacks/ours)"
+            if "torchattacks" in med
+            else ""
+        )
+    )
     diff = int((robust["ours"] != robust["plain"]).sum())
     summary["disagreements"]["plain"] = diff
     print(f"samples where ours and the plain loop disagree (robust or not): {diff} of {n}")
@@ -369,21 +448,28 @@ def run_setting(model, x, y, name: str, args, device, log) -> Dict:
             stronger = int((~robust[a] & robust["torchattacks"]).sum())
             summary["disagreements"][f"{a}_robust_torchattacks_not"] = weaker
             summary[f"{a}_fooled_only_at_an_earlier_iterate"] = stronger
-            print(f"{a} vs torchattacks: robust only under {a} {weaker}; fooled only under "
-                  f"{a} (an earlier iterate, not the last, fooled the model) {stronger}")
+            print(
+                f"{a} vs torchattacks: robust only under {a} {weaker}; fooled only under "
+                f"{a} (an earlier iterate, not the last, fooled the model) {stronger}"
+            )
     return summary
 
 
 def _settings(args, log):
     if args.data == "digits":
-        yield ("sklearn digits 8x8, small CNN (15 epochs, seed 0)",
-               digits_setting(args.work_dir, log))
+        yield (
+            "sklearn digits 8x8, small CNN (15 epochs, seed 0)",
+            digits_setting(args.work_dir, log),
+        )
         return
     kinds = ("natural", "robust") if args.model == "both" else (args.model,)
     for kind in kinds:
-        label = ("Fashion-MNIST, reference small CNN (2 epochs, seed 0)" if kind == "natural"
-                 else "Fashion-MNIST, adversarially trained CNN (FGSM-RS eps 0.1, 3 epochs, "
-                      "20,000 images, seed 0)")
+        label = (
+            "Fashion-MNIST, reference small CNN (2 epochs, seed 0)"
+            if kind == "natural"
+            else "Fashion-MNIST, adversarially trained CNN (FGSM-RS eps 0.1, 3 epochs, "
+            "20,000 images, seed 0)"
+        )
         yield label, fashion_setting(args.work_dir, args.fashion_root, log, kind == "robust")
 
 

@@ -30,16 +30,21 @@ def small_cnn() -> "torch.nn.Module":
     import torch.nn as nn
 
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(),
-        nn.Conv2d(32, 64, 3), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(9216, 128), nn.ReLU(),
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(9216, 128),
+        nn.ReLU(),
         nn.Linear(128, 10),
     )
 
 
-def trained_cnn(x_train, y_train, work_dir: Optional[Path] = None, epochs: int = 2, seed: int = 0,
-                log=print) -> "torch.nn.Module":
+def trained_cnn(
+    x_train, y_train, work_dir: Optional[Path] = None, epochs: int = 2, seed: int = 0, log=print
+) -> "torch.nn.Module":
     """The reference CNN, trained once and then loaded from ``work_dir/cnn.safetensors``."""
     import torch
     import torch.nn.functional as F
@@ -57,7 +62,7 @@ def trained_cnn(x_train, y_train, work_dir: Optional[Path] = None, epochs: int =
     for epoch in range(epochs):
         perm = torch.randperm(x_train.shape[0], generator=g)
         for s in range(0, perm.numel(), 128):
-            idx = perm[s:s + 128]
+            idx = perm[s : s + 128]
             loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
             opt.zero_grad()
             loss.backward()
@@ -72,9 +77,16 @@ def trained_cnn(x_train, y_train, work_dir: Optional[Path] = None, epochs: int =
     return model
 
 
-def robust_cnn(x_train, y_train, work_dir: Optional[Path] = None, epochs: int = 3,
-               n_train: int = 20000, eps: float = 0.1, seed: int = 0,
-               log=print) -> "torch.nn.Module":
+def robust_cnn(
+    x_train,
+    y_train,
+    work_dir: Optional[Path] = None,
+    epochs: int = 3,
+    n_train: int = 20000,
+    eps: float = 0.1,
+    seed: int = 0,
+    log=print,
+) -> "torch.nn.Module":
     """The reference CNN adversarially trained with FGSM from a random start.
 
     "Fast is better than free" (Wong, Rice and Kolter, ICLR 2020): per batch,
@@ -101,12 +113,13 @@ def robust_cnn(x_train, y_train, work_dir: Optional[Path] = None, epochs: int = 
     for epoch in range(epochs):
         perm = torch.randperm(x_train.shape[0], generator=g)
         for s in range(0, perm.numel(), 128):
-            idx = perm[s:s + 128]
+            idx = perm[s : s + 128]
             xb, yb = x_train[idx], y_train[idx]
             delta = (torch.rand(xb.shape, generator=g) * 2 - 1) * eps
             delta.requires_grad_(True)
-            grad, = torch.autograd.grad(F.cross_entropy(model((xb + delta).clamp(0, 1)), yb),
-                                        delta)
+            (grad,) = torch.autograd.grad(
+                F.cross_entropy(model((xb + delta).clamp(0, 1)), yb), delta
+            )
             delta = (delta.detach() + 1.25 * eps * grad.sign()).clamp(-eps, eps)
             loss = F.cross_entropy(model((xb + delta).clamp(0, 1)), yb)
             opt.zero_grad()

@@ -86,7 +86,8 @@ def _plugin_version() -> str:
     except ImportError:  # pragma: no cover - we are inside the package
         pass
     try:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
 
         return dist_version("pytest-advrobust")
     except (ImportError, PackageNotFoundError):
@@ -209,14 +210,18 @@ def _validate(path: Path, data: Any) -> Dict[str, Any]:
         if version is None:
             raise _damaged(path, "has no schema_version")
         raise _damaged(
-            path, f"has schema_version {version!r}, which this plugin cannot read (it reads {SCHEMA_VERSION})"
+            path,
+            f"has schema_version {version!r}, which this plugin cannot read "
+            f"(it reads {SCHEMA_VERSION})",
         )
     tests = data.get("tests", {})
     if not isinstance(tests, dict):
         raise _damaged(path, "has a 'tests' field that is not an object of test ids")
     for nodeid, entry in tests.items():
         if not isinstance(entry, dict) or not _is_number(entry.get("adversarial_accuracy")):
-            raise _damaged(path, f"has an entry for {nodeid} without a numeric adversarial_accuracy")
+            raise _damaged(
+                path, f"has an entry for {nodeid} without a numeric adversarial_accuracy"
+            )
     environment = data.get("environment") or {}
     if not isinstance(environment, dict):
         raise _damaged(path, "has an 'environment' field that is not an object")
@@ -280,7 +285,9 @@ def _settings_mismatches(entry: Mapping[str, Any], report: Mapping[str, Any]) ->
     return out
 
 
-def compare(entry: Optional[Mapping[str, Any]], report: Mapping[str, Any], tolerance: float) -> Comparison:
+def compare(
+    entry: Optional[Mapping[str, Any]], report: Mapping[str, Any], tolerance: float
+) -> Comparison:
     """Compare one test's report with its baseline entry.
 
     ``regressed`` when the current adversarial accuracy is more than
@@ -319,10 +326,12 @@ def compare(entry: Optional[Mapping[str, Any]], report: Mapping[str, Any], toler
     changed = _attack_change(entry, report)
     if current < base - tolerance - SLACK and changed:
         status = "attack_changed"
-        message = (f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}, "
-                   f"but {changed}: "
-                   "the fall may be the attack's, not the model's; check with attack=\"pgd\" and "
-                   f"save the baseline again ({SAVE_OPTION})")
+        message = (
+            f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}, "
+            f"but {changed}: "
+            "the fall may be the attack's, not the model's; check with attack=\"pgd\" and "
+            f"save the baseline again ({SAVE_OPTION})"
+        )
     elif current < base - tolerance - SLACK:
         status = "regressed"
         message = f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}"
@@ -338,7 +347,9 @@ def compare(entry: Optional[Mapping[str, Any]], report: Mapping[str, Any], toler
 
     mismatches = _settings_mismatches(entry, report)
     if mismatches:
-        message += f"; note: the baseline was recorded with other settings ({', '.join(mismatches)})"
+        message += (
+            f"; note: the baseline was recorded with other settings ({', '.join(mismatches)})"
+        )
     return Comparison(
         status=status,
         baseline=base,
@@ -373,11 +384,15 @@ def generator_facts(training: Any) -> Optional[Dict[str, Any]]:
     if not isinstance(training, Mapping):
         return None
     probe = training.get("probe") if isinstance(training.get("probe"), Mapping) else {}
-    return {"key": training.get("key"), "attack_id": training.get("attack_id"),
-            "mode": training.get("trained_mode", training.get("mode")),
-            "steps": training.get("steps"), "eval_success": training.get("eval_success"),
-            "probe_gan_success": probe.get("gan_success"),
-            "probe_pgd_success": probe.get("pgd_success")}
+    return {
+        "key": training.get("key"),
+        "attack_id": training.get("attack_id"),
+        "mode": training.get("trained_mode", training.get("mode")),
+        "steps": training.get("steps"),
+        "eval_success": training.get("eval_success"),
+        "probe_gan_success": probe.get("gan_success"),
+        "probe_pgd_success": probe.get("pgd_success"),
+    }
 
 
 def _attack_change(entry: Mapping[str, Any], report: Mapping[str, Any]) -> Optional[str]:
@@ -387,8 +402,10 @@ def _attack_change(entry: Mapping[str, Any], report: Mapping[str, Any]) -> Optio
     if not isinstance(old, Mapping) or new is None:
         return None
     if old.get("attack_id") and new.get("attack_id") and old["attack_id"] != new["attack_id"]:
-        return (f"the GAN attack changed (generator settings or version {old['attack_id'][:12]} -> "
-                f"{new['attack_id'][:12]}, {old.get('steps')} -> {new.get('steps')} steps)")
+        return (
+            f"the GAN attack changed (generator settings or version {old['attack_id'][:12]} -> "
+            f"{new['attack_id'][:12]}, {old.get('steps')} -> {new.get('steps')} steps)"
+        )
     return None
 
 
@@ -484,4 +501,6 @@ def save_baseline(
                 f"baseline file {path} cannot be written ({reason}); "
                 f"point {BASELINE_OPTION} at a writable location"
             ) from None
-    return SaveResult(path=path, written=sorted(set(written)), kept=sorted(kept), pruned=sorted(pruned))
+    return SaveResult(
+        path=path, written=sorted(set(written)), kept=sorted(kept), pruned=sorted(pruned)
+    )

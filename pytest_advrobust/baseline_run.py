@@ -38,8 +38,10 @@ def check_fingerprint(session: AdvRobustSession) -> None:
         return
     diffs = fingerprint_differences(baseline["environment"], current_environment(session.values))
     if diffs:
-        msg = (f"baseline {session.baseline_path.name} was recorded in another environment "
-               f"({'; '.join(diffs)}); numbers may differ for that reason alone")
+        msg = (
+            f"baseline {session.baseline_path.name} was recorded in another environment "
+            f"({'; '.join(diffs)}); numbers may differ for that reason alone"
+        )
         session.notes.append(msg)
         session.config.issue_config_time_warning(AdvRobustWarning(msg), stacklevel=2)
 
@@ -51,8 +53,9 @@ def files_narrowed_by_args(config: pytest.Config) -> Set[str]:
     for arg in config.args:
         if "::" not in str(arg):
             continue
-        path = os.path.abspath(os.path.join(config.invocation_params.dir,
-                                            str(arg).split("::", 1)[0]))
+        path = os.path.abspath(
+            os.path.join(config.invocation_params.dir, str(arg).split("::", 1)[0])
+        )
         rel = os.path.relpath(path, config.rootpath)
         if not rel.startswith(os.pardir):
             files.add(Path(rel).as_posix())
@@ -72,22 +75,34 @@ def save_run_baseline(session: AdvRobustSession) -> None:
     collected_files = {nodeid.split("::", 1)[0] for nodeid in session.collected}
     for nodeid in (existing or {}).get("tests", {}):
         path = nodeid.split("::", 1)[0]
-        if (path not in collected_files or path in narrowed) and \
-                (Path(config.rootpath) / path).exists():
+        if (path not in collected_files or path in narrowed) and (
+            Path(config.rootpath) / path
+        ).exists():
             collected.add(nodeid)
     reports = list(session.reports.values())
     if session.compare:  # a run that regresses does not move its own baseline
-        held = [r["nodeid"] for r in reports
-                if (r.get("baseline") or {}).get("status") == "regressed"]
+        held = [
+            r["nodeid"] for r in reports if (r.get("baseline") or {}).get("status") == "regressed"
+        ]
         reports = [r for r in reports if r["nodeid"] not in held]
         if held:
-            session.notes.append("baseline entries of regressed tests not overwritten "
-                                 "(--advrobust-compare): " + ", ".join(held))
-    result = save_baseline(session.baseline_path, reports,
-                           mode=session.save_baseline, existing=existing, collected=collected,
-                           environment=current_environment(session.values))
-    session.notes.append(f"baseline written to {result.path}: {len(result.written)} "
-                         f"entries written, {len(result.kept)} kept")
+            session.notes.append(
+                "baseline entries of regressed tests not overwritten "
+                "(--advrobust-compare): " + ", ".join(held)
+            )
+    result = save_baseline(
+        session.baseline_path,
+        reports,
+        mode=session.save_baseline,
+        existing=existing,
+        collected=collected,
+        environment=current_environment(session.values),
+    )
+    session.notes.append(
+        f"baseline written to {result.path}: {len(result.written)} "
+        f"entries written, {len(result.kept)} kept"
+    )
     if result.pruned:
-        session.notes.append("pruned baseline entries of tests that no longer exist: " +
-                             ", ".join(result.pruned))
+        session.notes.append(
+            "pruned baseline entries of tests that no longer exist: " + ", ".join(result.pruned)
+        )

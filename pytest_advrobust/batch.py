@@ -59,22 +59,28 @@ class AdversarialBatch:
         device = resolve_device(s.device)
         bs = batch_size or s.batch_size
         with borrowed(model, device) as m:
-            net = Preprocessed(m, *s.preprocessing, channel_axis=s.channel_axis).to(device) \
-                if s.preprocessing else m
+            net = (
+                Preprocessed(m, *s.preprocessing, channel_axis=s.channel_axis).to(device)
+                if s.preprocessing
+                else m
+            )
             y = self.y.to(device)
             clean = predict(net, self.x.to(device), y, bs, s.model)
             adv = predict(net, self.x_adv.to(device), self.y_adv.to(device), bs, s.model)
         if self._outcome.generated is not None:
             from .generated.evaluation import real_and_generated_numbers
 
-            return real_and_generated_numbers(self.y, clean, self.y_adv, adv, s.metric,
-                                              self.real_valid)
+            return real_and_generated_numbers(
+                self.y, clean, self.y_adv, adv, s.metric, self.real_valid
+            )
         out = summarize(self.y, clean, adv, s.metric)
         out.update(eps=self.eps, attack=self.attack, norm=s.norm)
         return out
 
     def __repr__(self) -> str:
         eps = "None" if self.eps is None else f"{self.eps:g}"
-        return (f"AdversarialBatch(n={len(self)}, attack={self.attack!r}, eps={eps}, "
-                f"clean={self.report['clean_accuracy']:.3f}, "
-                f"adversarial={self.report['adversarial_accuracy']:.3f})")
+        return (
+            f"AdversarialBatch(n={len(self)}, attack={self.attack!r}, eps={eps}, "
+            f"clean={self.report['clean_accuracy']:.3f}, "
+            f"adversarial={self.report['adversarial_accuracy']:.3f})"
+        )

@@ -49,11 +49,22 @@ def strength_text(meta: Mapping[str, Any]) -> str:
 
 def entry_row(entry: Any, created: str, size: str) -> List[str]:
     meta = entry.meta if isinstance(entry.meta, Mapping) else {}
-    return [str(entry.key)[:KEY_CHARS], model_text(meta), attack_text(meta), strength_text(meta),
-            created, size, str(entry.family or "-")[:KEY_CHARS], "yes" if entry.valid else "NO"]
+    return [
+        str(entry.key)[:KEY_CHARS],
+        model_text(meta),
+        attack_text(meta),
+        strength_text(meta),
+        created,
+        size,
+        str(entry.family or "-")[:KEY_CHARS],
+        "yes" if entry.valid else "NO",
+    ]
 
 
 def describe(meta: Mapping[str, Any]) -> List[Tuple[str, str]]:
     """``(label, text)`` lines for ``cache info``."""
-    return [("model", model_text(meta)), ("attack", attack_text(meta)),
-            ("strength", strength_text(meta))]
+    return [
+        ("model", model_text(meta)),
+        ("attack", attack_text(meta)),
+        ("strength", strength_text(meta)),
+    ]

@@ -166,9 +166,13 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             _out(line)
         total = sum(e.size for e in entries if isinstance(e.size, (int, float)))
         invalid = sum(1 for e in entries if not e.valid)
-        summary = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}, {_size(total)} in {root}"
+        noun = "entry" if len(entries) == 1 else "entries"
+        summary = f"{len(entries)} {noun}, {_size(total)} in {root}"
         if invalid:
-            summary += f" ({invalid} damaged; they are retrained when next needed, or run `{PROG} cache prune`)"
+            summary += (
+                f" ({invalid} damaged; they are retrained when next needed, "
+                f"or run `{PROG} cache prune`)"
+            )
         _out(summary)
         stats = _stats(cache)
         if stats:
@@ -183,7 +187,10 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         if entry is None:
             if matches:
                 keys = ", ".join(sorted(str(m.key) for m in matches))
-                _err(f"key prefix {args.key} matches {len(matches)} entries ({keys}); give more of the key")
+                _err(
+                    f"key prefix {args.key} matches {len(matches)} entries ({keys}); "
+                    "give more of the key"
+                )
             else:
                 _err(f"no cache entry {args.key} in {root}; `{PROG} cache list` shows the keys")
             return 1
@@ -272,10 +279,15 @@ def load_results(path: str) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Any]]:
         where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
         raise InputError(f"cannot read {path}: not valid JSON{where}") from None
     if not isinstance(data, dict) or "tests" not in data:
-        raise InputError(f"cannot read {path}: neither an advrobust JSON report nor a baseline file (no 'tests' field)")
+        raise InputError(
+            f"cannot read {path}: neither an advrobust JSON report nor a baseline file "
+            "(no 'tests' field)"
+        )
     version = data.get("schema_version", 1)
     if version != 1:
-        raise InputError(f"cannot read {path}: schema_version {version!r} is not one this version reads (1)")
+        raise InputError(
+            f"cannot read {path}: schema_version {version!r} is not one this version reads (1)"
+        )
     tests = data["tests"]
     results: Dict[str, Dict[str, Any]] = {}
     if isinstance(tests, list):  # JSON report
@@ -338,7 +350,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             if result.status == "regressed":
                 regressions.append((nodeid, result.message))
             if result.mismatches:
-                notes.append(f"{nodeid}: compared across different settings ({', '.join(result.mismatches)})")
+                notes.append(
+                    f"{nodeid}: compared across different settings ({', '.join(result.mismatches)})"
+                )
         rows.append([nodeid, old_txt, new_txt, delta_txt, status])
 
     if len(rows) == 1:
@@ -430,7 +444,7 @@ _LOG_TAIL_LINES = 40
 
 @contextlib.contextmanager
 def _output_to(path: str):
-    """Send this process's output to ``path``: ``sys.stdout``/``sys.stderr`` and file descriptors 1 and 2."""
+    """Send this process's output to ``path``: ``sys.stdout``/``sys.stderr`` and fds 1 and 2."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = [os.dup(1), os.dup(2)]
@@ -441,8 +455,11 @@ def _output_to(path: str):
     finally:
         os.close(fd)
     try:
-        with open(path, "a", encoding="utf-8", errors="replace", buffering=1) as log, \
-                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with (
+            open(path, "a", encoding="utf-8", errors="replace", buffering=1) as log,
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+        ):
             yield
     finally:
         os.dup2(saved[0], 1)
@@ -513,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect the pytest-advrobust GAN cache, compare robustness results, warm the cache.",
+        description=(
+            "Inspect the pytest-advrobust GAN cache, compare robustness results, warm the cache."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -525,9 +544,15 @@ def build_parser() -> argparse.ArgumentParser:
     # --cache-dir is accepted before or after the action; SUPPRESS keeps the
     # action's parser from overwriting a value given to `cache`.
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--cache-dir", default=argparse.SUPPRESS, metavar="DIR", help=cache_dir_help)
+    shared.add_argument(
+        "--cache-dir", default=argparse.SUPPRESS, metavar="DIR", help=cache_dir_help
+    )
 
-    cache = commands.add_parser("cache", help="inspect or clean the GAN cache", description="Inspect or clean the GAN cache.")
+    cache = commands.add_parser(
+        "cache",
+        help="inspect or clean the GAN cache",
+        description="Inspect or clean the GAN cache.",
+    )
     cache.add_argument("--cache-dir", default=None, metavar="DIR", help=cache_dir_help)
     actions = cache.add_subparsers(dest="cache_action", metavar="ACTION")
     actions.required = True
@@ -535,10 +560,22 @@ def build_parser() -> argparse.ArgumentParser:
     info = actions.add_parser("info", parents=[shared], help="show one cached generator")
     info.add_argument("key", metavar="KEY", help="the entry's key, or a unique prefix of it")
     actions.add_parser("clear", parents=[shared], help="remove every cached generator")
-    prune = actions.add_parser("prune", parents=[shared], help="remove damaged, old or surplus cached generators")
-    prune.add_argument("--keep", type=_non_negative_int, default=None, metavar="N", help="keep the N newest entries")
+    prune = actions.add_parser(
+        "prune", parents=[shared], help="remove damaged, old or surplus cached generators"
+    )
     prune.add_argument(
-        "--older-than", type=_non_negative_float, default=None, metavar="DAYS", help="remove entries older than DAYS days"
+        "--keep",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="keep the N newest entries",
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_non_negative_float,
+        default=None,
+        metavar="DAYS",
+        help="remove entries older than DAYS days",
     )
 
     comp = commands.add_parser(
@@ -568,10 +605,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     hist.add_argument("reports", nargs="+", metavar="REPORT.json|DIR")
-    hist.add_argument("--plot", metavar="FILE", default=None,
-                      help="also write a PNG: a line per test, threshold floor and baseline marked")
-    hist.add_argument("--baseline", metavar="PATH", default=None,
-                      help="baseline file whose adversarial accuracies to mark")
+    hist.add_argument(
+        "--plot",
+        metavar="FILE",
+        default=None,
+        help="also write a PNG: a line per test, threshold floor and baseline marked",
+    )
+    hist.add_argument(
+        "--baseline",
+        metavar="PATH",
+        default=None,
+        help="baseline file whose adversarial accuracies to mark",
+    )
 
     commands.add_parser(
         "warm",

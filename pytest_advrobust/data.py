@@ -25,8 +25,14 @@ import torch
 
 from .errors import AdvRobustError
 
-__all__ = ["Split", "class_names_of", "read_idx", "load_idx_dataset", "split_data",
-           "to_tensor_pair"]
+__all__ = [
+    "Split",
+    "class_names_of",
+    "read_idx",
+    "load_idx_dataset",
+    "split_data",
+    "to_tensor_pair",
+]
 
 MIN_TRAIN = 64
 
@@ -56,21 +62,24 @@ def _as_tensor(value: Any, what: str, fixture: str) -> torch.Tensor:
     except Exception:
         raise AdvRobustError(
             f"fixture {fixture!r} gave {what} of type {type(value).__name__}, "
-            "which is not a tensor or an array") from None
+            "which is not a tensor or an array"
+        ) from None
 
 
 def _labels(y: torch.Tensor, fixture: str) -> torch.Tensor:
     if y.dim() == 2 and y.shape[1] > 1:
-        raise AdvRobustError(f"fixture {fixture!r} gave one-hot or multi-column labels of shape "
-                             f"{tuple(y.shape)}; give class indices of shape (n,)")
+        raise AdvRobustError(
+            f"fixture {fixture!r} gave one-hot or multi-column labels of shape "
+            f"{tuple(y.shape)}; give class indices of shape (n,)"
+        )
     y = y.reshape(-1)
     if y.dtype.is_floating_point:
         if not torch.all(y == y.round()):
-            raise AdvRobustError(f"fixture {fixture!r} gave non-integer labels; "
-                                 "give class indices")
+            raise AdvRobustError(f"fixture {fixture!r} gave non-integer labels; give class indices")
     elif y.dtype == torch.bool or y.dtype.is_complex:
-        raise AdvRobustError(f"fixture {fixture!r} gave labels of dtype {y.dtype}; "
-                             "give integer class indices")
+        raise AdvRobustError(
+            f"fixture {fixture!r} gave labels of dtype {y.dtype}; give integer class indices"
+        )
     y = y.long()
     if y.numel() and int(y.min()) < 0:
         raise AdvRobustError(f"fixture {fixture!r} gave negative labels; give class indices")
@@ -80,12 +89,16 @@ def _labels(y: torch.Tensor, fixture: str) -> torch.Tensor:
 def _inputs(x: torch.Tensor, fixture: str) -> torch.Tensor:
     if not x.dtype.is_floating_point:
         if x.dtype == torch.uint8:
-            raise AdvRobustError(f"fixture {fixture!r} gave uint8 inputs; scale them to floats "
-                                 "in the model's input range (e.g. x / 255)")
+            raise AdvRobustError(
+                f"fixture {fixture!r} gave uint8 inputs; scale them to floats "
+                "in the model's input range (e.g. x / 255)"
+            )
         x = x.float()
     if x.dim() < 2:
-        raise AdvRobustError(f"fixture {fixture!r} gave inputs of shape {tuple(x.shape)}; "
-                             "expected (n, features) or (n, channels, height, width)")
+        raise AdvRobustError(
+            f"fixture {fixture!r} gave inputs of shape {tuple(x.shape)}; "
+            "expected (n, features) or (n, channels, height, width)"
+        )
     return x
 
 
@@ -95,22 +108,29 @@ def _pair_from_item(item: Any, fixture: str):
         xs = [k for k in ("image", "input", "inputs", "x", "pixel_values") if k in item]
         if keys and xs:
             return item[xs[0]], item[keys[0]]
-        raise AdvRobustError(f"fixture {fixture!r} gave samples without labels "
-                             "(dict items need an input and a label key)")
+        raise AdvRobustError(
+            f"fixture {fixture!r} gave samples without labels "
+            "(dict items need an input and a label key)"
+        )
     if isinstance(item, (tuple, list)) and len(item) >= 2:
         return item[0], item[1]
-    raise AdvRobustError(f"fixture {fixture!r} gave samples without labels; "
-                         "each sample must be an (input, label) pair")
+    raise AdvRobustError(
+        f"fixture {fixture!r} gave samples without labels; "
+        "each sample must be an (input, label) pair"
+    )
 
 
 def _is_map_dataset(obj: Any) -> bool:
-    return hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and \
-        not isinstance(obj, (tuple, list, torch.Tensor, np.ndarray, dict))
+    return (
+        hasattr(obj, "__getitem__")
+        and hasattr(obj, "__len__")
+        and not isinstance(obj, (tuple, list, torch.Tensor, np.ndarray, dict))
+    )
 
 
-def to_tensor_pair(data: Any, fixture: str = "robust_data",
-                   indices: Optional[torch.Tensor] = None,
-                   seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def to_tensor_pair(
+    data: Any, fixture: str = "robust_data", indices: Optional[torch.Tensor] = None, seed: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Turn the user's data into ``(x, y)`` CPU tensors (optionally only ``indices``).
 
     A ``DataLoader`` is iterated with its order seeded by ``seed``; ``indices``
@@ -119,26 +139,34 @@ def to_tensor_pair(data: Any, fixture: str = "robust_data",
     from torch.utils.data import DataLoader, IterableDataset
 
     if data is None:
-        raise AdvRobustError(f"fixture {fixture!r} returned None; return a Dataset, "
-                             "a DataLoader or an (x, y) pair")
-    if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_map_dataset(data[0]) and \
-            isinstance(data[0], (torch.Tensor, np.ndarray)):
+        raise AdvRobustError(
+            f"fixture {fixture!r} returned None; return a Dataset, a DataLoader or an (x, y) pair"
+        )
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and not _is_map_dataset(data[0])
+        and isinstance(data[0], (torch.Tensor, np.ndarray))
+    ):
         x = _inputs(_as_tensor(data[0], "inputs", fixture), fixture)
         y = _labels(_as_tensor(data[1], "labels", fixture), fixture)
         if x.shape[0] != y.shape[0]:
-            raise AdvRobustError(f"fixture {fixture!r} gave {x.shape[0]} inputs but "
-                                 f"{y.shape[0]} labels")
+            raise AdvRobustError(
+                f"fixture {fixture!r} gave {x.shape[0]} inputs but {y.shape[0]} labels"
+            )
         if x.shape[0] == 0:
             raise AdvRobustError(f"fixture {fixture!r} gave no samples")
         if indices is not None:
             x, y = x[indices], y[indices]
         return x, y
     if isinstance(data, (tuple, list)) and len(data) == 1:
-        raise AdvRobustError(f"fixture {fixture!r} gave inputs without labels; "
-                             "return an (x, y) pair")
+        raise AdvRobustError(
+            f"fixture {fixture!r} gave inputs without labels; return an (x, y) pair"
+        )
     if isinstance(data, (torch.Tensor, np.ndarray)):
-        raise AdvRobustError(f"fixture {fixture!r} gave inputs without labels; "
-                             "return an (x, y) pair")
+        raise AdvRobustError(
+            f"fixture {fixture!r} gave inputs without labels; return an (x, y) pair"
+        )
     if isinstance(data, DataLoader):
         from .loading import loader_batches
 
@@ -157,12 +185,15 @@ def to_tensor_pair(data: Any, fixture: str = "robust_data",
             x = torch.stack(xs)
         except RuntimeError:
             raise AdvRobustError(f"fixture {fixture!r} gave inputs of different shapes") from None
-        return _inputs(x, fixture), _labels(torch.stack([t.reshape(()) if t.numel() == 1 else t
-                                                         for t in ys]), fixture)
+        return _inputs(x, fixture), _labels(
+            torch.stack([t.reshape(()) if t.numel() == 1 else t for t in ys]), fixture
+        )
     if hasattr(data, "__iter__"):
         return _from_batches(data, fixture, indices)
-    raise AdvRobustError(f"fixture {fixture!r} returned a {type(data).__name__}; return a "
-                         "Dataset, a DataLoader or an (x, y) pair")
+    raise AdvRobustError(
+        f"fixture {fixture!r} returned a {type(data).__name__}; return a "
+        "Dataset, a DataLoader or an (x, y) pair"
+    )
 
 
 def _from_batches(batches: Any, fixture: str, indices: Optional[torch.Tensor]):
@@ -194,10 +225,16 @@ def _length(data: Any) -> Optional[int]:
     return None
 
 
-def split_data(data: Any, n_samples: int, seed: int, fixture: str = "robust_data",
-               max_train: int = 60000, *, need_train: bool = True,
-               convert: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None
-               ) -> Split:
+def split_data(
+    data: Any,
+    n_samples: int,
+    seed: int,
+    fixture: str = "robust_data",
+    max_train: int = 60000,
+    *,
+    need_train: bool = True,
+    convert: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None,
+) -> Split:
     """Choose ``n_samples`` evaluation samples with a seeded permutation.
 
     The remaining samples (up to ``max_train``) are for training a learned
@@ -221,7 +258,7 @@ def split_data(data: Any, n_samples: int, seed: int, fixture: str = "robust_data
     perm = torch.randperm(total, generator=gen)
     n = min(int(n_samples), total)
     eval_idx = perm[:n].sort().values
-    train_idx = perm[n:n + max_train].sort().values
+    train_idx = perm[n : n + max_train].sort().values
     train_is_eval = train_idx.numel() < MIN_TRAIN
     if train_is_eval:
         train_idx = eval_idx
@@ -234,10 +271,15 @@ def split_data(data: Any, n_samples: int, seed: int, fixture: str = "robust_data
         x, y = x_all[eval_idx], y_all[eval_idx]
         if need_train:
             tx, ty = x_all[train_idx], y_all[train_idx]
-    return Split(x=x.contiguous(), y=y, train_x=tx.contiguous() if tx is not None else None,
-                 train_y=ty,
-                 eval_indices=eval_idx, train_is_eval=train_is_eval,
-                 class_names=class_names_of(data))
+    return Split(
+        x=x.contiguous(),
+        y=y,
+        train_x=tx.contiguous() if tx is not None else None,
+        train_y=ty,
+        eval_indices=eval_idx,
+        train_is_eval=train_is_eval,
+        class_names=class_names_of(data),
+    )
 
 
 def class_names_of(data: Any) -> Optional[List[str]]:
@@ -245,8 +287,11 @@ def class_names_of(data: Any) -> Optional[List[str]]:
     have), looked up through DataLoaders and Subsets; ``None`` when it has none."""
     for _ in range(4):  # DataLoader -> Subset -> Dataset
         names = getattr(data, "classes", None)
-        if isinstance(names, (list, tuple)) and names and \
-                all(isinstance(n, (str, int)) for n in names):
+        if (
+            isinstance(names, (list, tuple))
+            and names
+            and all(isinstance(n, (str, int)) for n in names)
+        ):
             return [str(n) for n in names]
         data = getattr(data, "dataset", None)
         if data is None:
@@ -270,13 +315,14 @@ def read_idx(path) -> np.ndarray:
     code, ndim = raw[2], raw[3]
     if code not in _IDX_DTYPES:
         raise ValueError(f"{path}: unknown IDX element type 0x{code:02x}")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[code])
     count = int(np.prod(dims)) if dims else 1
-    body = raw[4 + 4 * ndim:]
+    body = raw[4 + 4 * ndim :]
     if len(body) != count * dtype.itemsize:
-        raise ValueError(f"{path}: expected {count * dtype.itemsize} bytes of data, "
-                         f"found {len(body)}")
+        raise ValueError(
+            f"{path}: expected {count * dtype.itemsize} bytes of data, found {len(body)}"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 

@@ -101,7 +101,7 @@ def local_rank() -> int:
 
 
 def backend() -> Optional[str]:
-    """The process group's backend string (``"gloo"``, ``"cpu:gloo,cuda:nccl"`` ...), or ``None``."""
+    """The process group's backend (``"gloo"``, ``"cpu:gloo,cuda:nccl"`` ...), or ``None``."""
     return str(_dist().get_backend()) if is_distributed() else None
 
 
@@ -141,8 +141,11 @@ def init_from_env() -> bool:
 
     name = "gloo"
     lr = _env_int("LOCAL_RANK", 0)
-    if (torch.cuda.is_available() and dist.is_nccl_available()
-            and 0 <= lr < torch.cuda.device_count()):
+    if (
+        torch.cuda.is_available()
+        and dist.is_nccl_available()
+        and 0 <= lr < torch.cuda.device_count()
+    ):
         torch.cuda.set_device(lr)
         name = "cpu:gloo,cuda:nccl"
     kwargs: Dict[str, Any] = {"backend": name}
@@ -193,7 +196,7 @@ def barrier() -> None:
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` from rank ``src`` on every rank (plain Python data; pickled between our own ranks)."""
+    """``obj`` from rank ``src`` on every rank (plain data; pickled between our own ranks)."""
     if not is_distributed():
         return obj
     box = [obj if rank() == src else None]

@@ -32,29 +32,41 @@ class Predictions:
     num_classes: int
 
 
-def predict(model: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-            fixture: str = "robust_model") -> Predictions:
+def predict(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    fixture: str = "robust_model",
+) -> Predictions:
     """Run ``model`` on ``x`` in batches; check its logits; return predictions."""
     preds, losses = [], []
     num_classes = None
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             logits = check_logits(model(xb), xb.shape[0], fixture).float()
             if num_classes is None:
                 num_classes = logits.shape[1]
             if int(yb.max()) >= logits.shape[1]:
                 raise AdvRobustError(
                     f"data has label {int(yb.max())} but the model from fixture {fixture!r} "
-                    f"gives only {logits.shape[1]} classes")
+                    f"gives only {logits.shape[1]} classes"
+                )
             preds.append(logits.argmax(dim=1).cpu())
             losses.append(F.cross_entropy(logits, yb, reduction="none").cpu())
     pred = torch.cat(preds)
-    return Predictions(pred=pred, loss=torch.cat(losses).double(), correct=pred == y.cpu(),
-                       num_classes=int(num_classes or 0))
+    return Predictions(
+        pred=pred,
+        loss=torch.cat(losses).double(),
+        correct=pred == y.cpu(),
+        num_classes=int(num_classes or 0),
+    )
 
 
-def merge_worst_case(results: List[Tuple[torch.Tensor, Predictions]]) -> Tuple[torch.Tensor, Predictions]:
+def merge_worst_case(
+    results: List[Tuple[torch.Tensor, Predictions]],
+) -> Tuple[torch.Tensor, Predictions]:
     """Per sample, the first attack that fools the model, else the highest loss."""
     x_best, best = results[0]
     x_best = x_best.clone()

@@ -40,8 +40,9 @@ def judge(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> Optiona
     if session.images_dir is not None:
         from .pictures import write_pictures
 
-        rep["images"] = write_pictures(session.images_dir, item.nodeid, outcome, rep,
-                                       session.missing_package)
+        rep["images"] = write_pictures(
+            session.images_dir, item.nodeid, outcome, rep, session.missing_package
+        )
     if problems and rep["verdict"] == "pass":
         rep["verdict"] = "fail"
     item.user_properties.extend(junit_properties(rep))
@@ -54,18 +55,29 @@ def gate_checks(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> L
     from .gatechecks import clean_accuracy_problem, stuck_baseline_warning
 
     s, clean = outcome.settings, outcome.clean
-    problem = clean_accuracy_problem(int(clean.correct.sum()), int(clean.correct.numel()),
-                                     clean.num_classes, s.min_clean_accuracy, s.model, s.data)
+    problem = clean_accuracy_problem(
+        int(clean.correct.sum()),
+        int(clean.correct.numel()),
+        clean.num_classes,
+        s.min_clean_accuracy,
+        s.model,
+        s.data,
+    )
     if session.save_baseline or session.compare:
-        stuck = stuck_baseline_warning(outcome.numbers["adversarial_accuracy"],
-                                       clean.num_classes, outcome.numbers["eps"], s.attack_label)
+        stuck = stuck_baseline_warning(
+            outcome.numbers["adversarial_accuracy"],
+            clean.num_classes,
+            outcome.numbers["eps"],
+            s.attack_label,
+        )
         if stuck:
             warn(f"{item.nodeid}: {stuck}")
     return [problem] if problem else []
 
 
-def compare_with_baseline(session: AdvRobustSession, item: pytest.Item, rep: Dict[str, Any],
-                          settings: RobustSettings) -> List[str]:
+def compare_with_baseline(
+    session: AdvRobustSession, item: pytest.Item, rep: Dict[str, Any], settings: RobustSettings
+) -> List[str]:
     """Record the baseline comparison in ``rep``; the problems it raises for the verdict."""
     from .baseline import compare
 
@@ -77,13 +89,17 @@ def compare_with_baseline(session: AdvRobustSession, item: pytest.Item, rep: Dic
         return [cmp.message]
     if cmp.mismatches and cmp.status in ("ok", "improved"):
         # a weaker attack than the baseline's (fgsm for pgd, fewer steps) would pass here
-        warn(f"{item.nodeid}: compared with a baseline recorded with other settings "
-             f"({', '.join(cmp.mismatches)}); save the baseline again with these settings "
-             "(--advrobust-save-baseline) so that the comparison means something")
+        warn(
+            f"{item.nodeid}: compared with a baseline recorded with other settings "
+            f"({', '.join(cmp.mismatches)}); save the baseline again with these settings "
+            "(--advrobust-save-baseline) so that the comparison means something"
+        )
     if cmp.status == "missing":
         policy = session.values["missing_baseline"]
-        text = (f"no baseline entry for this test in {session.baseline_path.name}; "
-                "save one with --advrobust-save-baseline")
+        text = (
+            f"no baseline entry for this test in {session.baseline_path.name}; "
+            "save one with --advrobust-save-baseline"
+        )
         if policy == "fail":
             return [text + " (--advrobust-missing-baseline=fail)"]
         if policy == "warn":

@@ -43,8 +43,13 @@ def clip_bounds(x: "torch.Tensor", bounds: Optional[Tuple[float, float]]) -> "to
     return x.clamp(bounds[0], bounds[1])
 
 
-def bound(x: "torch.Tensor", x_adv: "torch.Tensor", eps: float, norm: str,
-          bounds: Optional[Tuple[float, float]]) -> "torch.Tensor":
+def bound(
+    x: "torch.Tensor",
+    x_adv: "torch.Tensor",
+    eps: float,
+    norm: str,
+    bounds: Optional[Tuple[float, float]],
+) -> "torch.Tensor":
     """Return ``x_adv`` projected onto the eps-ball around ``x`` and into bounds.
 
     Clipping after projection never leaves the ball: with ``x`` inside the

@@ -18,14 +18,21 @@ import torch.nn.functional as F
 
 from .errors import AdvRobustError
 
-__all__ = ["GRADIENT_ATTACKS", "needs_input_gradient", "missing_gradient_error",
-           "input_gradient_problem", "require_input_gradient"]
+__all__ = [
+    "GRADIENT_ATTACKS",
+    "needs_input_gradient",
+    "missing_gradient_error",
+    "input_gradient_problem",
+    "require_input_gradient",
+]
 
 #: Built-in attacks that follow the input gradient (GAN: its training does).
 GRADIENT_ATTACKS = ("pgd", "fgsm", "gan", "apgd", "apgd-ce", "apgd-t", "apgd-dlr")
-CAUSES = ("usual causes are torch.no_grad() or torch.inference_mode() in forward, .detach() "
-          "or a round trip through numpy, and non-differentiable steps such as argmax, round "
-          "or a lookup table")
+CAUSES = (
+    "usual causes are torch.no_grad() or torch.inference_mode() in forward, .detach() "
+    "or a round trip through numpy, and non-differentiable steps such as argmax, round "
+    "or a lookup table"
+)
 
 
 def needs_input_gradient(attacks: Sequence[str], refine: int = 0) -> bool:
@@ -38,11 +45,13 @@ def missing_gradient_error(attack: str, fixture: Optional[str], reason: str) -> 
     return AdvRobustError(
         f"attack {attack!r} needs the gradient of the loss with respect to the input, but "
         f"none reaches the input of {whose} ({reason}); "
-        f"{CAUSES}: keep the evaluated forward pass differentiable")
+        f"{CAUSES}: keep the evaluated forward pass differentiable"
+    )
 
 
-def input_gradient_problem(model: Callable, x: torch.Tensor, y: torch.Tensor,
-                           n: int = 32) -> Optional[str]:
+def input_gradient_problem(
+    model: Callable, x: torch.Tensor, y: torch.Tensor, n: int = 32
+) -> Optional[str]:
     """Why no gradient reaches the input of ``model`` on the first ``n`` samples, or None.
 
     ``model`` maps ``x`` (shape (N, ...)) to logits (N, classes) and is frozen
@@ -64,8 +73,14 @@ def input_gradient_problem(model: Callable, x: torch.Tensor, y: torch.Tensor,
     return None
 
 
-def require_input_gradient(model: Callable, x: torch.Tensor, y: torch.Tensor,
-                           attacks: Sequence[str], fixture: str, refine: int = 0) -> None:
+def require_input_gradient(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence[str],
+    fixture: str,
+    refine: int = 0,
+) -> None:
     """Raise :class:`AdvRobustError` (one sentence) when an attack in ``attacks`` needs the
     input gradient and none reaches the input."""
     if not needs_input_gradient(attacks, refine):

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["History", "expand_paths", "floor_of", "load_history", "plot_history",
-           "history_table"]
+__all__ = ["History", "expand_paths", "floor_of", "load_history", "plot_history", "history_table"]
 
 Reports = Dict[str, Dict[str, Any]]
 
@@ -79,8 +78,9 @@ def _last(history: History, nodeid: str) -> Dict[str, Any]:
     return next((run[nodeid] for run in reversed(history.runs) if nodeid in run), {})
 
 
-def marks(history: History, nodeid: str,
-          baseline: Optional[Dict[str, Any]] = None) -> Tuple[Optional[float], Optional[float]]:
+def marks(
+    history: History, nodeid: str, baseline: Optional[Dict[str, Any]] = None
+) -> Tuple[Optional[float], Optional[float]]:
     """``(threshold floor, baseline accuracy)`` of a test, from its newest report
     (the baseline file, when given, wins over the reports' own baseline field)."""
     last = _last(history, nodeid)
@@ -97,13 +97,18 @@ def history_table(history: History, baseline: Optional[Dict[str, Any]] = None) -
     for nodeid in history.tests:
         cells = ["-" if v is None else f"{v:.3f}" for v in history.series(nodeid)]
         floor, base = marks(history, nodeid, baseline)
-        rows.append([nodeid, *cells, "-" if floor is None else f"{floor:.3f}",
-                     "-" if base is None else f"{base:.3f}"])
+        rows.append(
+            [
+                nodeid,
+                *cells,
+                "-" if floor is None else f"{floor:.3f}",
+                "-" if base is None else f"{base:.3f}",
+            ]
+        )
     return rows
 
 
-def plot_history(history: History, path: Path,
-                 baseline: Optional[Dict[str, Any]] = None) -> Path:
+def plot_history(history: History, path: Path, baseline: Optional[Dict[str, Any]] = None) -> Path:
     """Write the PNG: a line per test, its floor dashed and its baseline dotted."""
     from .images import _matplotlib
 
@@ -126,8 +131,10 @@ def plot_history(history: History, path: Path,
     ax.set_ylabel("adversarial accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
-    ax.set_title("adversarial accuracy per report (dashed: threshold floor, dotted: baseline)",
-                 fontsize="small")
+    ax.set_title(
+        "adversarial accuracy per report (dashed: threshold floor, dotted: baseline)",
+        fontsize="small",
+    )
     ax.legend(loc="best", fontsize="x-small")
     fig.tight_layout()
     path = Path(path)

@@ -59,8 +59,10 @@ def numbers_html(rep: Dict[str, Any]) -> str:
         ("eps", eps_cell(rep)),
         ("n", str(rep["n"])),
         ("clean accuracy", _f(rep["clean_accuracy"]) + _interval(rep.get("clean_ci"))),
-        ("adversarial accuracy",
-         _f(rep["adversarial_accuracy"]) + _interval(rep.get("adversarial_ci"))),
+        (
+            "adversarial accuracy",
+            _f(rep["adversarial_accuracy"]) + _interval(rep.get("adversarial_ci")),
+        ),
         ("gap" + (" (relative)" if rep.get("metric") == "relative" else ""), _f(rep["gap"])),
         ("threshold", _f(rep["threshold"])),
         ("baseline delta", _baseline(rep)),
@@ -68,23 +70,29 @@ def numbers_html(rep: Dict[str, Any]) -> str:
     ]
     if rep.get("sanity"):
         rows.append(("sanity flags", ", ".join(f["flag"] for f in rep["sanity"])))
-    body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
-                   f"<td>{html.escape(v)}</td></tr>" for k, v in rows)
+    body = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
+        f"<td>{html.escape(v)}</td></tr>"
+        for k, v in rows
+    )
     return f"<table class='advrobust-numbers'>{body}</table>"
 
 
 def _img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return (f"<img class='advrobust-picture' alt='{html.escape(alt, quote=True)}' "
-            f"style='max-width:100%' src='data:image/png;base64,{data}'/>")
+    return (
+        f"<img class='advrobust-picture' alt='{html.escape(alt, quote=True)}' "
+        f"style='max-width:100%' src='data:image/png;base64,{data}'/>"
+    )
 
 
 class HtmlHooks:
     """pytest-html hooks; ``outcome_of(item)`` gives a robust item's evaluation (or None)
     and ``missing(exc)`` is told once pictures need a package that is not installed."""
 
-    def __init__(self, outcome_of: Callable[[pytest.Item], Any],
-                 missing: Callable[[MissingPackage], None]):
+    def __init__(
+        self, outcome_of: Callable[[pytest.Item], Any], missing: Callable[[MissingPackage], None]
+    ):
         self.outcome_of = outcome_of
         self.missing = missing
 
@@ -96,8 +104,11 @@ class HtmlHooks:
         if outcome is None:
             return []
         gallery = gallery_of(item.nodeid, outcome, rep)
-        out = [] if gallery is None else [_img(png_bytes(gallery),
-                                               f"adversarial gallery of {item.nodeid}")]
+        out = (
+            []
+            if gallery is None
+            else [_img(png_bytes(gallery), f"adversarial gallery of {item.nodeid}")]
+        )
         try:
             fig = curve_of(item.nodeid, rep)
         except MissingPackage as exc:
@@ -129,6 +140,11 @@ class HtmlHooks:
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_row(self, report: Any, cells: List[str]) -> None:
         rep = report_of(report) if report.when == "call" else None
-        text = "" if rep is None else (f"{rep['verdict'].upper()} gap {_f(rep['gap'])} "
-                                       f"/ threshold {_f(rep['threshold'])}")
+        text = (
+            ""
+            if rep is None
+            else (
+                f"{rep['verdict'].upper()} gap {_f(rep['gap'])} / threshold {_f(rep['threshold'])}"
+            )
+        )
         cells.insert(2, f'<td class="col-advrobust">{html.escape(text)}</td>')

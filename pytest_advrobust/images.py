@@ -32,9 +32,23 @@ from typing import Optional, Sequence
 
 from .errors import MissingPackage
 
-__all__ = ["MAX_BARS", "MIN_CELL", "PADDING", "STRIP_HEIGHT", "TEXT_HEIGHT", "TITLE_HEIGHT",
-           "cell_size", "curve_figure", "gallery_image", "pick_samples", "png_bytes",
-           "safe_filename", "save_curve", "save_gallery", "strip_shape"]
+__all__ = [
+    "MAX_BARS",
+    "MIN_CELL",
+    "PADDING",
+    "STRIP_HEIGHT",
+    "TEXT_HEIGHT",
+    "TITLE_HEIGHT",
+    "cell_size",
+    "curve_figure",
+    "gallery_image",
+    "pick_samples",
+    "png_bytes",
+    "safe_filename",
+    "save_curve",
+    "save_gallery",
+    "strip_shape",
+]
 
 #: Shorter side, in pixels, that each cell is enlarged to at least.
 MIN_CELL = 64
@@ -68,7 +82,7 @@ def safe_filename(nodeid: str) -> str:
     stem = re.sub(r"\.{2,}", ".", stem).strip("._") or "test"
     if len(stem) > MAX_STEM:
         digest = hashlib.sha1(str(nodeid).encode("utf-8")).hexdigest()[:8]
-        stem = stem[:MAX_STEM - 9].rstrip("._") + "-" + digest
+        stem = stem[: MAX_STEM - 9].rstrip("._") + "-" + digest
     return stem
 
 
@@ -95,8 +109,9 @@ def _as_images(t, name: str):
         if side * side == d:
             return t.reshape(t.shape[0], 1, side, side)
         return None  # drawn as bars after scaling to [0, 1]
-    raise ValueError(f"{name} must be (N, C, H, W), (N, H, W) or (N, D); "
-                     f"got shape {tuple(t.shape)}")
+    raise ValueError(
+        f"{name} must be (N, C, H, W), (N, H, W) or (N, D); got shape {tuple(t.shape)}"
+    )
 
 
 def strip_shape(d: int) -> tuple:
@@ -125,8 +140,9 @@ def _bars(values, centre: float = 0.0):
     hi = torch.maximum(tops, torch.full_like(tops, centre * h)).unsqueeze(1)
     mid = (torch.arange(h, 0, -1, dtype=values.dtype) - 0.5).view(1, h, 1)  # pixel centres
     filled = (mid >= lo) & (mid <= hi)
-    img = torch.where(filled, torch.tensor(0.2, dtype=values.dtype),
-                      torch.tensor(1.0, dtype=values.dtype))
+    img = torch.where(
+        filled, torch.tensor(0.2, dtype=values.dtype), torch.tensor(1.0, dtype=values.dtype)
+    )
     img = img.repeat_interleave(w // d, dim=2)
     return img.unsqueeze(1)
 
@@ -198,15 +214,34 @@ def pick_samples(clean_correct, adv_correct, k: int = 8) -> list:
     turned = [i for i, (c, a) in enumerate(zip(clean, adv)) if c and not a]
     resisted = [i for i, (c, a) in enumerate(zip(clean, adv)) if c and a]
     wrong = [i for i, c in enumerate(clean) if not c]
-    return (turned + resisted + wrong)[:max(0, int(k))]
+    return (turned + resisted + wrong)[: max(0, int(k))]
 
 
-def save_gallery(path, x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8,
-                 amplify: Optional[float] = None, class_names: Optional[Sequence] = None,
-                 title: Optional[str] = None) -> Path:
+def save_gallery(
+    path,
+    x,
+    x_adv,
+    y,
+    pred_clean,
+    pred_adv,
+    *,
+    max_images: int = 8,
+    amplify: Optional[float] = None,
+    class_names: Optional[Sequence] = None,
+    title: Optional[str] = None,
+) -> Path:
     """Write :func:`gallery_image` as a PNG to ``path`` and return the path."""
-    canvas = gallery_image(x, x_adv, y, pred_clean, pred_adv, max_images=max_images,
-                           amplify=amplify, class_names=class_names, title=title)
+    canvas = gallery_image(
+        x,
+        x_adv,
+        y,
+        pred_clean,
+        pred_adv,
+        max_images=max_images,
+        amplify=amplify,
+        class_names=class_names,
+        title=title,
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")
@@ -225,9 +260,18 @@ def png_bytes(picture) -> bytes:
     return buf.getvalue()
 
 
-def gallery_image(x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8,
-                  amplify: Optional[float] = None, class_names: Optional[Sequence] = None,
-                  title: Optional[str] = None):
+def gallery_image(
+    x,
+    x_adv,
+    y,
+    pred_clean,
+    pred_adv,
+    *,
+    max_images: int = 8,
+    amplify: Optional[float] = None,
+    class_names: Optional[Sequence] = None,
+    title: Optional[str] = None,
+):
     """A PIL image of clean, adversarial and amplified-perturbation images.
 
     One column per sample (the first ``max_images``; choose them with
@@ -244,8 +288,9 @@ def gallery_image(x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8,
     x = torch.as_tensor(x).detach().to("cpu", torch.float32)
     x_adv = torch.as_tensor(x_adv).detach().to("cpu", torch.float32)
     if x.shape != x_adv.shape:
-        raise ValueError(f"x and x_adv must have the same shape; got {tuple(x.shape)} "
-                         f"and {tuple(x_adv.shape)}")
+        raise ValueError(
+            f"x and x_adv must have the same shape; got {tuple(x.shape)} and {tuple(x_adv.shape)}"
+        )
     if max_images < 1:
         raise ValueError("max_images must be at least 1")
     n = min(int(max_images), int(x.shape[0]))
@@ -281,10 +326,14 @@ def gallery_image(x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8,
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     if title:
-        draw.text((PADDING + 1, 2), _fit(draw, title, font, width - 2 * PADDING - 2),
-                  fill=(0, 0, 0), font=font)
+        draw.text(
+            (PADDING + 1, 2),
+            _fit(draw, title, font, width - 2 * PADDING - 2),
+            fill=(0, 0, 0),
+            font=font,
+        )
     for r, grid in enumerate(rows):
-        arr = (grid.permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy())
+        arr = grid.permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
         top = head + r * (row_h + TEXT_HEIGHT)
         canvas.paste(Image.fromarray(arr), (0, top))
         for i in range(n):
@@ -298,8 +347,9 @@ def gallery_image(x, x_adv, y, pred_clean, pred_adv, *, max_images: int = 8,
                 text = f"|d|={linf[i]:.3g}"
                 color = _NEUTRAL
             left = PADDING + i * (cw + PADDING)
-            draw.text((left + 1, top + row_h), _fit(draw, text, font, cw - 2), fill=color,
-                      font=font)
+            draw.text(
+                (left + 1, top + row_h), _fit(draw, text, font, cw - 2), fill=color, font=font
+            )
     return canvas
 
 
@@ -314,12 +364,14 @@ def _matplotlib():
     except ImportError:
         raise MissingPackage(
             "Drawing robustness curves needs matplotlib; install it with "
-            "`pip install pytest-advrobust[images]`.") from None
+            "`pip install pytest-advrobust[images]`."
+        ) from None
     return Figure, FigureCanvasAgg
 
 
-def save_curve(path, curve: Sequence[dict], *, threshold: Optional[float] = None,
-               title: str = "") -> Path:
+def save_curve(
+    path, curve: Sequence[dict], *, threshold: Optional[float] = None, title: str = ""
+) -> Path:
     """Plot an eps sweep (:func:`curve_figure`) to a PNG and return its path."""
     fig = curve_figure(curve, threshold=threshold, title=title)
     path = Path(path)
@@ -328,8 +380,7 @@ def save_curve(path, curve: Sequence[dict], *, threshold: Optional[float] = None
     return path
 
 
-def curve_figure(curve: Sequence[dict], *, threshold: Optional[float] = None,
-                 title: str = ""):
+def curve_figure(curve: Sequence[dict], *, threshold: Optional[float] = None, title: str = ""):
     """A matplotlib figure of an eps sweep: accuracy and gap against eps.
 
     ``curve`` holds dicts with ``eps`` and ``adversarial_accuracy`` and
@@ -355,8 +406,14 @@ def curve_figure(curve: Sequence[dict], *, threshold: Optional[float] = None,
     ax.plot(eps, acc, marker="o", color="tab:blue", label="adversarial accuracy")
     cis = [p.get("adversarial_ci") for p in points]
     if all(ci is not None and len(ci) == 2 for ci in cis):
-        ax.fill_between(eps, [float(c[0]) for c in cis], [float(c[1]) for c in cis],
-                        color="tab:blue", alpha=0.2, label="95% interval")
+        ax.fill_between(
+            eps,
+            [float(c[0]) for c in cis],
+            [float(c[1]) for c in cis],
+            color="tab:blue",
+            alpha=0.2,
+            label="95% interval",
+        )
     has_gap = all(g is not None for g in gaps)
     if has_gap:
         ax.plot(eps, gaps, marker="s", color="tab:orange", label="gap")
@@ -364,13 +421,30 @@ def curve_figure(curve: Sequence[dict], *, threshold: Optional[float] = None,
         ax.axhline(float(threshold), color="tab:red", linestyle="--", label="gap threshold")
     judged = [p.get("judged", True) is not False for p in points]
     if has_gap and not all(judged):
-        ax.scatter([e for e, j in zip(eps, judged) if j], [g for g, j in zip(gaps, judged) if j],
-                   s=160, facecolors="none", edgecolors="black", zorder=3, label="judged eps")
-    failed = [(e, g) for e, g, p, j in zip(eps, gaps, points, judged)
-              if j and p.get("passed") is False and g is not None]
+        ax.scatter(
+            [e for e, j in zip(eps, judged) if j],
+            [g for g, j in zip(gaps, judged) if j],
+            s=160,
+            facecolors="none",
+            edgecolors="black",
+            zorder=3,
+            label="judged eps",
+        )
+    failed = [
+        (e, g)
+        for e, g, p, j in zip(eps, gaps, points, judged)
+        if j and p.get("passed") is False and g is not None
+    ]
     if failed:
-        ax.scatter([e for e, _ in failed], [g for _, g in failed], marker="x", color="tab:red",
-                   s=60, zorder=4, label="gap over threshold")
+        ax.scatter(
+            [e for e, _ in failed],
+            [g for _, g in failed],
+            marker="x",
+            color="tab:red",
+            s=60,
+            zorder=4,
+            label="gap over threshold",
+        )
     ax.set_xlabel("eps")
     ax.set_ylabel("accuracy / gap")
     ax.set_ylim(-0.02, 1.02)

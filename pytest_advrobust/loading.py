@@ -29,8 +29,7 @@ def _generators(loader: Any) -> List[torch.Generator]:
     """The generators a DataLoader's order can depend on (its own and its samplers')."""
     found: List[torch.Generator] = []
     batch_sampler = getattr(loader, "batch_sampler", None)
-    for obj in (loader, getattr(loader, "sampler", None),
-                getattr(batch_sampler, "sampler", None)):
+    for obj in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
         g = getattr(obj, "generator", None)
         if isinstance(g, torch.Generator) and all(g is not h for h in found):
             found.append(g)
@@ -80,8 +79,9 @@ class SessionData:
         self._memo: Dict[Tuple[Any, ...], Tuple[Any, Pair]] = {}
         self.conversions = 0
 
-    def convert(self, data: Any, fixture: str, indices: Optional[torch.Tensor] = None,
-                seed: int = 0) -> Pair:
+    def convert(
+        self, data: Any, fixture: str, indices: Optional[torch.Tensor] = None, seed: int = 0
+    ) -> Pair:
         from .data import to_tensor_pair
 
         key = (id(data), fixture, _indices_key(indices), int(seed))

@@ -19,8 +19,18 @@ __all__ = ["ENV_STEP_SUMMARY", "markdown_table", "summary_targets", "write_summa
 
 ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 
-_HEADER = ["verdict", "test", "attack", "eps", "n", "clean", "adversarial [95% CI]", "gap",
-           "threshold", "baseline delta"]
+_HEADER = [
+    "verdict",
+    "test",
+    "attack",
+    "eps",
+    "n",
+    "clean",
+    "adversarial [95% CI]",
+    "gap",
+    "threshold",
+    "baseline delta",
+]
 
 
 def _cell(text: Any) -> str:
@@ -34,19 +44,27 @@ def _f(v: Optional[float]) -> str:
 def _baseline(rep: Dict[str, Any]) -> str:
     base = rep.get("baseline") or {}
     if base.get("delta") is not None:
-        return f"{base['delta']:+.3f}" + (" **regressed**" if base.get("status") == "regressed"
-                                          else "")
+        return f"{base['delta']:+.3f}" + (
+            " **regressed**" if base.get("status") == "regressed" else ""
+        )
     return str(base.get("status") or "-")
 
 
 def _row(rep: Dict[str, Any]) -> List[str]:
     lo, hi = rep["adversarial_ci"]
     verdict = rep["verdict"].upper()
-    return [f"**{verdict}**" if verdict != "PASS" else verdict, f"`{rep['nodeid']}`",
-            f"{rep['attack']} {rep['norm']}", eps_cell(rep), str(rep["n"]),
-            _f(rep["clean_accuracy"]), f"{_f(rep['adversarial_accuracy'])} [{_f(lo)}, {_f(hi)}]",
-            _f(rep["gap"]) + (" (relative)" if rep.get("metric") == "relative" else ""),
-            _f(rep["threshold"]), _baseline(rep)]
+    return [
+        f"**{verdict}**" if verdict != "PASS" else verdict,
+        f"`{rep['nodeid']}`",
+        f"{rep['attack']} {rep['norm']}",
+        eps_cell(rep),
+        str(rep["n"]),
+        _f(rep["clean_accuracy"]),
+        f"{_f(rep['adversarial_accuracy'])} [{_f(lo)}, {_f(hi)}]",
+        _f(rep["gap"]) + (" (relative)" if rep.get("metric") == "relative" else ""),
+        _f(rep["threshold"]),
+        _baseline(rep),
+    ]
 
 
 def markdown_table(reports: Iterable[Dict[str, Any]], title: str = "pytest-advrobust") -> str:
@@ -56,17 +74,22 @@ def markdown_table(reports: Iterable[Dict[str, Any]], title: str = "pytest-advro
     """
     ordered = sorted(reports, key=lambda r: (r["verdict"] == "pass", r["nodeid"]))
     failed = sum(1 for r in ordered if r["verdict"] != "pass")
-    lines = [f"### {title}", "",
-             f"{len(ordered)} robust tests, {failed} failed, {len(ordered) - failed} passed.", "",
-             "| " + " | ".join(_HEADER) + " |",
-             "|" + "|".join(" --- " for _ in _HEADER) + "|"]
+    lines = [
+        f"### {title}",
+        "",
+        f"{len(ordered)} robust tests, {failed} failed, {len(ordered) - failed} passed.",
+        "",
+        "| " + " | ".join(_HEADER) + " |",
+        "|" + "|".join(" --- " for _ in _HEADER) + "|",
+    ]
     for rep in ordered:
         lines.append("| " + " | ".join(_cell(c) for c in _row(rep)) + " |")
     return "\n".join(lines) + "\n"
 
 
-def summary_targets(option_path: Optional[Path],
-                    env: Optional[Mapping[str, str]] = None) -> List[tuple]:
+def summary_targets(
+    option_path: Optional[Path], env: Optional[Mapping[str, str]] = None
+) -> List[tuple]:
     """``[(path, append)]``: the option's file (rewritten) and the step summary (appended).
 
     The same file named twice is written once, appended to."""
@@ -75,9 +98,9 @@ def summary_targets(option_path: Optional[Path],
     step = env.get(ENV_STEP_SUMMARY, "").strip()
     if step:
         targets.append((Path(step), True))
-    if option_path is not None and \
-            not any(Path(os.path.abspath(p)) == Path(os.path.abspath(option_path))
-                    for p, _ in targets):
+    if option_path is not None and not any(
+        Path(os.path.abspath(p)) == Path(os.path.abspath(option_path)) for p, _ in targets
+    ):
         targets.append((Path(option_path), False))
     return targets
 

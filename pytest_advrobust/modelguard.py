@@ -26,11 +26,15 @@ def resolve_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise AdvRobustError(f"--advrobust-device={name} was asked for, "
-                                 "but CUDA is not available on this machine")
+            raise AdvRobustError(
+                f"--advrobust-device={name} was asked for, "
+                "but CUDA is not available on this machine"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise AdvRobustError(f"--advrobust-device={name} was asked for, but this machine "
-                                 f"has {torch.cuda.device_count()} CUDA device(s)")
+            raise AdvRobustError(
+                f"--advrobust-device={name} was asked for, but this machine "
+                f"has {torch.cuda.device_count()} CUDA device(s)"
+            )
     return dev
 
 
@@ -38,12 +42,21 @@ class _Snapshot:
     def __init__(self, model: nn.Module):
         self.model = model
         self.modes: List[Tuple[nn.Module, bool]] = [(m, m.training) for m in model.modules()]
-        self.grads: List[Tuple[nn.Parameter, bool]] = [(p, p.requires_grad)
-                                                       for p in model.parameters()]
-        self.param_devices = [(mod, name, p.device) for mod in model.modules()
-                              for name, p in mod._parameters.items() if p is not None]
-        self.buffer_devices = [(mod, name, b.device) for mod in model.modules()
-                               for name, b in mod._buffers.items() if b is not None]
+        self.grads: List[Tuple[nn.Parameter, bool]] = [
+            (p, p.requires_grad) for p in model.parameters()
+        ]
+        self.param_devices = [
+            (mod, name, p.device)
+            for mod in model.modules()
+            for name, p in mod._parameters.items()
+            if p is not None
+        ]
+        self.buffer_devices = [
+            (mod, name, b.device)
+            for mod in model.modules()
+            for name, b in mod._buffers.items()
+            if b is not None
+        ]
         devices = {d for _, _, d in self.param_devices + self.buffer_devices}
         self.single_device = devices.pop() if len(devices) == 1 else None
 
@@ -110,8 +123,13 @@ class Preprocessed(nn.Module):
     (naming ``preprocessing`` and ``channel_axis``) when the values fit no axis.
     """
 
-    def __init__(self, model: Callable, mean: Sequence[float], std: Sequence[float],
-                 channel_axis: Optional[int] = None):
+    def __init__(
+        self,
+        model: Callable,
+        mean: Sequence[float],
+        std: Sequence[float],
+        channel_axis: Optional[int] = None,
+    ):
         super().__init__()
         self.inner = model
         self.channel_axis = channel_axis
@@ -131,7 +149,8 @@ class Preprocessed(nn.Module):
                 raise AdvRobustError(
                     f"preprocessing has {k} values per channel but channel_axis="
                     f"{self.channel_axis} of inputs of shape {tuple(shape)} has size {size}; "
-                    "give channel_axis the axis that holds the channels")
+                    "give channel_axis the axis that holds the channels"
+                )
             return axis
         if dims >= 2 and shape[1] == k:
             return 1
@@ -141,7 +160,8 @@ class Preprocessed(nn.Module):
             f"preprocessing has {k} values per channel, but inputs of shape {tuple(shape)} "
             f"have no channel axis of that size at axis 1 (or -1 for (N, H, W, C) images); "
             "give one value per channel and set channel_axis=... (marker) or "
-            "--advrobust-channel-axis")
+            "--advrobust-channel-axis"
+        )
 
     def _shape(self, t: torch.Tensor, x: torch.Tensor, axis: Optional[int]) -> torch.Tensor:
         if axis is None:
@@ -151,10 +171,11 @@ class Preprocessed(nn.Module):
         return t.view(*view)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean.numel() != self.std.numel() and self.mean.numel() > 1 and \
-                self.std.numel() > 1:
-            raise AdvRobustError(f"preprocessing has {self.mean.numel()} means but "
-                                 f"{self.std.numel()} stds; give as many of each")
+        if self.mean.numel() != self.std.numel() and self.mean.numel() > 1 and self.std.numel() > 1:
+            raise AdvRobustError(
+                f"preprocessing has {self.mean.numel()} means but "
+                f"{self.std.numel()} stds; give as many of each"
+            )
         axis = self.axis_for(tuple(x.shape))
         mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
         if axis is not None:
@@ -165,25 +186,37 @@ class Preprocessed(nn.Module):
 def check_logits(out: Any, n: int, fixture: str) -> torch.Tensor:
     """Check that the model gave (n, classes) finite logits; return them."""
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        raise AdvRobustError(f"model from fixture {fixture!r} returned a {type(out).__name__}; "
-                             "it must return one tensor of logits of shape (n, classes)")
-    if hasattr(out, "logits") and isinstance(getattr(out, "logits"), torch.Tensor):
-        raise AdvRobustError(f"model from fixture {fixture!r} returned an object with .logits; "
-                             "wrap it so that it returns the logits tensor")
+        raise AdvRobustError(
+            f"model from fixture {fixture!r} returned a {type(out).__name__}; "
+            "it must return one tensor of logits of shape (n, classes)"
+        )
+    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
+        raise AdvRobustError(
+            f"model from fixture {fixture!r} returned an object with .logits; "
+            "wrap it so that it returns the logits tensor"
+        )
     if not isinstance(out, torch.Tensor):
-        raise AdvRobustError(f"model from fixture {fixture!r} returned {type(out).__name__}, "
-                             "not a tensor of logits of shape (n, classes)")
+        raise AdvRobustError(
+            f"model from fixture {fixture!r} returned {type(out).__name__}, "
+            "not a tensor of logits of shape (n, classes)"
+        )
     if out.dim() == 2 and out.shape[0] == n and out.shape[1] == 1:
-        raise AdvRobustError(f"model from fixture {fixture!r} returned one logit per input, "
-                             f"shape ({n}, 1), but logits need at least 2 classes: for a "
-                             "binary model's logit z, return torch.cat([-z, z], dim=1)")
+        raise AdvRobustError(
+            f"model from fixture {fixture!r} returned one logit per input, "
+            f"shape ({n}, 1), but logits need at least 2 classes: for a "
+            "binary model's logit z, return torch.cat([-z, z], dim=1)"
+        )
     if out.dim() != 2 or out.shape[0] != n or out.shape[1] < 2:
-        raise AdvRobustError(f"model from fixture {fixture!r} returned shape {tuple(out.shape)} "
-                             f"for {n} inputs; expected logits of shape ({n}, classes) "
-                             "with at least 2 classes")
+        raise AdvRobustError(
+            f"model from fixture {fixture!r} returned shape {tuple(out.shape)} "
+            f"for {n} inputs; expected logits of shape ({n}, classes) "
+            "with at least 2 classes"
+        )
     if not out.dtype.is_floating_point:
-        raise AdvRobustError(f"model from fixture {fixture!r} returned {out.dtype} outputs; "
-                             "expected floating-point logits")
+        raise AdvRobustError(
+            f"model from fixture {fixture!r} returned {out.dtype} outputs; "
+            "expected floating-point logits"
+        )
     if not torch.isfinite(out).all():
         bad = "NaN" if torch.isnan(out).any() else "infinite"
         raise AdvRobustError(f"model from fixture {fixture!r} returned {bad} logits")

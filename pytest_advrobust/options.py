@@ -25,7 +25,8 @@ MARKER_LINE = (
     "refine=0, tolerance=None, sanity=None, threshold_eps=None, batch_size=None, "
     "targets=0, channel_axis=None, min_clean_accuracy=None, validity=0.9): "
     "fail the test when clean minus adversarial accuracy exceeds threshold "
-    "(runs with --advrobust)")
+    "(runs with --advrobust)"
+)
 
 # Help of each value option of settings.VALUE_OPTIONS (its ini key is appended).
 VALUE_HELP = {
@@ -35,82 +36,149 @@ VALUE_HELP = {
     "eps": "default perturbation bound (default 0.1 for linf, 0.5 for l2)",
     "batch_size": "batch size for attacks and evaluation (default 256)",
     "sanity": "sanity checks against gradient masking: off, cheap (default), full",
-    "tolerance": "largest allowed fall of adversarial accuracy below the baseline "
-                 "(default 0.02)",
+    "tolerance": "largest allowed fall of adversarial accuracy below the baseline (default 0.02)",
     "missing_baseline": "what a test without a baseline entry does under "
-                        "--advrobust-compare: fail, warn (default), skip",
+    "--advrobust-compare: fail, warn (default), skip",
     "threads": "torch threads while attacking and training (default: torch's own "
-               "setting; 1 is often fastest for small models on shared CI machines)",
+    "setting; 1 is often fastest for small models on shared CI machines)",
     "gan_steps": "GAN training step budget of both stages (default 300, and up to 200 "
-                 "fitting passes)",
+    "fitting passes)",
     "gan_seconds": "GAN training safety-net time cap in seconds; a training it cuts short "
-                   "is marked cut_short with a warning (default 3600)",
+    "is marked cut_short with a warning (default 3600)",
     "bounds": "valid input range LOW,HIGH (default 0,1), or none for unbounded features",
     "preprocessing": "normalisation MEAN;STD the model applies to its inputs, comma-"
-                     "separated per channel (e.g. 0.5,0.5,0.5;0.25,0.25,0.25); eps stays "
-                     "in input units (default none)",
+    "separated per channel (e.g. 0.5,0.5,0.5;0.25,0.25,0.25); eps stays "
+    "in input units (default none)",
     "channel_axis": "axis of the channels that preprocessing normalises: auto (default: "
-                    "1, or -1 for (N, H, W, C) images that fit only there) or an integer",
+    "1, or -1 for (N, H, W, C) images that fit only there) or an integer",
     "min_clean_accuracy": "clean accuracy a robust test needs, in [0, 1] (default: "
-                          "clearly above chance, 1/classes)",
+    "clearly above chance, 1/classes)",
 }
 
 # (option, keyword arguments of addoption, (ini key, ini help, ini type) or None)
 SWITCHES = (
-    ("--advrobust", dict(action="store_true", default=None,
-                         help="run robustness tests (marked robust or using adversarial_batch "
-                              "/ gan_generator); without it they are skipped. ini: advrobust"),
-     ("advrobust", "run robustness tests by default", "bool")),
-    ("--advrobust-json", dict(metavar="PATH", default=None,
-                              help="write the JSON report (all robust tests) to PATH. "
-                                   "ini: advrobust_json"),
-     ("advrobust_json", "path of the JSON report", None)),
-    ("--advrobust-cache-dir", dict(metavar="DIR", default=None,
-                                   help="GAN cache folder (default .pytest_cache/d/advrobust, "
-                                        "or $ADVROBUST_CACHE_DIR). ini: advrobust_cache_dir"),
-     ("advrobust_cache_dir", "GAN cache folder", None)),
-    ("--advrobust-retrain", dict(action="store_true", default=False,
-                                 help="train generators even when the cache holds them"),
-     None),
-    ("--advrobust-baseline", dict(metavar="PATH", default=None,
-                                  help="baseline file (default <rootdir>/advrobust-baseline."
-                                       "json). ini: advrobust_baseline"),
-     ("advrobust_baseline", "baseline file", None)),
-    ("--advrobust-save-baseline", dict(nargs="?", const="all", default=None,
-                                       choices=("all", "new"),
-                                       help="write the baseline from this run; =new adds only "
-                                            "missing entries (write =all or put it after the "
-                                            "test paths, since it takes an optional value)"),
-     None),
-    ("--advrobust-compare", dict(action="store_true", default=None,
-                                 help="fail tests whose adversarial accuracy fell below the "
-                                      "baseline by more than the tolerance. "
-                                      "ini: advrobust_compare"),
-     ("advrobust_compare", "compare against the baseline", "bool")),
-    ("--advrobust-strict", dict(action="store_true", default=None,
-                                help="turn sanity flags into test errors. ini: advrobust_strict"),
-     ("advrobust_strict", "sanity flags fail tests", "bool")),
-    ("--advrobust-images", dict(metavar="DIR", default=None,
-                                help="write a PNG gallery (and curve) per robust test into "
-                                     "DIR. ini: advrobust_images"),
-     ("advrobust_images", "folder for PNG galleries", None)),
-    ("--advrobust-markdown", dict(metavar="PATH", default=None,
-                                  help="write a Markdown table of every robust test to PATH "
-                                       "(it is also appended to $GITHUB_STEP_SUMMARY when "
-                                       "set). ini: advrobust_markdown"),
-     ("advrobust_markdown", "path of the Markdown summary table", None)),
-    ("--advrobust-warm", dict(action="store_true", default=False,
-                              help="only train and cache the generators the selected tests "
-                                   "need, then skip them (used by `advrobust warm`)"),
-     None),
+    (
+        "--advrobust",
+        dict(
+            action="store_true",
+            default=None,
+            help="run robustness tests (marked robust or using adversarial_batch "
+            "/ gan_generator); without it they are skipped. ini: advrobust",
+        ),
+        ("advrobust", "run robustness tests by default", "bool"),
+    ),
+    (
+        "--advrobust-json",
+        dict(
+            metavar="PATH",
+            default=None,
+            help="write the JSON report (all robust tests) to PATH. ini: advrobust_json",
+        ),
+        ("advrobust_json", "path of the JSON report", None),
+    ),
+    (
+        "--advrobust-cache-dir",
+        dict(
+            metavar="DIR",
+            default=None,
+            help="GAN cache folder (default .pytest_cache/d/advrobust, "
+            "or $ADVROBUST_CACHE_DIR). ini: advrobust_cache_dir",
+        ),
+        ("advrobust_cache_dir", "GAN cache folder", None),
+    ),
+    (
+        "--advrobust-retrain",
+        dict(
+            action="store_true",
+            default=False,
+            help="train generators even when the cache holds them",
+        ),
+        None,
+    ),
+    (
+        "--advrobust-baseline",
+        dict(
+            metavar="PATH",
+            default=None,
+            help="baseline file (default <rootdir>/advrobust-baseline."
+            "json). ini: advrobust_baseline",
+        ),
+        ("advrobust_baseline", "baseline file", None),
+    ),
+    (
+        "--advrobust-save-baseline",
+        dict(
+            nargs="?",
+            const="all",
+            default=None,
+            choices=("all", "new"),
+            help="write the baseline from this run; =new adds only "
+            "missing entries (write =all or put it after the "
+            "test paths, since it takes an optional value)",
+        ),
+        None,
+    ),
+    (
+        "--advrobust-compare",
+        dict(
+            action="store_true",
+            default=None,
+            help="fail tests whose adversarial accuracy fell below the "
+            "baseline by more than the tolerance. "
+            "ini: advrobust_compare",
+        ),
+        ("advrobust_compare", "compare against the baseline", "bool"),
+    ),
+    (
+        "--advrobust-strict",
+        dict(
+            action="store_true",
+            default=None,
+            help="turn sanity flags into test errors. ini: advrobust_strict",
+        ),
+        ("advrobust_strict", "sanity flags fail tests", "bool"),
+    ),
+    (
+        "--advrobust-images",
+        dict(
+            metavar="DIR",
+            default=None,
+            help="write a PNG gallery (and curve) per robust test into DIR. ini: advrobust_images",
+        ),
+        ("advrobust_images", "folder for PNG galleries", None),
+    ),
+    (
+        "--advrobust-markdown",
+        dict(
+            metavar="PATH",
+            default=None,
+            help="write a Markdown table of every robust test to PATH "
+            "(it is also appended to $GITHUB_STEP_SUMMARY when "
+            "set). ini: advrobust_markdown",
+        ),
+        ("advrobust_markdown", "path of the Markdown summary table", None),
+    ),
+    (
+        "--advrobust-warm",
+        dict(
+            action="store_true",
+            default=False,
+            help="only train and cache the generators the selected tests "
+            "need, then skip them (used by `advrobust warm`)",
+        ),
+        None,
+    ),
 )
 
 # (ini key, help, settings field) of the fixture names
 FIXTURE_INIS = (
     ("advrobust_model_fixture", "default name of the model fixture", "model_fixture"),
     ("advrobust_data_fixture", "default name of the data fixture", "data_fixture"),
-    ("advrobust_train_data_fixture",
-     "default name of the optional fixture with data for GAN training", "train_data_fixture"),
+    (
+        "advrobust_train_data_fixture",
+        "default name of the optional fixture with data for GAN training",
+        "train_data_fixture",
+    ),
 )
 
 
@@ -120,8 +188,13 @@ def add_options(parser: pytest.Parser) -> None:
     for opt, kwargs, ini in SWITCHES[:1]:
         _add_switch(parser, group, opt, kwargs, ini)
     for name, (opt, ini_name, parse) in VALUE_OPTIONS.items():
-        group.addoption(opt, type=parse, default=None, metavar=name.upper(),
-                        help=f"{VALUE_HELP[name]}. ini: {ini_name}")
+        group.addoption(
+            opt,
+            type=parse,
+            default=None,
+            metavar=name.upper(),
+            help=f"{VALUE_HELP[name]}. ini: {ini_name}",
+        )
         parser.addini(ini_name, VALUE_HELP[name])
     for opt, kwargs, ini in SWITCHES[1:]:
         _add_switch(parser, group, opt, kwargs, ini)
@@ -129,8 +202,9 @@ def add_options(parser: pytest.Parser) -> None:
         parser.addini(ini_name, help_text, default=DEFAULTS[field])
 
 
-def _add_switch(parser: pytest.Parser, group: Any, opt: str, kwargs: Dict[str, Any],
-                ini: Optional[tuple]) -> None:
+def _add_switch(
+    parser: pytest.Parser, group: Any, opt: str, kwargs: Dict[str, Any], ini: Optional[tuple]
+) -> None:
     group.addoption(opt, **kwargs)
     if ini is None:
         return

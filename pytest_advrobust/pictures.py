@@ -38,18 +38,28 @@ def gallery_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     if outcome.generated is not None:
         from .generated.gallery import wrong_gallery_image
 
-        return wrong_gallery_image(channels_first(outcome.x_adv, outcome.settings),
-                                   outcome.y_adv, outcome.adv.pred, outcome.settings.bounds)
+        return wrong_gallery_image(
+            channels_first(outcome.x_adv, outcome.settings),
+            outcome.y_adv,
+            outcome.adv.pred,
+            outcome.settings.bounds,
+        )
 
     clean_ok, adv_ok = outcome.clean.correct, outcome.adv.correct
     idx = pick_samples(clean_ok, adv_ok, GALLERY_SAMPLES)
     turned = int((clean_ok & ~adv_ok).sum())
     title = gallery_title(nodeid, dict(rep, _turned=(turned, int(clean_ok.sum()))))
     x, x_adv = (channels_first(t, outcome.settings) for t in (outcome.x, outcome.x_adv))
-    return gallery_image(x[idx], x_adv[idx], outcome.y[idx],
-                         outcome.clean.pred[idx], outcome.adv.pred[idx],
-                         class_names=outcome.class_names, title=title,
-                         max_images=GALLERY_SAMPLES)
+    return gallery_image(
+        x[idx],
+        x_adv[idx],
+        outcome.y[idx],
+        outcome.clean.pred[idx],
+        outcome.adv.pred[idx],
+        class_names=outcome.class_names,
+        title=title,
+        max_images=GALLERY_SAMPLES,
+    )
 
 
 def curve_of(nodeid: str, rep: Dict[str, Any]):
@@ -63,8 +73,13 @@ def curve_of(nodeid: str, rep: Dict[str, Any]):
     return curve_figure(rep["curve"], threshold=rep["threshold"], title=nodeid)
 
 
-def write_pictures(folder: Path, nodeid: str, outcome: Any, rep: Dict[str, Any],
-                   missing: Callable[[MissingPackage], None]) -> List[str]:
+def write_pictures(
+    folder: Path,
+    nodeid: str,
+    outcome: Any,
+    rep: Dict[str, Any],
+    missing: Callable[[MissingPackage], None],
+) -> List[str]:
     """Write ``<stem>.png`` (and ``<stem>-curve.png``) into ``folder``; return the paths.
 
     A curve that needs a missing package is left out and ``missing`` is told."""
@@ -87,8 +102,9 @@ def write_pictures(folder: Path, nodeid: str, outcome: Any, rep: Dict[str, Any],
     return paths
 
 
-def _curve_or_none(nodeid: str, rep: Dict[str, Any],
-                   missing: Callable[[MissingPackage], None]) -> Optional[Any]:
+def _curve_or_none(
+    nodeid: str, rep: Dict[str, Any], missing: Callable[[MissingPackage], None]
+) -> Optional[Any]:
     try:
         return curve_of(nodeid, rep)
     except MissingPackage as exc:

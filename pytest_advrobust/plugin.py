@@ -27,6 +27,7 @@ def _session(config: pytest.Config) -> AdvRobustSession:
 
 # ----------------------------------------------------------- configuration
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
@@ -56,10 +57,12 @@ def _register(config: pytest.Config, session: AdvRobustSession) -> None:
 
         config.pluginmanager.register(
             HtmlHooks(lambda item: item.stash.get(OUTCOME_KEY, None), session.missing_package),
-            "advrobust-html")
+            "advrobust-html",
+        )
 
 
 # -------------------------------------------------------------- collection
+
 
 def pytest_itemcollected(item: pytest.Item) -> None:
     _session(item.config).item_collected(item)
@@ -70,6 +73,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 
 
 # ---------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(autouse=True)
 def _advrobust_gate(request: pytest.FixtureRequest) -> None:
@@ -106,6 +110,7 @@ def conditional_generator(request: pytest.FixtureRequest):
 
 # ---------------------------------------------------------------- the gate
 
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     outcome = item.stash.get(OUTCOME_KEY, None)
@@ -113,6 +118,7 @@ def pytest_runtest_call(item: pytest.Item):
 
 
 # ------------------------------------------------ session start and finish
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -128,6 +134,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 # ------------------------------------------------------ registered classes
+
 
 class _ReportCollector:
     """Gathers the per-test reports from the test reports themselves, so that the

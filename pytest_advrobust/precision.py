@@ -17,8 +17,14 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["LOW_PRECISION", "InputCast", "is_low_precision", "into_dtype", "model_dtype",
-           "working_copy"]
+__all__ = [
+    "LOW_PRECISION",
+    "InputCast",
+    "is_low_precision",
+    "into_dtype",
+    "model_dtype",
+    "working_copy",
+]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 _MANTISSA = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
@@ -74,8 +80,13 @@ def _below(eps: float, dtype: torch.dtype) -> float:
     return float(e)
 
 
-def _linf(x64: torch.Tensor, a64: torch.Tensor, eps: float,
-          bounds: Optional[Tuple[float, float]], dtype: torch.dtype) -> torch.Tensor:
+def _linf(
+    x64: torch.Tensor,
+    a64: torch.Tensor,
+    eps: float,
+    bounds: Optional[Tuple[float, float]],
+    dtype: torch.dtype,
+) -> torch.Tensor:
     eps = _below(eps, dtype)
     lo, hi = x64 - eps, x64 + eps
     if bounds is not None:
@@ -94,8 +105,13 @@ def _linf(x64: torch.Tensor, a64: torch.Tensor, eps: float,
     return torch.where(bad, x64.to(dtype), out)
 
 
-def _l2(x64: torch.Tensor, a64: torch.Tensor, eps: float,
-        bounds: Optional[Tuple[float, float]], dtype: torch.dtype) -> torch.Tensor:
+def _l2(
+    x64: torch.Tensor,
+    a64: torch.Tensor,
+    eps: float,
+    bounds: Optional[Tuple[float, float]],
+    dtype: torch.dtype,
+) -> torch.Tensor:
     from .geometry import clip_bounds, project
 
     delta = project(a64 - x64, eps, "l2")
@@ -115,8 +131,13 @@ def _l2(x64: torch.Tensor, a64: torch.Tensor, eps: float,
     return torch.where(mask, x64.to(dtype), out)
 
 
-def into_dtype(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str,
-               bounds: Optional[Tuple[float, float]]) -> torch.Tensor:
+def into_dtype(
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    eps: float,
+    norm: str,
+    bounds: Optional[Tuple[float, float]],
+) -> torch.Tensor:
     """``x_adv`` in the dtype of ``x``, within ``eps`` (``norm``) and ``bounds`` there.
 
     ``x``: the clean batch (any floating dtype); ``x_adv``: an attack's result

@@ -34,6 +34,7 @@ def worker_writer(folder: str, worker_id: str) -> Callable[[str], None]:
             os.write(fd, data)  # one write of a whole line: never read half
         finally:
             os.close(fd)
+
     return write
 
 
@@ -47,7 +48,8 @@ class ProgressRelay:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = threading.Thread(
-            target=self._run, name="advrobust-progress", daemon=True)
+            target=self._run, name="advrobust-progress", daemon=True
+        )
         self._thread.start()
 
     def _run(self) -> None:
@@ -76,7 +78,7 @@ class ProgressRelay:
         if end == 0:
             return
         self._offsets[name] = start + end
-        worker = name[:-len(".log")] if name.endswith(".log") else name
+        worker = name[: -len(".log")] if name.endswith(".log") else name
         for line in data[:end].decode("utf-8", "replace").splitlines():
             self.show(f"[{worker}] {line}")
 

@@ -14,8 +14,17 @@ from typing import Any, Dict, Iterable, List, Optional
 
 SCHEMA_VERSION = 1
 
-__all__ = ["SCHEMA_VERSION", "build_report", "eps_cell", "failure_message", "point_message",
-           "summary_lines", "write_json_report", "atomic_write_text", "junit_properties"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "build_report",
+    "eps_cell",
+    "failure_message",
+    "point_message",
+    "summary_lines",
+    "write_json_report",
+    "atomic_write_text",
+    "junit_properties",
+]
 
 
 def _r(v: Optional[float], nd: int = 6) -> Optional[float]:
@@ -87,10 +96,12 @@ def point_message(rep: Dict[str, Any], point: Dict[str, Any]) -> str:
         return gap_message(rep)
     lo, hi = point["adversarial_ci"]
     rel = " (relative)" if rep.get("metric") == "relative" else ""
-    return (f"robustness gap{rel} {point['gap']:.3f} > threshold {rep['threshold']:.3f} "
-            f"(clean {point['clean_accuracy']:.3f} -> adversarial "
-            f"{point['adversarial_accuracy']:.3f} [{lo:.3f}, {hi:.3f}], n={rep['n']}, "
-            f"{rep['attack']} {rep['norm']} eps={point['eps']:g})")
+    return (
+        f"robustness gap{rel} {point['gap']:.3f} > threshold {rep['threshold']:.3f} "
+        f"(clean {point['clean_accuracy']:.3f} -> adversarial "
+        f"{point['adversarial_accuracy']:.3f} [{lo:.3f}, {hi:.3f}], n={rep['n']}, "
+        f"{rep['attack']} {rep['norm']} eps={point['eps']:g})"
+    )
 
 
 def failure_message(rep: Dict[str, Any], failing: Iterable[Dict[str, Any]]) -> str:
@@ -125,8 +136,19 @@ def _fmt(v: Optional[float], nd: int = 3) -> str:
 
 def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
     """Rows of the terminal summary, one per robust test, in node id order."""
-    header = ["test", "attack", "eps", "n", "clean", "adversarial [95% CI]", "gap",
-              "threshold", "baseline", "verdict", "generator"]
+    header = [
+        "test",
+        "attack",
+        "eps",
+        "n",
+        "clean",
+        "adversarial [95% CI]",
+        "gap",
+        "threshold",
+        "baseline",
+        "verdict",
+        "generator",
+    ]
     rows = [header]
     for rep in sorted(reports, key=lambda r: r["nodeid"]):
         lo, hi = rep["adversarial_ci"]
@@ -144,11 +166,21 @@ def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
         what = rep["attack"] + " " + rep["norm"]
         if rep.get("generated"):
             what = f"generated {rep['generated']['accepted']}/{rep['generated']['drawn']} valid"
-        rows.append([rep["nodeid"], what, eps_cell(rep), str(rep["n"]),
-                     _fmt(rep["clean_accuracy"]),
-                     f"{_fmt(rep['adversarial_accuracy'])} [{_fmt(lo)}, {_fmt(hi)}]",
-                     _fmt(rep["gap"]), _fmt(rep["threshold"]), btxt,
-                     rep["verdict"].upper() + flags, gen])
+        rows.append(
+            [
+                rep["nodeid"],
+                what,
+                eps_cell(rep),
+                str(rep["n"]),
+                _fmt(rep["clean_accuracy"]),
+                f"{_fmt(rep['adversarial_accuracy'])} [{_fmt(lo)}, {_fmt(hi)}]",
+                _fmt(rep["gap"]),
+                _fmt(rep["threshold"]),
+                btxt,
+                rep["verdict"].upper() + flags,
+                gen,
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     out = []
     for k, r in enumerate(rows):
@@ -166,8 +198,10 @@ def _generator_cell(tr: Optional[Dict[str, Any]]) -> str:
     trained = f"{tr.get('steps', 0)} steps {float(tr.get('seconds', 0) or 0):.1f}s"
     cost = tr.get("cost")
     if isinstance(cost, dict) and cost.get("forward_per_sample") is not None:
-        trained += (f", {float(cost['forward_per_sample']):.0f}/"
-                    f"{float(cost.get('backward_per_sample') or 0):.0f} passes")
+        trained += (
+            f", {float(cost['forward_per_sample']):.0f}/"
+            f"{float(cost.get('backward_per_sample') or 0):.0f} passes"
+        )
     cache = f", {tr['cache']}" if tr.get("cache") else ""
     if mode in ("cached", "memory"):
         if tr.get("trained_mode"):
@@ -209,8 +243,9 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return path
 
 
-def write_json_report(path: Path, reports: List[Dict[str, Any]], environment: Dict[str, Any],
-                      plugin_version: str) -> Path:
+def write_json_report(
+    path: Path, reports: List[Dict[str, Any]], environment: Dict[str, Any], plugin_version: str
+) -> Path:
     doc = {
         "schema_version": SCHEMA_VERSION,
         "plugin_version": plugin_version,

@@ -24,8 +24,13 @@ def pytest_setup(args: Sequence[str], invocation_dir: Path) -> Tuple[Path, Dict[
         from _pytest.config.findpaths import determine_setup
     except ImportError:  # pragma: no cover - a pytest without it
         return Path(invocation_dir), {}
-    given = {"inifile": None, "override_ini": None, "args": [str(a) for a in args],
-             "rootdir_cmd_arg": None, "invocation_dir": Path(invocation_dir)}
+    given = {
+        "inifile": None,
+        "override_ini": None,
+        "args": [str(a) for a in args],
+        "rootdir_cmd_arg": None,
+        "invocation_dir": Path(invocation_dir),
+    }
     wanted = inspect.signature(determine_setup).parameters
     kwargs = {k: v for k, v in given.items() if k in wanted}
     old = os.getcwd()
@@ -40,8 +45,9 @@ def pytest_setup(args: Sequence[str], invocation_dir: Path) -> Tuple[Path, Dict[
     return Path(rootdir), values
 
 
-def pytest_cache_dir(option: Optional[str], env: Mapping[str, str], invocation_dir: Path,
-                     args: Sequence[str] = ()) -> Path:
+def pytest_cache_dir(
+    option: Optional[str], env: Mapping[str, str], invocation_dir: Path, args: Sequence[str] = ()
+) -> Path:
     """The GAN cache folder of a pytest run of ``args`` started in ``invocation_dir``."""
     from .cache import resolve_cache_dir
 

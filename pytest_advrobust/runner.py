@@ -27,8 +27,14 @@ from .modelguard import Preprocessed, borrowed, resolve_device
 from .precision import into_dtype, model_dtype, working_copy
 from .settings import RobustSettings
 
-__all__ = ["Outcome", "run_evaluation", "check_bound", "needs_training_data", "prepare",
-           "torch_threads"]
+__all__ = [
+    "Outcome",
+    "run_evaluation",
+    "check_bound",
+    "needs_training_data",
+    "prepare",
+    "torch_threads",
+]
 
 
 @dataclass
@@ -83,29 +89,32 @@ def _input_range_check(x: torch.Tensor, settings: RobustSettings, fixture: str) 
             f"bounds=({lo:g}, {hi:g}); if they are already normalised, give the "
             "unnormalised data and preprocessing=(mean, std) so that eps stays in input "
             "units, else scale them or pass bounds=(low, high) (bounds=None for unbounded "
-            "features) to the marker or --advrobust-bounds")
+            "features) to the marker or --advrobust-bounds"
+        )
 
 
 def check_bound(name: str, x: torch.Tensor, x_adv: torch.Tensor, cfg) -> None:
     """Reject an attack result that is not a bounded perturbation of ``x``."""
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
         shape = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
-        raise AdvRobustError(f"attack {name!r} returned {shape}, not a tensor of the input "
-                             f"shape {tuple(x.shape)}")
+        raise AdvRobustError(
+            f"attack {name!r} returned {shape}, not a tensor of the input shape {tuple(x.shape)}"
+        )
     if not torch.isfinite(x_adv).all():
         raise AdvRobustError(f"attack {name!r} returned NaN or infinite inputs")
     slack = 1e-5 * max(1.0, cfg.eps)
     # In float64: exact for the differences of float16/bfloat16/float32 values.
-    worst = float(perturbation_norms(x.double(), x_adv.double(), cfg.norm).max()) \
-        if x.numel() else 0.0
+    worst = (
+        float(perturbation_norms(x.double(), x_adv.double(), cfg.norm).max()) if x.numel() else 0.0
+    )
     if worst > cfg.eps + slack:
-        raise AdvRobustError(f"attack {name!r} left the {cfg.norm} ball: perturbation "
-                             f"{worst:.6g} > eps {cfg.eps:g}")
+        raise AdvRobustError(
+            f"attack {name!r} left the {cfg.norm} ball: perturbation {worst:.6g} > eps {cfg.eps:g}"
+        )
     if cfg.bounds is not None:
         lo, hi = cfg.bounds
         if float(x_adv.min()) < lo - 1e-6 or float(x_adv.max()) > hi + 1e-6:
-            raise AdvRobustError(f"attack {name!r} returned inputs outside bounds "
-                                 f"({lo:g}, {hi:g})")
+            raise AdvRobustError(f"attack {name!r} returned inputs outside bounds ({lo:g}, {hi:g})")
 
 
 def _run_model_safely(fn: Callable[[], Any], fixture: str, shape) -> Any:
@@ -115,8 +124,10 @@ def _run_model_safely(fn: Callable[[], Any], fixture: str, shape) -> Any:
         raise
     except Exception as exc:  # the user's model failed on a plain batch
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise AdvRobustError(f"model from fixture {fixture!r} raised {type(exc).__name__} on "
-                             f"inputs of shape {tuple(shape)}: {first}") from exc
+        raise AdvRobustError(
+            f"model from fixture {fixture!r} raised {type(exc).__name__} on "
+            f"inputs of shape {tuple(shape)}: {first}"
+        ) from exc
 
 
 #: Built-in attacks that never use training data (everything else may: the GAN trains).
@@ -128,8 +139,15 @@ def needs_training_data(settings: RobustSettings) -> bool:
     return any(a not in NO_TRAINING_DATA and not a.startswith("apgd") for a in settings.attacks)
 
 
-def prepare(model: Any, data: Any, settings: RobustSettings, train_data: Any = None, *,
-            store: Any = None, need_train: bool = True):
+def prepare(
+    model: Any,
+    data: Any,
+    settings: RobustSettings,
+    train_data: Any = None,
+    *,
+    store: Any = None,
+    need_train: bool = True,
+):
     """Check the model, choose the device, split and check the data.
 
     ``store`` (a :class:`~pytest_advrobust.loading.SessionData`) remembers the
@@ -137,26 +155,35 @@ def prepare(model: Any, data: Any, settings: RobustSettings, train_data: Any = N
     samples are loaded (``split.train_x`` is ``None``).
     """
     if model is None or not callable(model):
-        raise AdvRobustError(f"fixture {settings.model!r} returned {type(model).__name__}, "
-                             "not a torch.nn.Module or callable mapping inputs to logits")
+        raise AdvRobustError(
+            f"fixture {settings.model!r} returned {type(model).__name__}, "
+            "not a torch.nn.Module or callable mapping inputs to logits"
+        )
     device = resolve_device(settings.device)
     convert = store.convert if store is not None else None
-    split: Split = split_data(data, settings.n_samples, settings.seed, settings.data,
-                              need_train=need_train and train_data is None, convert=convert)
+    split: Split = split_data(
+        data,
+        settings.n_samples,
+        settings.seed,
+        settings.data,
+        need_train=need_train and train_data is None,
+        convert=convert,
+    )
     if train_data is not None and need_train:
-        tx, ty = (convert or to_tensor_pair)(train_data, settings.train_data, None,
-                                             settings.seed)
+        tx, ty = (convert or to_tensor_pair)(train_data, settings.train_data, None, settings.seed)
         if tuple(tx.shape[1:]) != tuple(split.x.shape[1:]):
             raise AdvRobustError(
                 f"fixture {settings.train_data!r} gives samples of shape {tuple(tx.shape[1:])} "
                 f"but fixture {settings.data!r} gives {tuple(split.x.shape[1:])}; the GAN "
-                "trains on one and attacks the other, so give both the same sample shape")
+                "trains on one and attacks the other, so give both the same sample shape"
+            )
         split.train_x, split.train_y, split.train_is_eval = tx, ty, False
     _match_model_dtype(model, split)
     _input_range_check(split.x, settings, settings.data)
     if settings.preprocessing is not None:  # one sentence now, not a broadcast error later
-        Preprocessed(lambda t: t, *settings.preprocessing,
-                     channel_axis=settings.channel_axis).axis_for(tuple(split.x.shape))
+        Preprocessed(
+            lambda t: t, *settings.preprocessing, channel_axis=settings.channel_axis
+        ).axis_for(tuple(split.x.shape))
     return device, split
 
 
@@ -176,8 +203,9 @@ def _match_model_dtype(model: Any, split: Split) -> None:
 def with_preprocessing(model: Any, settings: RobustSettings, device) -> Any:
     if settings.preprocessing is None:
         return model
-    return Preprocessed(model, *settings.preprocessing,
-                        channel_axis=settings.channel_axis).to(device)
+    return Preprocessed(model, *settings.preprocessing, channel_axis=settings.channel_axis).to(
+        device
+    )
 
 
 @contextlib.contextmanager
@@ -194,11 +222,20 @@ def torch_threads(n: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def run_evaluation(model: Any, data: Any, settings: RobustSettings, *,
-                   train_data: Any = None, cache_dir: Optional[Path] = None,
-                   retrain: bool = False, progress: Optional[Callable[[str], None]] = None,
-                   warn: Optional[Callable[[str], None]] = None, quiet: bool = False,
-                   sanity_level: Optional[str] = None, store: Any = None) -> Outcome:
+def run_evaluation(
+    model: Any,
+    data: Any,
+    settings: RobustSettings,
+    *,
+    train_data: Any = None,
+    cache_dir: Optional[Path] = None,
+    retrain: bool = False,
+    progress: Optional[Callable[[str], None]] = None,
+    warn: Optional[Callable[[str], None]] = None,
+    quiet: bool = False,
+    sanity_level: Optional[str] = None,
+    store: Any = None,
+) -> Outcome:
     """Evaluate ``model`` on ``data`` under ``settings``; restore the model afterwards.
 
     Torch's global random state is seeded from ``settings.seed`` for the
@@ -209,31 +246,65 @@ def run_evaluation(model: Any, data: Any, settings: RobustSettings, *,
     if "generated" in settings.attacks:
         from .generated.evaluation import run_generated
 
-        return run_generated(model, data, settings, train_data=train_data, cache_dir=cache_dir,
-                             retrain=retrain, progress=progress, warn=warn, quiet=quiet,
-                             store=store)
-    device, split = prepare(model, data, settings, train_data, store=store,
-                            need_train=needs_training_data(settings))
+        return run_generated(
+            model,
+            data,
+            settings,
+            train_data=train_data,
+            cache_dir=cache_dir,
+            retrain=retrain,
+            progress=progress,
+            warn=warn,
+            quiet=quiet,
+            store=store,
+        )
+    device, split = prepare(
+        model, data, settings, train_data, store=store, need_train=needs_training_data(settings)
+    )
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(settings.seed)
-        return _evaluate(model, device, split, settings, cache_dir=cache_dir, retrain=retrain,
-                         progress=progress, warn=warn, quiet=quiet, sanity_level=sanity_level)
+        return _evaluate(
+            model,
+            device,
+            split,
+            settings,
+            cache_dir=cache_dir,
+            retrain=retrain,
+            progress=progress,
+            warn=warn,
+            quiet=quiet,
+            sanity_level=sanity_level,
+        )
 
 
-def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
-              cache_dir: Optional[Path], retrain: bool,
-              progress: Optional[Callable[[str], None]], warn: Optional[Callable[[str], None]],
-              quiet: bool, sanity_level: Optional[str]) -> Outcome:
+def _evaluate(
+    model: Any,
+    device,
+    split: Split,
+    settings: RobustSettings,
+    *,
+    cache_dir: Optional[Path],
+    retrain: bool,
+    progress: Optional[Callable[[str], None]],
+    warn: Optional[Callable[[str], None]],
+    quiet: bool,
+    sanity_level: Optional[str],
+) -> Outcome:
     with borrowed(model, device) as m:
         net = with_preprocessing(m, settings, device)
         x = split.x.to(device)
         y = split.y.to(device)
-        clean = _run_model_safely(lambda: predict(net, x, y, settings.batch_size, settings.model),
-                                  settings.model, x.shape)
-        _run_model_safely(lambda: require_input_gradient(net, x, y, settings.attacks,
-                                                         settings.model, settings.refine),
-                          settings.model, x.shape)
+        clean = _run_model_safely(
+            lambda: predict(net, x, y, settings.batch_size, settings.model), settings.model, x.shape
+        )
+        _run_model_safely(
+            lambda: require_input_gradient(
+                net, x, y, settings.attacks, settings.model, settings.refine
+            ),
+            settings.model,
+            x.shape,
+        )
         net_work, x_work = working_copy(net, x)  # float32 attacks for float16/bfloat16 inputs
         train_x = split.train_x
         if train_x is not None and x_work is not x:
@@ -247,9 +318,16 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
             results = []
             for name in settings.attacks:
                 attack = get_attack(name)
-                ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y,
-                                    cache_dir=cache_dir, retrain=retrain, progress=progress,
-                                    warn=warn, quiet=quiet)
+                ctx = AttackContext(
+                    device=device,
+                    train_x=train_x,
+                    train_y=split.train_y,
+                    cache_dir=cache_dir,
+                    retrain=retrain,
+                    progress=progress,
+                    warn=warn,
+                    quiet=quiet,
+                )
                 x_adv, count = counted(attack, net_work, x_work, y, cfg, ctx)
                 if math.isclose(eps, settings.main_eps):
                     cost[name] = count.per_sample(x.shape[0])
@@ -259,8 +337,10 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
                 check_bound(name, x, x_adv, cfg)
                 x_adv = x_adv.detach()
                 preds = _run_model_safely(
-                    lambda: predict(net, x_adv, y, settings.batch_size, settings.model),
-                    settings.model, x.shape)
+                    lambda x_adv=x_adv: predict(net, x_adv, y, settings.batch_size, settings.model),
+                    settings.model,
+                    x.shape,
+                )
                 results.append((x_adv, preds))
                 if "training" in ctx.facts and math.isclose(eps, settings.main_eps):
                     training = dict(ctx.facts["training"])
@@ -281,24 +361,59 @@ def _evaluate(model: Any, device, split: Split, settings: RobustSettings, *,
         numbers = per_eps[min(per_eps, key=lambda e: abs(e - settings.main_eps))]
         curve = None
         if settings.is_sweep:
-            curve = [{"eps": e, "adversarial_accuracy": p["adversarial_accuracy"],
-                      "adversarial_ci": p["adversarial_ci"], "gap": p["gap"],
-                      "clean_accuracy": p["clean_accuracy"]} for e, p in sorted(per_eps.items())]
+            curve = [
+                {
+                    "eps": e,
+                    "adversarial_accuracy": p["adversarial_accuracy"],
+                    "adversarial_ci": p["adversarial_ci"],
+                    "gap": p["gap"],
+                    "clean_accuracy": p["clean_accuracy"],
+                }
+                for e, p in sorted(per_eps.items())
+            ]
         flags: List[Dict[str, str]] = []
         level = sanity_level or settings.sanity
         if level != "off":
             from .sanity import run_sanity
 
-            ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y,
-                                cache_dir=cache_dir, progress=progress, warn=warn, quiet=True)
-            flags = run_sanity(net_work, x_work, y, main_raw.to(x_work.dtype),
-                               settings.attack_config(settings.main_eps),
-                               ctx, attacks=list(settings.attacks), level=level, curve=curve,
-                               num_classes=clean.num_classes, adversarial=per_attack,
-                               correct_counts=raw_counts)
+            ctx = AttackContext(
+                device=device,
+                train_x=train_x,
+                train_y=split.train_y,
+                cache_dir=cache_dir,
+                progress=progress,
+                warn=warn,
+                quiet=True,
+            )
+            flags = run_sanity(
+                net_work,
+                x_work,
+                y,
+                main_raw.to(x_work.dtype),
+                settings.attack_config(settings.main_eps),
+                ctx,
+                attacks=list(settings.attacks),
+                level=level,
+                curve=curve,
+                num_classes=clean.num_classes,
+                adversarial=per_attack,
+                correct_counts=raw_counts,
+            )
             if "probe" in ctx.facts and training is not None:
                 training["probe"] = ctx.facts["probe"]  # PGD against the GAN on a seeded probe
-    return Outcome(settings=settings, x=split.x, y=split.y, x_adv=main_x_adv.cpu(),
-                   clean=clean, adv=main_adv, numbers=numbers, curve=curve,
-                   training=training, sanity=flags, device=str(device),
-                   train_is_eval=split.train_is_eval, class_names=split.class_names, cost=cost)
+    return Outcome(
+        settings=settings,
+        x=split.x,
+        y=split.y,
+        x_adv=main_x_adv.cpu(),
+        clean=clean,
+        adv=main_adv,
+        numbers=numbers,
+        curve=curve,
+        training=training,
+        sanity=flags,
+        device=str(device),
+        train_is_eval=split.train_is_eval,
+        class_names=split.class_names,
+        cost=cost,
+    )

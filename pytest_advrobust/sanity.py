@@ -102,8 +102,14 @@ FLAG_LARGE_EPS = "large_eps"
 FLAG_NOT_CONVERGED = "not_converged"
 FLAG_GAN_WEAKER = "gan_weaker_than_pgd"
 
-CHEAP_FLAGS = (FLAG_PROBABILITIES, FLAG_GRADIENTS, FLAG_NONDETERMINISTIC,
-               FLAG_ADV_ABOVE_CLEAN, FLAG_CURVE_NOT_MONOTONE, FLAG_GAN_WEAKER)
+CHEAP_FLAGS = (
+    FLAG_PROBABILITIES,
+    FLAG_GRADIENTS,
+    FLAG_NONDETERMINISTIC,
+    FLAG_ADV_ABOVE_CLEAN,
+    FLAG_CURVE_NOT_MONOTONE,
+    FLAG_GAN_WEAKER,
+)
 FULL_FLAGS = (FLAG_WEAK_BEATS_STRONG, FLAG_LARGE_EPS, FLAG_NOT_CONVERGED)
 ALL_FLAGS = CHEAP_FLAGS + FULL_FLAGS
 
@@ -156,7 +162,7 @@ def _predict(model: Callable, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     preds = []
     step = max(1, int(batch_size))
     for start in range(0, x.shape[0], step):
-        preds.append(model(x[start:start + step]).argmax(dim=1))
+        preds.append(model(x[start : start + step]).argmax(dim=1))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
 
 
@@ -185,7 +191,8 @@ def _check_probabilities(out: torch.Tensor) -> Optional[dict]:
             f"(largest deviation {float((row_sums - 1).abs().max()):.2e}).",
             "A softmax inside the model saturates the cross-entropy and flattens its input "
             "gradients (gradient masking), so gradient attacks look weaker than they are; "
-            "return raw logits from the model and apply softmax outside it.")
+            "return raw logits from the model and apply softmax outside it.",
+        )
     return None
 
 
@@ -202,43 +209,55 @@ def _check_gradients(model: Callable, xs: torch.Tensor, ys: torch.Tensor) -> tup
             loss = F.cross_entropy(out.float(), ys, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
     if grad is None:
-        return (_flag(
-            FLAG_GRADIENTS,
-            f"The model's output has no gradient with respect to its input on {n} samples "
-            f"(the input is detached, or the model is not differentiable).",
-            "Gradient attacks cannot move at all, so their robust accuracy means nothing "
-            "(gradient masking by obfuscated gradients); keep the forward pass "
-            "differentiable (no .detach(), numpy or integer casts on the input) or "
-            "evaluate with a gradient-free attack such as gan."), False)
+        return (
+            _flag(
+                FLAG_GRADIENTS,
+                f"The model's output has no gradient with respect to its input on {n} samples "
+                f"(the input is detached, or the model is not differentiable).",
+                "Gradient attacks cannot move at all, so their robust accuracy means nothing "
+                "(gradient masking by obfuscated gradients); keep the forward pass "
+                "differentiable (no .detach(), numpy or integer casts on the input) or "
+                "evaluate with a gradient-free attack such as gan.",
+            ),
+            False,
+        )
     flat = grad.detach().reshape(n, -1)
     nonfinite = ~torch.isfinite(flat).all(dim=1)
     zero = (flat == 0).all(dim=1)
     share_nonfinite = float(nonfinite.float().mean())
     share_zero = float(zero.float().mean())
     if share_nonfinite > 0:
-        return (_flag(
-            FLAG_GRADIENTS,
-            f"The input gradient of the cross-entropy contains NaN or inf for "
-            f"{int(nonfinite.sum())} of {n} samples ({_pct(share_nonfinite)}).",
-            "Gradient attacks cannot follow a NaN or infinite gradient, so those samples "
-            "look robust when they are not (exploding or shattered gradients); look for "
-            "sqrt, log or division at 0 in the forward pass and make it numerically safe."),
-            True)
+        return (
+            _flag(
+                FLAG_GRADIENTS,
+                f"The input gradient of the cross-entropy contains NaN or inf for "
+                f"{int(nonfinite.sum())} of {n} samples ({_pct(share_nonfinite)}).",
+                "Gradient attacks cannot follow a NaN or infinite gradient, so those samples "
+                "look robust when they are not (exploding or shattered gradients); look for "
+                "sqrt, log or division at 0 in the forward pass and make it numerically safe.",
+            ),
+            True,
+        )
     if share_zero > ZERO_GRAD_SHARE:
-        return (_flag(
-            FLAG_GRADIENTS,
-            f"The input gradient of the cross-entropy is exactly zero for {int(zero.sum())} "
-            f"of {n} samples ({_pct(share_zero)}, more than {_pct(ZERO_GRAD_SHARE)}).",
-            "This suggests gradient masking (a non-differentiable step such as rounding or "
-            "quantisation, or saturated outputs), so gradient attacks cannot move; replace "
-            "the step by a differentiable approximation for evaluation (BPDA) or rely on a "
-            "gradient-free attack such as gan, and run sanity checks at level full."), True)
+        return (
+            _flag(
+                FLAG_GRADIENTS,
+                f"The input gradient of the cross-entropy is exactly zero for {int(zero.sum())} "
+                f"of {n} samples ({_pct(share_zero)}, more than {_pct(ZERO_GRAD_SHARE)}).",
+                "This suggests gradient masking (a non-differentiable step such as rounding or "
+                "quantisation, or saturated outputs), so gradient attacks cannot move; replace "
+                "the step by a differentiable approximation for evaluation (BPDA) or rely on a "
+                "gradient-free attack such as gan, and run sanity checks at level full.",
+            ),
+            True,
+        )
     return None, True
 
 
 @torch.no_grad()
-def _check_nondeterministic(model: Callable, xs: torch.Tensor,
-                            first: torch.Tensor) -> Optional[dict]:
+def _check_nondeterministic(
+    model: Callable, xs: torch.Tensor, first: torch.Tensor
+) -> Optional[dict]:
     second = model(xs)
     if first.shape != second.shape:
         return _flag(
@@ -246,13 +265,14 @@ def _check_nondeterministic(model: Callable, xs: torch.Tensor,
             f"Two forward passes on the same {xs.shape[0]} inputs returned outputs of "
             f"different shapes {tuple(first.shape)} and {tuple(second.shape)}.",
             "The model is not a fixed function in eval mode, so every attack measures a "
-            "moving target; make the forward pass deterministic.")
+            "moving target; make the forward pass deterministic.",
+        )
     a, b = first.double(), second.double()
     diff = (a - b).abs()
     limit = DETERMINISM_TOL + DETERMINISM_TOL * a.abs()
     bad = diff > limit
     both_nan = torch.isnan(a) & torch.isnan(b)
-    bad = (bad | (torch.isnan(diff) & ~both_nan))
+    bad = bad | (torch.isnan(diff) & ~both_nan)
     if not bool(bad.any()):
         return None
     rows = bad.reshape(bad.shape[0], -1).any(dim=1) if bad.dim() > 1 else bad
@@ -268,12 +288,18 @@ def _check_nondeterministic(model: Callable, xs: torch.Tensor,
         "The model is random in eval mode (for example dropout forced on, noise "
         "injection or a module kept in training mode), which hides gradients behind "
         "randomness (stochastic gradients); make evaluation deterministic, or attack "
-        "the expectation over the randomness (EOT) before trusting the numbers.")
+        "the expectation over the randomness (EOT) before trusting the numbers.",
+    )
 
 
-def _check_adv_above_clean(model: Callable, x: torch.Tensor, y: torch.Tensor,
-                           x_adv: torch.Tensor, batch_size: int,
-                           counts: Optional[Tuple[int, int]] = None) -> Optional[dict]:
+def _check_adv_above_clean(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    batch_size: int,
+    counts: Optional[Tuple[int, int]] = None,
+) -> Optional[dict]:
     n = x.shape[0]
     if n == 0:
         return None
@@ -290,7 +316,8 @@ def _check_adv_above_clean(model: Callable, x: torch.Tensor, y: torch.Tensor,
         f"{correct_clean / n:.3f} ({correct_adv} vs {correct_clean} correct of {n}).",
         "An attack that makes the model more accurate is broken or aimed the wrong way "
         "(for example a targeted loss, a sign error or wrong labels); check the attack and "
-        "the labels, and keep the clean input when the attack does not fool the model.")
+        "the labels, and keep the clean input when the attack does not fool the model.",
+    )
 
 
 def check_curve(curve: Optional[Sequence[dict]], n: Optional[int] = None) -> Optional[dict]:
@@ -303,8 +330,9 @@ def check_curve(curve: Optional[Sequence[dict]], n: Optional[int] = None) -> Opt
     """
     if not curve:
         return None
-    points = sorted(((float(p["eps"]), float(p["adversarial_accuracy"])) for p in curve),
-                    key=lambda p: p[0])
+    points = sorted(
+        ((float(p["eps"]), float(p["adversarial_accuracy"])) for p in curve), key=lambda p: p[0]
+    )
     tol = _tolerance(n) if n else ACC_TOL
     worst = None  # (rise, eps_low, acc_low, eps_high, acc_high)
     best_eps, best_acc = points[0]
@@ -324,7 +352,8 @@ def check_curve(curve: Optional[Sequence[dict]], n: Optional[int] = None) -> Opt
         f"attack stronger.",
         "A curve that goes up means the attack fails to use its larger budget: gradient "
         "masking or a step size that does not scale with eps; use more steps, restarts or "
-        "a random start, and check the gradients.")
+        "a random start, and check the gradients.",
+    )
 
 
 # ---------------------------------------------------------------------- full
@@ -354,9 +383,16 @@ def _large_eps(cfg: AttackConfig, x: torch.Tensor) -> float:
     return width * math.sqrt(dim)
 
 
-def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: AttackConfig,
-                 ctx: AttackContext, num_classes: int,
-                 evaluated: Dict[str, torch.Tensor], configured: Sequence[str] = ()) -> List[dict]:
+def _full_checks(
+    model: Callable,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: AttackContext,
+    num_classes: int,
+    evaluated: Dict[str, torch.Tensor],
+    configured: Sequence[str] = (),
+) -> List[dict]:
     from .attacks import strongest_attack
     from .attacks.gradient import fgsm, pgd
 
@@ -368,9 +404,12 @@ def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: Attac
     tol = _tolerance(n)
     strong_name, strong = strongest_attack(configured)
     acc_pgd = _accuracy(model, strong(model, xs, ys, cfg, ctx), ys, bs)
-    label = (f"PGD ({cfg.steps} steps, step size {cfg.resolved_step_size():.3g}, "
-             f"{cfg.restarts} restart(s))" if strong_name == "pgd" else
-             f"{strong_name.upper()} ({cfg.steps} iterations, {cfg.restarts} restart(s))")
+    label = (
+        f"PGD ({cfg.steps} steps, step size {cfg.resolved_step_size():.3g}, "
+        f"{cfg.restarts} restart(s))"
+        if strong_name == "pgd"
+        else f"{strong_name.upper()} ({cfg.steps} iterations, {cfg.restarts} restart(s))"
+    )
 
     # weak_beats_strong: FGSM, noise, and any non-gradient attack under test.
     fgsm_cfg = replace(cfg, steps=1, step_size=None, restarts=1, random_start=False)
@@ -384,30 +423,42 @@ def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: Attac
         weak[f"the {name} attack"] = _accuracy(model, adv, ys, bs)
     worst_name = min(weak, key=lambda k: weak[k])
     if weak[worst_name] < acc_pgd - tol:
-        flags.append(_flag(
-            FLAG_WEAK_BEATS_STRONG,
-            f"With {cfg.norm} eps={cfg.eps:g}, {worst_name} brings accuracy to "
-            f"{weak[worst_name]:.3f} but {label} only to {acc_pgd:.3f} on {n} samples.",
-            "A strong gradient attack should never lose to a weaker attack: either its "
-            "settings are too weak (too few steps or too small a step size) or the "
-            "gradients are masked; raise "
-            "steps and step size, add restarts, and check the gradients flag."))
+        flags.append(
+            _flag(
+                FLAG_WEAK_BEATS_STRONG,
+                f"With {cfg.norm} eps={cfg.eps:g}, {worst_name} brings accuracy to "
+                f"{weak[worst_name]:.3f} but {label} only to {acc_pgd:.3f} on {n} samples.",
+                "A strong gradient attack should never lose to a weaker attack: either its "
+                "settings are too weak (too few steps or too small a step size) or the "
+                "gradients are masked; raise "
+                "steps and step size, add restarts, and check the gradients flag.",
+            )
+        )
 
     # large_eps: an attack with an unbounded budget must reach chance or below.
     big = _large_eps(cfg, xs)
-    big_cfg = replace(cfg, eps=big, step_size=None, steps=max(cfg.steps, LARGE_EPS_MIN_STEPS),
-                      restarts=1, random_start=False)
+    big_cfg = replace(
+        cfg,
+        eps=big,
+        step_size=None,
+        steps=max(cfg.steps, LARGE_EPS_MIN_STEPS),
+        restarts=1,
+        random_start=False,
+    )
     acc_big = _accuracy(model, pgd(model, xs, ys, big_cfg, ctx), ys, bs)
     chance = 1.0 / max(num_classes, 1)
     if acc_big > chance + 1e-9:
-        flags.append(_flag(
-            FLAG_LARGE_EPS,
-            f"PGD with a huge {cfg.norm} eps={big:g} still leaves accuracy at {acc_big:.3f} "
-            f"on {n} samples, above chance {chance:.3f} for {num_classes} classes.",
-            "An attack whose budget covers the whole input range must fool the model; "
-            "failing that points to gradient masking or a broken attack rather than "
-            "robustness; check the gradients flag and use a gradient-free attack such as "
-            "gan or a differentiable approximation of the masking step."))
+        flags.append(
+            _flag(
+                FLAG_LARGE_EPS,
+                f"PGD with a huge {cfg.norm} eps={big:g} still leaves accuracy at {acc_big:.3f} "
+                f"on {n} samples, above chance {chance:.3f} for {num_classes} classes.",
+                "An attack whose budget covers the whole input range must fool the model; "
+                "failing that points to gradient masking or a broken attack rather than "
+                "robustness; check the gradients flag and use a gradient-free attack such as "
+                "gan or a differentiable approximation of the masking step.",
+            )
+        )
 
     # not_converged: twice the steps or twice the restarts must not matter.
     variants = {
@@ -421,14 +472,17 @@ def _full_checks(model: Callable, xs: torch.Tensor, ys: torch.Tensor, cfg: Attac
     # One extra restart moves a few samples of an ordinary model; only a
     # clear shift (3 points and 3 samples) says the attack has not converged.
     if abs(changes[label] - acc_pgd) > max(3 * ACC_TOL, 3.0 / max(n, 1)):
-        flags.append(_flag(
-            FLAG_NOT_CONVERGED,
-            f"PGD with {label} gives adversarial accuracy {changes[label]:.3f} instead of "
-            f"{acc_pgd:.3f} with {cfg.steps} steps and {cfg.restarts} restart(s) on {n} "
-            f"samples.",
-            "The attack has not converged, so the measured robustness depends on the "
-            "attack budget and is likely too optimistic; raise steps and restarts (or use "
-            "a random start) until the number stops moving."))
+        flags.append(
+            _flag(
+                FLAG_NOT_CONVERGED,
+                f"PGD with {label} gives adversarial accuracy {changes[label]:.3f} instead of "
+                f"{acc_pgd:.3f} with {cfg.steps} steps and {cfg.restarts} restart(s) on {n} "
+                f"samples.",
+                "The attack has not converged, so the measured robustness depends on the "
+                "attack budget and is likely too optimistic; raise steps and restarts (or use "
+                "a random start) until the number stops moving.",
+            )
+        )
     return flags
 
 
@@ -440,11 +494,17 @@ def _sign_test(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    return sum(math.comb(n, k) for k in range(b, n + 1)) / 2.0 ** n
+    return sum(math.comb(n, k) for k in range(b, n + 1)) / 2.0**n
 
 
-def gan_probe(model: Callable, x: torch.Tensor, y: torch.Tensor, x_gan: torch.Tensor,
-              cfg: AttackConfig, ctx: AttackContext) -> Tuple[dict, Optional[dict]]:
+def gan_probe(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_gan: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: AttackContext,
+) -> Tuple[dict, Optional[dict]]:
     """PGD against the GAN attack on a seeded probe of the evaluation batch.
 
     ``x``, ``y``: the evaluation batch ``(N, ...)``, ``(N,)``; ``x_gan``: the
@@ -470,10 +530,21 @@ def gan_probe(model: Callable, x: torch.Tensor, y: torch.Tensor, x_gan: torch.Te
     b = int((pgd_fooled & ~gan_fooled).sum())
     c = int((gan_fooled & ~pgd_fooled).sum())
     n_ok = int(ok.sum())
-    rate = (lambda m: int(m.sum()) / n_ok if n_ok else 0.0)
-    probe = {"n": int(k), "seed": int(cfg.seed), "clean_correct": n_ok, "pgd_steps": int(cfg.steps),
-             "pgd_success": rate(pgd_fooled), "gan_success": rate(gan_fooled),
-             "pgd_only": b, "gan_only": c, "p_value": _sign_test(b, c)}
+
+    def rate(m):
+        return int(m.sum()) / n_ok if n_ok else 0.0
+
+    probe = {
+        "n": int(k),
+        "seed": int(cfg.seed),
+        "clean_correct": n_ok,
+        "pgd_steps": int(cfg.steps),
+        "pgd_success": rate(pgd_fooled),
+        "gan_success": rate(gan_fooled),
+        "pgd_only": b,
+        "gan_only": c,
+        "p_value": _sign_test(b, c),
+    }
     flag = None
     if b > c and probe["p_value"] < PROBE_ALPHA:
         flag = _flag(
@@ -484,19 +555,29 @@ def gan_probe(model: Callable, x: torch.Tensor, y: torch.Tensor, x_gan: torch.Te
             f"{c} only the GAN; sign test p={probe['p_value']:.3g}).",
             "The generator is weaker than PGD here, so the GAN's robust accuracy is too "
             "optimistic: raise --advrobust-gan-steps (or leave it at its default), clear the "
-            "cache with --advrobust-retrain, or gate on attack=\"pgd\" or [\"gan\", \"pgd\"].")
+            'cache with --advrobust-retrain, or gate on attack="pgd" or ["gan", "pgd"].',
+        )
     return probe, flag
 
 
 # ----------------------------------------------------------------------- API
 
 
-def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-               cfg: AttackConfig, ctx: AttackContext, *, attacks: Sequence[str],
-               level: str = "cheap", curve: Optional[List[dict]] = None,
-               num_classes: Optional[int] = None,
-               adversarial: Optional[Dict[str, torch.Tensor]] = None,
-               correct_counts: Optional[Tuple[int, int]] = None) -> List[dict]:
+def run_sanity(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: AttackContext,
+    *,
+    attacks: Sequence[str],
+    level: str = "cheap",
+    curve: Optional[List[dict]] = None,
+    num_classes: Optional[int] = None,
+    adversarial: Optional[Dict[str, torch.Tensor]] = None,
+    correct_counts: Optional[Tuple[int, int]] = None,
+) -> List[dict]:
     """Run the sanity checks of ``level`` and return the flags raised.
 
     ``model`` is frozen, in eval mode and on the device of ``x``; ``x``,
@@ -529,8 +610,11 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
         with torch.no_grad():
             first = model(xs)
         grad_flag, has_grad = _check_gradients(model, xs, ys)
-        for found in (_check_probabilities(first), grad_flag,
-                      _check_nondeterministic(model, xs, first)):
+        for found in (
+            _check_probabilities(first),
+            grad_flag,
+            _check_nondeterministic(model, xs, first),
+        ):
             if found:
                 flags.append(found)
         if num_classes is None and first.dim() == 2:
@@ -553,9 +637,16 @@ def run_sanity(model: Callable, x: torch.Tensor, y: torch.Tensor, x_adv: torch.T
         evaluated: Dict[str, torch.Tensor] = {}
         if adversarial:
             evaluated = {name: adv[idx].detach() for name, adv in adversarial.items()}
-        elif x_adv is not None and attacks and not set(attacks) & {"pgd", *STRONG} \
-                and not set(attacks) <= {"fgsm"}:
+        elif (
+            x_adv is not None
+            and attacks
+            and not set(attacks) & {"pgd", *STRONG}
+            and not set(attacks) <= {"fgsm"}
+        ):
             evaluated = {"+".join(attacks): x_adv[idx].detach()}
-        flags.extend(_full_checks(model, xs, ys, cfg, ctx, int(num_classes or 2), evaluated,
-                                  configured=attacks))
+        flags.extend(
+            _full_checks(
+                model, xs, ys, cfg, ctx, int(num_classes or 2), evaluated, configured=attacks
+            )
+        )
     return flags

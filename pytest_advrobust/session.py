@@ -82,12 +82,19 @@ class AdvRobustSession:
         # A run without --advrobust must not depend on a writable checkout: the cache
         # folder is made (and probed) on first use, by cache_folder.
         option, ini = config.getoption("advrobust_cache_dir"), config.getini("advrobust_cache_dir")
-        cache_default = not (option or ini or os.environ.get(ENV_CACHE_DIR)) and \
-            getattr(config, "cache", None) is not None
-        cache_dir = None if cache_default else \
-            resolve_cache_dir(option, ini or None, os.environ, config.rootpath)
-        baseline = path_option(config, "advrobust_baseline", "advrobust_baseline") or \
-            Path(config.rootpath) / "advrobust-baseline.json"
+        cache_default = (
+            not (option or ini or os.environ.get(ENV_CACHE_DIR))
+            and getattr(config, "cache", None) is not None
+        )
+        cache_dir = (
+            None
+            if cache_default
+            else resolve_cache_dir(option, ini or None, os.environ, config.rootpath)
+        )
+        baseline = (
+            path_option(config, "advrobust_baseline", "advrobust_baseline")
+            or Path(config.rootpath) / "advrobust-baseline.json"
+        )
         warm = bool(config.getoption("advrobust_warm"))
         return cls(
             config=config,
@@ -136,10 +143,12 @@ class AdvRobustSession:
         if reason is not None:
             where = folder if folder is not None else "pytest's cache folder"
             self.cache_dir = None
-            self.cache_note = (f"GAN cache folder {where} cannot be written ({reason}): "
-                               "generators are kept in memory for this session and not "
-                               "cached; point --advrobust-cache-dir or $ADVROBUST_CACHE_DIR "
-                               "at a writable folder to keep them")
+            self.cache_note = (
+                f"GAN cache folder {where} cannot be written ({reason}): "
+                "generators are kept in memory for this session and not "
+                "cached; point --advrobust-cache-dir or $ADVROBUST_CACHE_DIR "
+                "at a writable folder to keep them"
+            )
             self.notes.append(self.cache_note)
             warn(self.cache_note)
         else:
@@ -186,19 +195,25 @@ class AdvRobustSession:
 
     # ------------------------------------------------------------- fixtures
 
-    def settings_for(self, request: pytest.FixtureRequest,
-                     require_threshold: bool) -> RobustSettings:
+    def settings_for(
+        self, request: pytest.FixtureRequest, require_threshold: bool
+    ) -> RobustSettings:
         marker = request.node.get_closest_marker("robust")
         if marker is None:
             return self.base
-        return from_marker(marker.kwargs, marker.args, self.base,
-                           require_threshold=require_threshold)
+        return from_marker(
+            marker.kwargs, marker.args, self.base, require_threshold=require_threshold
+        )
 
     def _tools(self, need_cache: bool = True) -> Dict[str, Any]:
         """The keyword arguments every evaluation and generator look-up shares."""
-        return dict(cache_dir=self.cache_folder() if need_cache else None,
-                    retrain=self.retrain, progress=progress_writer(self.config), warn=warn,
-                    store=self.session_data())
+        return dict(
+            cache_dir=self.cache_folder() if need_cache else None,
+            retrain=self.retrain,
+            progress=progress_writer(self.config),
+            warn=warn,
+            store=self.session_data(),
+        )
 
     def gate_outcome(self, request: pytest.FixtureRequest) -> Any:
         """The autouse gate: evaluate a marked test during setup (its verdict is given
@@ -228,16 +243,26 @@ class AdvRobustSession:
             training = hit[0].training
             if training is not None:  # nothing was trained for this test: its own facts
                 mode = "memory" if training.get("cache") == "not cached" else "cached"
-                training = dict(training, mode=mode,
-                                trained_mode=training.get("trained_mode", training.get("mode")))
+                training = dict(
+                    training,
+                    mode=mode,
+                    trained_mode=training.get("trained_mode", training.get("mode")),
+                )
             return dataclasses.replace(hit[0], settings=settings, training=training)
         with torch_threads(self.values["threads"]):
-            outcome = run_evaluation(model, data, settings, train_data=train,
-                                     quiet=quiet(self.config), **self._tools(need_train))
+            outcome = run_evaluation(
+                model,
+                data,
+                settings,
+                train_data=train,
+                quiet=quiet(self.config),
+                **self._tools(need_train),
+            )
         if self.cache_note and outcome.training is not None:
             mode = outcome.training.get("mode")  # "cached" here means this session's memory
-            outcome.training = dict(outcome.training, cache="not cached",
-                                    mode="memory" if mode == "cached" else mode)
+            outcome.training = dict(
+                outcome.training, cache="not cached", mode="memory" if mode == "cached" else mode
+            )
         self.outcomes[key] = (outcome, model, data, train)  # keep objects alive: ids stay unique
         return outcome
 
@@ -249,8 +274,10 @@ class AdvRobustSession:
         model, data, train = user_objects(request, settings)
         with torch_threads(self.values["threads"]):
             facts = warm_generators(model, data, settings, train_data=train, **self._tools())
-        modes = ", ".join(f"{f.get('role') or 'eps=%g' % f['eps']}: {f['mode']}"
-                          for f in facts) or "no GAN attack"
+        modes = (
+            ", ".join(f"{f.get('role') or 'eps=%g' % f['eps']}: {f['mode']}" for f in facts)
+            or "no GAN attack"
+        )
         pytest.skip(f"advrobust warm: {modes}")
 
     def adversarial_batch(self, request: pytest.FixtureRequest, outcome: Any) -> Any:
@@ -350,8 +377,12 @@ class AdvRobustSession:
         from .baseline_run import current_environment
         from .report import write_json_report
 
-        write_json_report(self.json_path, list(self.reports.values()),
-                          current_environment(self.values), __version__)
+        write_json_report(
+            self.json_path,
+            list(self.reports.values()),
+            current_environment(self.values),
+            __version__,
+        )
         self.notes.append(f"JSON report written to {self.json_path}")
 
     def _write_markdown(self) -> None:
@@ -391,4 +422,3 @@ class AdvRobustSession:
         """Merge what a finished worker collected into this run's list."""
         out = getattr(node, "workeroutput", None) or {}
         self.collected.update(out.get("advrobust_collected", ()))
-

@@ -37,16 +37,37 @@ METRICS = ("absolute", "relative")
 NORMS = ("linf", "l2")
 
 MARKER_ARGS = (
-    "threshold", "attack", "eps", "norm", "steps", "step_size", "restarts", "random_start",
-    "n_samples", "metric", "seed", "model", "data", "bounds", "preprocessing", "refine",
-    "tolerance", "sanity", "threshold_eps", "batch_size", "targets", "channel_axis",
-    "min_clean_accuracy", "validity",
+    "threshold",
+    "attack",
+    "eps",
+    "norm",
+    "steps",
+    "step_size",
+    "restarts",
+    "random_start",
+    "n_samples",
+    "metric",
+    "seed",
+    "model",
+    "data",
+    "bounds",
+    "preprocessing",
+    "refine",
+    "tolerance",
+    "sanity",
+    "threshold_eps",
+    "batch_size",
+    "targets",
+    "channel_axis",
+    "min_clean_accuracy",
+    "validity",
 )
 
 
 # ---------------------------------------------------------------- option types
 # Each parser raises argparse.ArgumentTypeError, which pytest turns into a usage
 # error that names the option.
+
 
 def device_type(value: str) -> str:
     v = str(value).strip().lower()
@@ -66,6 +87,7 @@ def _int_type(minimum: int):
         if out < minimum:
             raise argparse.ArgumentTypeError(f"{value!r} must be at least {minimum}")
         return out
+
     return parse
 
 
@@ -99,6 +121,7 @@ def choice_type(choices: Sequence[str]):
         if v not in choices:
             raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(choices)}")
         return v
+
     return parse
 
 
@@ -129,9 +152,14 @@ def preprocessing_type(value: str):
         mean, std = (tuple(float(p) for p in h.split(",") if p.strip()) for h in halves)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not MEAN;STD (e.g. 0.5,0.5,0.5;0.25,0.25,0.25) or none") from None
-    if not mean or not std or not all(math.isfinite(t) for t in mean + std) or \
-            any(t <= 0 for t in std):
+            f"{value!r} is not MEAN;STD (e.g. 0.5,0.5,0.5;0.25,0.25,0.25) or none"
+        ) from None
+    if (
+        not mean
+        or not std
+        or not all(math.isfinite(t) for t in mean + std)
+        or any(t <= 0 for t in std)
+    ):
         raise argparse.ArgumentTypeError(f"{value!r} needs finite means and positive stds")
     return (mean, std)
 
@@ -144,8 +172,9 @@ def channel_axis_type(value: str):
     try:
         out = int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an axis (e.g. 1 or -1) or auto") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an axis (e.g. 1 or -1) or auto"
+        ) from None
     if out == 0:
         raise argparse.ArgumentTypeError("axis 0 is the batch axis, not a channel axis")
     return out
@@ -160,17 +189,22 @@ VALUE_OPTIONS = {
     "batch_size": ("--advrobust-batch-size", "advrobust_batch_size", positive_int_type),
     "sanity": ("--advrobust-sanity", "advrobust_sanity", choice_type(SANITY_LEVELS)),
     "tolerance": ("--advrobust-tolerance", "advrobust_tolerance", unit_float_type),
-    "missing_baseline": ("--advrobust-missing-baseline", "advrobust_missing_baseline",
-                         choice_type(MISSING_POLICIES)),
+    "missing_baseline": (
+        "--advrobust-missing-baseline",
+        "advrobust_missing_baseline",
+        choice_type(MISSING_POLICIES),
+    ),
     "threads": ("--advrobust-threads", "advrobust_threads", positive_int_type),
     "gan_steps": ("--advrobust-gan-steps", "advrobust_gan_steps", positive_int_type),
     "gan_seconds": ("--advrobust-gan-seconds", "advrobust_gan_seconds", positive_float_type),
     "bounds": ("--advrobust-bounds", "advrobust_bounds", bounds_type),
-    "preprocessing": ("--advrobust-preprocessing", "advrobust_preprocessing",
-                      preprocessing_type),
+    "preprocessing": ("--advrobust-preprocessing", "advrobust_preprocessing", preprocessing_type),
     "channel_axis": ("--advrobust-channel-axis", "advrobust_channel_axis", channel_axis_type),
-    "min_clean_accuracy": ("--advrobust-min-clean-accuracy", "advrobust_min_clean_accuracy",
-                           unit_float_type),
+    "min_clean_accuracy": (
+        "--advrobust-min-clean-accuracy",
+        "advrobust_min_clean_accuracy",
+        unit_float_type,
+    ),
 }
 
 
@@ -192,6 +226,7 @@ def resolve_value(name: str, option_value: Any, ini_value: Any) -> Any:
 
 
 # -------------------------------------------------------------- settings object
+
 
 @dataclass(frozen=True)
 class RobustSettings:
@@ -242,12 +277,21 @@ class RobustSettings:
     def attack_config(self, eps: float):
         from .attacks.base import AttackConfig
 
-        return AttackConfig(eps=float(eps), norm=self.norm, steps=self.steps,
-                            step_size=self.step_size, restarts=self.restarts,
-                            random_start=self.random_start, bounds=self.bounds,
-                            seed=self.seed, refine=self.refine, batch_size=self.batch_size,
-                            targets=self.targets, gan_steps=self.gan_steps,
-                            gan_seconds=self.gan_seconds)
+        return AttackConfig(
+            eps=float(eps),
+            norm=self.norm,
+            steps=self.steps,
+            step_size=self.step_size,
+            restarts=self.restarts,
+            random_start=self.random_start,
+            bounds=self.bounds,
+            seed=self.seed,
+            refine=self.refine,
+            batch_size=self.batch_size,
+            targets=self.targets,
+            gan_steps=self.gan_steps,
+            gan_seconds=self.gan_seconds,
+        )
 
     def evaluation_key(self) -> Tuple:
         """What decides the numbers and flags (the threshold and tolerance do not;
@@ -300,25 +344,35 @@ def _known_attacks(extra: Sequence[str] = ()) -> Sequence[str]:
     return list(available()) + [a for a in extra if a not in available()]
 
 
-def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSettings,
-                *, require_threshold: bool = True,
-                known_attacks: Optional[Sequence[str]] = None) -> RobustSettings:
+def from_marker(
+    kwargs: Mapping[str, Any],
+    args: Sequence[Any],
+    base: RobustSettings,
+    *,
+    require_threshold: bool = True,
+    known_attacks: Optional[Sequence[str]] = None,
+) -> RobustSettings:
     """Apply the ``robust`` marker's arguments over ``base`` and validate them."""
     if args:
         if len(args) > 1 or "threshold" in kwargs:
-            raise AdvRobustError("robust marker takes one positional argument, the threshold; "
-                                 "pass the others by name")
+            raise AdvRobustError(
+                "robust marker takes one positional argument, the threshold; "
+                "pass the others by name"
+            )
         kwargs = dict(kwargs, threshold=args[0])
     unknown = sorted(set(kwargs) - set(MARKER_ARGS))
     if unknown:
-        raise AdvRobustError(f"robust marker got unknown argument {unknown[0]!r}; "
-                             f"known arguments: {', '.join(MARKER_ARGS)}")
+        raise AdvRobustError(
+            f"robust marker got unknown argument {unknown[0]!r}; "
+            f"known arguments: {', '.join(MARKER_ARGS)}"
+        )
     upd: Dict[str, Any] = {}
 
     if "threshold" not in kwargs or kwargs["threshold"] is None:
         if require_threshold:
-            raise AdvRobustError("robust marker needs a threshold, e.g. "
-                                 "@pytest.mark.robust(threshold=0.1)")
+            raise AdvRobustError(
+                "robust marker needs a threshold, e.g. @pytest.mark.robust(threshold=0.1)"
+            )
     else:
         t = _number("threshold", kwargs["threshold"])
         if not 0.0 <= t <= 1.0:
@@ -328,21 +382,31 @@ def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSett
     if "attack" in kwargs:
         names = kwargs["attack"]
         names = [names] if isinstance(names, str) else names
-        if not isinstance(names, (list, tuple)) or not names or \
-                not all(isinstance(n, str) for n in names):
+        if (
+            not isinstance(names, (list, tuple))
+            or not names
+            or not all(isinstance(n, str) for n in names)
+        ):
             raise _bad("attack", kwargs["attack"], "must be an attack name or a list of names")
         known = list(known_attacks) if known_attacks is not None else _known_attacks()
         for n in names:
             if n not in known:
-                raise _bad("attack", kwargs["attack"],
-                           f"names unknown attack {n!r}; known: {', '.join(known)}")
+                raise _bad(
+                    "attack",
+                    kwargs["attack"],
+                    f"names unknown attack {n!r}; known: {', '.join(known)}",
+                )
         upd["attacks"] = tuple(dict.fromkeys(names))
 
     if "norm" in kwargs:
         if kwargs["norm"] not in NORMS:
             raise _bad("norm", kwargs["norm"], "must be 'linf' or 'l2'")
         upd["norm"] = kwargs["norm"]
-        if "eps" not in kwargs and base.norm != kwargs["norm"] and base.eps == (DEFAULT_EPS[base.norm],):
+        if (
+            "eps" not in kwargs
+            and base.norm != kwargs["norm"]
+            and base.eps == (DEFAULT_EPS[base.norm],)
+        ):
             upd["eps"] = (DEFAULT_EPS[kwargs["norm"]],)
 
     if "eps" in kwargs:
@@ -362,12 +426,22 @@ def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSett
         te = _number("threshold_eps", kwargs["threshold_eps"])
         eps_list = upd.get("eps", base.eps)
         if not any(math.isclose(te, e) for e in eps_list):
-            raise _bad("threshold_eps", kwargs["threshold_eps"],
-                       f"must be one of the swept eps values {list(eps_list)}")
+            raise _bad(
+                "threshold_eps",
+                kwargs["threshold_eps"],
+                f"must be one of the swept eps values {list(eps_list)}",
+            )
         upd["threshold_eps"] = te
 
-    for arg, minimum in (("steps", 1), ("restarts", 1), ("n_samples", 1), ("refine", 0),
-                         ("batch_size", 1), ("seed", 0), ("targets", 0)):
+    for arg, minimum in (
+        ("steps", 1),
+        ("restarts", 1),
+        ("n_samples", 1),
+        ("refine", 0),
+        ("batch_size", 1),
+        ("seed", 0),
+        ("targets", 0),
+    ):
         if arg in kwargs:
             upd[arg] = _int(arg, kwargs[arg], minimum)
 
@@ -437,8 +511,12 @@ def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSett
     if "channel_axis" in kwargs:
         axis = kwargs["channel_axis"]
         if axis is not None and (_int("channel_axis", axis, -64) == 0):
-            raise _bad("channel_axis", axis, "is the batch axis; give the channel axis "
-                       "(1 for (N, C, H, W), -1 for (N, H, W, C))")
+            raise _bad(
+                "channel_axis",
+                axis,
+                "is the batch axis; give the channel axis "
+                "(1 for (N, C, H, W), -1 for (N, H, W, C))",
+            )
         upd["channel_axis"] = None if axis is None else int(axis)
 
     if "min_clean_accuracy" in kwargs:
@@ -446,12 +524,13 @@ def from_marker(kwargs: Mapping[str, Any], args: Sequence[Any], base: RobustSett
         if floor is not None:
             floor = _number("min_clean_accuracy", floor)
             if not 0.0 <= floor <= 1.0:
-                raise _bad("min_clean_accuracy", kwargs["min_clean_accuracy"],
-                           "must lie in [0, 1]")
+                raise _bad("min_clean_accuracy", kwargs["min_clean_accuracy"], "must lie in [0, 1]")
         upd["min_clean_accuracy"] = floor
 
     out = replace(base, **upd)
-    if out.threshold_eps is not None and not any(math.isclose(out.threshold_eps, e) for e in out.eps):
+    if out.threshold_eps is not None and not any(
+        math.isclose(out.threshold_eps, e) for e in out.eps
+    ):
         raise _bad("threshold_eps", out.threshold_eps, "must be one of the swept eps values")
     return out
 
@@ -473,9 +552,11 @@ def base_settings(values: Mapping[str, Any]) -> RobustSettings:
         gan_steps=values.get("gan_steps"),
         gan_seconds=values.get("gan_seconds"),
         bounds=_option_bounds(values.get("bounds")),
-        preprocessing=None if values.get("preprocessing") in (None, "none")
+        preprocessing=None
+        if values.get("preprocessing") in (None, "none")
         else values["preprocessing"],
-        channel_axis=None if values.get("channel_axis") in (None, "auto")
+        channel_axis=None
+        if values.get("channel_axis") in (None, "auto")
         else int(values["channel_axis"]),
         min_clean_accuracy=values.get("min_clean_accuracy"),
     )
@@ -487,5 +568,13 @@ def _option_bounds(value: Any) -> Optional[Tuple[float, float]]:
     return None if value == "none" else (float(value[0]), float(value[1]))
 
 
-__all__ = ["RobustSettings", "from_marker", "base_settings", "resolve_value", "VALUE_OPTIONS",
-           "MARKER_ARGS", "DEFAULTS", "DEFAULT_EPS"]
+__all__ = [
+    "RobustSettings",
+    "from_marker",
+    "base_settings",
+    "resolve_value",
+    "VALUE_OPTIONS",
+    "MARKER_ARGS",
+    "DEFAULTS",
+    "DEFAULT_EPS",
+]

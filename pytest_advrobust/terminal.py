@@ -38,6 +38,7 @@ def progress_writer(config: pytest.Config) -> Optional[Callable[[str], None]]:
         with capman.global_and_fixture_disabled():
             tr.ensure_newline()
             tr.write_line(text)
+
     return write
 
 
@@ -53,4 +54,5 @@ def terminal_line(config: pytest.Config) -> Callable[[str], None]:
         if writer is not None and getattr(writer, "width_of_current_line", 0):
             tr.write("\n")
         tr.write_line(line)
+
     return show

@@ -10,8 +10,9 @@ from .errors import AdvRobustError
 from .settings import RobustSettings
 
 
-def _fixture_value(request: pytest.FixtureRequest, name: str, role: str, arg: str,
-                   ini: str, optional: bool = False) -> Any:
+def _fixture_value(
+    request: pytest.FixtureRequest, name: str, role: str, arg: str, ini: str, optional: bool = False
+) -> Any:
     try:
         return request.getfixturevalue(name)
     except pytest.FixtureLookupError:
@@ -19,16 +20,27 @@ def _fixture_value(request: pytest.FixtureRequest, name: str, role: str, arg: st
             return None
         raise AdvRobustError(
             f"fixture {name!r} not found: define it in conftest.py to return the {role}, "
-            f"or name another fixture with robust({arg}=...) or the ini option {ini}") from None
+            f"or name another fixture with robust({arg}=...) or the ini option {ini}"
+        ) from None
 
 
-def user_objects(request: pytest.FixtureRequest, settings: RobustSettings,
-                 need_train: bool = True):
+def user_objects(request: pytest.FixtureRequest, settings: RobustSettings, need_train: bool = True):
     """The user's model, evaluation data and (optional, only when ``need_train``)
     GAN training data."""
     model = _fixture_value(request, settings.model, "model", "model", "advrobust_model_fixture")
-    data = _fixture_value(request, settings.data, "evaluation data", "data",
-                          "advrobust_data_fixture")
-    train = _fixture_value(request, settings.train_data, "GAN training data", "",
-                           "advrobust_train_data_fixture", optional=True) if need_train else None
+    data = _fixture_value(
+        request, settings.data, "evaluation data", "data", "advrobust_data_fixture"
+    )
+    train = (
+        _fixture_value(
+            request,
+            settings.train_data,
+            "GAN training data",
+            "",
+            "advrobust_train_data_fixture",
+            optional=True,
+        )
+        if need_train
+        else None
+    )
     return model, data, train

@@ -15,53 +15,93 @@ __all__ = ["generator_for", "warm_generators"]
 
 def _obtain(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
     from .attacks.gan import obtain_generator
-
     from .gradcheck import require_input_gradient
     from .precision import working_copy
 
     with borrowed(model, device) as m:
         net = with_preprocessing(m, settings, device)
-        require_input_gradient(net, split.x.to(device), split.y.to(device), ("gan",),
-                               settings.model)
+        require_input_gradient(
+            net, split.x.to(device), split.y.to(device), ("gan",), settings.model
+        )
         net, train_x = working_copy(net, split.train_x)  # float32 for float16/bfloat16 data
-        ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y,
-                            **ctx_kwargs)
+        ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y, **ctx_kwargs)
         gen, facts = obtain_generator(net, settings.attack_config(eps), ctx)
     # The generator takes the model's input gradient: gen(x) computes it with the user's model.
     return gen.bind(net), facts
 
 
-def generator_for(model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None,
-                  cache_dir: Optional[Path] = None, retrain: bool = False,
-                  progress: Optional[Callable[[str], None]] = None,
-                  warn: Optional[Callable[[str], None]] = None, store: Any = None) -> Any:
+def generator_for(
+    model: Any,
+    data: Any,
+    settings: RobustSettings,
+    *,
+    train_data: Any = None,
+    cache_dir: Optional[Path] = None,
+    retrain: bool = False,
+    progress: Optional[Callable[[str], None]] = None,
+    warn: Optional[Callable[[str], None]] = None,
+    store: Any = None,
+) -> Any:
     """The generator for the settings' headline eps, trained or loaded from the cache."""
     device, split = prepare(model, data, settings, train_data, store=store)
-    gen, facts = _obtain(model, split, settings, settings.main_eps, device, cache_dir=cache_dir,
-                         retrain=retrain, progress=progress, warn=warn)
+    gen, facts = _obtain(
+        model,
+        split,
+        settings,
+        settings.main_eps,
+        device,
+        cache_dir=cache_dir,
+        retrain=retrain,
+        progress=progress,
+        warn=warn,
+    )
     gen.training_facts = facts
     return gen.eval()
 
 
-def warm_generators(model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None,
-                    cache_dir: Optional[Path] = None, retrain: bool = False,
-                    progress: Optional[Callable[[str], None]] = None,
-                    warn: Optional[Callable[[str], None]] = None,
-                    store: Any = None) -> List[Dict[str, Any]]:
+def warm_generators(
+    model: Any,
+    data: Any,
+    settings: RobustSettings,
+    *,
+    train_data: Any = None,
+    cache_dir: Optional[Path] = None,
+    retrain: bool = False,
+    progress: Optional[Callable[[str], None]] = None,
+    warn: Optional[Callable[[str], None]] = None,
+    store: Any = None,
+) -> List[Dict[str, Any]]:
     """Obtain every generator a test needs (one per eps when it uses ``gan``)."""
     if "generated" in settings.attacks:
         from .generated.fixture import warm_sample_generator
 
-        return warm_sample_generator(model, data, settings, train_data=train_data,
-                                     cache_dir=cache_dir, retrain=retrain, progress=progress,
-                                     warn=warn, store=store)
+        return warm_sample_generator(
+            model,
+            data,
+            settings,
+            train_data=train_data,
+            cache_dir=cache_dir,
+            retrain=retrain,
+            progress=progress,
+            warn=warn,
+            store=store,
+        )
     if "gan" not in settings.attacks:
         return []
     device, split = prepare(model, data, settings, train_data, store=store)
     out = []
     for eps in settings.eps:
-        facts = _fit_heads(model, split, settings, eps, device, cache_dir=cache_dir,
-                           retrain=retrain, progress=progress, warn=warn)
+        facts = _fit_heads(
+            model,
+            split,
+            settings,
+            eps,
+            device,
+            cache_dir=cache_dir,
+            retrain=retrain,
+            progress=progress,
+            warn=warn,
+        )
         out.append(dict(facts, eps=eps))
     return out
 
@@ -70,7 +110,6 @@ def _fit_heads(model, split, settings: RobustSettings, eps: float, device, **ctx
     """What the ``gan`` attack obtains for this evaluation (both generators, trained and
     fitted to the evaluation samples), so that the test run that follows loads them."""
     from .attacks.gan_fit import fitted_heads
-
     from .gradcheck import require_input_gradient
     from .precision import working_copy
 

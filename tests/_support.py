@@ -55,8 +55,9 @@ def digits_tensors(n=None):
 def digits_mlp(x, y, seed=0, steps=150):
     """A small MLP trained full-batch on (x, y) for ``steps`` Adam steps, in eval mode."""
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
-                                torch.nn.Linear(32, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(model(x), y)

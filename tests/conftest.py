@@ -1,8 +1,8 @@
 import pytest
-
 from _support import BLOBS_CONFTEST, one_torch_thread  # noqa: F401  (fixture)
 
 pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def blobs_repo(pytester):

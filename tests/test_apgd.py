@@ -3,12 +3,12 @@ AutoAttack's own code (pyautoattack), and the strongest-attack choice."""
 
 import pytest
 import torch
+from test_attacks import exact_linf_robust, linear_problem
 
 from pytest_advrobust.attacks import available, get_attack, strongest_attack
 from pytest_advrobust.attacks.apgd import apgd, apgd_t, autoattack_lite, dlr_targeted_loss
 from pytest_advrobust.attacks.base import AttackConfig, perturbation_norms
 from pytest_advrobust.attacks.counting import counted
-from test_attacks import exact_linf_robust, linear_problem
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -107,8 +107,9 @@ def test_agrees_with_autoattacks_own_apgd(targeted):
     model, w, b, x, y = boxed_linear_problem(k=6, seed=1)
     eps = 0.05
     if targeted:
-        ref = autopgd.APGDAttack_targeted(model, n_iter=100, eps=eps, seed=0, device="cpu",
-                                          n_target_classes=5)
+        ref = autopgd.APGDAttack_targeted(
+            model, n_iter=100, eps=eps, seed=0, device="cpu", n_target_classes=5
+        )
         ours = apgd_t(model, x, y, AttackConfig(eps=eps, steps=100, targets=5))
     else:
         ref = autopgd.APGDAttack(model, n_iter=100, eps=eps, seed=0, device="cpu", loss="ce")

@@ -3,7 +3,8 @@ the eps bound of every perturbation, determinism, and torchattacks' PGD."""
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_advrobust.attacks import available, get_attack, register_attack
 from pytest_advrobust.attacks.base import AttackConfig, perturbation_norms
@@ -84,8 +85,11 @@ def test_pgd_without_early_stop_gives_the_same_robust_accuracy():
 def small_cnn(seed=0, channels=1, classes=4):
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(channels, 4, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, classes)).eval()
+        torch.nn.Conv2d(channels, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, classes),
+    ).eval()
 
 
 @settings(max_examples=25, deadline=None)
@@ -98,15 +102,23 @@ def small_cnn(seed=0, channels=1, classes=4):
     restarts=st.integers(1, 2),
     seed=st.integers(0, 10_000),
 )
-def test_every_perturbation_stays_inside_eps_and_bounds(attack, norm, eps, bounded,
-                                                        random_start, restarts, seed):
+def test_every_perturbation_stays_inside_eps_and_bounds(
+    attack, norm, eps, bounded, random_start, restarts, seed
+):
     model = small_cnn()
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(8, 1, 6, 6, generator=g)
     y = torch.randint(0, 4, (8,), generator=g)
     bounds = (0.0, 1.0) if bounded else None
-    cfg = AttackConfig(eps=eps, norm=norm, steps=3, bounds=bounds, seed=seed,
-                       random_start=random_start, restarts=restarts)
+    cfg = AttackConfig(
+        eps=eps,
+        norm=norm,
+        steps=3,
+        bounds=bounds,
+        seed=seed,
+        random_start=random_start,
+        restarts=restarts,
+    )
     x_adv = get_attack(attack)(model, x, y, cfg, None)
     assert x_adv.shape == x.shape
     assert torch.isfinite(x_adv).all()
@@ -163,8 +175,9 @@ def test_registry_knows_builtins_and_custom_attacks():
 def test_agrees_with_torchattacks_pgd_sample_for_sample():
     torchattacks = pytest.importorskip("torchattacks")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 32), torch.nn.ReLU(),
-                                torch.nn.Linear(32, 5)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(36, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5)
+    ).eval()
     x = torch.rand(200, 1, 6, 6)
     y = model(x).argmax(1)
     ours = pgd(model, x, y, AttackConfig(eps=0.05, steps=10, step_size=0.01))

@@ -66,8 +66,16 @@ def test_round_trip(tmp_path):
     assert loaded["environment"] == ENV
     entry = loaded["tests"]["t.py::a"]
     assert set(entry) == {
-        "adversarial_accuracy", "clean_accuracy", "gap", "attack", "eps",
-        "norm", "n", "seed", "settings", "environment",
+        "adversarial_accuracy",
+        "clean_accuracy",
+        "gap",
+        "attack",
+        "eps",
+        "norm",
+        "n",
+        "seed",
+        "settings",
+        "environment",
     }
     assert entry["adversarial_accuracy"] == 0.75
     assert entry["clean_accuracy"] == 0.9
@@ -98,7 +106,14 @@ def test_errored_reports_are_not_recorded(tmp_path):
 
 
 def entry(adv):
-    return {"adversarial_accuracy": adv, "attack": "pgd", "eps": 0.1, "norm": "linf", "n": 512, "seed": 0}
+    return {
+        "adversarial_accuracy": adv,
+        "attack": "pgd",
+        "eps": 0.1,
+        "norm": "linf",
+        "n": 512,
+        "seed": 0,
+    }
 
 
 def test_compare_ok_within_tolerance():
@@ -108,7 +123,12 @@ def test_compare_ok_within_tolerance():
     assert c.delta == pytest.approx(-0.01)
     assert c.tolerance == 0.02
     assert "within tolerance" in c.message
-    assert c.to_report() == {"adversarial_accuracy": 0.75, "delta": c.delta, "tolerance": 0.02, "status": "ok"}
+    assert c.to_report() == {
+        "adversarial_accuracy": 0.75,
+        "delta": c.delta,
+        "tolerance": 0.02,
+        "status": "ok",
+    }
 
 
 def test_compare_regressed_message_carries_every_number():
@@ -204,7 +224,9 @@ def test_save_prunes_tests_no_longer_collected(tmp_path):
 
 def test_save_rejects_unknown_mode(tmp_path):
     with pytest.raises(ValueError, match="mode"):
-        bl.save_baseline(tmp_path / "b.json", [], mode="some", existing=None, collected=None, environment=ENV)
+        bl.save_baseline(
+            tmp_path / "b.json", [], mode="some", existing=None, collected=None, environment=ENV
+        )
 
 
 def test_save_without_changes_leaves_file_alone(tmp_path):
@@ -224,7 +246,9 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     path.write_text("old content that is much longer than nothing " * 100)
     os.chmod(path, 0o640)
     old_inode = path.stat().st_ino
-    save_result = bl.save_baseline(path, [report("t.py::a")], existing=None, collected=None, environment=ENV)
+    save_result = bl.save_baseline(
+        path, [report("t.py::a")], existing=None, collected=None, environment=ENV
+    )
     assert save_result.written == ["t.py::a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
     assert path.stat().st_ino != old_inode  # replaced by rename, not rewritten in place

@@ -213,7 +213,9 @@ def test_key_changes_with_one_weight_one_sample_one_setting():
     settings = {"eps": 0.1, "norm": "linf", "steps": 40, "seed": 0}
 
     def key(m, x, y, s):
-        return canonical_key({"model": digest_module(m), "data": digest_tensors(x, y), "settings": s})
+        return canonical_key(
+            {"model": digest_module(m), "data": digest_tensors(x, y), "settings": s}
+        )
 
     base = key(model, data, labels, settings)
     assert base == key(small_model(0), data.clone(), labels.clone(), dict(settings))
@@ -248,7 +250,10 @@ def test_resolve_cache_dir_precedence(tmp_path):
     assert resolve_cache_dir(None, None, env, root) == tmp_path / "from-env"
     assert resolve_cache_dir("", "  ", env, root) == tmp_path / "from-env"
     assert resolve_cache_dir(None, None, {}, root) == root / ".pytest_cache" / "d" / "advrobust"
-    assert resolve_cache_dir(None, None, env={}, rootdir=root) == root / ".pytest_cache" / "d" / "advrobust"
+    assert (
+        resolve_cache_dir(None, None, env={}, rootdir=root)
+        == root / ".pytest_cache" / "d" / "advrobust"
+    )
     relative = resolve_cache_dir("rel/cache", None, {}, root)
     assert relative.is_absolute() and relative == Path.cwd() / "rel" / "cache"
     assert not (root.exists())  # nothing is created
@@ -278,7 +283,13 @@ def expected_key_line() -> list:
         sys.path.remove(str(CHILD.parent))
     model, data, labels, settings = cache_child.fixed_inputs()
     return [
-        canonical_key({"model": digest_module(model), "data": digest_tensors(data, labels), "settings": settings}),
+        canonical_key(
+            {
+                "model": digest_module(model),
+                "data": digest_tensors(data, labels),
+                "settings": settings,
+            }
+        ),
         digest_module(model),
         digest_tensors(data, labels),
     ]
@@ -296,7 +307,15 @@ def test_two_processes_train_once_and_share_the_weights(tmp_path):
     for i in range(2):
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(CHILD), "train_or_load", str(root), key, str(tmp_path / f"ready{i}"), str(go)],
+                [
+                    sys.executable,
+                    str(CHILD),
+                    "train_or_load",
+                    str(root),
+                    key,
+                    str(tmp_path / f"ready{i}"),
+                    str(go),
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -317,8 +336,15 @@ def test_two_processes_train_once_and_share_the_weights(tmp_path):
                 p.kill()
                 p.wait()
     assert all(p.returncode == 0 for p in procs), outputs
-    results = [line.split() for out, _ in outputs for line in out.splitlines() if line.startswith("RESULT")]
-    keys = [line.split()[1:] for out, _ in outputs for line in out.splitlines() if line.startswith("KEY")]
+    results = [
+        line.split() for out, _ in outputs for line in out.splitlines() if line.startswith("RESULT")
+    ]
+    keys = [
+        line.split()[1:]
+        for out, _ in outputs
+        for line in out.splitlines()
+        if line.startswith("KEY")
+    ]
     assert keys == [expected_key_line()] * 2  # same key, module and data digests in every process
     assert sorted(r[1] for r in results) == ["hit", "train"]
     assert results[0][2] == results[1][2]
@@ -401,7 +427,9 @@ def test_entries_report_validity(cache):
     infos = {e.key: e for e in cache.entries()}
     assert set(infos) == {"a", "b", "c"}
     assert isinstance(infos["a"], EntryInfo)
-    assert infos["a"].valid and infos["a"].family == "F" and infos["a"].meta == {"family": "F", "x": 1}
+    assert (
+        infos["a"].valid and infos["a"].family == "F" and infos["a"].meta == {"family": "F", "x": 1}
+    )
     assert infos["a"].size == (cache.root / "a.safetensors").stat().st_size
     assert not infos["b"].valid and infos["b"].family == "G" and infos["b"].problem
     assert not infos["c"].valid and infos["c"].family is None

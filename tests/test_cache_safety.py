@@ -46,7 +46,10 @@ class MarkerPayload:
 
 def state() -> dict:
     gen = torch.Generator().manual_seed(1)
-    return {"layer.weight": torch.randn(8, 4, generator=gen), "layer.bias": torch.randn(8, generator=gen)}
+    return {
+        "layer.weight": torch.randn(8, 4, generator=gen),
+        "layer.bias": torch.randn(8, generator=gen),
+    }
 
 
 @pytest.fixture
@@ -125,7 +128,9 @@ def test_wrong_checksum_in_json(cache, seen):
     assert_set_aside(cache, seen, words=["checksum"])
 
 
-@pytest.mark.parametrize("garbage", [b"{not json", b"", b"\xff\xfe\x00", b"[1, 2, 3]", b"null", b'{"key": 1}'])
+@pytest.mark.parametrize(
+    "garbage", [b"{not json", b"", b"\xff\xfe\x00", b"[1, 2, 3]", b"null", b'{"key": 1}']
+)
 def test_json_garbage(cache, seen, garbage):
     meta(cache).write_bytes(garbage)
     assert_set_aside(cache, seen)
@@ -144,7 +149,17 @@ def test_json_garbage(cache, seen, garbage):
         lambda d: d.update(meta=[1]),
         lambda d: d.update(key="fedcba9876543210fedcba9876543210"),
     ],
-    ids=["shape", "dtype", "missing", "extra", "negative", "not-a-dict", "size", "meta", "other-key"],
+    ids=[
+        "shape",
+        "dtype",
+        "missing",
+        "extra",
+        "negative",
+        "not-a-dict",
+        "size",
+        "meta",
+        "other-key",
+    ],
 )
 def test_json_lying_about_the_weights(cache, seen, change):
     edit_doc(cache, change)  # the checksum still matches: only the description lies
@@ -219,7 +234,9 @@ def test_pickle_only_entry_is_absent(tmp_path, seen):
     cache = GanCache(tmp_path / "c", warn=seen.append)
     cache.root.mkdir()
     _pickle_payload(cache.root / f"{KEY}.pt", marker)
-    assert cache.load(KEY) is None and cache.entries() == [] and cache.find_warm_start("fam") is None
+    assert (
+        cache.load(KEY) is None and cache.entries() == [] and cache.find_warm_start("fam") is None
+    )
     assert not marker.exists() and seen == []
 
 
@@ -227,13 +244,21 @@ def _forge(cache: GanCache, data: bytes, tensors: dict) -> None:
     weights(cache).write_bytes(data)
     edit_doc(
         cache,
-        lambda d: d.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data), tensors=tensors),
+        lambda d: d.update(
+            sha256=hashlib.sha256(data).hexdigest(), size=len(data), tensors=tensors
+        ),
     )
 
 
 def test_forged_safetensors_header_with_bad_offsets(cache, seen):
-    header = json.dumps({"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]}}).encode()
-    _forge(cache, struct.pack("<Q", len(header)) + header + b"\0" * 16, {"w": {"shape": [1000, 1000], "dtype": "float32"}})
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]}}
+    ).encode()
+    _forge(
+        cache,
+        struct.pack("<Q", len(header)) + header + b"\0" * 16,
+        {"w": {"shape": [1000, 1000], "dtype": "float32"}},
+    )
     assert_set_aside(cache, seen)
 
 
@@ -278,7 +303,9 @@ def test_weights_replaced_after_the_checksum_are_refused(cache):
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(
     target=st.sampled_from(["weights", "json"]),
-    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
+    edits=st.lists(
+        st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4
+    ),
     cut=st.none() | st.floats(0, 1),
 )
 def test_random_damage_never_raises(target, edits, cut):
@@ -344,11 +371,19 @@ def _kill_during_store(jobs: list, tmp_path: Path) -> None:
 def test_sigkill_mid_store(tmp_path):
     """A writer killed part-way leaves the previous entry or none, never a broken one."""
     seen: list = []
-    fresh = {stage: GanCache(tmp_path / f"cache-{stage}", warn=seen.append) for stage in ("weights", "between")}
+    fresh = {
+        stage: GanCache(tmp_path / f"cache-{stage}", warn=seen.append)
+        for stage in ("weights", "between")
+    }
     again = GanCache(tmp_path / "cache-again", warn=seen.append)
     again.store(KEY, state(), {"family": "fam", "version": "old"})
     _kill_during_store(
-        [(fresh["weights"].root, "weights"), (fresh["between"].root, "between"), (again.root, "json")], tmp_path
+        [
+            (fresh["weights"].root, "weights"),
+            (fresh["between"].root, "between"),
+            (again.root, "json"),
+        ],
+        tmp_path,
     )
 
     for stage, cache in fresh.items():
@@ -360,10 +395,14 @@ def test_sigkill_mid_store(tmp_path):
         if stage == "weights":
             assert leftovers  # the partial temp file is there ...
         cache.prune()
-        assert [p.name for p in cache.root.iterdir() if ".tmp-" in p.name] == []  # ... and prune cleans it
+        assert [
+            p.name for p in cache.root.iterdir() if ".tmp-" in p.name
+        ] == []  # ... and prune cleans it
         cache.store(KEY, state(), {"family": "fam"})
         loaded, meta_ = cache.load(KEY)
-        assert torch.equal(loaded["layer.bias"], state()["layer.bias"]) and meta_ == {"family": "fam"}
+        assert torch.equal(loaded["layer.bias"], state()["layer.bias"]) and meta_ == {
+            "family": "fam"
+        }
 
     # killed while re-storing: the previous entry is still whole
     loaded, meta_ = again.load(KEY)

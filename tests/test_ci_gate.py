@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-
 from _support import BLOBS_CONFTEST
 
 TOLERANCE = 0.02
@@ -130,23 +129,41 @@ STEPS = ("S1", "S2", "S3", "S4", "S5")
 # "-n 0" takes the same code path as no flag (xdist loaded, not distributing), so its
 # story stops after the save / compare + save=new + prune / regression steps.
 UPTO = {"no-n": 5, "n0": 3, "n2": 5}
-S2_ARGS = ("test_alpha.py", "test_gamma.py", "-k", "not wider", "--advrobust-compare",
-           "--advrobust-missing-baseline=warn", "--advrobust-save-baseline=new")
+S2_ARGS = (
+    "test_alpha.py",
+    "test_gamma.py",
+    "-k",
+    "not wider",
+    "--advrobust-compare",
+    "--advrobust-missing-baseline=warn",
+    "--advrobust-save-baseline=new",
+)
 
 # hypothesis' plugin costs a second per process and plays no part here
-COMMON = ["-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:hypothesispytest",
-          "--advrobust", "--advrobust-sanity=off", "-rfE"]
+COMMON = [
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:randomly",
+    "-p",
+    "no:hypothesispytest",
+    "--advrobust",
+    "--advrobust-sanity=off",
+    "-rfE",
+]
 
 
 def _env() -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PYTEST_") and k != "PYTHONWARNINGS"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "PYTHONWARNINGS"
+    }
     # one thread per process: the machine is small and an xdist run has three of them
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200")
     return env
 
 
 # --------------------------------------------------------------- running pytest
+
 
 @dataclass
 class Run:
@@ -162,7 +179,7 @@ class Run:
         for i, line in enumerate(lines):
             if head.match(line):
                 body = []
-                for rest in lines[i + 1:]:
+                for rest in lines[i + 1 :]:
                     if re.match(r"^=+ .* =+$", rest):
                         break
                     body.append(rest)
@@ -172,13 +189,17 @@ class Run:
     @property
     def rows(self) -> Dict[str, str]:
         """The advrobust summary rows by test id."""
-        return {line.split()[0]: line for line in self.section("advrobust")
-                if line.startswith("test_")}
+        return {
+            line.split()[0]: line for line in self.section("advrobust") if line.startswith("test_")
+        }
 
     @property
     def notes(self) -> List[str]:
-        return [line for line in self.section("advrobust")
-                if line.startswith(("baseline", "pruned", "JSON report"))]
+        return [
+            line
+            for line in self.section("advrobust")
+            if line.startswith(("baseline", "pruned", "JSON report"))
+        ]
 
     @property
     def warnings(self) -> List[str]:
@@ -193,7 +214,7 @@ class Run:
         for i, line in enumerate(lines):
             if head.match(line):
                 body = []
-                for rest in lines[i + 1:]:
+                for rest in lines[i + 1 :]:
                     if re.match(r"^_{3,} .* _{3,}$", rest) or rest.startswith("---"):
                         break
                     if not re.match(r"^\[gw\d+\] ", rest):  # xdist names the worker
@@ -212,17 +233,29 @@ class Run:
 
 def pytest_run(repo: Path, *args: str) -> Run:
     argv = [*COMMON, *args]
-    proc = subprocess.run([sys.executable, "-m", "pytest", *argv], cwd=repo, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *argv],
+        cwd=repo,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return Run(argv, proc.returncode, proc.stdout, proc.stderr)
 
 
 def cli(*args: Any) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest_advrobust.cli", *map(str, args)],
-                          capture_output=True, text=True, env=_env(), timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_advrobust.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
 
 
 # ------------------------------------------------------------------- the story
+
 
 @dataclass
 class Story:
@@ -230,10 +263,10 @@ class Story:
     repo: Path
     baseline_path: Path
     runs: Dict[str, Run] = field(default_factory=dict)
-    files: Dict[str, Dict[str, Any]] = field(default_factory=dict)    # baseline after a step
+    files: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # baseline after a step
     reports: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # JSON report of a step
-    junit: Dict[str, str] = field(default_factory=dict)               # JUnit XML of a step
-    edited: Dict[str, Any] = field(default_factory=dict)              # baseline before S2
+    junit: Dict[str, str] = field(default_factory=dict)  # JUnit XML of a step
+    edited: Dict[str, Any] = field(default_factory=dict)  # baseline before S2
 
     def tests(self, step: str) -> Dict[str, Any]:
         return self.files[step]["tests"]
@@ -260,12 +293,15 @@ def play(repo: Path, mode: str, upto: int = len(STEPS)) -> Story:
     story = Story(mode, repo, repo / BASELINE)
 
     def step(name: str, *args: str) -> bool:
-        story.runs[name] = pytest_run(repo, *MODES[mode], f"--advrobust-json={name}.json",
-                                      f"--junitxml={name}.xml", *args)
+        story.runs[name] = pytest_run(
+            repo, *MODES[mode], f"--advrobust-json={name}.json", f"--junitxml={name}.xml", *args
+        )
         if story.baseline_path.exists():
             story.files[name] = json.loads(story.baseline_path.read_text())
-        for suffix, store, read in ((".json", story.reports, json.loads),
-                                    (".xml", story.junit, str)):
+        for suffix, store, read in (
+            (".json", story.reports, json.loads),
+            (".xml", story.junit, str),
+        ):
             if (repo / (name + suffix)).exists():
                 store[name] = read((repo / (name + suffix)).read_text())
         return len(story.runs) < upto
@@ -277,7 +313,8 @@ def play(repo: Path, mode: str, upto: int = len(STEPS)) -> Story:
     doc["environment"]["torch"] = FAKE_TORCH
     doc["tests"][STALE] = copy.deepcopy(doc["tests"][LINF])
     doc["tests"][LINF]["adversarial_accuracy"] = round(
-        doc["tests"][LINF]["adversarial_accuracy"] - LOWERED_BY, 6)
+        doc["tests"][LINF]["adversarial_accuracy"] - LOWERED_BY, 6
+    )
     story.baseline_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     story.edited = doc
     if not step("S2", *S2_ARGS):
@@ -305,6 +342,7 @@ def story_of(tmp_path_factory):
             repo = tmp_path_factory.mktemp("story-" + re.sub(r"\W", "", mode))
             stories[mode] = play(repo, mode, UPTO[mode])
         return stories[mode]
+
     return get
 
 
@@ -315,11 +353,13 @@ def story(request, story_of) -> Story:
 
 # ------------------------------------------------------------------- helpers
 
+
 def _strip(value: Any) -> Any:
     """A report without what may legitimately differ between two runs (timings, files)."""
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items()
-                if k not in ("seconds", "duration", "images")}
+        return {
+            k: _strip(v) for k, v in value.items() if k not in ("seconds", "duration", "images")
+        }
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
@@ -331,8 +371,19 @@ def comparable(report: Dict[str, Any]) -> Dict[str, Any]:
     return doc
 
 
-COLUMNS = ["test", "attack", "eps", "n", "clean", "adversarial", "gap", "threshold",
-           "baseline", "verdict", "generator"]
+COLUMNS = [
+    "test",
+    "attack",
+    "eps",
+    "n",
+    "clean",
+    "adversarial",
+    "gap",
+    "threshold",
+    "baseline",
+    "verdict",
+    "generator",
+]
 
 
 def cell(row: str, column: str) -> str:
@@ -350,8 +401,10 @@ def verdict(run: Run, nodeid: str) -> tuple:
 
 def regression_text(base: float, current: float) -> str:
     delta = current - base
-    return (f"adversarial accuracy fell {-delta:.3f} below baseline (baseline {base:.3f} -> "
-            f"current {current:.3f}, delta {delta:+.3f}, tolerance {TOLERANCE:.3f})")
+    return (
+        f"adversarial accuracy fell {-delta:.3f} below baseline (baseline {base:.3f} -> "
+        f"current {current:.3f}, delta {delta:+.3f}, tolerance {TOLERANCE:.3f})"
+    )
 
 
 def missing_text(name: str = BASELINE) -> str:
@@ -359,6 +412,7 @@ def missing_text(name: str = BASELINE) -> str:
 
 
 # ------------------------------------------------- 1. save / compare / degrade / update
+
 
 def test_save_compare_degrade_update(story):
     s1, s2, s3 = (story.runs[k] for k in ("S1", "S2", "S3"))
@@ -384,8 +438,11 @@ def test_save_compare_degrade_update(story):
     lowered = story.edited["tests"][LINF]["adversarial_accuracy"]
     assert verdict(s2, LINF) == (f"+{LOWERED_BY:.3f}", "PASS")
     assert story.report("S2", LINF)["baseline"] == {
-        "adversarial_accuracy": lowered, "delta": pytest.approx(LOWERED_BY, abs=1e-6),
-        "tolerance": TOLERANCE, "status": "improved"}
+        "adversarial_accuracy": lowered,
+        "delta": pytest.approx(LOWERED_BY, abs=1e-6),
+        "tolerance": TOLERANCE,
+        "status": "improved",
+    }
 
     # S3: the degraded model fails the gate, each message with every number
     assert s3.ret == 1, s3
@@ -400,9 +457,12 @@ def test_save_compare_degrade_update(story):
         assert s3.failure(nodeid.split("::")[1]) == regression_text(base, current), s3
         assert f"FAILED {nodeid} - Failed: adversarial accuracy fell" in s3.out
         assert verdict(s3, nodeid) == (f"{current - base:+.3f} REGRESSED", "FAIL")
-        assert rep["baseline"] == {"adversarial_accuracy": base,
-                                   "delta": pytest.approx(current - base, abs=1e-9),
-                                   "tolerance": TOLERANCE, "status": "regressed"}
+        assert rep["baseline"] == {
+            "adversarial_accuracy": base,
+            "delta": pytest.approx(current - base, abs=1e-9),
+            "tolerance": TOLERANCE,
+            "status": "regressed",
+        }
         assert rep["verdict"] == "fail"
 
     if "S4" not in story.runs:  # the short story (see UPTO)
@@ -428,6 +488,7 @@ def test_save_compare_degrade_update(story):
 
 # ------------------------------------------------------------- 2. missing entries
 
+
 def test_missing_entry_under_each_policy(story):
     not_compared = {"adversarial_accuracy": None, "delta": None, "tolerance": TOLERANCE}
 
@@ -435,14 +496,12 @@ def test_missing_entry_under_each_policy(story):
     s2 = story.runs["S2"]
     assert verdict(s2, GAMMA) == ("missing", "PASS")
     assert story.report("S2", GAMMA)["baseline"] == dict(not_compared, status="missing")
-    assert [w for w in s2.warnings if "baseline entry" in w] == [
-        f"{GAMMA}: {missing_text()}"], s2
+    assert [w for w in s2.warnings if "baseline entry" in w] == [f"{GAMMA}: {missing_text()}"], s2
     assert s2.out.count(missing_text()) == 1, s2
 
     # fail: the test fails, naming the policy; no warning on top
     s3 = story.runs["S3"]
-    assert s3.failure("test_newer") == \
-        f"{missing_text()} (--advrobust-missing-baseline=fail)", s3
+    assert s3.failure("test_newer") == f"{missing_text()} (--advrobust-missing-baseline=fail)", s3
     assert f"FAILED {DELTA} - Failed: no baseline entry" in s3.out
     assert verdict(s3, DELTA) == ("missing", "FAIL")
     assert story.report("S3", DELTA)["baseline"] == dict(not_compared, status="missing")
@@ -454,12 +513,12 @@ def test_missing_entry_under_each_policy(story):
         return
     s5 = story.runs["S5"]
     assert verdict(s5, EPSILON) == ("missing (skipped)", "PASS")
-    assert story.report("S5", EPSILON)["baseline"] == dict(not_compared,
-                                                           status="missing (skipped)")
+    assert story.report("S5", EPSILON)["baseline"] == dict(not_compared, status="missing (skipped)")
     assert "baseline entry" not in s5.out and "AdvRobustWarning" not in s5.out, s5
 
 
 # ---------------------------------------------- 3. save=new, pruning, partial runs
+
 
 def test_save_new_adds_only_missing_entries_and_prunes_only_deleted_tests(story):
     s2 = story.runs["S2"]
@@ -489,12 +548,15 @@ def test_save_new_adds_only_missing_entries_and_prunes_only_deleted_tests(story)
 
 # ------------------------------------------------------------ 4. warnings, once
 
+
 def test_fingerprint_warning_appears_exactly_once(story):
     current = story.files["S1"]["environment"]["torch"]
     assert current != FAKE_TORCH
     difference = f"(torch {FAKE_TORCH} -> {current})"
-    expected = (f"baseline {BASELINE} was recorded in another environment {difference}; "
-                "numbers may differ for that reason alone")
+    expected = (
+        f"baseline {BASELINE} was recorded in another environment {difference}; "
+        "numbers may differ for that reason alone"
+    )
     s2 = story.runs["S2"]
     assert [w for w in s2.warnings if "another environment" in w] == [expected], s2
     assert expected in s2.notes
@@ -506,6 +568,7 @@ def test_fingerprint_warning_appears_exactly_once(story):
 
 
 # ------------------------------------------------- 4. xdist modes give the same results
+
 
 @pytest.mark.parametrize("mode", ["n0", "n2"])
 def test_xdist_modes_agree_with_a_plain_run(story_of, mode):
@@ -531,22 +594,29 @@ def test_without_the_xdist_plugin_and_with_a_baseline_path(story_of, tmp_path):
     (repo / "test_gamma.py").write_text(TEST_GAMMA)
     (repo / "ci").mkdir()
     (repo / "ci" / "gate.json").write_text(json.dumps(plain.edited))
-    run = pytest_run(repo, "-p", "no:xdist", "--advrobust-baseline=ci/gate.json",
-                     "--advrobust-json=S2.json", *S2_ARGS)
+    run = pytest_run(
+        repo,
+        "-p",
+        "no:xdist",
+        "--advrobust-baseline=ci/gate.json",
+        "--advrobust-json=S2.json",
+        *S2_ARGS,
+    )
     ref = plain.runs["S2"]
     assert run.ret == ref.ret == 0, run
     assert "gw0" not in run.out and "workers" not in run.out
     assert sorted(run.rows.values()) == sorted(ref.rows.values()), run
-    assert comparable(json.loads((repo / "S2.json").read_text())) == \
-        comparable(plain.reports["S2"])
+    assert comparable(json.loads((repo / "S2.json").read_text())) == comparable(plain.reports["S2"])
     assert json.loads((repo / "ci" / "gate.json").read_text()) == plain.files["S2"]
     assert not (repo / BASELINE).exists()
     assert run.warnings == [w.replace(BASELINE, "gate.json") for w in ref.warnings], run
-    assert [n for n in run.notes if n.startswith("pruned")] == \
-        [n for n in ref.notes if n.startswith("pruned")]
+    assert [n for n in run.notes if n.startswith("pruned")] == [
+        n for n in ref.notes if n.startswith("pruned")
+    ]
 
 
 # --------------------------------------------------------------- 5. advrobust compare
+
 
 def test_advrobust_compare_on_real_reports(story_of):
     plain = story_of("no-n")
@@ -585,14 +655,19 @@ def test_advrobust_compare_on_real_reports(story_of):
 
 # ------------------------------------------------------------------ 6. JUnit XML
 
+
 def junit_cases(xml: str) -> Dict[str, ET.Element]:
     root = ET.fromstring(xml)
-    return {f"{c.get('classname').replace('.', '/')}.py::{c.get('name')}": c
-            for c in root.iter("testcase")}
+    return {
+        f"{c.get('classname').replace('.', '/')}.py::{c.get('name')}": c
+        for c in root.iter("testcase")
+    }
 
 
-@pytest.mark.parametrize("mode, step", [(mode, step) for mode in MODES for step in ("S3", "S5")
-                                         if int(step[1]) <= UPTO[mode]])
+@pytest.mark.parametrize(
+    "mode, step",
+    [(mode, step) for mode in MODES for step in ("S3", "S5") if int(step[1]) <= UPTO[mode]],
+)
 def test_junit_xml_carries_the_advrobust_properties(story_of, mode, step):
     story = story_of(mode)
     cases = junit_cases(story.junit[step])
@@ -601,8 +676,16 @@ def test_junit_xml_carries_the_advrobust_properties(story_of, mode, step):
     for nodeid in robust:
         props = {p.get("name"): p.get("value") for p in cases[nodeid].iter("property")}
         rep = story.report(step, nodeid)
-        for key in ("attack", "eps", "n", "clean_accuracy", "adversarial_accuracy", "gap",
-                    "threshold", "verdict"):
+        for key in (
+            "attack",
+            "eps",
+            "n",
+            "clean_accuracy",
+            "adversarial_accuracy",
+            "gap",
+            "threshold",
+            "verdict",
+        ):
             assert props[f"advrobust_{key}"] == str(rep[key]), (nodeid, key, props)
         assert json.loads(props["advrobust_report"]) == rep
         failed = cases[nodeid].find("failure") is not None
@@ -612,12 +695,19 @@ def test_junit_xml_carries_the_advrobust_properties(story_of, mode, step):
 
 # ------------------------------------------- 3. a run narrowed to one test by its node id
 
+
 def test_saving_one_test_by_node_id_keeps_its_siblings(tmp_path):
     make_repo(tmp_path)
     entry = {"adversarial_accuracy": 0.5, "eps": 0.09, "n": 120, "attack": "pgd"}
-    (tmp_path / BASELINE).write_text(json.dumps({
-        "schema_version": 1, "environment": {},
-        "tests": {LINF: dict(entry), WIDER: dict(entry)}}))
+    (tmp_path / BASELINE).write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "environment": {},
+                "tests": {LINF: dict(entry), WIDER: dict(entry)},
+            }
+        )
+    )
     run = pytest_run(tmp_path, LINF, "--advrobust-save-baseline=all")
     assert run.ret == 0, run
     tests = json.loads((tmp_path / BASELINE).read_text())["tests"]

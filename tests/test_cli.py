@@ -51,13 +51,25 @@ def json_report(path, accuracies):
         }
         for nodeid, adv in sorted(accuracies.items())
     ]
-    path.write_text(json.dumps({"schema_version": 1, "plugin_version": "0.1.0", "environment": ENV, "tests": tests}))
+    path.write_text(
+        json.dumps(
+            {"schema_version": 1, "plugin_version": "0.1.0", "environment": ENV, "tests": tests}
+        )
+    )
     return path
 
 
 def baseline_file(path, accuracies, environment=ENV):
     tests = {
-        nodeid: {"adversarial_accuracy": adv, "clean_accuracy": 0.9, "attack": "pgd", "eps": 0.1, "norm": "linf", "n": 256, "seed": 0}
+        nodeid: {
+            "adversarial_accuracy": adv,
+            "clean_accuracy": 0.9,
+            "attack": "pgd",
+            "eps": 0.1,
+            "norm": "linf",
+            "n": 256,
+            "seed": 0,
+        }
         for nodeid, adv in accuracies.items()
     }
     path.write_text(json.dumps({"schema_version": 1, "environment": environment, "tests": tests}))
@@ -99,7 +111,9 @@ def test_compare_tolerance_option(tmp_path, capsys):
 
 def test_compare_mixes_baseline_and_report_and_lists_one_sided_tests(tmp_path, capsys):
     old = baseline_file(tmp_path / "baseline.json", {"t.py::a": 0.75, "t.py::gone": 0.4})
-    new = json_report(tmp_path / "new.json", {"t.py::a": 0.80, "t.py::fresh": 0.6, "t.py::err": None})
+    new = json_report(
+        tmp_path / "new.json", {"t.py::a": 0.80, "t.py::fresh": 0.6, "t.py::err": None}
+    )
     assert cli.main(["compare", str(old), str(new)]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("t.py::")}
@@ -111,7 +125,9 @@ def test_compare_mixes_baseline_and_report_and_lists_one_sided_tests(tmp_path, c
 
 
 def test_compare_notes_environment_and_settings_differences(tmp_path, capsys):
-    old = baseline_file(tmp_path / "old.json", {"t.py::a": 0.75}, environment=dict(ENV, torch="2.13.0"))
+    old = baseline_file(
+        tmp_path / "old.json", {"t.py::a": 0.75}, environment=dict(ENV, torch="2.13.0")
+    )
     new = json_report(tmp_path / "new.json", {"t.py::a": 0.75})
     data = json.loads(new.read_text())
     data["tests"][0]["eps"] = 0.2
@@ -222,7 +238,11 @@ class FakeCache:
         out = []
         for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
             meta = json.loads((d / "meta.json").read_text())
-            out.append(FakeEntry(d.name, meta["family"], meta["created"], 2048, meta, not (d / "bad").exists()))
+            out.append(
+                FakeEntry(
+                    d.name, meta["family"], meta["created"], 2048, meta, not (d / "bad").exists()
+                )
+            )
         return out
 
     def remove(self, key):
@@ -285,8 +305,16 @@ def test_cache_list_with_entries(tmp_path, capsys, fake_cache):
     make_entry(tmp_path, "bbbb2222", bad=True)
     assert cli.main(["cache", "--cache-dir", str(tmp_path), "list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["KEY", "MODEL", "ATTACK", "STRENGTH", "CREATED", "SIZE", "FAMILY",
-                              "VALID"]
+    assert out[0].split() == [
+        "KEY",
+        "MODEL",
+        "ATTACK",
+        "STRENGTH",
+        "CREATED",
+        "SIZE",
+        "FAMILY",
+        "VALID",
+    ]
     assert out[1].startswith("bbbb2222") and out[1].endswith("NO")  # newest first
     assert out[2].startswith("aaaa1111") and out[2].endswith("yes")
     assert "2.0 KiB" in out[1]

@@ -34,19 +34,23 @@ class DictDataset(PairDataset):
 class Stream(IterableDataset):
     def __iter__(self):
         for i in range(0, 50, 10):
-            yield X[i:i + 10], Y[i:i + 10]
+            yield X[i : i + 10], Y[i : i + 10]
 
 
-@pytest.mark.parametrize("data", [
-    (X, Y),
-    [X.numpy(), Y.numpy()],
-    TensorDataset(X, Y),
-    PairDataset(),
-    DictDataset(),
-    DataLoader(TensorDataset(X, Y), batch_size=7),
-    DataLoader(Stream(), batch_size=None),
-    [(X[:25], Y[:25]), (X[25:], Y[25:])],
-], ids=["pair", "numpy", "tensordataset", "dataset", "dicts", "loader", "iterable", "batches"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        (X, Y),
+        [X.numpy(), Y.numpy()],
+        TensorDataset(X, Y),
+        PairDataset(),
+        DictDataset(),
+        DataLoader(TensorDataset(X, Y), batch_size=7),
+        DataLoader(Stream(), batch_size=None),
+        [(X[:25], Y[:25]), (X[25:], Y[25:])],
+    ],
+    ids=["pair", "numpy", "tensordataset", "dataset", "dicts", "loader", "iterable", "batches"],
+)
 def test_every_accepted_form_gives_the_same_tensors(data):
     x, y = to_tensor_pair(data)
     assert torch.equal(x, X) and torch.equal(y, Y)
@@ -74,18 +78,23 @@ def test_split_is_seeded_disjoint_and_reads_only_what_it_needs():
     assert len(both) == 100
 
 
-@pytest.mark.parametrize("data, words", [
-    ((torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), "gave no samples"),
-    (torch.rand(5, 3), "without labels"),
-    ((torch.rand(5, 3),), "without labels"),
-    ((torch.rand(5, 3), torch.zeros(4, dtype=torch.long)), "5 inputs but 4 labels"),
-    ((torch.rand(5, 3), torch.rand(5)), "non-integer labels"),
-    ((torch.rand(5, 3), torch.zeros(5, 3)), "one-hot"),
-    ((torch.randint(0, 255, (5, 3), dtype=torch.uint8), torch.zeros(5, dtype=torch.long)),
-     "uint8 inputs"),
-    (None, "returned None"),
-    ("text", "without labels"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ((torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), "gave no samples"),
+        (torch.rand(5, 3), "without labels"),
+        ((torch.rand(5, 3),), "without labels"),
+        ((torch.rand(5, 3), torch.zeros(4, dtype=torch.long)), "5 inputs but 4 labels"),
+        ((torch.rand(5, 3), torch.rand(5)), "non-integer labels"),
+        ((torch.rand(5, 3), torch.zeros(5, 3)), "one-hot"),
+        (
+            (torch.randint(0, 255, (5, 3), dtype=torch.uint8), torch.zeros(5, dtype=torch.long)),
+            "uint8 inputs",
+        ),
+        (None, "returned None"),
+        ("text", "without labels"),
+    ],
+)
 def test_bad_data_is_one_sentence_naming_the_fixture(data, words):
     with pytest.raises(AdvRobustError) as info:
         to_tensor_pair(data, "my_data")
@@ -93,8 +102,9 @@ def test_bad_data_is_one_sentence_naming_the_fixture(data, words):
 
 
 def write_idx(path, array):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim,
-                                                                           *array.shape)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        ">" + "I" * array.ndim, *array.shape
+    )
     with gzip.open(path, "wb") as fh:
         fh.write(header + array.astype(np.uint8).tobytes())
 
@@ -115,17 +125,25 @@ def test_idx_reader_round_trip_and_dataset_layout(tmp_path):
 
 def make_model():
     torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
-                            torch.nn.Dropout(0.1), torch.nn.Linear(8, 3))
+    m = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 8),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(8, 3),
+    )
     m.train()
     m[1].weight.requires_grad_(False)
     return m
 
 
 def snapshot(m):
-    return ({k: v.clone() for k, v in m.state_dict().items()},
-            [x.training for x in m.modules()], [p.requires_grad for p in m.parameters()],
-            [p.device for p in m.parameters()])
+    return (
+        {k: v.clone() for k, v in m.state_dict().items()},
+        [x.training for x in m.modules()],
+        [p.requires_grad for p in m.parameters()],
+        [p.device for p in m.parameters()],
+    )
 
 
 def assert_same(m, snap):
@@ -160,8 +178,9 @@ def test_model_restored_when_the_model_raises_during_the_attack():
         return original(x)
 
     m.forward = flaky
-    s = RobustSettings(threshold=1.0, attacks=("pgd",), eps=(0.1,), steps=3, n_samples=20,
-                       sanity="off")
+    s = RobustSettings(
+        threshold=1.0, attacks=("pgd",), eps=(0.1,), steps=3, n_samples=20, sanity="off"
+    )
     with pytest.raises(RuntimeError, match="boom"):
         run_evaluation(m, (X, Y), s)
     del m.forward
@@ -177,8 +196,9 @@ def test_model_restored_when_a_custom_attack_raises():
     register_attack("broken-test", broken)
     m = make_model()
     snap = snapshot(m)
-    s = RobustSettings(threshold=1.0, attacks=("broken-test",), eps=(0.1,), n_samples=20,
-                       sanity="off")
+    s = RobustSettings(
+        threshold=1.0, attacks=("broken-test",), eps=(0.1,), n_samples=20, sanity="off"
+    )
     with pytest.raises(ValueError, match="attack failed"):
         run_evaluation(m, (X, Y), s)
     assert_same(m, snap)
@@ -196,14 +216,17 @@ def test_model_that_raises_on_a_plain_batch_is_one_sentence():
     assert "\n" not in msg
 
 
-@pytest.mark.parametrize("out, words", [
-    (torch.zeros(4), "returned shape (4,)"),
-    (torch.zeros(4, 1), "at least 2 classes"),
-    (torch.full((4, 3), float("nan")), "NaN logits"),
-    (torch.full((4, 3), float("inf")), "infinite logits"),
-    ((torch.zeros(4, 3), torch.zeros(4)), "returned a tuple"),
-    ("x", "not a tensor"),
-])
+@pytest.mark.parametrize(
+    "out, words",
+    [
+        (torch.zeros(4), "returned shape (4,)"),
+        (torch.zeros(4, 1), "at least 2 classes"),
+        (torch.full((4, 3), float("nan")), "NaN logits"),
+        (torch.full((4, 3), float("inf")), "infinite logits"),
+        ((torch.zeros(4, 3), torch.zeros(4)), "returned a tuple"),
+        ("x", "not a tensor"),
+    ],
+)
 def test_check_logits(out, words):
     with pytest.raises(AdvRobustError, match=None) as info:
         check_logits(out, 4, "robust_model")
@@ -226,8 +249,9 @@ def test_preprocessing_normalises_per_channel():
 
 def test_worst_case_never_above_each_attack_and_clean():
     m = make_model().eval()
-    s = RobustSettings(threshold=1.0, attacks=("fgsm", "pgd"), eps=(0.2,), steps=5, n_samples=50,
-                       sanity="off")
+    s = RobustSettings(
+        threshold=1.0, attacks=("fgsm", "pgd"), eps=(0.2,), steps=5, n_samples=50, sanity="off"
+    )
     both = run_evaluation(m, (X, Y), s).numbers
     for a in ("fgsm", "pgd"):
         one = run_evaluation(m, (X, Y), RobustSettings(**{**s.__dict__, "attacks": (a,)})).numbers

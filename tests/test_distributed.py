@@ -1,4 +1,4 @@
-"""`advrobust warm` under torchrun: DDP training on every rank, one cache entry, then a cache hit."""
+"""`advrobust warm` under torchrun: DDP training on every rank, one entry, then a cache hit."""
 
 import json
 import os
@@ -55,7 +55,8 @@ TESTS = textwrap.dedent(
 
 needs_gloo = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="needs torch.distributed with gloo")
+    reason="needs torch.distributed with gloo",
+)
 
 
 @pytest.fixture
@@ -70,21 +71,45 @@ def repo(blobs_repo, monkeypatch):
 
 
 # Plugins the inner sessions do not need (half a second of start-up each on a busy machine).
-LEAN = ("-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:xdist.looponfail",
-        "-p", "no:hypothesispytest")
+LEAN = (
+    "-p",
+    "no:randomly",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:xdist",
+    "-p",
+    "no:xdist.looponfail",
+    "-p",
+    "no:hypothesispytest",
+)
 
 
 def _torchrun_warm(pytester, cache_dir, *args):
-    result = pytester.run(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
-                          "-m", "pytest_advrobust.cli", "warm", *LEAN, "-rs",
-                          f"--advrobust-cache-dir={cache_dir}", *args, timeout=240)
+    result = pytester.run(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--standalone",
+        "-m",
+        "pytest_advrobust.cli",
+        "warm",
+        *LEAN,
+        "-rs",
+        f"--advrobust-cache-dir={cache_dir}",
+        *args,
+        timeout=240,
+    )
     return result, result.stdout.str() + result.stderr.str()
 
 
 def _pytest(pytester, cache_dir, *args):
     # In a subprocess, like the other plugin tests: torch modules first imported inside an
     # in-process session would be dropped from sys.modules afterwards and fail to import again.
-    return pytester.runpytest_subprocess(*LEAN, f"--advrobust-cache-dir={cache_dir}", *args, timeout=120)
+    return pytester.runpytest_subprocess(
+        *LEAN, f"--advrobust-cache-dir={cache_dir}", *args, timeout=120
+    )
 
 
 @needs_gloo
@@ -109,7 +134,9 @@ def test_torchrun_warm_trains_with_two_ranks_and_the_plugin_loads_the_entry(repo
     assert cache.stats() == {"train": 1}
 
     # A plain single-process run computes the same key and loads the entry.
-    result = _pytest(repo, cache_dir, "--advrobust", "--advrobust-json=r.json", "test_robust.py::test_gan")
+    result = _pytest(
+        repo, cache_dir, "--advrobust", "--advrobust-json=r.json", "test_robust.py::test_gan"
+    )
     result.assert_outcomes(passed=1)
     (test,) = json.loads((repo.path / "r.json").read_text())["tests"]
     # The first stage of the gradient-fed generator is the warmed entry; what depends on the
@@ -171,7 +198,9 @@ def test_train_generator_distributed_needs_a_process_group():
 
     x, y = torch.rand(8, 4), torch.arange(8) % 2
     with pytest.raises(RuntimeError, match="init_from_env"):
-        train_generator(torch.nn.Linear(4, 2), x, y, GanConfig(eps=0.1, max_steps=1), distributed=True)
+        train_generator(
+            torch.nn.Linear(4, 2), x, y, GanConfig(eps=0.1, max_steps=1), distributed=True
+        )
 
 
 def test_bad_timeout_is_one_sentence(monkeypatch):

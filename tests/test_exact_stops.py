@@ -31,8 +31,13 @@ def plain_loop(model, x, y, eps, step, steps, bounds=(0.0, 1.0)):
 def small_problem(seed=3, n=60):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-        torch.nn.Linear(4 * 6 * 6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 4),
+    ).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed + 1)
@@ -43,17 +48,29 @@ def small_problem(seed=3, n=60):
 
 def run_one_by_one(model, x, y, eps, step, steps):
     """pgd_run on each sample alone, so no result depends on the batch it ran in."""
-    outs = [pgd_run(model, x[i:i + 1], y[i:i + 1], x[i:i + 1], eps, "linf", steps, step,
-                    (0.0, 1.0)) for i in range(x.shape[0])]
-    return (torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]),
-            torch.cat([o[2] for o in outs]))
+    outs = [
+        pgd_run(
+            model, x[i : i + 1], y[i : i + 1], x[i : i + 1], eps, "linf", steps, step, (0.0, 1.0)
+        )
+        for i in range(x.shape[0])
+    ]
+    return (
+        torch.cat([o[0] for o in outs]),
+        torch.cat([o[1] for o in outs]),
+        torch.cat([o[2] for o in outs]),
+    )
 
 
 def test_verdicts_and_best_margins_equal_the_plain_loops():
     model, x, y = small_problem(n=40)
     eps, step, steps = 0.05, 0.0125, 20
-    every = torch.cat([plain_loop(model, x[i:i + 1], y[i:i + 1], eps, step, steps)
-                       for i in range(x.shape[0])], dim=1)
+    every = torch.cat(
+        [
+            plain_loop(model, x[i : i + 1], y[i : i + 1], eps, step, steps)
+            for i in range(x.shape[0])
+        ],
+        dim=1,
+    )
     x_best, fooled, margin = run_one_by_one(model, x, y, eps, step, steps)
     plain_fooled = (every < 0).any(dim=0)
     assert 0 < int(plain_fooled.sum()) < x.shape[0]  # both kinds of sample occur
@@ -75,8 +92,14 @@ def test_robust_samples_stop_at_a_repeated_iterate():
     model, x, y = small_problem()
     eps, step, steps = 0.05, 0.0125, 20
     cfg = AttackConfig(eps=eps, steps=steps, step_size=step, batch_size=1000)
-    full, full_count = counted(pgd, model, x, y, AttackConfig(
-        eps=eps, steps=steps, step_size=step, batch_size=1000, early_stop=False), None)
+    full, full_count = counted(
+        pgd,
+        model,
+        x,
+        y,
+        AttackConfig(eps=eps, steps=steps, step_size=step, batch_size=1000, early_stop=False),
+        None,
+    )
     robust = model(full).argmax(1) == y
     assert full_count.backward == steps * x.shape[0]
     assert int(robust.sum()) >= x.shape[0] // 4
@@ -89,8 +112,10 @@ def test_robust_samples_stop_at_a_repeated_iterate():
 def test_iterate_hashes_are_equal_exactly_when_the_bytes_are():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 3, 5, 5, generator=g)
-    coeffs = (torch.randint(1, 2 ** 62, (75,), generator=g) | 1,
-              torch.randint(1, 2 ** 62, (75,), generator=g) | 1)
+    coeffs = (
+        torch.randint(1, 2**62, (75,), generator=g) | 1,
+        torch.randint(1, 2**62, (75,), generator=g) | 1,
+    )
     h = iterate_hashes(x, coeffs)
     assert torch.equal(h, iterate_hashes(x.clone(), coeffs))
     y = x.clone()

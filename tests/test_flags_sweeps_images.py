@@ -155,8 +155,19 @@ def run(pytester, *args):
     # xdist and hypothesis are not needed in the inner sessions; leaving them out
     # saves half a second of start-up per session on a busy machine.
     return pytester.runpytest_subprocess(
-        "-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:xdist",
-        "-p", "no:xdist.looponfail", "-p", "no:hypothesispytest", "--advrobust", *args)
+        "-p",
+        "no:randomly",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        "-p",
+        "no:xdist.looponfail",
+        "-p",
+        "no:hypothesispytest",
+        "--advrobust",
+        *args,
+    )
 
 
 def read_json(pytester, name="report.json") -> Dict[str, dict]:
@@ -180,7 +191,7 @@ def warnings_by_test(stdout: str) -> Dict[str, List[str]]:
         return {}
     out: Dict[str, List[str]] = {}
     heads: List[str] = []
-    for ln in lines[start + 1:]:
+    for ln in lines[start + 1 :]:
         if ln.startswith("-- Docs:") or ln.startswith("====="):
             break
         if not ln.strip():
@@ -200,8 +211,11 @@ def advrobust_warnings(stdout: str, nodeid: str) -> List[str]:
 
 def assert_flag_warned(stdout: str, nodeid: str, flag: str) -> None:
     texts = advrobust_warnings(stdout, nodeid)
-    assert any(f"AdvRobustWarning: {nodeid}: sanity flag {flag}:" in t for t in texts), \
-        (nodeid, flag, texts)
+    assert any(f"AdvRobustWarning: {nodeid}: sanity flag {flag}:" in t for t in texts), (
+        nodeid,
+        flag,
+        texts,
+    )
 
 
 # ------------------------------------------------------------------ flags
@@ -217,7 +231,8 @@ SOUND_TESTS = f"""
         pass
 """
 
-BROKEN_TESTS = f"""
+BROKEN_TESTS = (
+    f"""
     import pytest
 
     @pytest.mark.robust(threshold=1.0, {PGD}, model="softmax_model", {DIGITS})
@@ -239,7 +254,9 @@ BROKEN_TESTS = f"""
                         sanity="full", model="digits_cnn", {DIGITS})
     def test_weak_pgd():
         pass
-""" + SOUND_TESTS
+"""
+    + SOUND_TESTS
+)
 
 EXPECTED = {
     "test_broken.py::test_softmax": "probabilities",
@@ -266,10 +283,13 @@ def test_each_broken_model_is_caught_by_its_own_flag_and_sound_ones_are_not(repo
     reports = read_json(repo)
     assert set(reports) == set(EXPECTED) | {f"test_broken.py::{n}" for n in SOUND}
     # no input gradient at all: one sentence, never a number (a gap of 0 would pass)
-    result.stdout.fnmatch_lines([
-        "*attack 'pgd' needs the gradient of the loss with respect to the input, but none "
-        "reaches the input of the model from fixture 'quantised_model' (the input gradient "
-        "is exactly zero on every sample)*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*attack 'pgd' needs the gradient of the loss with respect to the input, but none "
+            "reaches the input of the model from fixture 'quantised_model' (the input gradient "
+            "is exactly zero on every sample)*"
+        ]
+    )
     for nodeid, flag in EXPECTED.items():
         # a field of the test's entry in the JSON report ...
         rep = reports[nodeid]
@@ -281,8 +301,9 @@ def test_each_broken_model_is_caught_by_its_own_flag_and_sound_ones_are_not(repo
         assert_flag_warned(out, nodeid, flag)
     # each flag points at its own test only
     for flag in EXPECTED.values():
-        assert [n for n, r in reports.items() if flag in flags_of(r)] == \
-            [n for n, f in EXPECTED.items() if f == flag], flag
+        assert [n for n, r in reports.items() if flag in flags_of(r)] == [
+            n for n, f in EXPECTED.items() if f == flag
+        ], flag
     # full-level checks stay off at the default level
     assert all("large_eps" not in flags_of(r) for r in reports.values())
     # the summary row says a test carries flags
@@ -294,25 +315,30 @@ def test_each_broken_model_is_caught_by_its_own_flag_and_sound_ones_are_not(repo
 def test_full_level_raises_no_false_alarm_and_the_quantised_model_still_errors(repo):
     # large_eps and gradients on a quantised model: tests/test_sanity.py (run_sanity itself);
     # through the plugin, a model without any input gradient errors before sanity runs.
-    repo.makepyfile(test_full=textwrap.dedent(f"""
+    repo.makepyfile(
+        test_full=textwrap.dedent(f"""
         import pytest
 
         @pytest.mark.robust(threshold=0.02, {PGD}, model="quantised_model", {DIGITS})
         def test_quantised():
             pass
-    """) + textwrap.dedent(SOUND_TESTS))
+    """)
+        + textwrap.dedent(SOUND_TESTS)
+    )
     result = run(repo, "--advrobust-sanity=full", "--advrobust-json=report.json")
     result.assert_outcomes(passed=2, errors=1)
     out = result.stdout.str()
     reports = read_json(repo)
     assert "test_full.py::test_quantised" not in reports
-    result.stdout.fnmatch_lines(["*none reaches the input of the model from fixture "
-                                 "'quantised_model'*"])
+    result.stdout.fnmatch_lines(
+        ["*none reaches the input of the model from fixture 'quantised_model'*"]
+    )
     assert_no_false_alarm(out, reports, "test_full.py")
 
 
 def test_strict_turns_a_flag_into_a_failure_naming_it(repo):
-    repo.makepyfile(test_strict=f"""
+    repo.makepyfile(
+        test_strict=f"""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, {PGD}, model="softmax_model", {DIGITS})
@@ -322,13 +348,16 @@ def test_strict_turns_a_flag_into_a_failure_naming_it(repo):
         @pytest.mark.robust(threshold=1.0, {PGD}, model="digits_cnn", {DIGITS})
         def test_sound():
             pass
-    """)
+    """
+    )
     result = run(repo, "--advrobust-strict", "--advrobust-json=report.json", "-rf")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "*_ test_softmax _*",
-        "sanity flag probabilities: *(--advrobust-strict)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_softmax _*",
+            "sanity flag probabilities: *(--advrobust-strict)",
+        ]
+    )
     result.stdout.fnmatch_lines(["FAILED test_strict.py::test_softmax*"])
     out = result.stdout.str()
     assert "Traceback" not in out
@@ -348,7 +377,8 @@ SWEEP = "[0.02, 0.05, 0.1, 0.2]"
 
 
 def test_eps_sweep_gives_a_curve_and_the_threshold_applies_at_every_eps(repo):
-    repo.makepyfile(test_sweep=f"""
+    repo.makepyfile(
+        test_sweep=f"""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack="pgd", eps={SWEEP}, steps=10, n_samples=120)
@@ -358,7 +388,8 @@ def test_eps_sweep_gives_a_curve_and_the_threshold_applies_at_every_eps(repo):
         @pytest.mark.robust(threshold=0.3, attack="pgd", eps={SWEEP}, steps=10, n_samples=120)
         def test_every_eps():
             pass
-    """)
+    """
+    )
     result = run(repo, "--advrobust-json=report.json")
     result.assert_outcomes(passed=1, failed=1)
     reports = read_json(repo)
@@ -369,8 +400,7 @@ def test_eps_sweep_gives_a_curve_and_the_threshold_applies_at_every_eps(repo):
     assert [p["eps"] for p in curve] == [0.02, 0.05, 0.1, 0.2]
     for p in curve:
         assert set(p) >= {"eps", "adversarial_accuracy", "gap", "passed"}
-        assert p["gap"] == pytest.approx(p["clean_accuracy"] - p["adversarial_accuracy"],
-                                         abs=1e-6)
+        assert p["gap"] == pytest.approx(p["clean_accuracy"] - p["adversarial_accuracy"], abs=1e-6)
         assert p["passed"] is True  # threshold 1.0
     accs = [p["adversarial_accuracy"] for p in curve]
     assert all(b <= a for a, b in zip(accs, accs[1:])), accs
@@ -388,16 +418,16 @@ def test_eps_sweep_gives_a_curve_and_the_threshold_applies_at_every_eps(repo):
     assert [p["passed"] for p in every["curve"]] == [g <= 0.3 for g in gaps.values()]
     # the failure section only: under CI=true pytest repeats whole messages in the summary
     out = result.stdout.lines
-    failures = out[:next(i for i, ln in enumerate(out) if "short test summary info" in ln)]
-    lines = [ln for ln in failures
-             if ln.startswith("robustness gap") and "> threshold 0.300" in ln]
+    failures = out[: next(i for i, ln in enumerate(out) if "short test summary info" in ln)]
+    lines = [ln for ln in failures if ln.startswith("robustness gap") and "> threshold 0.300" in ln]
     named = [float(m) for ln in lines for m in re.findall(r" pgd linf eps=([0-9.]+)\)$", ln)]
     assert named == [e for e, g in gaps.items() if g > 0.3], (lines, gaps)
     assert named[-1] == 0.2
 
 
 def test_threshold_eps_judges_only_that_eps(repo):
-    repo.makepyfile(test_at=f"""
+    repo.makepyfile(
+        test_at=f"""
         import pytest
 
         # threshold 0.3 is broken at eps=0.2 (see the test above), not at 0.05
@@ -410,7 +440,8 @@ def test_threshold_eps_judges_only_that_eps(repo):
                             threshold_eps=0.07)
         def test_not_in_the_sweep():
             pass
-    """)
+    """
+    )
     result = run(repo, "--advrobust-json=report.json", "-rE")
     result.assert_outcomes(passed=1, errors=1)
     judged = read_json(repo)["test_at.py::test_judged_at_005"]
@@ -420,35 +451,43 @@ def test_threshold_eps_judges_only_that_eps(repo):
     assert judged["gap"] == pytest.approx(points[0.05]["gap"])
     assert points[0.2]["gap"] > 0.3  # a larger eps would have broken it
     # threshold_eps outside the sweep: a setup error in one sentence that names it
-    result.stdout.fnmatch_lines([
-        "*ERROR at setup of test_not_in_the_sweep*",
-        "robust marker argument threshold_eps=0.07 must be one of the swept eps values "
-        "[[]0.02, 0.05, 0.1, 0.2[]]",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_not_in_the_sweep*",
+            "robust marker argument threshold_eps=0.07 must be one of the swept eps values "
+            "[[]0.02, 0.05, 0.1, 0.2[]]",
+        ]
+    )
     result.stdout.fnmatch_lines(["ERROR test_at.py::test_not_in_the_sweep - *"])
     assert "Traceback" not in result.stdout.str()
 
 
 def test_a_setup_error_is_one_sentence_shown_once(repo):
-    repo.makepyfile(test_once="""
+    repo.makepyfile(
+        test_once="""
         import pytest
 
         @pytest.mark.robust(threshold=0.3, attack="pgd", eps=[0.05, 0.1], threshold_eps=0.07)
         def test_not_in_the_sweep():
             pass
-    """)
+    """
+    )
     result = run(repo)
     result.assert_outcomes(errors=1)
     out = result.stdout.str()
     # once in the ERRORS section (the short summary line starts with "ERROR")
-    shown = [ln for ln in result.stdout.lines
-             if ln.startswith("robust marker argument threshold_eps=0.07")]
+    shown = [
+        ln
+        for ln in result.stdout.lines
+        if ln.startswith("robust marker argument threshold_eps=0.07")
+    ]
     assert len(shown) == 1, out
     assert "During handling of the above exception" not in out
 
 
 def test_tests_sharing_an_evaluation_keep_their_threshold_eps_and_sanity_level(repo):
-    repo.makepyfile(test_shared=f"""
+    repo.makepyfile(
+        test_shared=f"""
         import pytest
 
         SWEEP = dict(attack="pgd", eps={SWEEP}, steps=10, n_samples=120)
@@ -470,7 +509,8 @@ def test_tests_sharing_an_evaluation_keep_their_threshold_eps_and_sanity_level(r
         @pytest.mark.robust(threshold=1.0, sanity="full", **WEAK)
         def test_d_weak_full():
             pass
-    """)
+    """
+    )
     result = run(repo, "--advrobust-json=report.json")
     reports = read_json(repo)
     judged = reports["test_shared.py::test_b_judged_at_005"]
@@ -478,8 +518,7 @@ def test_tests_sharing_an_evaluation_keep_their_threshold_eps_and_sanity_level(r
     full = reports["test_shared.py::test_d_weak_full"]
     wrong = []
     if (judged["eps"], judged["verdict"]) != (0.05, "pass"):
-        wrong.append(f"threshold_eps=0.05 test judged at eps={judged['eps']}: "
-                     f"{judged['verdict']}")
+        wrong.append(f"threshold_eps=0.05 test judged at eps={judged['eps']}: {judged['verdict']}")
     if "weak_beats_strong" in flags_of(cheap) or "weak_beats_strong" not in flags_of(full):
         wrong.append(f"sanity flags: cheap {flags_of(cheap)}, full {flags_of(full)}")
     assert not wrong, wrong
@@ -516,16 +555,19 @@ PICTURE_TESTS = f"""
 def _cell(img, row: int, col: int, h: int = 8, w: int = 8):
     """Pixels of one gallery cell (inside the padding) as an (ch, cw, 3) int array."""
     ch, cw = images.cell_size(h, w)
-    top = images.TITLE_HEIGHT + row * (ch + 2 * images.PADDING + images.TEXT_HEIGHT) + \
-        images.PADDING
+    top = (
+        images.TITLE_HEIGHT + row * (ch + 2 * images.PADDING + images.TEXT_HEIGHT) + images.PADDING
+    )
     left = images.PADDING + col * (cw + images.PADDING)
     return np.asarray(img.crop((left, top, left + cw, top + ch))).astype(int)
 
 
 def _gallery_size(n: int, h: int = 8, w: int = 8):
     ch, cw = images.cell_size(h, w)
-    return (n * (cw + images.PADDING) + images.PADDING,
-            images.TITLE_HEIGHT + 3 * (ch + 2 * images.PADDING + images.TEXT_HEIGHT))
+    return (
+        n * (cw + images.PADDING) + images.PADDING,
+        images.TITLE_HEIGHT + 3 * (ch + 2 * images.PADDING + images.TEXT_HEIGHT),
+    )
 
 
 def test_images_option_writes_galleries_and_curves(repo):
@@ -536,19 +578,25 @@ def test_images_option_writes_galleries_and_curves(repo):
     gallery_id = "test_pics.py::test_gallery"
     sweep_id = "test_pics.py::TestSweep::test_sweep[a/b c]"
     # safe file names: each run of '::', '/', ' ', '[', ']' becomes one '_'
-    expected = {"test_pics.py_test_gallery.png",
-                "test_pics.py_TestSweep_test_sweep_a_b_c.png",
-                "test_pics.py_TestSweep_test_sweep_a_b_c-curve.png"}
+    expected = {
+        "test_pics.py_test_gallery.png",
+        "test_pics.py_TestSweep_test_sweep_a_b_c.png",
+        "test_pics.py_TestSweep_test_sweep_a_b_c-curve.png",
+    }
     assert {p.name for p in folder.iterdir()} == expected
     assert images.safe_filename(sweep_id) + "-curve.png" in expected
     reports = read_json(repo)
-    assert [Path(p).name for p in reports[gallery_id]["images"]] == \
-        ["test_pics.py_test_gallery.png"]
-    assert sorted(Path(p).name for p in reports[sweep_id]["images"]) == \
-        sorted(expected - {"test_pics.py_test_gallery.png"})
+    assert [Path(p).name for p in reports[gallery_id]["images"]] == [
+        "test_pics.py_test_gallery.png"
+    ]
+    assert sorted(Path(p).name for p in reports[sweep_id]["images"]) == sorted(
+        expected - {"test_pics.py_test_gallery.png"}
+    )
 
-    for png, npz, n in (("test_pics.py_test_gallery.png", "gallery.npz", 8),
-                        ("test_pics.py_TestSweep_test_sweep_a_b_c.png", "sweep.npz", 5)):
+    for png, npz, n in (
+        ("test_pics.py_test_gallery.png", "gallery.npz", 8),
+        ("test_pics.py_TestSweep_test_sweep_a_b_c.png", "sweep.npz", 5),
+    ):
         data = np.load(repo.path / npz)
         with Image.open(folder / png) as img:
             assert img.format == "PNG"
@@ -562,7 +610,7 @@ def test_images_option_writes_galleries_and_curves(repo):
             order = images.pick_samples(clean_ok, adv_ok, 8)
             turned = [i for i in range(len(clean_ok)) if clean_ok[i] and not adv_ok[i]]
             # the samples the attack turned come first, not simply the first 8
-            assert order[:len(turned)] == turned[:len(order)]
+            assert order[: len(turned)] == turned[: len(order)]
             moved = 0
             for col, i in enumerate(order):
                 clean, adv = _cell(img, 0, col), _cell(img, 1, col)
@@ -589,33 +637,45 @@ def test_images_option_writes_galleries_and_curves(repo):
     # it plots this test's curve from the report, with its threshold and id as title
     rep = reports[sweep_id]
     assert [p["eps"] for p in rep["curve"]] == [0.05, 0.1]
-    assert_same_pixels(curve_png, images.save_curve(
-        repo.path / "expected-curve.png", rep["curve"], threshold=rep["threshold"],
-        title=sweep_id))
+    assert_same_pixels(
+        curve_png,
+        images.save_curve(
+            repo.path / "expected-curve.png",
+            rep["curve"],
+            threshold=rep["threshold"],
+            title=sweep_id,
+        ),
+    )
     assert all(p["judged"] for p in rep["curve"])  # no threshold_eps: every eps is judged
 
 
 def assert_same_pixels(got: Path, expected: Path) -> None:
     with Image.open(got) as a, Image.open(expected) as b:
         assert a.size == b.size
-        diff = np.abs(np.asarray(a.convert("RGB")).astype(int) -
-                      np.asarray(b.convert("RGB")).astype(int))
+        diff = np.abs(
+            np.asarray(a.convert("RGB")).astype(int) - np.asarray(b.convert("RGB")).astype(int)
+        )
         assert diff.max() == 0, f"{int((diff.max(axis=2) > 0).sum())} pixels differ"
 
 
 def test_curve_png_marks_the_eps_that_break_the_threshold(repo):
-    repo.makepyfile(test_red=f"""
+    repo.makepyfile(
+        test_red=f"""
         import pytest
 
         @pytest.mark.robust(threshold=0.3, attack="pgd", eps={SWEEP}, steps=10, n_samples=120)
         def test_sweep():
             pass
-    """)
+    """
+    )
     result = run(repo, "--advrobust-images=pics", "--advrobust-json=report.json")
     result.assert_outcomes(failed=1)
     rep = read_json(repo)["test_red.py::test_sweep"]
     passed = [p["passed"] for p in rep["curve"]]
     assert True in passed and False in passed, passed
-    assert_same_pixels(repo.path / "pics" / "test_red.py_test_sweep-curve.png",
-                       images.save_curve(repo.path / "expected-curve.png", rep["curve"],
-                                         threshold=0.3, title=rep["nodeid"]))
+    assert_same_pixels(
+        repo.path / "pics" / "test_red.py_test_sweep-curve.png",
+        images.save_curve(
+            repo.path / "expected-curve.png", rep["curve"], threshold=0.3, title=rep["nodeid"]
+        ),
+    )

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 import torch.nn as nn
+from _support import digits_mlp, digits_tensors
 
 import pytest_advrobust.attacks.gan as gan_mod
-from _support import digits_mlp, digits_tensors
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext, perturbation_norms
 from pytest_advrobust.gan.train import GanConfig
 
@@ -43,9 +43,21 @@ def small_gan(monkeypatch):
     real_train = gan_mod.train_generator
 
     def small(cfg, n_train):
-        return dataclasses.replace(real_default(cfg, n_train), max_steps=120, batch_size=32, lr=3e-3, eval_every=5, holdout_fraction=0.2,
-                                   patience=100, width=8, n_res=1, target_success=0.75,
-                                   fit_steps=20, fit_patience=5, grad_input=False)
+        return dataclasses.replace(
+            real_default(cfg, n_train),
+            max_steps=120,
+            batch_size=32,
+            lr=3e-3,
+            eval_every=5,
+            holdout_fraction=0.2,
+            patience=100,
+            width=8,
+            n_res=1,
+            target_success=0.75,
+            fit_steps=20,
+            fit_patience=5,
+            grad_input=False,
+        )
 
     def counting(*args, **kwargs):
         res = real_train(*args, **kwargs)
@@ -127,7 +139,9 @@ def test_without_cache_dir_generators_are_memoised_in_process(problem, small_gan
     assert len(small_gan) == 2  # other settings, other generator
 
 
-def test_changed_model_warm_starts_from_the_family_and_needs_fewer_steps(problem, small_gan, tmp_path):
+def test_changed_model_warm_starts_from_the_family_and_needs_fewer_steps(
+    problem, small_gan, tmp_path
+):
     model, x, y = problem
     cfg = AttackConfig(eps=EPS)
     _, cold = gan_mod.obtain_generator(model, cfg, _ctx(x, y, tmp_path))
@@ -184,8 +198,12 @@ def test_refine_runs_pgd_from_the_generator_output(problem, small_gan, monkeypat
     from pytest_advrobust.attacks.gan_fit import fitted_heads
 
     heads, _ = fitted_heads(model, x, y, cfg, _ctx(x, y))
-    start = torch.cat([gan_mod._best_of(model, heads, x[s:s + 256], y[s:s + 256], cfg)
-                       for s in range(0, x.shape[0], 256)])
+    start = torch.cat(
+        [
+            gan_mod._best_of(model, heads, x[s : s + 256], y[s : s + 256], cfg)
+            for s in range(0, x.shape[0], 256)
+        ]
+    )
     assert torch.allclose(seen["start"], start, atol=1e-6)
     assert float(perturbation_norms(x, x_adv, "linf").max()) <= EPS + 1e-6
 
@@ -194,7 +212,9 @@ def test_l2_flat_features(small_gan):
     x, y = _digits()
     xf = x.view(x.shape[0], -1)
     model = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), _classifier(x, y))
-    x_adv = gan_mod.gan_attack(model, xf, y, AttackConfig(eps=1.0, norm="l2", bounds=None), _ctx(xf, y))
+    x_adv = gan_mod.gan_attack(
+        model, xf, y, AttackConfig(eps=1.0, norm="l2", bounds=None), _ctx(xf, y)
+    )
     assert float(perturbation_norms(xf, x_adv, "l2").max()) <= 1.0 * (1 + 1e-5)
 
 
@@ -202,7 +222,13 @@ def test_default_budget_is_in_steps_not_set_by_the_data_size():
     cfg = AttackConfig(eps=0.1, norm="l2", bounds=None, seed=3)
     small, large = REAL_DEFAULT(cfg, 200), REAL_DEFAULT(cfg, 60000)
     for g in (small, large):
-        assert isinstance(g, GanConfig) and g.eps == 0.1 and g.norm == "l2" and g.bounds is None and g.seed == 3
+        assert (
+            isinstance(g, GanConfig)
+            and g.eps == 0.1
+            and g.norm == "l2"
+            and g.bounds is None
+            and g.seed == 3
+        )
         assert g.gan_weight == 0 and g.fit_steps == 200 and g.max_seconds >= 3600
     assert small.max_steps == large.max_steps == 300 and small.batch_size <= large.batch_size
     tiny = REAL_DEFAULT(dataclasses.replace(cfg, gan_steps=2), 60000)
@@ -222,5 +248,7 @@ def test_progress_goes_to_ctx_progress_unless_quiet(problem, small_gan):
     assert 2 <= len(lines) <= 10 and all(line.startswith("advrobust gan:") for line in lines)
     gan_mod.clear_memo()
     quiet = []
-    gan_mod.obtain_generator(model, AttackConfig(eps=EPS), _ctx(x, y, progress=quiet.append, quiet=True))
+    gan_mod.obtain_generator(
+        model, AttackConfig(eps=EPS), _ctx(x, y, progress=quiet.append, quiet=True)
+    )
     assert quiet == []

@@ -37,9 +37,15 @@ def _check_bound(x, x_adv, eps, norm, bounds):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=st.one_of(image_shapes, flat_shapes), norm=st.sampled_from(["linf", "l2"]),
-       eps=st.floats(0.001, 2.0), bounded=st.booleans(), seed=st.integers(0, 2 ** 16),
-       scale=st.sampled_from([0.01, 1.0, 30.0]), train_mode=st.booleans())
+@given(
+    shape=st.one_of(image_shapes, flat_shapes),
+    norm=st.sampled_from(["linf", "l2"]),
+    eps=st.floats(0.001, 2.0),
+    bounded=st.booleans(),
+    seed=st.integers(0, 2**16),
+    scale=st.sampled_from([0.01, 1.0, 30.0]),
+    train_mode=st.booleans(),
+)
 def test_every_output_is_inside_the_bound(shape, norm, eps, bounded, seed, scale, train_mode):
     bounds = (0.0, 1.0) if bounded else None
     torch.manual_seed(seed)
@@ -54,7 +60,9 @@ def test_every_output_is_inside_the_bound(shape, norm, eps, bounded, seed, scale
     _check_bound(x, x_adv, eps, norm, bounds)
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 9, 13), (1, 28, 28), (2, 31, 17), (3, 32, 32), (1, 45, 70)])
+@pytest.mark.parametrize(
+    "shape", [(1, 8, 8), (3, 9, 13), (1, 28, 28), (2, 31, 17), (3, 32, 32), (1, 45, 70)]
+)
 def test_odd_image_sizes_come_back_exactly(shape):
     gen = build_generator(shape, 0.1, "linf", (0.0, 1.0))
     x = torch.rand(2, *shape)
@@ -91,17 +99,20 @@ def test_wrong_input_shape_is_rejected():
         gen(torch.rand(2, 1, 9, 8))
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(sample_shape=(1, 2, 8), eps=0.1), "sample_shape"),
-    (dict(sample_shape=(1, 8), eps=0.1), "sample_shape"),
-    (dict(sample_shape="abc", eps=0.1), "sample_shape"),
-    (dict(sample_shape=(4,), eps=0.0), "eps"),
-    (dict(sample_shape=(4,), eps=float("nan")), "eps"),
-    (dict(sample_shape=(4,), eps=0.1, norm="l1"), "norm"),
-    (dict(sample_shape=(4,), eps=0.1, bounds=(1.0, 0.0)), "bounds"),
-    (dict(sample_shape=(4,), eps=0.1, width=1), "width"),
-    (dict(sample_shape=(4,), eps=0.1, n_res=-1), "n_res"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(sample_shape=(1, 2, 8), eps=0.1), "sample_shape"),
+        (dict(sample_shape=(1, 8), eps=0.1), "sample_shape"),
+        (dict(sample_shape="abc", eps=0.1), "sample_shape"),
+        (dict(sample_shape=(4,), eps=0.0), "eps"),
+        (dict(sample_shape=(4,), eps=float("nan")), "eps"),
+        (dict(sample_shape=(4,), eps=0.1, norm="l1"), "norm"),
+        (dict(sample_shape=(4,), eps=0.1, bounds=(1.0, 0.0)), "bounds"),
+        (dict(sample_shape=(4,), eps=0.1, width=1), "width"),
+        (dict(sample_shape=(4,), eps=0.1, n_res=-1), "n_res"),
+    ],
+)
 def test_constructor_arguments_are_validated(kwargs, word):
     with pytest.raises(ValueError, match=word):
         build_generator(**kwargs)

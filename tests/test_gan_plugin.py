@@ -38,8 +38,10 @@ def run(pytester, *args):
 
 
 def report(pytester, name="r.json"):
-    return {t["nodeid"].split("::")[-1]: t
-            for t in json.loads((pytester.path / name).read_text())["tests"]}
+    return {
+        t["nodeid"].split("::")[-1]: t
+        for t in json.loads((pytester.path / name).read_text())["tests"]
+    }
 
 
 def train_events(cache_dir):
@@ -64,8 +66,9 @@ def test_gan_is_the_default_and_the_second_run_is_a_cache_hit(blobs_repo):
     assert rep["adversarial_accuracy"] < rep["clean_accuracy"]  # the generator does fool it
     first.stdout.fnmatch_lines(["*test_default_is_gan*gan linf*PASS*cold * steps*"])
     # training shows its progress as it goes (captured output would hide it)
-    first.stdout.fnmatch_lines(["advrobust gan: training GAN generator on cpu (cold)*",
-                                "advrobust gan: done: * steps*"])
+    first.stdout.fnmatch_lines(
+        ["advrobust gan: training GAN generator on cpu (cold)*", "advrobust gan: done: * steps*"]
+    )
     assert train_events(cache) == ONE_EVALUATION
 
     second = run(blobs_repo, *args)
@@ -89,7 +92,8 @@ def test_gan_is_the_default_and_the_second_run_is_a_cache_hit(blobs_repo):
 
 
 def test_worst_case_with_pgd_and_refine(blobs_repo):
-    blobs_repo.makepyfile(test_mix="""
+    blobs_repo.makepyfile(
+        test_mix="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack="gan", eps=0.1, n_samples=90)
@@ -104,10 +108,16 @@ def test_worst_case_with_pgd_and_refine(blobs_repo):
 
         @pytest.mark.robust(threshold=1.0, attack="gan", eps=0.1, refine=5, n_samples=90)
         def test_refined(): pass
-    """)
+    """
+    )
     cache = blobs_repo.path / "c"
-    run(blobs_repo, "--advrobust", f"--advrobust-cache-dir={cache}", "--advrobust-gan-steps=40",
-        "--advrobust-json=r.json").assert_outcomes(passed=4)
+    run(
+        blobs_repo,
+        "--advrobust",
+        f"--advrobust-cache-dir={cache}",
+        "--advrobust-gan-steps=40",
+        "--advrobust-json=r.json",
+    ).assert_outcomes(passed=4)
     reps = report(blobs_repo)
     for head in reps["test_gan"]["training"]["heads"]:  # the budget option is honoured
         assert 0 < head["train_steps"] <= 40 and head["fit_steps"] <= 40
@@ -136,7 +146,8 @@ def test_a_damaged_cache_entry_is_reported_set_aside_and_retrained(blobs_repo):
 
 def test_two_xdist_workers_train_one_generator_once(blobs_repo):
     pytest.importorskip("xdist")
-    blobs_repo.makepyfile(test_par="""
+    blobs_repo.makepyfile(
+        test_par="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, eps=0.08, n_samples=60)
@@ -150,10 +161,17 @@ def test_two_xdist_workers_train_one_generator_once(blobs_repo):
 
         @pytest.mark.robust(threshold=1.0, eps=0.08, n_samples=60)
         def test_d(): pass
-    """)
+    """
+    )
     cache = blobs_repo.path / "shared-cache"
-    result = run(blobs_repo, "-n", "2", "--advrobust", f"--advrobust-cache-dir={cache}",
-                 "--advrobust-json=r.json")
+    result = run(
+        blobs_repo,
+        "-n",
+        "2",
+        "--advrobust",
+        f"--advrobust-cache-dir={cache}",
+        "--advrobust-json=r.json",
+    )
     result.assert_outcomes(passed=4)
     assert train_events(cache) == ONE_EVALUATION
     modes = sorted(r["training"]["mode"] for r in report(blobs_repo).values())
@@ -168,15 +186,29 @@ def test_advrobust_warm_fills_the_cache_ahead_of_the_run(blobs_repo):
     blobs_repo.makepyfile(test_gan=GAN_TESTS)
     cache = blobs_repo.path / "warm-cache"
     warm = subprocess.run(
-        [sys.executable, "-m", "pytest_advrobust.cli", "warm", "-p", "no:randomly",
-         f"--advrobust-cache-dir={cache}", "-q", "-rs", str(blobs_repo.path)],
-        cwd=blobs_repo.path, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pytest_advrobust.cli",
+            "warm",
+            "-p",
+            "no:randomly",
+            f"--advrobust-cache-dir={cache}",
+            "-q",
+            "-rs",
+            str(blobs_repo.path),
+        ],
+        cwd=blobs_repo.path,
+        capture_output=True,
+        text=True,
+    )
     assert warm.returncode == 0, warm.stdout + warm.stderr
     assert "advrobust warm: eps=0.1: cold" in warm.stdout  # the skip reason says what happened
     # Warm obtains what the attack uses: both generators, trained and fitted.
     assert train_events(cache) == ONE_EVALUATION
-    run(blobs_repo, "--advrobust", f"--advrobust-cache-dir={cache}",
-        "--advrobust-json=r.json").assert_outcomes(passed=2)
+    run(
+        blobs_repo, "--advrobust", f"--advrobust-cache-dir={cache}", "--advrobust-json=r.json"
+    ).assert_outcomes(passed=2)
     # The run loads the warmed entries and trains nothing.
     assert GanCache(cache).stats()["hit"] >= 1
     assert train_events(cache) == ONE_EVALUATION

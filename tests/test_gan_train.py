@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from _support import digits_mlp, digits_tensors
 
 from pytest_advrobust.attacks.base import perturbation_norms
-from _support import digits_mlp, digits_tensors
 from pytest_advrobust.errors import AdvRobustError
 from pytest_advrobust.gan.train import GanConfig, margin, train_generator
 
@@ -33,8 +33,17 @@ def problem():
 
 
 def _cfg(**kw):
-    base = dict(eps=EPS, max_steps=60, batch_size=32, lr=3e-3, eval_every=10, patience=100, width=8, n_res=1,
-                holdout_fraction=0.2)
+    base = dict(
+        eps=EPS,
+        max_steps=60,
+        batch_size=32,
+        lr=3e-3,
+        eval_every=10,
+        patience=100,
+        width=8,
+        n_res=1,
+        holdout_fraction=0.2,
+    )
     base.update(kw)
     return GanConfig(**base)
 
@@ -141,9 +150,15 @@ def test_config_is_json_and_validated():
     cfg = _cfg()
     d = json.loads(json.dumps(cfg.to_dict()))
     assert d["eps"] == EPS and d["bounds"] == [0.0, 1.0]
-    for bad, word in [(dict(eps=-1.0), "eps"), (dict(norm="l1"), "norm"), (dict(max_steps=0), "max_steps"),
-                      (dict(bounds=(1, 0)), "bounds"), (dict(kappa=-1.0), "kappa"),
-                      (dict(holdout_fraction=1.0), "holdout_fraction"), (dict(batch_size=1.5), "batch_size")]:
+    for bad, word in [
+        (dict(eps=-1.0), "eps"),
+        (dict(norm="l1"), "norm"),
+        (dict(max_steps=0), "max_steps"),
+        (dict(bounds=(1, 0)), "bounds"),
+        (dict(kappa=-1.0), "kappa"),
+        (dict(holdout_fraction=1.0), "holdout_fraction"),
+        (dict(batch_size=1.5), "batch_size"),
+    ]:
         with pytest.raises(ValueError, match=word):
             _cfg(**bad)
 

@@ -101,8 +101,9 @@ DIGITS_TESTS = textwrap.dedent(
 
 
 def _run(pytester, *args):
-    return pytester.runpytest_subprocess("-p", "no:randomly", "--advrobust",
-                                         "--advrobust-threads=1", *args)
+    return pytester.runpytest_subprocess(
+        "-p", "no:randomly", "--advrobust", "--advrobust-threads=1", *args
+    )
 
 
 def _without_timing(rep):
@@ -117,8 +118,12 @@ def test_digits_cold_run_then_cache_hit_same_json(pytester):
     pytester.makeconftest(DIGITS_CONFTEST)
     pytester.makepyfile(test_digits=DIGITS_TESTS)
     cache = pytester.path / "cache"
-    args = (f"--advrobust-cache-dir={cache}", "--advrobust-json=r.json",
-            f"--advrobust-images={pytester.path / 'img'}", "--junitxml=j.xml")
+    args = (
+        f"--advrobust-cache-dir={cache}",
+        "--advrobust-json=r.json",
+        f"--advrobust-images={pytester.path / 'img'}",
+        "--junitxml=j.xml",
+    )
     first = _run(pytester, *args, "--advrobust-save-baseline")
     first.assert_outcomes(passed=3)
     first.stdout.fnmatch_lines(["*test_generated_gap*generated */300 valid*-*300*PASS*cold*"])
@@ -135,7 +140,8 @@ def test_digits_cold_run_then_cache_hit_same_json(pytester):
     assert 0 < g["real_accepted"] <= 300
     assert g["real_acceptance_rate"]["value"] == pytest.approx(g["real_accepted"] / 300)
     assert g["gap_all_real"] == pytest.approx(
-        g["real_accuracy_all"]["value"] - rep["adversarial_accuracy"], abs=1e-6)
+        g["real_accuracy_all"]["value"] - rep["adversarial_accuracy"], abs=1e-6
+    )
     lo, hi = rep["adversarial_ci"]
     assert lo <= rep["adversarial_accuracy"] <= hi
     junit = (pytester.path / "j.xml").read_text()
@@ -157,8 +163,10 @@ def test_digits_cold_run_then_cache_hit_same_json(pytester):
 
 
 def test_the_gate_fails_a_gap_over_the_threshold(pytester):
-    pytester.makeconftest(DIGITS_CONFTEST + textwrap.dedent(
-        """
+    pytester.makeconftest(
+        DIGITS_CONFTEST
+        + textwrap.dedent(
+            """
         class Marked(torch.nn.Module):
             # Reads a marker pixel that the real evaluation data carries; generated
             # samples lack it, so this model is right on real data only.
@@ -176,60 +184,98 @@ def test_the_gate_fails_a_gap_over_the_threshold(pytester):
             x[:, 54:64] = 0.0
             x[torch.arange(len(y)), 54 + y] = 1.0
             return x.view(-1, 1, 8, 8), y
-        """))
-    pytester.makepyfile(test_gate=textwrap.dedent(
         """
+        )
+    )
+    pytester.makepyfile(
+        test_gate=textwrap.dedent(
+            """
         import pytest
 
         @pytest.mark.robust(threshold=0.2, attack="generated", n_samples=200,
                             model="marked_model", data="marked_data")
         def test_marked():
             pass
-        """))
+        """
+        )
+    )
     cache = f"--advrobust-cache-dir={pytester.path / 'c'}"
     warm = _run(pytester, cache, "--advrobust-gan-steps=300", "--advrobust-warm", "-rs")
     warm.assert_outcomes(skipped=1)
     warm.stdout.fnmatch_lines(
-        ["*advrobust warm: sample generator: cold, reference classifier: cold*"])
-    result = _run(pytester, cache, "--advrobust-gan-steps=300",
-                  f"--advrobust-images={pytester.path / 'img'}")
+        ["*advrobust warm: sample generator: cold, reference classifier: cold*"]
+    )
+    result = _run(
+        pytester, cache, "--advrobust-gan-steps=300", f"--advrobust-images={pytester.path / 'img'}"
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*test_marked*generated */200 valid*FAIL*cached*"])
     png = pytester.path / "img" / "test_gate.py_test_marked-generated-wrong.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    result.stdout.fnmatch_lines([("*generation gap 0.* > threshold 0.200 (real 1.000 on * of "
-                                  "200 valid real samples (all real 1.000) -> generated 0.* "
-                                  "of 200 valid generated samples*")])
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*generation gap 0.* > threshold 0.200 (real 1.000 on * of "
+                "200 valid real samples (all real 1.000) -> generated 0.* "
+                "of 200 valid generated samples*"
+            )
+        ]
+    )
 
 
 BAD_CASES = {
-    "one_class": ("y == 4", (
-        "attack='generated' needs training data with at least 2 classes, but fixture "
-        "'robust_train_data' has only class 4; give it labelled samples*")),
-    "few": ("(y != 9) | (torch.cumsum(y == 9, 0) <= 2)", (
-        "attack='generated' needs at least 5 training samples of every class, but fixture "
-        "'robust_train_data' has 2 of class 9; give it more*")),
-    "unknown": ("y != 9", (
-        "evaluation data from fixture 'robust_data' has class 9, which the sample generator's "
-        "training data (fixture 'robust_train_data') lacks; add *")),
+    "one_class": (
+        "y == 4",
+        (
+            "attack='generated' needs training data with at least 2 classes, but fixture "
+            "'robust_train_data' has only class 4; give it labelled samples*"
+        ),
+    ),
+    "few": (
+        "(y != 9) | (torch.cumsum(y == 9, 0) <= 2)",
+        (
+            "attack='generated' needs at least 5 training samples of every class, but fixture "
+            "'robust_train_data' has 2 of class 9; give it more*"
+        ),
+    ),
+    "unknown": (
+        "y != 9",
+        (
+            "evaluation data from fixture 'robust_data' has class 9, which the sample generator's "
+            "training data (fixture 'robust_train_data') lacks; add *"
+        ),
+    ),
 }
 
 
 def test_bad_input_gets_one_sentence(pytester):
     # robust_train_data depends on the test's name, so that one run covers every case.
-    pytester.makeconftest(DIGITS_CONFTEST.replace(
-        "@pytest.fixture(scope=\"session\")\ndef robust_train_data():",
-        "@pytest.fixture\ndef robust_train_data(request):").replace(
-        "    return x[:1200], y[:1200]",
-        "    x, y = x[:1200], y[:1200]\n"
-        "    keep = {" + ", ".join(f"'test_{k}': {v[0]}" for k, v in BAD_CASES.items()) +
-        "}[request.node.name]\n"
-        "    return x[keep], y[keep]").replace(
-        "def robust_model(robust_train_data):\n    x, y = robust_train_data",
-        "def robust_model():\n    x, y = digits()"))
-    pytester.makepyfile(test_bad="import pytest\n" + "".join(
-        f"\n@pytest.mark.robust(threshold=0.1, attack='generated', n_samples=50)\n"
-        f"def test_{k}():\n    pass\n" for k in BAD_CASES))
+    pytester.makeconftest(
+        DIGITS_CONFTEST.replace(
+            '@pytest.fixture(scope="session")\ndef robust_train_data():',
+            "@pytest.fixture\ndef robust_train_data(request):",
+        )
+        .replace(
+            "    return x[:1200], y[:1200]",
+            "    x, y = x[:1200], y[:1200]\n"
+            "    keep = {"
+            + ", ".join(f"'test_{k}': {v[0]}" for k, v in BAD_CASES.items())
+            + "}[request.node.name]\n"
+            "    return x[keep], y[keep]",
+        )
+        .replace(
+            "def robust_model(robust_train_data):\n    x, y = robust_train_data",
+            "def robust_model():\n    x, y = digits()",
+        )
+    )
+    pytester.makepyfile(
+        test_bad="import pytest\n"
+        + "".join(
+            f"\n@pytest.mark.robust(threshold=0.1, attack='generated', n_samples=50)\n"
+            f"def test_{k}():\n    pass\n"
+            for k in BAD_CASES
+        )
+    )
     result = _run(pytester, f"--advrobust-cache-dir={pytester.path / 'c'}", "-rE")
     result.assert_outcomes(errors=3)
     result.stdout.fnmatch_lines([v[1] for v in BAD_CASES.values()], consecutive=False)
@@ -254,12 +300,14 @@ def test_check_training_data_rejects_float_labels():
 
 # ------------------------------------------------------------------ API level, short budgets
 
+
 @pytest.fixture
 def digits_case(one_torch_thread):
     x, y = digits_tensors()
     model = digits_mlp(x[:1200], y[:1200], steps=60)
-    settings = RobustSettings(threshold=1.0, attacks=("generated",), n_samples=100,
-                              gan_steps=40, validity=0.5)
+    settings = RobustSettings(
+        threshold=1.0, attacks=("generated",), n_samples=100, gan_steps=40, validity=0.5
+    )
     store.clear_memo()
     yield model, (x[1200:], y[1200:]), (x[:1200], y[:1200]), settings
     store.clear_memo()
@@ -276,8 +324,9 @@ def test_same_seed_gives_identical_json_and_weights(digits_case):
     store.clear_memo()
     _, rep2 = _evaluate(digits_case)
     assert rep1["training"]["mode"] == rep2["training"]["mode"] == "cold"
-    assert json.dumps(_without_timing(rep1), sort_keys=True) == \
-        json.dumps(_without_timing(rep2), sort_keys=True)
+    assert json.dumps(_without_timing(rep1), sort_keys=True) == json.dumps(
+        _without_timing(rep2), sort_keys=True
+    )
     x, y = digits_case[2]
     cfg = dataclasses.replace(default_config(1200), steps=5)
     w1 = train_generator(x, y, torch.arange(10), cfg, (0, 1)).network.state_dict()
@@ -327,8 +376,9 @@ def test_changed_training_data_warm_starts_the_generator(tmp_path, one_torch_thr
     store.clear_memo()
     _, cold = store.obtain("generator", x, y, torch.arange(10), cfg, (0, 1), cache_dir=tmp_path)
     store.clear_memo()
-    _, warm = store.obtain("generator", x[:500], y[:500], torch.arange(10), cfg, (0, 1),
-                           cache_dir=tmp_path)
+    _, warm = store.obtain(
+        "generator", x[:500], y[:500], torch.arange(10), cfg, (0, 1), cache_dir=tmp_path
+    )
     assert (cold["mode"], cold["steps"]) == ("cold", 40)
     assert (warm["mode"], warm["steps"]) == ("warm", 10) and warm["key"] != cold["key"]
     store.clear_memo()
@@ -337,8 +387,9 @@ def test_changed_training_data_warm_starts_the_generator(tmp_path, one_torch_thr
 def _predictions(correct, loss=None):
     correct = torch.tensor(correct, dtype=torch.bool)
     loss = torch.zeros(len(correct)) if loss is None else torch.tensor(loss)
-    return Predictions(pred=torch.zeros(len(correct), dtype=torch.long), loss=loss,
-                       correct=correct, num_classes=10)
+    return Predictions(
+        pred=torch.zeros(len(correct), dtype=torch.long), loss=loss, correct=correct, num_classes=10
+    )
 
 
 def test_real_side_is_judged_by_the_same_validity_filter():
@@ -367,15 +418,15 @@ def test_real_side_is_judged_by_the_same_validity_filter():
 def test_valid_real_samples_are_those_the_reference_is_confident_on(digits_case):
     model, (x, y), (tx, ty), settings = digits_case
     out = run_generated(model, (x, y), settings, train_data=(tx, ty))
-    _, ref, _ = obtain_networks(tx, ty, settings, "robust_train_data",
-                                device=torch.device("cpu"))
+    _, ref, _ = obtain_networks(tx, ty, settings, "robust_train_data", device=torch.device("cpu"))
     with torch.no_grad():
         own = torch.softmax(ref(out.x), 1).gather(1, out.y[:, None]).squeeze(1)
         right = model(out.x).argmax(1) == out.y
     assert torch.equal(out.real_valid, own >= settings.validity)
     assert 0 < int(out.real_valid.sum()) < len(out.y)  # the filter drops some real samples
     g = out.generated
-    assert out.numbers["clean_accuracy"] == pytest.approx(float(right[out.real_valid].double()
-                                                                .mean()))
+    assert out.numbers["clean_accuracy"] == pytest.approx(
+        float(right[out.real_valid].double().mean())
+    )
     assert g["real_accuracy_all"]["value"] == pytest.approx(float(right.double().mean()), abs=1e-6)
     assert g["real_accepted"] == int(out.real_valid.sum())

@@ -59,8 +59,9 @@ def test_gallery_grayscale_small_images(tmp_path):
             assert (clean[:8, :8] == clean[0, 0]).all()
         # the caption band under the first row is not blank: text was drawn
         ch, _ = images.cell_size(8, 8)
-        band = img.crop((0, ch + 2 * images.PADDING, img.size[0],
-                         ch + 2 * images.PADDING + images.TEXT_HEIGHT))
+        band = img.crop(
+            (0, ch + 2 * images.PADDING, img.size[0], ch + 2 * images.PADDING + images.TEXT_HEIGHT)
+        )
         assert (np.asarray(band) != 255).any()
 
 
@@ -78,8 +79,17 @@ def test_gallery_perturbation_row_is_centred(tmp_path):
 def test_gallery_rgb_caps_columns_and_names(tmp_path):
     x, x_adv, y, pc, pa = _batch((12, 3, 32, 32))
     names = [f"class{i}" for i in range(10)]
-    out = images.save_gallery(tmp_path / "sub" / "rgb.png", x.to(torch.float64), x_adv, y, pc, pa,
-                              max_images=4, class_names=names, amplify=3.0)
+    out = images.save_gallery(
+        tmp_path / "sub" / "rgb.png",
+        x.to(torch.float64),
+        x_adv,
+        y,
+        pc,
+        pa,
+        max_images=4,
+        class_names=names,
+        amplify=3.0,
+    )
     with Image.open(out) as img:
         assert img.size == _expected_size(4, 32, 32)
         assert img.mode == "RGB"
@@ -115,9 +125,16 @@ def test_gallery_rejects_mismatched_shapes(tmp_path):
 
 def test_curve_png(tmp_path):
     pytest.importorskip("matplotlib")
-    curve = [{"eps": e, "adversarial_accuracy": a, "adversarial_ci": [a - 0.05, a + 0.05],
-              "gap": 0.9 - a, "passed": 0.9 - a <= 0.3}
-             for e, a in [(0.0, 0.9), (0.05, 0.7), (0.1, 0.5), (0.2, 0.2)]]
+    curve = [
+        {
+            "eps": e,
+            "adversarial_accuracy": a,
+            "adversarial_ci": [a - 0.05, a + 0.05],
+            "gap": 0.9 - a,
+            "passed": 0.9 - a <= 0.3,
+        }
+        for e, a in [(0.0, 0.9), (0.05, 0.7), (0.1, 0.5), (0.2, 0.2)]
+    ]
     out = images.save_curve(tmp_path / "c" / "curve.png", curve, threshold=0.3, title="digits")
     assert out.exists()
     with Image.open(out) as img:
@@ -135,12 +152,15 @@ def test_curve_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "c.png").exists()
 
 
-@pytest.mark.parametrize("nodeid", [
-    "tests/test_model.py::test_robust[cpu-0.1]",
-    "a/b\\c::d e/../f",
-    "..",
-    "tests/test_x.py::TestA::test_b[" + "x" * 400 + "]",
-])
+@pytest.mark.parametrize(
+    "nodeid",
+    [
+        "tests/test_model.py::test_robust[cpu-0.1]",
+        "a/b\\c::d e/../f",
+        "..",
+        "tests/test_x.py::TestA::test_b[" + "x" * 400 + "]",
+    ],
+)
 def test_safe_filename(nodeid):
     stem = images.safe_filename(nodeid)
     assert stem and len(stem) <= images.MAX_STEM
@@ -151,8 +171,10 @@ def test_safe_filename(nodeid):
 
 
 def test_safe_filename_readable_and_distinct():
-    assert images.safe_filename("tests/test_model.py::test_robust[cpu-0.1]") == \
-        "tests_test_model.py_test_robust_cpu-0.1"
+    assert (
+        images.safe_filename("tests/test_model.py::test_robust[cpu-0.1]")
+        == "tests_test_model.py_test_robust_cpu-0.1"
+    )
     base = "tests/test_x.py::test_" + "y" * 300
     a, b = images.safe_filename(base + "[1]"), images.safe_filename(base + "[2]")
     assert a != b and len(a) == len(b) == images.MAX_STEM

@@ -12,10 +12,11 @@ import textwrap
 
 import pytest
 import torch
-from hypothesis import given, settings as hsettings, strategies as st
-from torch.utils.data import DataLoader, TensorDataset
-
 from _support import BLOBS_CONFTEST
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
 
 FAST_GAN = ("--advrobust-gan-steps=20", "--advrobust-threads=1")
 
@@ -26,16 +27,23 @@ def run(pytester, *args):
 
 # ------------------------------------------------------- 1. read-only checkout
 
+
 def _read_only_shell(root, command):
     """``command`` run in a private mount namespace where ``root`` is read-only."""
-    return ["unshare", "-m", "sh", "-c",
-            f"mount --bind '{root}' '{root}' && mount -o remount,bind,ro '{root}' && "
-            f"cd '{root}' && {command}"]
+    return [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        f"mount --bind '{root}' '{root}' && mount -o remount,bind,ro '{root}' && "
+        f"cd '{root}' && {command}",
+    ]
 
 
 def test_read_only_checkout_runs_plain_and_gan_without_internal_error(blobs_repo):
     root = blobs_repo.path
-    blobs_repo.makepyfile(test_ro="""
+    blobs_repo.makepyfile(
+        test_ro="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, n_samples=60)
@@ -44,33 +52,48 @@ def test_read_only_checkout_runs_plain_and_gan_without_internal_error(blobs_repo
 
         def test_plain():
             assert 1 + 1 == 2
-    """)
-    probe = subprocess.run(_read_only_shell(root, "! touch .probe 2>/dev/null"),
-                           capture_output=True, text=True)
+    """
+    )
+    probe = subprocess.run(
+        _read_only_shell(root, "! touch .probe 2>/dev/null"), capture_output=True, text=True
+    )
     if probe.returncode != 0:
-        pytest.skip(f"cannot make a read-only bind mount here (unshare -m / mount --bind "
-                    f"need root or a mount namespace): {probe.stderr.strip()[:200]}")
+        pytest.skip(
+            f"cannot make a read-only bind mount here (unshare -m / mount --bind "
+            f"need root or a mount namespace): {probe.stderr.strip()[:200]}"
+        )
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env.pop("ADVROBUST_CACHE_DIR", None)
     pytest_cmd = f"'{sys.executable}' -m pytest -p no:randomly -rA"
-    plain = subprocess.run(_read_only_shell(root, pytest_cmd), capture_output=True, text=True,
-                           env=env)
+    plain = subprocess.run(
+        _read_only_shell(root, pytest_cmd), capture_output=True, text=True, env=env
+    )
     out = plain.stdout + plain.stderr
     assert plain.returncode == 0, out
     assert "INTERNALERROR" not in out
     assert "1 passed, 1 skipped" in out
 
-    flag = subprocess.run(_read_only_shell(root, pytest_cmd + " --advrobust " +
-                                           " ".join(FAST_GAN)),
-                          capture_output=True, text=True, env=env)
+    flag = subprocess.run(
+        _read_only_shell(root, pytest_cmd + " --advrobust " + " ".join(FAST_GAN)),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     out = flag.stdout + flag.stderr
     assert flag.returncode == 0, out
     assert "INTERNALERROR" not in out and "OSError" not in out
     assert "2 passed" in out
-    assert out.count("cannot be written (Read-only file system): generators are kept in "
-                     "memory for this session and not cached") >= 1
-    assert "not cached" in [line for line in out.splitlines()
-                            if line.startswith("test_ro.py::test_gan")][-1]
+    assert (
+        out.count(
+            "cannot be written (Read-only file system): generators are kept in "
+            "memory for this session and not cached"
+        )
+        >= 1
+    )
+    assert (
+        "not cached"
+        in [line for line in out.splitlines() if line.startswith("test_ro.py::test_gan")][-1]
+    )
     assert not (root / ".pytest_cache").exists()
 
 
@@ -142,7 +165,8 @@ def robust_data(nograd_data):
 
 def test_no_input_gradient_errors_every_gradient_attack_with_one_sentence(pytester):
     pytester.makeconftest(NO_GRADIENT_CONFTEST)
-    pytester.makepyfile(test_nograd="""
+    pytester.makepyfile(
+        test_nograd="""
         import pytest
 
         NG = dict(model="nograd_model", data="nograd_data", threshold=1.0)
@@ -165,17 +189,24 @@ def test_no_input_gradient_errors_every_gradient_attack_with_one_sentence(pytest
         def test_rounding(): pass
 
         def test_gan_generator(gan_generator): pass
-    """)
+    """
+    )
     result = run(pytester, "--advrobust", "-rA", *FAST_GAN, "--advrobust-samples=64")
     result.assert_outcomes(errors=6)
     out = result.stdout.str()
     for attack in ("pgd", "fgsm", "gan"):
-        assert (f"attack '{attack}' needs the gradient of the loss with respect to the "
-                f"input, but none reaches the input of the model from fixture") in out
+        assert (
+            f"attack '{attack}' needs the gradient of the loss with respect to the "
+            f"input, but none reaches the input of the model from fixture"
+        ) in out
     assert out.count("the output does not depend on the input through autograd") == 5
     assert out.count("the input gradient is exactly zero on every sample") == 1
-    assert out.count("usual causes are torch.no_grad() or torch.inference_mode() in "
-                     "forward, .detach()") == 6
+    assert (
+        out.count(
+            "usual causes are torch.no_grad() or torch.inference_mode() in forward, .detach()"
+        )
+        == 6
+    )
     assert "Traceback" not in out and "RuntimeError" not in out
     assert "gap" not in out and "PASS" not in out
 
@@ -248,7 +279,8 @@ def loader_accuracy(model, loader):
 
 def test_dataloader_is_evaluated_on_what_it_yields(pytester):
     pytester.makeconftest(LOADER_CONFTEST)
-    pytester.makepyfile(test_loader="""
+    pytester.makepyfile(
+        test_loader="""
         import pytest
         import torch
         from conftest import loader_accuracy
@@ -276,7 +308,8 @@ def test_dataloader_is_evaluated_on_what_it_yields(pytester):
                             min_clean_accuracy=0)
         def test_subset_again(adversarial_batch):
             assert torch.equal(adversarial_batch.x, pytest.first_subset)
-    """)
+    """
+    )
     result = run(pytester, "--advrobust", "-rA")
     result.assert_outcomes(passed=4)
     # the collated inputs 1 - x score far above the raw x the dataset holds
@@ -294,8 +327,13 @@ def _loader_accuracy(model, loader):
 
 
 @hsettings(max_examples=12, deadline=None)
-@given(kind=st.sampled_from(["plain", "shuffled", "collate"]), n=st.integers(20, 90),
-       batch=st.integers(1, 40), drop_last=st.booleans(), seed=st.integers(0, 5))
+@given(
+    kind=st.sampled_from(["plain", "shuffled", "collate"]),
+    n=st.integers(20, 90),
+    batch=st.integers(1, 40),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 5),
+)
 def test_clean_accuracy_equals_iterating_the_loader(kind, n, batch, drop_last, seed):
     from pytest_advrobust.loading import seeded_loader
     from pytest_advrobust.runner import run_evaluation
@@ -312,13 +350,17 @@ def test_clean_accuracy_equals_iterating_the_loader(kind, n, batch, drop_last, s
     def half(items):
         return (torch.stack([i[0] for i in items]) * 0.5, torch.stack([i[1] for i in items]))
 
-    extra = {"shuffled": dict(shuffle=True), "collate": dict(collate_fn=half, shuffle=True),
-             "plain": {}}[kind]
+    extra = {
+        "shuffled": dict(shuffle=True),
+        "collate": dict(collate_fn=half, shuffle=True),
+        "plain": {},
+    }[kind]
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, drop_last=drop_last, **extra)
     if drop_last and n < batch:
         return  # the loader yields nothing: rejected with a sentence elsewhere
-    s = RobustSettings(attacks=("fgsm",), eps=(0.05,), n_samples=10_000, seed=seed,
-                       sanity="off", device="cpu")
+    s = RobustSettings(
+        attacks=("fgsm",), eps=(0.05,), n_samples=10_000, seed=seed, sanity="off", device="cpu"
+    )
     outcome = run_evaluation(model, loader, s)
     if drop_last and kind != "plain":  # which samples are dropped depends on the order:
         with seeded_loader(loader, seed):  # the documented one, seeded from the test's seed
@@ -363,7 +405,8 @@ def bf16_data():
 
 def test_low_precision_models_keep_the_bound_in_the_input_dtype(pytester):
     pytester.makeconftest(HALF_CONFTEST)
-    pytester.makepyfile(test_half="""
+    pytester.makepyfile(
+        test_half="""
         import pytest
         import torch
 
@@ -387,7 +430,8 @@ def test_low_precision_models_keep_the_bound_in_the_input_dtype(pytester):
                             model="half_model", data="half_data")
         def test_l2(adversarial_batch):
             check(adversarial_batch, torch.float16, 0.5, "l2")
-    """)
+    """
+    )
     result = run(pytester, "--advrobust", "-rA", *FAST_GAN)
     result.assert_outcomes(passed=7)
     assert "left the" not in result.stdout.str()
@@ -409,7 +453,6 @@ def test_into_dtype_keeps_every_perturbation_inside_after_rounding(dtype, norm, 
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     # nearly all of the budget is kept: rounding moves a coordinate by one unit at most
     assert float(sizes.max()) >= eps * (0.97 if dtype == torch.float16 else 0.9)
-
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("linf", 0.03)])
@@ -458,7 +501,8 @@ def robust_data():  # NumPy's default float64, as scikit-learn hands it over
 
 def test_float64_arrays_reach_a_float32_model_in_its_own_dtype(pytester):
     pytester.makeconftest(FLOAT64_CONFTEST)
-    pytester.makepyfile(test_f64="""
+    pytester.makepyfile(
+        test_f64="""
         import pytest
         import torch
 
@@ -468,10 +512,12 @@ def test_float64_arrays_reach_a_float32_model_in_its_own_dtype(pytester):
             batch = request.getfixturevalue("adversarial_batch")
             assert batch.x.dtype == batch.x_adv.dtype == torch.float32
             assert batch.report["clean_accuracy"] > 0.9
-    """)
+    """
+    )
     result = run(pytester, "--advrobust", "-rA")
     result.assert_outcomes(passed=3)
     assert "raised RuntimeError" not in result.stdout.str()
+
 
 # ----------------------------------------------------------- 5. channels-last
 
@@ -521,7 +567,8 @@ def nchw_data():
 
 def test_channels_last_images_are_normalised_and_drawn_on_their_channel_axis(pytester):
     pytester.makeconftest(CHANNELS_CONFTEST)
-    pytester.makepyfile(test_layout="""
+    pytester.makepyfile(
+        test_layout="""
         import pytest
 
         P = dict(threshold=1.0, attack="pgd", eps=0.05, steps=5,
@@ -542,12 +589,16 @@ def test_channels_last_images_are_normalised_and_drawn_on_their_channel_axis(pyt
         @pytest.mark.robust(channel_axis=1, **P)
         def test_wrong_axis():
             pass
-    """)
+    """
+    )
     result = run(pytester, "--advrobust", "-rA", "--advrobust-images=pics")
     result.assert_outcomes(passed=3, errors=1)
-    result.stdout.fnmatch_lines([
-        "*preprocessing has 3 values per channel but channel_axis=1 of inputs of shape "
-        "(90, 6, 6, 3) has size 6; give channel_axis the axis that holds the channels*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*preprocessing has 3 values per channel but channel_axis=1 of inputs of shape "
+            "(90, 6, 6, 3) has size 6; give channel_axis the axis that holds the channels*"
+        ]
+    )
     assert "model from fixture" not in result.stdout.str()
     from PIL import Image
 
@@ -558,20 +609,27 @@ def test_channels_last_images_are_normalised_and_drawn_on_their_channel_axis(pyt
     # the same pictures under titles that name each test
     below = (0, TITLE_HEIGHT, nhwc.size[0], nhwc.size[1])
     assert nhwc.size == nchw.size and nhwc.crop(below).tobytes() == nchw.crop(below).tobytes()
-    assert nhwc.crop((0, 0, nhwc.size[0], TITLE_HEIGHT)).tobytes() != \
-        nchw.crop((0, 0, nchw.size[0], TITLE_HEIGHT)).tobytes()
+    assert (
+        nhwc.crop((0, 0, nhwc.size[0], TITLE_HEIGHT)).tobytes()
+        != nchw.crop((0, 0, nchw.size[0], TITLE_HEIGHT)).tobytes()
+    )
 
 
 # ---------------------------------------------------------- 6. at chance
 
+
 def test_clean_accuracy_at_chance_fails_the_gate_and_a_floor_can_be_set(blobs_repo):
-    blobs_repo.makeconftest(BLOBS_CONFTEST + textwrap.dedent("""
+    blobs_repo.makeconftest(
+        BLOBS_CONFTEST
+        + textwrap.dedent("""
         @pytest.fixture(scope="session")
         def shuffled_data():
             x, y, _ = make_blobs()
             return x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(5))]
-    """))
-    blobs_repo.makepyfile(test_chance="""
+    """)
+    )
+    blobs_repo.makepyfile(
+        test_chance="""
         import pytest
 
         PGD = dict(threshold=1.0, attack="pgd", eps=0.1, steps=5, n_samples=150)
@@ -587,15 +645,25 @@ def test_clean_accuracy_at_chance_fails_the_gate_and_a_floor_can_be_set(blobs_re
 
         @pytest.mark.robust(min_clean_accuracy=1.0, **PGD)
         def test_floor_met(): pass
-    """)
+    """
+    )
     result = run(blobs_repo, "--advrobust", "-rA")
     result.assert_outcomes(passed=3, failed=1)
-    result.stdout.re_match_lines([
-        r".*clean accuracy 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] \(n=150\) of the model from fixture "
-        r"'robust_model' on fixture 'shuffled_data' is not clearly above chance \(0\.333 for 3 "
-        r"classes\).*"])
-    floor = run(blobs_repo, "--advrobust", "-rA", "--advrobust-min-clean-accuracy=0.5",
-                "-k", "healthy or shuffled_labels")
+    result.stdout.re_match_lines(
+        [
+            r".*clean accuracy 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] \(n=150\) of the model from fixture "
+            r"'robust_model' on fixture 'shuffled_data' is not clearly above chance \(0\.333 for 3 "
+            r"classes\).*"
+        ]
+    )
+    floor = run(
+        blobs_repo,
+        "--advrobust",
+        "-rA",
+        "--advrobust-min-clean-accuracy=0.5",
+        "-k",
+        "healthy or shuffled_labels",
+    )
     floor.assert_outcomes(passed=1, failed=1)
     floor.stdout.fnmatch_lines(["*is below min_clean_accuracy=0.5*"])
 
@@ -618,20 +686,26 @@ DEGRADING = BLOBS_CONFTEST + textwrap.dedent("""
 
 def test_save_and_compare_in_one_run_keeps_the_regressed_entry(pytester):
     pytester.makeconftest(DEGRADING)
-    pytester.makepyfile(test_gate="""
+    pytester.makepyfile(
+        test_gate="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack="pgd", eps=0.1, steps=5, n_samples=120)
         def test_pgd(): pass
-    """)
+    """
+    )
     run(pytester, "--advrobust", "--advrobust-save-baseline").assert_outcomes(passed=1)
     path = pytester.path / "advrobust-baseline.json"
     before = json.loads(path.read_text())["tests"]["test_gate.py::test_pgd"]
     (pytester.path / "DEGRADED").write_text("")
     both = run(pytester, "--advrobust", "--advrobust-compare", "--advrobust-save-baseline")
     both.assert_outcomes(failed=1)
-    both.stdout.fnmatch_lines(["*baseline entries of regressed tests not overwritten "
-                               "(--advrobust-compare): test_gate.py::test_pgd*"])
+    both.stdout.fnmatch_lines(
+        [
+            "*baseline entries of regressed tests not overwritten "
+            "(--advrobust-compare): test_gate.py::test_pgd*"
+        ]
+    )
     assert json.loads(path.read_text())["tests"]["test_gate.py::test_pgd"] == before
     run(pytester, "--advrobust", "--advrobust-compare").assert_outcomes(failed=1)
 
@@ -661,7 +735,8 @@ MESSAGES_CONFTEST = BLOBS_CONFTEST + textwrap.dedent("""
 
 def test_messages_name_preprocessing_two_logits_and_train_shape(pytester):
     pytester.makeconftest(MESSAGES_CONFTEST)
-    pytester.makepyfile(test_msg="""
+    pytester.makepyfile(
+        test_msg="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack="pgd", data="normalised_data")
@@ -672,17 +747,20 @@ def test_messages_name_preprocessing_two_logits_and_train_shape(pytester):
 
         @pytest.mark.robust(threshold=1.0, attack="gan")
         def test_train_shape(): pass
-    """)
+    """
+    )
     result = run(pytester, "--advrobust", "-rA", *FAST_GAN)
     result.assert_outcomes(errors=3)
-    result.stdout.fnmatch_lines([
-        "*outside bounds=(0, 1); if they are already normalised, give the unnormalised data "
-        "and preprocessing=(mean, std) so that eps stays in input units*",
-        "*returned one logit per input, shape (256, 1)*"
-        "for a binary model's logit z, return torch.cat([[]-z, z[]], dim=1)*",
-        "*fixture 'robust_train_data' gives samples of shape (10,) but fixture 'robust_data' "
-        "gives (20,)*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*outside bounds=(0, 1); if they are already normalised, give the unnormalised data "
+            "and preprocessing=(mean, std) so that eps stays in input units*",
+            "*returned one logit per input, shape (256, 1)*"
+            "for a binary model's logit z, return torch.cat([[]-z, z[]], dim=1)*",
+            "*fixture 'robust_train_data' gives samples of shape (10,) but fixture 'robust_data' "
+            "gives (20,)*",
+        ]
+    )
     assert "steps" not in result.stdout.str()  # checked before any training
 
 
@@ -715,7 +793,8 @@ def test_preprocessing_and_bounds_set_once_apply_to_unmarked_fixtures(pytester):
         advrobust_preprocessing = 0.5;0.25
         advrobust_eps = 0.05
     """)
-    pytester.makepyfile(test_settings="""
+    pytester.makepyfile(
+        test_settings="""
         import pytest
 
         def test_unmarked(adversarial_batch):
@@ -730,11 +809,11 @@ def test_preprocessing_and_bounds_set_once_apply_to_unmarked_fixtures(pytester):
                             preprocessing=None, model="plain", min_clean_accuracy=0)
         def test_bounds_option(adversarial_batch):
             assert adversarial_batch.settings["bounds"] == [-1.0, 1.0]
-    """)
+    """
+    )
     result = run(pytester, "--advrobust", "-rA", *FAST_GAN, "-k", "unmarked or marked")
     result.assert_outcomes(passed=2)
-    result = run(pytester, "--advrobust", "-rA", "--advrobust-bounds=-1,1", "-k",
-                 "bounds_option")
+    result = run(pytester, "--advrobust", "-rA", "--advrobust-bounds=-1,1", "-k", "bounds_option")
     result.assert_outcomes(passed=1)
     bad = run(pytester, "--advrobust", "--advrobust-preprocessing=0.5")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
@@ -786,7 +865,8 @@ def robust_model():
 
 def test_dataset_fixtures_are_converted_once_per_session_and_train_data_lazily(pytester):
     pytester.makeconftest(COUNTING_CONFTEST)
-    pytester.makepyfile(test_once="""
+    pytester.makepyfile(
+        test_once="""
         import pytest
         import conftest
 
@@ -812,15 +892,18 @@ def test_dataset_fixtures_are_converted_once_per_session_and_train_data_lazily(p
 
         def test_zzzz_counts():
             assert conftest.CALLS == {"eval": 100, "train": 300}
-    """)
+    """
+    )
     result = run(pytester, "--advrobust", "-rA", *FAST_GAN)
     result.assert_outcomes(passed=7)
 
 
 # --------------------------------------------- 11. a baseline that cannot fall
 
+
 def test_baseline_at_zero_or_chance_warns_that_it_cannot_regress(blobs_repo):
-    blobs_repo.makepyfile(test_stuck="""
+    blobs_repo.makepyfile(
+        test_stuck="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack="pgd", eps=0.5, steps=10, n_samples=90)
@@ -828,20 +911,28 @@ def test_baseline_at_zero_or_chance_warns_that_it_cannot_regress(blobs_repo):
 
         @pytest.mark.robust(threshold=1.0, attack="pgd", eps=0.02, steps=5, n_samples=90)
         def test_small_eps(): pass
-    """)
+    """
+    )
     result = run(blobs_repo, "--advrobust", "-rA", "--advrobust-save-baseline")
     result.assert_outcomes(passed=2)
     out = result.stdout.str()
-    assert out.count("so it can never fall and --advrobust-compare can never catch a "
-                     "regression here; use a smaller eps or an eps sweep") == 1
-    assert "test_broken_at_large_eps: the baseline's adversarial accuracy 0.000 under pgd " \
-           "at eps=0.5 is at 0" in out
+    assert (
+        out.count(
+            "so it can never fall and --advrobust-compare can never catch a "
+            "regression here; use a smaller eps or an eps sweep"
+        )
+        == 1
+    )
+    assert (
+        "test_broken_at_large_eps: the baseline's adversarial accuracy 0.000 under pgd "
+        "at eps=0.5 is at 0" in out
+    )
 
 
 # ------------------------------------------- baseline compared under a weaker attack
 
-def test_a_baseline_compared_under_a_weaker_attack_warns_instead_of_passing_quietly(
-        blobs_repo):
+
+def test_a_baseline_compared_under_a_weaker_attack_warns_instead_of_passing_quietly(blobs_repo):
     test = """
         import pytest
 
@@ -851,11 +942,9 @@ def test_a_baseline_compared_under_a_weaker_attack_warns_instead_of_passing_quie
     """
     blobs_repo.makepyfile(test_w=test.format(attack="pgd", steps=20))
     run(blobs_repo, "--advrobust", "--advrobust-save-baseline").assert_outcomes(passed=1)
-    for attack, steps, changed in (("fgsm", 20, "attack pgd -> fgsm"),
-                                   ("pgd", 2, "steps 20 -> 2")):
+    for attack, steps, changed in (("fgsm", 20, "attack pgd -> fgsm"), ("pgd", 2, "steps 20 -> 2")):
         blobs_repo.makepyfile(test_w=test.format(attack=attack, steps=steps))
-        result = run(blobs_repo, "--advrobust", "--advrobust-compare", "-W",
-                     "always::UserWarning")
+        result = run(blobs_repo, "--advrobust", "--advrobust-compare", "-W", "always::UserWarning")
         result.assert_outcomes(passed=1)
         out = result.stdout.str()
         assert "recorded with other settings" in out and changed in out, out

@@ -15,7 +15,8 @@ def run(pytester, *args):
 
 
 def test_loose_threshold_passes_and_tight_one_fails_with_every_number(blobs_repo):
-    blobs_repo.makepyfile(test_gate=f"""
+    blobs_repo.makepyfile(
+        test_gate=f"""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, {PGD})
@@ -25,24 +26,30 @@ def test_loose_threshold_passes_and_tight_one_fails_with_every_number(blobs_repo
         @pytest.mark.robust(threshold=0.05, {PGD})
         def test_tight():
             pass
-    """)
+    """
+    )
     result = run(blobs_repo, "--advrobust", "-rA")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.re_match_lines([
-        r".*robustness gap [01]\.\d{3} > threshold 0\.050 \(clean 1\.000 -> adversarial "
-        r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\], n=120, pgd linf eps=0\.2\)",
-    ])
+    result.stdout.re_match_lines(
+        [
+            r".*robustness gap [01]\.\d{3} > threshold 0\.050 \(clean 1\.000 -> adversarial "
+            r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\], n=120, pgd linf eps=0\.2\)",
+        ]
+    )
     # the summary section has one row per robust test
-    result.stdout.fnmatch_lines([
-        "*= advrobust =*",
-        "test*attack*eps*n*clean*adversarial*gap*threshold*baseline*verdict*",
-        "test_gate.py::test_loose*pgd linf*0.2*120*PASS*",
-        "test_gate.py::test_tight*pgd linf*0.2*120*FAIL*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= advrobust =*",
+            "test*attack*eps*n*clean*adversarial*gap*threshold*baseline*verdict*",
+            "test_gate.py::test_loose*pgd linf*0.2*120*PASS*",
+            "test_gate.py::test_tight*pgd linf*0.2*120*FAIL*",
+        ]
+    )
 
 
 def test_without_the_flag_robust_tests_are_skipped_naming_it(blobs_repo):
-    blobs_repo.makepyfile(test_skip=f"""
+    blobs_repo.makepyfile(
+        test_skip=f"""
         import pytest
 
         @pytest.mark.robust(threshold=0.1, {PGD})
@@ -57,34 +64,47 @@ def test_without_the_flag_robust_tests_are_skipped_naming_it(blobs_repo):
 
         def test_plain():
             pass
-    """)
+    """
+    )
     result = run(blobs_repo, "-rs", "--strict-markers")
     result.assert_outcomes(passed=1, skipped=3)
     reason = "robustness test: pass --advrobust to run it"
-    counts = [int(ln.split("[", 1)[1].split("]", 1)[0]) for ln in result.stdout.lines
-              if ln.startswith("SKIPPED") and ln.endswith(reason)]
+    counts = [
+        int(ln.split("[", 1)[1].split("]", 1)[0])
+        for ln in result.stdout.lines
+        if ln.startswith("SKIPPED") and ln.endswith(reason)
+    ]
     assert sum(counts) == 3  # all three robust tests, each for the flag
     assert "advrobust ===" not in result.stdout.str()  # no summary section without the flag
 
 
 def test_help_shows_the_group_and_markers_lists_robust(pytester):
     result = run(pytester, "--help")
-    result.stdout.fnmatch_lines(["*adversarial robustness tests (pytest-advrobust)*",
-                                 "*--advrobust *", "*--advrobust-device*",
-                                 "*--advrobust-seed*", "*--advrobust-samples*",
-                                 "*--advrobust-eps*", "*--advrobust-json*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*adversarial robustness tests (pytest-advrobust)*",
+            "*--advrobust *",
+            "*--advrobust-device*",
+            "*--advrobust-seed*",
+            "*--advrobust-samples*",
+            "*--advrobust-eps*",
+            "*--advrobust-json*",
+        ]
+    )
     result = run(pytester, "--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.robust(threshold*"])
 
 
 def test_strict_markers_are_clean_with_the_flag(blobs_repo):
-    blobs_repo.makepyfile(test_strict=f"""
+    blobs_repo.makepyfile(
+        test_strict=f"""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, {PGD})
         def test_marked():
             pass
-    """)
+    """
+    )
     run(blobs_repo, "--advrobust", "--strict-markers").assert_outcomes(passed=1)
 
 
@@ -117,9 +137,11 @@ def big_inputs():
 
 
 def test_bad_input_errors_the_test_with_one_sentence(blobs_repo):
-    blobs_repo.makeconftest(blobs_repo.path.joinpath("conftest.py").read_text()
-                            + textwrap.dedent(BAD_INPUT_CONFTEST))
-    blobs_repo.makepyfile(test_bad="""
+    blobs_repo.makeconftest(
+        blobs_repo.path.joinpath("conftest.py").read_text() + textwrap.dedent(BAD_INPUT_CONFTEST)
+    )
+    blobs_repo.makepyfile(
+        test_bad="""
         import pytest
 
         @pytest.mark.robust(attack="pgd")
@@ -157,7 +179,8 @@ def test_bad_input_errors_the_test_with_one_sentence(blobs_repo):
 
         @pytest.mark.robust(threshold=0.1, attack="pgd", data="big_inputs")
         def test_outside_bounds(): pass
-    """)
+    """
+    )
     result = run(blobs_repo, "--advrobust", "-p", "no:cacheprovider")
     result.assert_outcomes(errors=12)
     out = result.stdout.str()
@@ -184,13 +207,16 @@ def test_bad_input_errors_the_test_with_one_sentence(blobs_repo):
     assert "torch/nn/modules" not in out
 
 
-@pytest.mark.parametrize("args, word", [
-    (["--advrobust-seed=-1"], "--advrobust-seed"),
-    (["--advrobust-samples=zero"], "--advrobust-samples"),
-    (["--advrobust-eps=0"], "--advrobust-eps"),
-    (["--advrobust-device=tpu"], "--advrobust-device"),
-    (["--advrobust-sanity=max"], "--advrobust-sanity"),
-])
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["--advrobust-seed=-1"], "--advrobust-seed"),
+        (["--advrobust-samples=zero"], "--advrobust-samples"),
+        (["--advrobust-eps=0"], "--advrobust-eps"),
+        (["--advrobust-device=tpu"], "--advrobust-device"),
+        (["--advrobust-sanity=max"], "--advrobust-sanity"),
+    ],
+)
 def test_a_bad_option_value_stops_the_run_naming_the_option(pytester, args, word):
     result = run(pytester, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -205,17 +231,20 @@ def test_a_bad_ini_value_stops_the_run_naming_the_ini_key(pytester):
 
 
 def test_same_seed_gives_identical_reports(blobs_repo):
-    blobs_repo.makepyfile(test_det="""
+    blobs_repo.makepyfile(
+        test_det="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack=["fgsm", "pgd"], eps=0.1, steps=5,
                             random_start=True, restarts=2, n_samples=90)
         def test_a(): pass
-    """)
+    """
+    )
     docs = []
     for i in range(2):
-        run(blobs_repo, "--advrobust", f"--advrobust-json=r{i}.json",
-            "--advrobust-seed=3").assert_outcomes(passed=1)
+        run(
+            blobs_repo, "--advrobust", f"--advrobust-json=r{i}.json", "--advrobust-seed=3"
+        ).assert_outcomes(passed=1)
         doc = json.loads((blobs_repo.path / f"r{i}.json").read_text())
         for rep in doc["tests"]:  # wall time is the one number the seed cannot fix
             for counts in rep["cost"].values():
@@ -226,25 +255,42 @@ def test_same_seed_gives_identical_reports(blobs_repo):
 
 
 def test_json_report_and_junit_properties(blobs_repo):
-    blobs_repo.makepyfile(test_rep=f"""
+    blobs_repo.makepyfile(
+        test_rep=f"""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, {PGD}, metric="relative")
         def test_a(): pass
-    """)
-    result = run(blobs_repo, "--advrobust", "--advrobust-json=out/report.json",
-                 "--junitxml=junit.xml")
+    """
+    )
+    result = run(
+        blobs_repo, "--advrobust", "--advrobust-json=out/report.json", "--junitxml=junit.xml"
+    )
     result.assert_outcomes(passed=1)
     doc = json.loads((blobs_repo.path / "out" / "report.json").read_text())
     assert doc["schema_version"] == 1
     (rep,) = doc["tests"]
-    for key in ("clean_accuracy", "clean_ci", "adversarial_accuracy", "adversarial_ci", "gap",
-                "clean_loss", "adversarial_loss", "loss_gap", "per_class",
-                "attack_success_rate", "n", "eps", "attack", "verdict"):
+    for key in (
+        "clean_accuracy",
+        "clean_ci",
+        "adversarial_accuracy",
+        "adversarial_ci",
+        "gap",
+        "clean_loss",
+        "adversarial_loss",
+        "loss_gap",
+        "per_class",
+        "attack_success_rate",
+        "n",
+        "eps",
+        "attack",
+        "verdict",
+    ):
         assert key in rep, key
     assert rep["metric"] == "relative"
-    assert rep["gap"] == pytest.approx((rep["clean_accuracy"] - rep["adversarial_accuracy"])
-                                       / rep["clean_accuracy"], abs=1e-6)
+    assert rep["gap"] == pytest.approx(
+        (rep["clean_accuracy"] - rep["adversarial_accuracy"]) / rep["clean_accuracy"], abs=1e-6
+    )
     assert rep["loss_gap"] == pytest.approx(rep["adversarial_loss"] - rep["clean_loss"], abs=1e-5)
     assert set(rep["per_class"]) == {"0", "1", "2"}
     lo, hi = rep["adversarial_ci"]
@@ -254,7 +300,8 @@ def test_json_report_and_junit_properties(blobs_repo):
 
 
 def test_adversarial_batch_fixture_and_its_evaluate(blobs_repo):
-    blobs_repo.makepyfile(test_batch=f"""
+    blobs_repo.makepyfile(
+        test_batch=f"""
         import pytest
         import torch
 
@@ -268,12 +315,14 @@ def test_adversarial_batch_fixture_and_its_evaluate(blobs_repo):
             assert numbers["adversarial_accuracy"] == b.report["adversarial_accuracy"]
             assert numbers["clean_accuracy"] == b.report["clean_accuracy"]
 
-    """)
+    """
+    )
     run(blobs_repo, "--advrobust").assert_outcomes(passed=1)
 
 
 def test_model_comes_back_exactly_as_it_came(blobs_repo):
-    blobs_repo.makepyfile(test_restore="""
+    blobs_repo.makepyfile(
+        test_restore="""
         import pytest
         import torch
 
@@ -303,12 +352,15 @@ def test_model_comes_back_exactly_as_it_came(blobs_repo):
             assert [p.requires_grad for p in m.parameters()] == SNAP["grads"]
             assert all(p.grad is None for p in m.parameters())
             assert next(m.parameters()).device.type == "cpu"
-    """)
+    """
+    )
     run(blobs_repo, "--advrobust", "--advrobust-sanity=off").assert_outcomes(passed=2)
 
 
 def test_custom_attack_through_the_hook(blobs_repo):
-    blobs_repo.makeconftest(blobs_repo.path.joinpath("conftest.py").read_text() + textwrap.dedent("""
+    blobs_repo.makeconftest(
+        blobs_repo.path.joinpath("conftest.py").read_text()
+        + textwrap.dedent("""
         import torch
 
         def corner(model, x, y, cfg, ctx):
@@ -320,8 +372,10 @@ def test_custom_attack_through_the_hook(blobs_repo):
         def pytest_advrobust_register_attacks(register):
             register("corner", corner)
             register("escape", escape)
-    """))
-    blobs_repo.makepyfile(test_custom="""
+    """)
+    )
+    blobs_repo.makepyfile(
+        test_custom="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack="corner", eps=0.05, n_samples=30)
@@ -330,14 +384,16 @@ def test_custom_attack_through_the_hook(blobs_repo):
         @pytest.mark.robust(threshold=1.0, attack="escape", eps=0.05, n_samples=30,
                             bounds=None)
         def test_escape(): pass
-    """)
+    """
+    )
     result = run(blobs_repo, "--advrobust", "--advrobust-sanity=off")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*attack 'escape' left the linf ball*"])
 
 
 def test_preprocessing_wraps_the_model(blobs_repo):
-    blobs_repo.makepyfile(test_pre="""
+    blobs_repo.makepyfile(
+        test_pre="""
         import pytest
         import torch
 
@@ -351,16 +407,18 @@ def test_preprocessing_wraps_the_model(blobs_repo):
                             model="normalised_model", preprocessing=(0.5, 0.25))
         def test_pre(adversarial_batch):
             assert adversarial_batch.report["clean_accuracy"] == 1.0
-    """)
+    """
+    )
     run(blobs_repo, "--advrobust", "--advrobust-sanity=off").assert_outcomes(passed=1)
 
 
 def test_importing_the_plugin_does_not_import_torch():
-    code = ("import sys, pytest_advrobust.plugin, pytest_advrobust.settings, "
-            "pytest_advrobust.report, pytest_advrobust.hookspecs; "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, pytest_advrobust.plugin, pytest_advrobust.settings, "
+        "pytest_advrobust.report, pytest_advrobust.hookspecs; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -376,7 +434,9 @@ def test_a_pytest_run_without_the_flag_never_imports_torch(pytester):
 
 
 def test_global_random_state_and_threads_are_left_as_they_were(blobs_repo):
-    blobs_repo.makeconftest(blobs_repo.path.joinpath("conftest.py").read_text() + textwrap.dedent("""
+    blobs_repo.makeconftest(
+        blobs_repo.path.joinpath("conftest.py").read_text()
+        + textwrap.dedent("""
         SEEN = {}
 
         def pytest_configure(config):
@@ -392,8 +452,10 @@ def test_global_random_state_and_threads_are_left_as_they_were(blobs_repo):
 
         def pytest_advrobust_register_attacks(register):
             register("spy", spy)
-    """))
-    blobs_repo.makepyfile(test_rng="""
+    """)
+    )
+    blobs_repo.makepyfile(
+        test_rng="""
         import pytest
         import torch
         import conftest
@@ -407,13 +469,21 @@ def test_global_random_state_and_threads_are_left_as_they_were(blobs_repo):
             expected = torch.rand(1, generator=torch.Generator().manual_seed(123))
             assert torch.equal(torch.rand(1), expected)  # as if test_a never ran
             assert torch.get_num_threads() == 2
-    """)
-    run(blobs_repo, "--advrobust", "--advrobust-threads=1", "-p", "no:randomly",
-        "--advrobust-sanity=off").assert_outcomes(passed=2)
+    """
+    )
+    run(
+        blobs_repo,
+        "--advrobust",
+        "--advrobust-threads=1",
+        "-p",
+        "no:randomly",
+        "--advrobust-sanity=off",
+    ).assert_outcomes(passed=2)
 
 
 def test_fixture_names_come_from_ini(pytester):
-    pytester.makeconftest(textwrap.dedent("""
+    pytester.makeconftest(
+        textwrap.dedent("""
         import pytest
         import torch
 
@@ -426,17 +496,21 @@ def test_fixture_names_come_from_ini(pytester):
         def eval_set():
             g = torch.Generator().manual_seed(0)
             return torch.rand(40, 4, generator=g), torch.arange(40) % 2
-    """))
-    pytester.makeini("[pytest]\nadvrobust_model_fixture = classifier\n"
-                     "advrobust_data_fixture = eval_set\n")
-    pytester.makepyfile(test_names="""
+    """)
+    )
+    pytester.makeini(
+        "[pytest]\nadvrobust_model_fixture = classifier\nadvrobust_data_fixture = eval_set\n"
+    )
+    pytester.makepyfile(
+        test_names="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack="fgsm", eps=0.05,
                             min_clean_accuracy=0)  # an untrained model
         def test_a(adversarial_batch):
             assert len(adversarial_batch) == 40
-    """)
+    """
+    )
     result = pytester.runpytest_subprocess("--advrobust", "--advrobust-sanity=off")
     result.assert_outcomes(passed=1)
     pytester.makeini("[pytest]\nadvrobust_model_fixture = not a name\n")
@@ -448,14 +522,17 @@ def test_fixture_names_come_from_ini(pytester):
 def test_the_cache_folder_comes_from_the_environment(blobs_repo, monkeypatch, tmp_path):
     cache = tmp_path / "env-cache"
     monkeypatch.setenv("ADVROBUST_CACHE_DIR", str(cache))
-    blobs_repo.makepyfile(test_env="""
+    blobs_repo.makepyfile(
+        test_env="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, eps=0.1, n_samples=60)
         def test_gan(): pass
-    """)
-    run(blobs_repo, "--advrobust", "--advrobust-sanity=off",
-        "--advrobust-gan-steps=20").assert_outcomes(passed=1)
+    """
+    )
+    run(
+        blobs_repo, "--advrobust", "--advrobust-sanity=off", "--advrobust-gan-steps=20"
+    ).assert_outcomes(passed=1)
     # the GAN attack's two generators, each trained and then fitted to the evaluation samples
     assert len(list(cache.glob("*.safetensors"))) == 4
     assert not (blobs_repo.path / ".pytest_cache" / "d" / "advrobust").exists()

@@ -31,21 +31,30 @@ def test_counts_passes_per_sample_and_leaves_the_module_without_hooks():
 
 def test_a_plain_callable_is_counted_too():
     w = torch.randn(5, 3)
-    _, count = counted(fgsm, lambda t: t @ w, torch.rand(10, 5), torch.zeros(10, dtype=torch.long),
-                       AttackConfig(eps=0.1), None)
+    _, count = counted(
+        fgsm,
+        lambda t: t @ w,
+        torch.rand(10, 5),
+        torch.zeros(10, dtype=torch.long),
+        AttackConfig(eps=0.1),
+        None,
+    )
     assert (count.forward, count.backward) == (10, 10)
 
 
 def test_json_report_has_the_cost_of_every_attack(blobs_repo):
-    blobs_repo.makepyfile(test_cost="""
+    blobs_repo.makepyfile(
+        test_cost="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack=["fgsm", "pgd", "apgd-t"], eps=0.2,
                             steps=10, n_samples=60, sanity="off")
         def test_a(): pass
-    """)
-    result = blobs_repo.runpytest_subprocess("-p", "no:randomly", "--advrobust",
-                                             "--advrobust-json=r.json")
+    """
+    )
+    result = blobs_repo.runpytest_subprocess(
+        "-p", "no:randomly", "--advrobust", "--advrobust-json=r.json"
+    )
     result.assert_outcomes(passed=1)
     (rep,) = json.loads((blobs_repo.path / "r.json").read_text())["tests"]
     cost = rep["cost"]
@@ -70,8 +79,9 @@ def test_weak_beats_strong_compares_against_the_strongest_configured_attack(monk
     # an "APGD-T" that does nothing: FGSM must beat it, and the flag must name it
     monkeypatch.setattr(apgd_module, "apgd_t", lambda m, xx, yy, cfg, ctx=None: xx.clone())
     cfg = AttackConfig(eps=0.3, steps=5)
-    flags = run_sanity(model, x, y, x, cfg, AttackContext(), attacks=["pgd", "apgd-t"],
-                       level="full")
+    flags = run_sanity(
+        model, x, y, x, cfg, AttackContext(), attacks=["pgd", "apgd-t"], level="full"
+    )
     (flag,) = [f for f in flags if f["flag"] == FLAG_WEAK_BEATS_STRONG]
     assert "APGD-T" in flag["message"]
     flags = run_sanity(model, x, y, x, cfg, AttackContext(), attacks=["pgd"], level="full")

@@ -42,12 +42,18 @@ def test_sweep_row_names_its_eps_and_only_the_judged_eps_is_marked(blobs_repo):
     blobs_repo.makepyfile(test_s=SWEEP)
     result = run(blobs_repo, "--advrobust", "--advrobust-json=r.json")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["test_s.py::test_sweep *0.02 (sweep 0.02,0.2) * PASS*",
-                                 "test_s.py::test_sweep_at_large *0.2 (sweep 0.02,0.2) * FAIL*"])
+    result.stdout.fnmatch_lines(
+        [
+            "test_s.py::test_sweep *0.02 (sweep 0.02,0.2) * PASS*",
+            "test_s.py::test_sweep_at_large *0.2 (sweep 0.02,0.2) * FAIL*",
+        ]
+    )
     reps = {t["nodeid"]: t for t in json.loads((blobs_repo.path / "r.json").read_text())["tests"]}
     curve = reps["test_s.py::test_sweep"]["curve"]
-    assert [(p["eps"], p["judged"], p["passed"]) for p in curve] == \
-        [(0.02, True, True), (0.2, False, None)]
+    assert [(p["eps"], p["judged"], p["passed"]) for p in curve] == [
+        (0.02, True, True),
+        (0.2, False, None),
+    ]
     assert curve[1]["gap"] > 0.05  # over the threshold, but not judged: not a failure
 
 
@@ -67,10 +73,10 @@ def _marks(fig):
 
 def test_curve_marks_failures_on_the_gap_at_judged_eps_only():
     pytest.importorskip("matplotlib")
-    curve = [{"eps": 0.02, "adversarial_accuracy": 0.9, "gap": 0.02, "judged": True,
-              "passed": True},
-             {"eps": 0.1, "adversarial_accuracy": 0.0, "gap": 0.95, "judged": False,
-              "passed": None}]
+    curve = [
+        {"eps": 0.02, "adversarial_accuracy": 0.9, "gap": 0.02, "judged": True, "passed": True},
+        {"eps": 0.1, "adversarial_accuracy": 0.0, "gap": 0.95, "judged": False, "passed": None},
+    ]
     crosses, rings = _marks(images.curve_figure(curve, threshold=0.3))
     assert crosses == [] and rings == [(0.02, 0.02)]
     curve[1].update(judged=True, passed=False)
@@ -91,8 +97,11 @@ def test_gallery_takes_class_names_from_the_data():
 
     x, y = torch.rand(100, 4), torch.arange(100) % 3
     assert split_data(Named(x, y), 20, 0).class_names == ["cat", "dog", "emu"]
-    assert split_data(DataLoader(Subset(Named(x, y), range(80))), 20, 0).class_names == \
-        ["cat", "dog", "emu"]
+    assert split_data(DataLoader(Subset(Named(x, y), range(80))), 20, 0).class_names == [
+        "cat",
+        "dog",
+        "emu",
+    ]
     assert split_data((x, y), 20, 0).class_names is None
     # the names change the captions: the pictures differ where the labels are drawn
     args = (x[:3].view(3, 1, 2, 2), x[:3].view(3, 1, 2, 2), y[:3], y[:3], y[:3])
@@ -114,11 +123,11 @@ def test_readme_documents_every_json_field():
     from pytest_advrobust.report import build_report  # noqa: F401  (the fields' source)
 
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("### JSON report fields"):]
-    section = section[:section.index("\n## ", 1) if "\n## " in section else len(section)]
+    section = text[text.index("### JSON report fields") :]
+    section = section[: section.index("\n## ", 1) if "\n## " in section else len(section)]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
     source = (ROOT / "pytest_advrobust" / "report.py").read_text()
-    body = source[source.index("rep: Dict[str, Any] = {"):source.index("return rep")]
+    body = source[source.index("rep: Dict[str, Any] = {") : source.index("return rep")]
     fields = set(re.findall(r'^\s+"([a-z_]+)":', body, flags=re.M)) | {"images"}
     assert fields - documented == set()
     for word in ("per_class", "adversarial_loss", "first misclassif"):
@@ -134,14 +143,21 @@ sys.modules["matplotlib"] = None  # as if matplotlib were not installed
 def test_images_without_matplotlib_warn_once_and_keep_verdicts(blobs_repo):
     blobs_repo.makepyfile(test_s=SWEEP.replace("threshold=0.05", "threshold=1.0"))
     (blobs_repo.path / "conftest.py").write_text(
-        NO_MPL_CONFTEST + (blobs_repo.path / "conftest.py").read_text())
+        NO_MPL_CONFTEST + (blobs_repo.path / "conftest.py").read_text()
+    )
     result = run(blobs_repo, "--advrobust", "--advrobust-images=pics")
     result.assert_outcomes(passed=2, warnings=1)
-    result.stdout.fnmatch_lines(["*needs matplotlib*not affected*",
-                                 "test_s.py::test_sweep *PASS*",
-                                 "test_s.py::test_sweep_at_large *PASS*"])
-    assert sorted(p.name for p in (blobs_repo.path / "pics").iterdir()) == \
-        ["test_s.py_test_sweep.png", "test_s.py_test_sweep_at_large.png"]
+    result.stdout.fnmatch_lines(
+        [
+            "*needs matplotlib*not affected*",
+            "test_s.py::test_sweep *PASS*",
+            "test_s.py::test_sweep_at_large *PASS*",
+        ]
+    )
+    assert sorted(p.name for p in (blobs_repo.path / "pics").iterdir()) == [
+        "test_s.py_test_sweep.png",
+        "test_s.py_test_sweep_at_large.png",
+    ]
 
 
 GAN_TEST = """
@@ -163,41 +179,78 @@ def test_gan_progress_reaches_the_terminal_under_q_and_xdist(blobs_repo, xdist):
         pytest.importorskip("xdist")
     blobs_repo.makepyfile(test_g=GAN_TEST)
     extra = ["-n", "2"] if xdist else []
-    result = run(blobs_repo, "--advrobust", "-q", "--advrobust-gan-steps=30",
-                 f"--advrobust-cache-dir={blobs_repo.path / 'gc'}", *extra)
+    result = run(
+        blobs_repo,
+        "--advrobust",
+        "-q",
+        "--advrobust-gan-steps=30",
+        f"--advrobust-cache-dir={blobs_repo.path / 'gc'}",
+        *extra,
+    )
     result.assert_outcomes(passed=2)
     prefix = "[[]gw?[]] " if xdist else ""
     # whole lines: each starts at the line's start, none is glued to progress dots
-    result.stdout.fnmatch_lines([f"{prefix}advrobust gan: training GAN generator on cpu (cold)*",
-                                 f"{prefix}advrobust gan: step */30, *",
-                                 f"{prefix}advrobust gan: done: * steps*"])
+    result.stdout.fnmatch_lines(
+        [
+            f"{prefix}advrobust gan: training GAN generator on cpu (cold)*",
+            f"{prefix}advrobust gan: step */30, *",
+            f"{prefix}advrobust gan: done: * steps*",
+        ]
+    )
     lines = [ln for ln in result.stdout.lines if "advrobust gan:" in ln]
     assert all(re.match(r"^(\[gw\d\] )?advrobust gan: ", ln) for ln in lines), lines
-    quiet = run(blobs_repo, "--advrobust", "-qq", "--advrobust-retrain",
-                f"--advrobust-cache-dir={blobs_repo.path / 'gc'}", *extra)
+    quiet = run(
+        blobs_repo,
+        "--advrobust",
+        "-qq",
+        "--advrobust-retrain",
+        f"--advrobust-cache-dir={blobs_repo.path / 'gc'}",
+        *extra,
+    )
     assert "advrobust gan:" not in quiet.stdout.str()  # -qq stays quiet
 
 
 def test_cache_list_names_the_users_model_and_finds_pytests_folder(blobs_repo):
     blobs_repo.makeini("[pytest]\ncache_dir = build/pytest-cache\n")
-    blobs_repo.makepyfile(test_g="""
+    blobs_repo.makepyfile(
+        test_g="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, eps=0.1, n_samples=90, preprocessing=(0.0, 1.0))
         def test_gan():
             pass
-    """)
+    """
+    )
     (blobs_repo.path / "sub").mkdir()
     env = {k: v for k, v in os.environ.items() if k != "ADVROBUST_CACHE_DIR"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:randomly", "--advrobust",
-                    "--advrobust-sanity=off", "--advrobust-gan-steps=20", "-q"],
-                   cwd=blobs_repo.path, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:randomly",
+            "--advrobust",
+            "--advrobust-sanity=off",
+            "--advrobust-gan-steps=20",
+            "-q",
+        ],
+        cwd=blobs_repo.path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     folder = blobs_repo.path / "build" / "pytest-cache" / "d" / "advrobust"
     assert folder.is_dir()
     for cwd in (blobs_repo.path, blobs_repo.path / "sub"):
-        out = subprocess.run([sys.executable, "-m", "pytest_advrobust.cli", "cache", "list"],
-                             cwd=cwd, env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest_advrobust.cli", "cache", "list"],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
         # two generators, each trained and then fitted to the evaluation samples
         assert "4 entries, " in out.stdout and str(folder) in out.stdout, out.stdout

@@ -46,8 +46,7 @@ def run(pytester, *args, env=None):
     old = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     try:
-        return pytester.runpytest_subprocess("-p", "no:randomly", "--advrobust-sanity=off",
-                                             *args)
+        return pytester.runpytest_subprocess("-p", "no:randomly", "--advrobust-sanity=off", *args)
     finally:
         for k, v in old.items():
             if v is None:
@@ -57,15 +56,19 @@ def run(pytester, *args, env=None):
 
 
 def embedded_pngs(text: str):
-    return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)",
-                                                     text)]
+    return [
+        base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    ]
 
 
 def advrobust_section(stdout: str):
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if "advrobust" in line and "===" in line)
-    return [line for line in lines[start + 1:] if not line.startswith(("=", "-----"))
-            and "html report" not in line][:5]
+    return [
+        line
+        for line in lines[start + 1 :]
+        if not line.startswith(("=", "-----")) and "html report" not in line
+    ][:5]
 
 
 # ------------------------------------------------------------------ pytest-html
@@ -76,19 +79,25 @@ def test_html_report_carries_numbers_and_embedded_pictures(blobs_repo, self_cont
     pytest.importorskip("pytest_html")
     blobs_repo.makepyfile(test_r=ROBUST_TESTS)
     extra = ["--self-contained-html"] if self_contained else []
-    result = run(blobs_repo, "--advrobust", "--html=report.html", "--advrobust-json=r.json",
-                 *extra)
+    result = run(blobs_repo, "--advrobust", "--html=report.html", "--advrobust-json=r.json", *extra)
     result.assert_outcomes(passed=3, failed=1)
     text = (blobs_repo.path / "report.html").read_text(encoding="utf-8")
     doc = json.loads((blobs_repo.path / "r.json").read_text())
     reports = {t["nodeid"]: t for t in doc["tests"]}
     for nodeid, rep in reports.items():
         # each robust test's own numbers, as the JSON report has them
-        for number in (rep["clean_accuracy"], rep["adversarial_accuracy"], rep["gap"],
-                       rep["threshold"], *rep["adversarial_ci"]):
+        for number in (
+            rep["clean_accuracy"],
+            rep["adversarial_accuracy"],
+            rep["gap"],
+            rep["threshold"],
+            *rep["adversarial_ci"],
+        ):
             assert f"{number:.3f}" in text, (nodeid, number)
-        assert f"{rep['verdict'].upper()} gap {rep['gap']:.3f} / threshold " \
-               f"{rep['threshold']:.3f}" in text
+        assert (
+            f"{rep['verdict'].upper()} gap {rep['gap']:.3f} / threshold "
+            f"{rep['threshold']:.3f}" in text
+        )
     assert "0.02 (sweep 0.02,0.2)" in text
     pngs = embedded_pngs(text)
     assert len(pngs) == 4  # three galleries and one curve, inside the file itself
@@ -125,13 +134,18 @@ def test_step_summary_written_once_under_xdist_and_equal_to_a_plain_run(blobs_re
     for extra in ([], ["-n", "2"]):
         summary = blobs_repo.path / "step-summary.md"
         summary.write_text("earlier step\n")
-        result = run(blobs_repo, "--advrobust", "--advrobust-markdown=table.md", *extra,
-                     env={"GITHUB_STEP_SUMMARY": str(summary)})
+        result = run(
+            blobs_repo,
+            "--advrobust",
+            "--advrobust-markdown=table.md",
+            *extra,
+            env={"GITHUB_STEP_SUMMARY": str(summary)},
+        )
         result.assert_outcomes(passed=3, failed=1)
         text = summary.read_text()
         assert text.startswith("earlier step\n")  # appended, as GitHub expects
         assert text.count("### pytest-advrobust") == 1
-        table = text[len("earlier step\n"):]
+        table = text[len("earlier step\n") :]
         assert (blobs_repo.path / "table.md").read_text() + "\n" == table
         tables.append(table)
     assert tables[0] == tables[1]
@@ -176,23 +190,33 @@ def test_history_of_three_reports_of_a_model_degraded_step_by_step(pytester):
     from _support import BLOBS_CONFTEST
 
     pytester.makeconftest(BLOBS_CONFTEST + DEGRADED_MODEL)
-    pytester.makepyfile(test_h="""
+    pytester.makepyfile(
+        test_h="""
         import pytest
 
         @pytest.mark.robust(threshold=1.0, attack="pgd", eps=0.08, steps=10, n_samples=90)
         def test_pgd():
             pass
-    """)
+    """
+    )
     (pytester.path / "reports").mkdir()
     accs = []
     for step in range(3):
-        run(pytester, "--advrobust", f"--advrobust-json=reports/run{step}.json",
-            env={"DEGRADE": str(step)}).assert_outcomes(passed=1)
+        run(
+            pytester,
+            "--advrobust",
+            f"--advrobust-json=reports/run{step}.json",
+            env={"DEGRADE": str(step)},
+        ).assert_outcomes(passed=1)
         doc = json.loads((pytester.path / "reports" / f"run{step}.json").read_text())
         accs.append(doc["tests"][0]["adversarial_accuracy"])
     assert accs[0] > accs[1] > accs[2]  # the model really degraded step by step
-    out = subprocess.run([sys.executable, "-m", "pytest_advrobust.cli", "history", "reports",
-                          "--plot", "h.png"], cwd=pytester.path, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest_advrobust.cli", "history", "reports", "--plot", "h.png"],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["TEST", "run0", "run1", "run2", "FLOOR", "BASELINE"]
@@ -205,18 +229,28 @@ def test_history_of_three_reports_of_a_model_degraded_step_by_step(pytester):
         colours = {c for _, c in img.convert("RGB").getcolors(1 << 20)}
         assert (31, 119, 180) in colours  # the test's line (matplotlib's C0)
     # files given one by one keep the order given
-    rev = subprocess.run([sys.executable, "-m", "pytest_advrobust.cli", "history",
-                          "reports/run2.json", "reports/run0.json"], cwd=pytester.path,
-                         capture_output=True, text=True)
+    rev = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest_advrobust.cli",
+            "history",
+            "reports/run2.json",
+            "reports/run0.json",
+        ],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+    )
     assert rev.stdout.splitlines()[0].split()[1:3] == ["run2", "run0"]
 
 
 def test_example_workflow_uses_the_html_report_and_the_step_summary():
     root = Path(__file__).resolve().parents[1]
     text = (root / "examples" / "github-actions.yml").read_text()
-    gate = text[text.index("- name: Robustness gate"):text.index("- name: Prune")]
+    gate = text[text.index("- name: Robustness gate") : text.index("- name: Prune")]
     assert "--html=advrobust-report.html" in gate and "--self-contained-html" in gate
     assert "-n auto" in gate and "GITHUB_STEP_SUMMARY" in text
-    upload = text[text.index("- name: Upload the robustness report"):]
+    upload = text[text.index("- name: Upload the robustness report") :]
     assert "advrobust-report.html" in upload and "if: always()" in upload
     assert "pytest-advrobust[html]" in text

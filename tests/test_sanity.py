@@ -100,8 +100,7 @@ def _run(model, x, y, cfg=None, level="cheap", attacks=("pgd",), x_adv=None, **k
     ctx = AttackContext(device="cpu")
     if x_adv is None:
         x_adv = pgd(model, x, y, cfg, ctx)
-    return sanity.run_sanity(model, x, y, x_adv, cfg, ctx, attacks=list(attacks), level=level,
-                             **kw)
+    return sanity.run_sanity(model, x, y, x_adv, cfg, ctx, attacks=list(attacks), level=level, **kw)
 
 
 def _ids(flags):
@@ -184,21 +183,22 @@ def test_detached_input_flags_gradients(digits):
     net, x, y = digits
     model = _freeze(Wrapped(net, "detached"))
     cfg = _cfg()
-    flags = sanity.run_sanity(model, x[:32], y[:32], x[:32], cfg, AttackContext(),
-                              attacks=["gan"])
+    flags = sanity.run_sanity(model, x[:32], y[:32], x[:32], cfg, AttackContext(), attacks=["gan"])
     assert "gradients" in _ids(flags)
     assert "no gradient" in next(f["message"] for f in flags if f["flag"] == "gradients")
     # full level skips the gradient attacks instead of crashing inside torch
-    full = sanity.run_sanity(model, x[:32], y[:32], x[:32], cfg, AttackContext(),
-                             attacks=["gan"], level="full")
+    full = sanity.run_sanity(
+        model, x[:32], y[:32], x[:32], cfg, AttackContext(), attacks=["gan"], level="full"
+    )
     assert _ids(full) == {"gradients"}
 
 
 def test_nonfinite_gradient_flags_gradients(digits):
     net, x, y = digits
     model = _freeze(Wrapped(net, "sqrt"))
-    flags = sanity.run_sanity(model, x[:32], y[:32], x[:32], _cfg(), AttackContext(),
-                              attacks=["gan"])
+    flags = sanity.run_sanity(
+        model, x[:32], y[:32], x[:32], _cfg(), AttackContext(), attacks=["gan"]
+    )
     assert "gradients" in _ids(flags)
     assert "NaN or inf" in next(f["message"] for f in flags if f["flag"] == "gradients")
 
@@ -246,10 +246,12 @@ def test_adversarial_above_clean_is_flagged(digits):
 
 def test_not_monotone_curve_is_flagged(digits):
     net, x, y = digits
-    curve = [{"eps": 0.05, "adversarial_accuracy": 0.80},
-             {"eps": 0.10, "adversarial_accuracy": 0.50},
-             {"eps": 0.20, "adversarial_accuracy": 0.70},
-             {"eps": 0.30, "adversarial_accuracy": 0.20}]
+    curve = [
+        {"eps": 0.05, "adversarial_accuracy": 0.80},
+        {"eps": 0.10, "adversarial_accuracy": 0.50},
+        {"eps": 0.20, "adversarial_accuracy": 0.70},
+        {"eps": 0.30, "adversarial_accuracy": 0.20},
+    ]
     flags = _run(net, x[:32], y[:32], curve=curve)
     _check_shape(flags)
     assert _ids(flags) == {"curve_not_monotone"}
@@ -260,13 +262,17 @@ def test_not_monotone_curve_is_flagged(digits):
 def test_curve_checks_tolerate_noise():
     down = [{"eps": e, "adversarial_accuracy": a} for e, a in [(0.0, 0.9), (0.1, 0.6), (0.2, 0.3)]]
     assert sanity.check_curve(down) is None
-    wobble = [{"eps": 0.1, "adversarial_accuracy": 0.6},
-              {"eps": 0.2, "adversarial_accuracy": 0.605}]
+    wobble = [
+        {"eps": 0.1, "adversarial_accuracy": 0.6},
+        {"eps": 0.2, "adversarial_accuracy": 0.605},
+    ]
     assert sanity.check_curve(wobble, n=512) is None
     assert sanity.check_curve(None) is None and sanity.check_curve([]) is None
     # unsorted input is sorted by eps first
-    unsorted = [{"eps": 0.2, "adversarial_accuracy": 0.9},
-                {"eps": 0.1, "adversarial_accuracy": 0.5}]
+    unsorted = [
+        {"eps": 0.2, "adversarial_accuracy": 0.9},
+        {"eps": 0.1, "adversarial_accuracy": 0.5},
+    ]
     assert sanity.check_curve(unsorted)["flag"] == "curve_not_monotone"
 
 

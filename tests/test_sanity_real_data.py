@@ -16,8 +16,10 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
-    pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(),
-                       reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"),
+    pytest.mark.skipif(
+        not (FASHION / "t10k-images-idx3-ubyte.gz").exists(),
+        reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+    ),
 ]
 
 
@@ -25,14 +27,22 @@ pytestmark = [
 def fashion_model():
     x, y = load_idx_dataset(FASHION, "test")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
-                          nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 6 * 6, 10),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     train_x, train_y = x[:4000], y[:4000]
-    for epoch in range(3):
+    for _epoch in range(3):
         for i in range(0, 4000, 100):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(train_x[i:i + 100]), train_y[i:i + 100]).backward()
+            nn.functional.cross_entropy(
+                model(train_x[i : i + 100]), train_y[i : i + 100]
+            ).backward()
             opt.step()
     model.eval()
     for p in model.parameters():
@@ -50,8 +60,10 @@ def test_normal_fashion_model_raises_no_flag(fashion_model, level):
     curve = []
     for eps in (0.01, 0.03, 0.05):
         xa = pgd(model, x, y, AttackConfig(eps=eps, steps=10), ctx)
-        curve.append({"eps": eps, "adversarial_accuracy": float((model(xa).argmax(1) == y)
-                                                                .float().mean())})
-    flags = run_sanity(model, x, y, x_adv, cfg, ctx, attacks=["pgd"], level=level,
-                       curve=curve, num_classes=10)
+        curve.append(
+            {"eps": eps, "adversarial_accuracy": float((model(xa).argmax(1) == y).float().mean())}
+        )
+    flags = run_sanity(
+        model, x, y, x_adv, cfg, ctx, attacks=["pgd"], level=level, curve=curve, num_classes=10
+    )
     assert flags == []

@@ -11,7 +11,6 @@ import os
 
 import pytest
 import torch
-
 from model import get_model, load_splits
 
 

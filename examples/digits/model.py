@@ -36,16 +36,31 @@ RECIPE_VERSION = 1
 
 #: Training recipes. ``adv_eps=0`` is plain training.
 RECIPES: Dict[str, Dict] = {
-    "robust": {"epochs": 15, "batch_size": 64, "lr": 2e-3, "seed": 0,
-               "adv_eps": 0.1, "adv_steps": 3, "adv_step_size": 0.04},
-    "fragile": {"epochs": 15, "batch_size": 64, "lr": 2e-3, "seed": 0,
-                "adv_eps": 0.0, "adv_steps": 0, "adv_step_size": 0.0},
+    "robust": {
+        "epochs": 15,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "seed": 0,
+        "adv_eps": 0.1,
+        "adv_steps": 3,
+        "adv_step_size": 0.04,
+    },
+    "fragile": {
+        "epochs": 15,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "seed": 0,
+        "adv_eps": 0.0,
+        "adv_steps": 0,
+        "adv_step_size": 0.0,
+    },
 }
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- data
+
 
 def load_splits(test_fraction: float = 0.3, seed: int = 0) -> Tuple[Pair, Pair]:
     """``((x_train, y_train), (x_test, y_test))``: x float32 (n, 1, 8, 8) in [0, 1], y int64.
@@ -72,18 +87,22 @@ def load_splits(test_fraction: float = 0.3, seed: int = 0) -> Tuple[Pair, Pair]:
 
 # ---------------------------------------------------------------------------- model
 
+
 class DigitsCNN(nn.Module):
     """conv(1->16, 3) ReLU, conv(16->32, 3) ReLU, max-pool 2, fc(512->64) ReLU, fc(64->10)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
-                                  nn.Linear(64, 10))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -91,8 +110,16 @@ class DigitsCNN(nn.Module):
 
 # ------------------------------------------------------------------------- training
 
-def _pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-              step_size: float, gen: torch.Generator) -> torch.Tensor:
+
+def _pgd_linf(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """Random-start L-inf PGD used to make training batches adversarial."""
     delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
     x_adv = (x + delta).clamp(0, 1)
@@ -128,12 +155,19 @@ def _train(recipe: Dict, x: torch.Tensor, y: torch.Tensor) -> DigitsCNN:
     for _ in range(recipe["epochs"]):
         perm = torch.randperm(x.shape[0], generator=gen)
         for start in range(0, x.shape[0], recipe["batch_size"]):
-            idx = perm[start:start + recipe["batch_size"]]
+            idx = perm[start : start + recipe["batch_size"]]
             xb, yb = x[idx], y[idx]
             if recipe["adv_eps"] > 0:
                 model.eval()
-                xb = _pgd_linf(model, xb, yb, recipe["adv_eps"], recipe["adv_steps"],
-                               recipe["adv_step_size"], gen)
+                xb = _pgd_linf(
+                    model,
+                    xb,
+                    yb,
+                    recipe["adv_eps"],
+                    recipe["adv_steps"],
+                    recipe["adv_step_size"],
+                    gen,
+                )
             model.train()
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad()
@@ -144,8 +178,11 @@ def _train(recipe: Dict, x: torch.Tensor, y: torch.Tensor) -> DigitsCNN:
 
 def _weights_path(kind: str, x: torch.Tensor, y: torch.Tensor) -> Path:
     h = hashlib.sha256()
-    h.update(json.dumps({"kind": kind, "recipe": RECIPES[kind], "version": RECIPE_VERSION},
-                        sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {"kind": kind, "recipe": RECIPES[kind], "version": RECIPE_VERSION}, sort_keys=True
+        ).encode()
+    )
     h.update(x.numpy().tobytes())
     h.update(y.numpy().tobytes())
     return WEIGHTS_DIR / f"{kind}-{h.hexdigest()[:16]}.pt"
@@ -182,5 +219,7 @@ if __name__ == "__main__":
     for kind in RECIPES:
         t0 = time.perf_counter()
         net = get_model(kind, (x_tr, y_tr))
-        print(f"{kind:8s} clean test accuracy {accuracy(net, x_te, y_te):.3f} "
-              f"({time.perf_counter() - t0:.1f} s, {_weights_path(kind, x_tr, y_tr).name})")
+        print(
+            f"{kind:8s} clean test accuracy {accuracy(net, x_te, y_te):.3f} "
+            f"({time.perf_counter() - t0:.1f} s, {_weights_path(kind, x_tr, y_tr).name})"
+        )

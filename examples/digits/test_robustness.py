@@ -51,8 +51,9 @@ def test_adversarial_batch_is_a_bounded_perturbation(adversarial_batch, robust_m
     # The attack changed something, and evaluate() reproduces the report's numbers.
     assert bool((linf > 0).any())
     numbers = b.evaluate(robust_model)
-    assert numbers["adversarial_accuracy"] == pytest.approx(b.report["adversarial_accuracy"],
-                                                            abs=1e-6)
+    assert numbers["adversarial_accuracy"] == pytest.approx(
+        b.report["adversarial_accuracy"], abs=1e-6
+    )
     assert numbers["adversarial_accuracy"] <= numbers["clean_accuracy"]
     with torch.no_grad():
         assert robust_model(b.x_adv).shape == (len(b), 10)

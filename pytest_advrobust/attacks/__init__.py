@@ -26,8 +26,17 @@ _BUILTIN = {
 STRENGTH_ORDER = ("autoattack-lite", "apgd-t", "apgd", "pgd")
 _CUSTOM: Dict[str, Callable] = {}
 
-__all__ = ["AttackConfig", "AttackContext", "available", "bound", "clip_bounds",
-           "get_attack", "project", "register_attack", "strongest_attack"]
+__all__ = [
+    "AttackConfig",
+    "AttackContext",
+    "available",
+    "bound",
+    "clip_bounds",
+    "get_attack",
+    "project",
+    "register_attack",
+    "strongest_attack",
+]
 
 
 def register_attack(name: str, attack: Callable) -> None:

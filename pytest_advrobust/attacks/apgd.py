@@ -76,8 +76,23 @@ def _random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) 
 class _State:
     """The per-sample state of one APGD run, kept for the samples still attacked."""
 
-    FIELDS = ("idx", "x0", "y", "t", "x", "x_old", "grad", "loss", "x_best", "grad_best",
-              "loss_best", "step", "rises", "best_at_check", "reduced")
+    FIELDS = (
+        "idx",
+        "x0",
+        "y",
+        "t",
+        "x",
+        "x_old",
+        "grad",
+        "loss",
+        "x_best",
+        "grad_best",
+        "loss_best",
+        "step",
+        "rises",
+        "best_at_check",
+        "reduced",
+    )
 
     def __init__(self) -> None:
         for f in self.FIELDS:
@@ -109,8 +124,9 @@ def _record_successes(st: _State, logits, out: torch.Tensor, fooled_all: torch.T
 
 
 def _move(st: _State, eps: float, norm: str, bounds, momentum: float) -> None:
-    z = clip_bounds(st.x0 + project(st.x + st.step * _direction(st.grad, norm) - st.x0,
-                                    eps, norm), bounds)
+    z = clip_bounds(
+        st.x0 + project(st.x + st.step * _direction(st.grad, norm) - st.x0, eps, norm), bounds
+    )
     new = st.x + momentum * (z - st.x) + (1 - momentum) * (st.x - st.x_old)
     st.x_old = st.x
     st.x = clip_bounds(st.x0 + project(new - st.x0, eps, norm), bounds).detach()
@@ -146,8 +162,9 @@ def _apgd_run(model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Cal
     logits, st.loss, st.grad = _evaluate(model, st, loss_fn)
     _record_successes(st, logits, out, fooled_all)
     st.x_best, st.grad_best, st.loss_best = st.x, st.grad, st.loss
-    st.step = torch.full((st.x.shape[0],) + (1,) * (x.dim() - 1), 2.0 * cfg.eps,
-                         device=x.device, dtype=x.dtype)
+    st.step = torch.full(
+        (st.x.shape[0],) + (1,) * (x.dim() - 1), 2.0 * cfg.eps, device=x.device, dtype=x.dtype
+    )
     st.rises = torch.zeros(st.x.shape[0], device=x.device)
     st.best_at_check = st.loss_best.clone()
     st.reduced = torch.ones(st.x.shape[0], dtype=torch.bool, device=x.device)
@@ -194,9 +211,15 @@ def _attack(model: Model, x, y, cfg: AttackConfig, n_targets: int) -> torch.Tens
         best = torch.full((xb.shape[0],), -float("inf"), device=x.device)
         fooled = torch.zeros(xb.shape[0], dtype=torch.bool, device=x.device)
         ranked = _ranked_targets(model, xb, yb) if n_targets else None
-        runs = [(None, r) for r in range(max(1, cfg.restarts))] if not n_targets else \
-            [(t, r) for t in range(min(n_targets, ranked.shape[1] - 1))
-             for r in range(max(1, cfg.restarts))]
+        runs = (
+            [(None, r) for r in range(max(1, cfg.restarts))]
+            if not n_targets
+            else [
+                (t, r)
+                for t in range(min(n_targets, ranked.shape[1] - 1))
+                for r in range(max(1, cfg.restarts))
+            ]
+        )
         for t, _ in runs:
             idx = (~fooled).nonzero(as_tuple=True)[0]
             if idx.numel() == 0:
@@ -212,8 +235,13 @@ def _attack(model: Model, x, y, cfg: AttackConfig, n_targets: int) -> torch.Tens
     return result
 
 
-def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
-         ctx: Optional[AttackContext] = None) -> torch.Tensor:
+def apgd(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: Optional[AttackContext] = None,
+) -> torch.Tensor:
     """APGD-CE: ``cfg.restarts`` runs of ``cfg.steps`` iterations on the cross-entropy.
 
     ``x`` (n, ...) float in ``cfg.bounds``, ``y`` (n,) int64; returns the
@@ -223,8 +251,13 @@ def apgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
     return _attack(model, x, y, cfg, 0)
 
 
-def apgd_t(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
-           ctx: Optional[AttackContext] = None) -> torch.Tensor:
+def apgd_t(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: Optional[AttackContext] = None,
+) -> torch.Tensor:
     """APGD-T: targeted DLR runs against the ``cfg.targets`` (default 9) most likely wrong classes.
 
     Same shapes, bound and seeding as :func:`apgd`; each target gets
@@ -233,8 +266,13 @@ def apgd_t(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
     return _attack(model, x, y, cfg, cfg.targets or DEFAULT_TARGETS)
 
 
-def autoattack_lite(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
-                    ctx: Optional[AttackContext] = None) -> torch.Tensor:
+def autoattack_lite(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: Optional[AttackContext] = None,
+) -> torch.Tensor:
     """APGD-CE, then APGD-T against ``cfg.targets`` (default 3) classes on the survivors.
 
     A cheap version of AutoAttack's standard ensemble (which adds FAB-T and
@@ -242,8 +280,9 @@ def autoattack_lite(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackC
     """
     first = apgd(model, x, y, cfg, ctx)
     with torch.no_grad():
-        standing = torch.cat([model(first[sl]).argmax(1) == y[sl]
-                              for sl in _batches(x.shape[0], cfg.batch_size)])
+        standing = torch.cat(
+            [model(first[sl]).argmax(1) == y[sl] for sl in _batches(x.shape[0], cfg.batch_size)]
+        )
     idx = standing.nonzero(as_tuple=True)[0]
     if idx.numel():
         lite = replace(cfg, targets=cfg.targets or LITE_TARGETS)

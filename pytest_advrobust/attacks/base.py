@@ -82,5 +82,11 @@ class Attack(Protocol):
 
     name: str
 
-    def __call__(self, model: Model, x: "torch.Tensor", y: "torch.Tensor",
-                 cfg: AttackConfig, ctx: AttackContext) -> "torch.Tensor": ...
+    def __call__(
+        self,
+        model: Model,
+        x: "torch.Tensor",
+        y: "torch.Tensor",
+        cfg: AttackConfig,
+        ctx: AttackContext,
+    ) -> "torch.Tensor": ...

@@ -31,9 +31,11 @@ class QueryCount:
     def per_sample(self, n: int) -> Dict[str, float]:
         """``{"forward_per_sample", "backward_per_sample", "seconds"}`` for ``n`` samples."""
         d = max(int(n), 1)
-        return {"forward_per_sample": round(self.forward / d, 3),
-                "backward_per_sample": round(self.backward / d, 3),
-                "seconds": round(self.seconds, 3)}
+        return {
+            "forward_per_sample": round(self.forward / d, 3),
+            "backward_per_sample": round(self.backward / d, 3),
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def _observe(count: QueryCount, out: Any) -> None:
@@ -42,8 +44,10 @@ def _observe(count: QueryCount, out: Any) -> None:
     rows = int(out.shape[0])
     count.forward += rows
     if out.requires_grad:
+
         def on_backward(grad: torch.Tensor) -> None:
             count.backward += rows
+
         out.register_hook(on_backward)
 
 

@@ -44,8 +44,14 @@ from ..gan.train import GanConfig, train_generator
 from ..modelguard import Preprocessed, frozen
 from .base import AttackConfig, AttackContext, Model, bound
 
-__all__ = ["FORMAT_VERSION", "clear_memo", "default_gan_config", "gan_attack", "identity",
-           "obtain_generator"]
+__all__ = [
+    "FORMAT_VERSION",
+    "clear_memo",
+    "default_gan_config",
+    "gan_attack",
+    "identity",
+    "obtain_generator",
+]
 
 #: Bumped whenever the meaning of a cached generator changes (networks, training, key).
 FORMAT_VERSION = 2
@@ -88,12 +94,22 @@ def default_gan_config(cfg: AttackConfig, n_train: int) -> GanConfig:
     max_steps = 300 if cfg.gan_steps is None else int(cfg.gan_steps)
     fit_steps = 200 if cfg.gan_steps is None else min(200, int(cfg.gan_steps))
     max_seconds = float(cfg.gan_seconds) if cfg.gan_seconds is not None else 3600.0
-    return GanConfig(eps=float(cfg.eps), norm=cfg.norm,
-                     bounds=tuple(cfg.bounds) if cfg.bounds is not None else None,
-                     seed=int(cfg.seed), max_steps=max_steps, max_seconds=max_seconds,
-                     batch_size=batch, holdout_max=1000, eval_every=max(10, min(50, max_steps)),
-                     patience=4, gan_weight=0.0, fit_steps=fit_steps, warm_fraction=0.15,
-                     grad_input=True)
+    return GanConfig(
+        eps=float(cfg.eps),
+        norm=cfg.norm,
+        bounds=tuple(cfg.bounds) if cfg.bounds is not None else None,
+        seed=int(cfg.seed),
+        max_steps=max_steps,
+        max_seconds=max_seconds,
+        batch_size=batch,
+        holdout_max=1000,
+        eval_every=max(10, min(50, max_steps)),
+        patience=4,
+        gan_weight=0.0,
+        fit_steps=fit_steps,
+        warm_fraction=0.15,
+        grad_input=True,
+    )
 
 
 # --------------------------------------------------------------------------- digests and keys
@@ -115,7 +131,7 @@ def user_model_class(model: Any) -> str:
 
 
 def _layout_digest(model: Any) -> str:
-    """Digest of the parameter/buffer names, shapes and dtypes (the architecture, not the values)."""
+    """Digest of the parameter/buffer names, shapes and dtypes (the architecture, not values)."""
     if not isinstance(model, nn.Module):
         return ""
     layout = [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()]
@@ -158,12 +174,21 @@ def _hash_parts(parts: Dict[str, Any]) -> str:
 
 def _arch_for(sample_shape, gcfg: GanConfig) -> Dict[str, Any]:
     with torch.random.fork_rng(devices=[]):
-        return build_generator(sample_shape, gcfg.eps, gcfg.norm, gcfg.bounds,
-                               width=gcfg.width, n_res=gcfg.n_res, grad_input=gcfg.grad_input).arch
+        return build_generator(
+            sample_shape,
+            gcfg.eps,
+            gcfg.norm,
+            gcfg.bounds,
+            width=gcfg.width,
+            n_res=gcfg.n_res,
+            grad_input=gcfg.grad_input,
+        ).arch
 
 
 # --------------------------------------------------------------------------- obtaining a generator
-def identity(model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optional[GanConfig] = None):
+def identity(
+    model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optional[GanConfig] = None
+):
     """``(train_x, train_y, gan_cfg, arch, parts, key, family)`` of the generator for ``model``.
 
     ``key`` hashes ``parts`` (model weights, training data, settings, architecture);
@@ -171,11 +196,15 @@ def identity(model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optio
     """
     train_x, train_y = ctx.train_x, ctx.train_y
     if train_x is None or train_y is None:
-        raise ValueError("the gan attack needs training data: ctx.train_x and ctx.train_y are not set")
+        raise ValueError(
+            "the gan attack needs training data: ctx.train_x and ctx.train_y are not set"
+        )
     train_x = train_x if isinstance(train_x, torch.Tensor) else torch.as_tensor(train_x)
     train_y = train_y if isinstance(train_y, torch.Tensor) else torch.as_tensor(train_y)
     if train_x.shape[0] != train_y.shape[0]:
-        raise ValueError(f"ctx.train_x has {train_x.shape[0]} samples but ctx.train_y has {train_y.shape[0]}")
+        raise ValueError(
+            f"ctx.train_x has {train_x.shape[0]} samples but ctx.train_y has {train_y.shape[0]}"
+        )
     if train_x.shape[0] < 2:
         raise ValueError("the gan attack needs at least 2 training samples")
     gcfg = gan_cfg if gan_cfg is not None else default_gan_config(cfg, train_x.shape[0])
@@ -183,9 +212,14 @@ def identity(model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optio
     arch = _arch_for(sample_shape, gcfg)
     with frozen(model):
         model_digest = _model_digest(model, train_x, ctx.device)
-    family_parts = {"format": FORMAT_VERSION, "model_class": _qualname(model),
-                    "model_layout": _layout_digest(model), "data": _data_digest(train_x, train_y),
-                    "gan": gcfg.to_dict(), "arch": arch}
+    family_parts = {
+        "format": FORMAT_VERSION,
+        "model_class": _qualname(model),
+        "model_layout": _layout_digest(model),
+        "data": _data_digest(train_x, train_y),
+        "gan": gcfg.to_dict(),
+        "arch": arch,
+    }
     parts = dict(family_parts, model=model_digest)
     key = _hash_parts(parts)
     family = _hash_parts(family_parts)
@@ -194,9 +228,10 @@ def identity(model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optio
     return train_x, train_y, gcfg, arch, parts, key, family
 
 
-def obtain_generator(model: Model, cfg: AttackConfig, ctx: AttackContext,
-                     gan_cfg: Optional[GanConfig] = None) -> Tuple[Generator, Dict[str, Any]]:
-    """The generator for ``model`` trained on ``ctx.train_x``/``ctx.train_y``, and how it was obtained.
+def obtain_generator(
+    model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optional[GanConfig] = None
+) -> Tuple[Generator, Dict[str, Any]]:
+    """The generator for ``model`` trained on ``ctx.train_x``/``ctx.train_y``; how it was obtained.
 
     Returns ``(generator, facts)``: the generator in eval mode on
     ``ctx.device`` and ``{"mode": "cold"|"warm"|"cached", "steps", "seconds",
@@ -242,15 +277,30 @@ def _warn(ctx: AttackContext, msg: str) -> None:
 
 def _facts(result, key: str) -> Dict[str, Any]:
     """How a generator was trained on the training split (counts of model passes in samples)."""
-    return {"mode": result.mode, "steps": int(result.steps), "seconds": float(result.seconds),
-            "device": result.device, "holdout_success": float(result.holdout_success), "key": key,
-            "forward_samples": int(result.forward_samples),
-            "backward_samples": int(result.backward_samples),
-            "cut_short": result.stop_reason == "max_seconds"}
+    return {
+        "mode": result.mode,
+        "steps": int(result.steps),
+        "seconds": float(result.seconds),
+        "device": result.device,
+        "holdout_success": float(result.holdout_success),
+        "key": key,
+        "forward_samples": int(result.forward_samples),
+        "backward_samples": int(result.backward_samples),
+        "cut_short": result.stop_reason == "max_seconds",
+    }
 
 
-def _through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, key: str,
-                   family: str, arch: Dict[str, Any], parts: Dict[str, Any]):
+def _through_cache(
+    model,
+    train_x,
+    train_y,
+    gcfg: GanConfig,
+    ctx: AttackContext,
+    key: str,
+    family: str,
+    arch: Dict[str, Any],
+    parts: Dict[str, Any],
+):
     from ..cache import GanCache
 
     cache = GanCache(ctx.cache_dir, warn=ctx.warn)
@@ -271,33 +321,63 @@ def _through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext,
                 w_key, w_state, w_meta = warm
                 if _rebuild(arch, w_state, ctx, f"warm-start entry {w_key}") is not None:
                     init_state = w_state
-        result = train_generator(model, train_x, train_y, gcfg, ctx.device, init_state=init_state,
-                                 progress=_progress(ctx))
+        result = train_generator(
+            model,
+            train_x,
+            train_y,
+            gcfg,
+            ctx.device,
+            init_state=init_state,
+            progress=_progress(ctx),
+        )
         _store(cache, ctx, key, family, arch, gcfg, parts, result)
         return result.generator, _facts(result, key)
 
 
-def _store(cache, ctx: AttackContext, key: str, family: str, arch: Dict[str, Any], gcfg: GanConfig,
-           parts: Dict[str, Any], result) -> None:
+def _store(
+    cache,
+    ctx: AttackContext,
+    key: str,
+    family: str,
+    arch: Dict[str, Any],
+    gcfg: GanConfig,
+    parts: Dict[str, Any],
+    result,
+) -> None:
     """Store a freshly trained generator (the bare network's weights) and record the event."""
-    meta = {"format": FORMAT_VERSION, "family": family, "arch": arch, "gan": gcfg.to_dict(),
-            "model_class": parts["model_class"], "mode": result.mode, "steps": int(result.steps),
-            "user_model_class": parts.get("user_model_class", parts["model_class"]),
-            "seconds": float(result.seconds), "device": result.device,
-            "holdout_success": float(result.holdout_success), "created": time.time(),
-            "facts": _facts(result, key)}
+    meta = {
+        "format": FORMAT_VERSION,
+        "family": family,
+        "arch": arch,
+        "gan": gcfg.to_dict(),
+        "model_class": parts["model_class"],
+        "mode": result.mode,
+        "steps": int(result.steps),
+        "user_model_class": parts.get("user_model_class", parts["model_class"]),
+        "seconds": float(result.seconds),
+        "device": result.device,
+        "holdout_success": float(result.holdout_success),
+        "created": time.time(),
+        "facts": _facts(result, key),
+    }
     if getattr(result, "world_size", 1) > 1:
         from .. import distributed
 
-        meta["distributed"] = {"world_size": int(result.world_size), "backend": distributed.backend(),
-                               "samples_per_rank": [int(n) for n in result.rank_samples]}
+        meta["distributed"] = {
+            "world_size": int(result.world_size),
+            "backend": distributed.backend(),
+            "samples_per_rank": [int(n) for n in result.rank_samples],
+        }
     gen = getattr(result.generator, "module", result.generator)  # never a wrapper's prefixed names
     state = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
     try:
         cache.store(key, state, meta)
     except OSError as exc:
-        _warn(ctx, f"advrobust: could not store the trained generator in the cache ({exc}); "
-                   "it will be trained again next run")
+        _warn(
+            ctx,
+            f"advrobust: could not store the trained generator in the cache ({exc}); "
+            "it will be trained again next run",
+        )
     else:
         cache.record_event("warm" if result.mode == "warm" else "train", key)
 
@@ -305,13 +385,25 @@ def _store(cache, ctx: AttackContext, key: str, family: str, arch: Dict[str, Any
 def _hit_facts(key: str, meta: Any, ctx: AttackContext, seconds: float) -> Dict[str, Any]:
     """A cache hit reports the facts of the training that produced the entry."""
     if isinstance(meta, dict) and isinstance(meta.get("facts"), dict):
-        return dict(meta["facts"], mode="cached", trained_mode=meta["facts"].get("mode"),
-                    load_seconds=seconds, key=key)
-    return {"mode": "cached", "steps": 0, "seconds": seconds,
-            "device": str(meta.get("device", ctx.device)) if isinstance(meta, dict) else str(ctx.device),
-            "holdout_success": float(meta.get("holdout_success", float("nan")))
-            if isinstance(meta, dict) else float("nan"),
-            "key": key}
+        return dict(
+            meta["facts"],
+            mode="cached",
+            trained_mode=meta["facts"].get("mode"),
+            load_seconds=seconds,
+            key=key,
+        )
+    return {
+        "mode": "cached",
+        "steps": 0,
+        "seconds": seconds,
+        "device": str(meta.get("device", ctx.device))
+        if isinstance(meta, dict)
+        else str(ctx.device),
+        "holdout_success": float(meta.get("holdout_success", float("nan")))
+        if isinstance(meta, dict)
+        else float("nan"),
+        "key": key,
+    }
 
 
 # --------------------------------------------------------------------------- several processes
@@ -328,26 +420,41 @@ def _check_ranks_agree(key: str, device: Any) -> None:
     if differ:
         ranks = ", ".join(map(str, differ))
         raise AdvRobustError(
-            f"under torchrun every rank must train the same GAN generator, but rank(s) {ranks} computed "
-            "another cache key than rank 0: the model's weights, the GAN training data or the settings "
-            "differ between ranks (build and seed them the same way on every rank)")
+            f"under torchrun every rank must train the same GAN generator, but rank(s) {ranks} "
+            "computed another cache key than rank 0: the model's weights, the GAN training data "
+            "or the settings "
+            "differ between ranks (build and seed them the same way on every rank)"
+        )
     types = sorted({t for _, _, t, _ in everyone})
     if len(types) > 1:
-        raise AdvRobustError(f"under torchrun all ranks must train on the same kind of device, "
-                             f"but they use {' and '.join(types)}")
+        raise AdvRobustError(
+            f"under torchrun all ranks must train on the same kind of device, "
+            f"but they use {' and '.join(types)}"
+        )
     if types == ["cuda"]:
         seen: Dict[Tuple[str, Any], int] = {}
         for r, (_, host, _, index) in enumerate(everyone):
             if (host, index) in seen:
                 raise AdvRobustError(
-                    f"under torchrun ranks {seen[(host, index)]} and {r} would both train on cuda:{index} "
-                    f"of {host}: give each rank its own GPU with --advrobust-device=auto (or cuda), "
-                    "which uses cuda:LOCAL_RANK, and start at most one rank per GPU")
+                    f"under torchrun ranks {seen[(host, index)]} and {r} would both train on "
+                    f"cuda:{index} of {host}: give each rank its own GPU with "
+                    "--advrobust-device=auto (or cuda), "
+                    "which uses cuda:LOCAL_RANK, and start at most one rank per GPU"
+                )
             seen[(host, index)] = r
 
 
-def _obtain_distributed(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, key: str,
-                        family: str, arch: Dict[str, Any], parts: Dict[str, Any]):
+def _obtain_distributed(
+    model,
+    train_x,
+    train_y,
+    gcfg: GanConfig,
+    ctx: AttackContext,
+    key: str,
+    family: str,
+    arch: Dict[str, Any],
+    parts: Dict[str, Any],
+):
     """:func:`obtain_generator` on every rank of the process group (same calls, same order)."""
     from .. import distributed
 
@@ -363,11 +470,20 @@ def _obtain_distributed(model, train_x, train_y, gcfg: GanConfig, ctx: AttackCon
     error: Optional[Exception] = None
     try:
         if not use_cache:
-            result = train_generator(model, train_x, train_y, gcfg, ctx.device,
-                                     progress=_progress(ctx) if lead else None, distributed=True)
+            result = train_generator(
+                model,
+                train_x,
+                train_y,
+                gcfg,
+                ctx.device,
+                progress=_progress(ctx) if lead else None,
+                distributed=True,
+            )
             gen, facts = result.generator, _facts(result, key)
         elif lead:
-            gen, facts = _lead_through_cache(model, train_x, train_y, gcfg, ctx, key, family, arch, parts)
+            gen, facts = _lead_through_cache(
+                model, train_x, train_y, gcfg, ctx, key, family, arch, parts
+            )
         else:
             gen, facts = _follow_through_cache(model, train_x, train_y, gcfg, ctx, key, arch)
     except Exception as exc:  # reach the closing collective anyway, so that no rank is left waiting
@@ -377,14 +493,25 @@ def _obtain_distributed(model, train_x, train_y, gcfg: GanConfig, ctx: AttackCon
     if error is not None:
         raise error
     if not everyone_ok:
-        raise RuntimeError("another rank failed to obtain the GAN generator (its error is in its own output)")
+        raise RuntimeError(
+            "another rank failed to obtain the GAN generator (its error is in its own output)"
+        )
     gen = gen.to(ctx.device).eval()
     _MEMO[key] = (gen, dict(facts))
     return gen, facts
 
 
-def _lead_through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, key: str,
-                        family: str, arch: Dict[str, Any], parts: Dict[str, Any]):
+def _lead_through_cache(
+    model,
+    train_x,
+    train_y,
+    gcfg: GanConfig,
+    ctx: AttackContext,
+    key: str,
+    family: str,
+    arch: Dict[str, Any],
+    parts: Dict[str, Any],
+):
     """Rank 0: look up under the lock, broadcast the decision, store what all ranks trained.
 
     Every path broadcasts exactly one decision (``hit``, ``train`` or ``error``), also when
@@ -412,7 +539,9 @@ def _lead_through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackCon
                     if _rebuild(arch, w_state, ctx, f"warm-start entry {w_key}") is not None:
                         init_state = w_state
         except Exception as exc:  # let the other ranks stop too instead of waiting
-            distributed.broadcast_object({"action": "error", "message": f"{type(exc).__name__}: {exc}"})
+            distributed.broadcast_object(
+                {"action": "error", "message": f"{type(exc).__name__}: {exc}"}
+            )
             raise
         if hit is not None:
             distributed.broadcast_object({"action": "hit", "facts": hit[1]})
@@ -420,14 +549,23 @@ def _lead_through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackCon
             cache.record_event("hit", key)
             return hit
         distributed.broadcast_object({"action": "train"})
-        result = train_generator(model, train_x, train_y, gcfg, ctx.device, init_state=init_state,
-                                 progress=_progress(ctx), distributed=True)
+        result = train_generator(
+            model,
+            train_x,
+            train_y,
+            gcfg,
+            ctx.device,
+            init_state=init_state,
+            progress=_progress(ctx),
+            distributed=True,
+        )
         _store(cache, ctx, key, family, arch, gcfg, parts, result)
         return result.generator, _facts(result, key)
 
 
-def _follow_through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, key: str,
-                          arch: Dict[str, Any]):
+def _follow_through_cache(
+    model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, key: str, arch: Dict[str, Any]
+):
     """Ranks other than 0: do what rank 0 decided."""
     from .. import distributed
 
@@ -437,7 +575,9 @@ def _follow_through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackC
         state = distributed.broadcast_state(None)
         gen = _rebuild(arch, state, ctx, f"cache entry {key} from rank 0")
         if gen is None:  # cannot happen: rank 0 rebuilt the same architecture from it
-            raise RuntimeError(f"the cache entry {key} broadcast by rank 0 does not fit this rank's generator")
+            raise RuntimeError(
+                f"the cache entry {key} broadcast by rank 0 does not fit this rank's generator"
+            )
         return gen, dict(decision["facts"])
     if action == "train":
         result = train_generator(model, train_x, train_y, gcfg, ctx.device, distributed=True)
@@ -446,23 +586,28 @@ def _follow_through_cache(model, train_x, train_y, gcfg: GanConfig, ctx: AttackC
     raise RuntimeError(f"rank 0 could not look up GAN cache entry {key}: {message}")
 
 
-def _rebuild(arch: Dict[str, Any], state: Dict[str, torch.Tensor], ctx: AttackContext,
-             what: str) -> Optional[Generator]:
-    """A generator of ``arch`` with ``state`` loaded, or ``None`` (with a warning) if they do not fit."""
+def _rebuild(
+    arch: Dict[str, Any], state: Dict[str, torch.Tensor], ctx: AttackContext, what: str
+) -> Optional[Generator]:
+    """A generator of ``arch`` with ``state`` loaded, or ``None`` (with a warning) on a misfit."""
     with torch.random.fork_rng(devices=[]):
         gen = generator_from_arch(arch)
     try:
         gen.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=True)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        _warn(ctx, f"advrobust: {what} does not fit the generator architecture and is ignored "
-                   f"({str(exc).splitlines()[0]})")
+        _warn(
+            ctx,
+            f"advrobust: {what} does not fit the generator architecture and is ignored "
+            f"({str(exc).splitlines()[0]})",
+        )
         return None
     return gen.eval()
 
 
 # --------------------------------------------------------------------------- the attack
-def gan_attack(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
-               ctx: AttackContext) -> torch.Tensor:
+def gan_attack(
+    model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext
+) -> torch.Tensor:
     """Adversarial inputs from the (cached or freshly trained) generators, optionally PGD-refined.
 
     ``x``: ``(N, *sample_shape)`` on ``ctx.device``; ``y``: ``(N,)``. Returns
@@ -479,12 +624,14 @@ def gan_attack(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig
     ctx.facts["training"] = facts
     for gen in heads:
         if tuple(x.shape[1:]) != gen.sample_shape:
-            raise ValueError(f"the generator was trained on samples of shape {gen.sample_shape}, "
-                             f"but the evaluation inputs have shape {tuple(x.shape[1:])}")
+            raise ValueError(
+                f"the generator was trained on samples of shape {gen.sample_shape}, "
+                f"but the evaluation inputs have shape {tuple(x.shape[1:])}"
+            )
     out = torch.empty_like(x)
     bs = max(1, int(cfg.batch_size))
     for s in range(0, x.shape[0], bs):
-        out[s:s + bs] = _best_of(model, heads, x[s:s + bs], y[s:s + bs], cfg)
+        out[s : s + bs] = _best_of(model, heads, x[s : s + bs], y[s : s + bs], cfg)
     if cfg.refine > 0:
         from .gradient import pgd_from
 
@@ -492,7 +639,9 @@ def gan_attack(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig
     return out
 
 
-def _best_of(model: Model, heads, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
+def _best_of(
+    model: Model, heads, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig
+) -> torch.Tensor:
     """Per sample, the first head's output that the model misclassifies, else the lowest margin.
 
     Costs one forward and one backward pass (the gradient direction) and one
@@ -507,7 +656,9 @@ def _best_of(model: Model, heads, x: torch.Tensor, y: torch.Tensor, cfg: AttackC
     best, best_m = None, None
     with torch.no_grad():
         for h in heads:
-            cand = bound(x, h(x, direction if h.grad_input else None), cfg.eps, cfg.norm, cfg.bounds)
+            cand = bound(
+                x, h(x, direction if h.grad_input else None), cfg.eps, cfg.norm, cfg.bounds
+            )
             m = margin(model(cand), y)
             m = torch.where(m < 0, torch.full_like(m, -1.0), m)  # fooled is fooled: first one wins
             if best is None:

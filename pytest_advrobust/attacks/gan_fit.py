@@ -48,8 +48,9 @@ def clear_memo() -> None:
     _MEMO.clear()
 
 
-def fitted_heads(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
-                 ctx: AttackContext) -> Tuple[List[Generator], Dict[str, Any]]:
+def fitted_heads(
+    model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext
+) -> Tuple[List[Generator], Dict[str, Any]]:
     """The default attack's two generators for ``(x, y)`` and their combined facts.
 
     One takes the input gradient's direction (``grad_input``), one does not;
@@ -86,21 +87,45 @@ def _combine(heads: List[Dict[str, Any]]) -> Dict[str, Any]:
         cut_short=any(h.get("cut_short") for h in heads),
         key=g._hash_parts({"heads": [h.get("key") for h in heads]}),
         attack_id=g._hash_parts({"heads": [h.get("attack_id") for h in heads]}),
-        eval_forward_per_sample=len(heads) + 1, eval_backward_per_sample=1,
-        heads=[{k: h.get(k) for k in ("mode", "trained_mode", "steps", "train_steps", "fit_steps",
-                                     "seconds", "eval_success", "key")} for h in heads])
+        eval_forward_per_sample=len(heads) + 1,
+        eval_backward_per_sample=1,
+        heads=[
+            {
+                k: h.get(k)
+                for k in (
+                    "mode",
+                    "trained_mode",
+                    "steps",
+                    "train_steps",
+                    "fit_steps",
+                    "seconds",
+                    "eval_success",
+                    "key",
+                )
+            }
+            for h in heads
+        ],
+    )
     if any("trained_mode" in h for h in heads):
         trained = {str(h.get("trained_mode", h["mode"])) for h in heads}
         out["trained_mode"] = "+".join(sorted(trained))
     cost = [h.get("cost") or {} for h in heads]
-    out["cost"] = {k: sum(float(c.get(k, 0.0)) for c in cost)
-                   for k in ("forward_per_sample", "backward_per_sample", "seconds")}
+    out["cost"] = {
+        k: sum(float(c.get(k, 0.0)) for c in cost)
+        for k in ("forward_per_sample", "backward_per_sample", "seconds")
+    }
     out.pop("fit_best_step", None)
     return out
 
 
-def fitted_generator(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
-                     ctx: AttackContext, gan_cfg=None) -> Tuple[Generator, Dict[str, Any]]:
+def fitted_generator(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: AttackContext,
+    gan_cfg=None,
+) -> Tuple[Generator, Dict[str, Any]]:
     """The generator for ``model`` fitted to ``(x, y)`` (``(N, *shape)``, ``(N,)``) and its facts.
 
     ``gan_cfg`` overrides :func:`~pytest_advrobust.attacks.gan.default_gan_config`.
@@ -110,8 +135,13 @@ def fitted_generator(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: Attack
     train_x, train_y, gcfg, arch, parts, key_a, family_a = g.identity(model, cfg, ctx, gan_cfg)
     if gcfg.fit_steps == 0:
         return g.obtain_generator(model, cfg, ctx, gcfg)
-    fit = {"steps": gcfg.fit_steps, "patience": gcfg.fit_patience, "lr": gcfg.fit_lr,
-           "kappa": gcfg.fit_kappa, "warm_fraction": gcfg.warm_fraction}
+    fit = {
+        "steps": gcfg.fit_steps,
+        "patience": gcfg.fit_patience,
+        "lr": gcfg.fit_lr,
+        "kappa": gcfg.fit_kappa,
+        "warm_fraction": gcfg.warm_fraction,
+    }
     eval_digest = g._data_digest(x.detach().cpu(), y.detach().cpu())
     family = g._hash_parts({"stage": "fit", "family": family_a, "eval": eval_digest, "fit": fit})
     key = g._hash_parts({"stage": "fit", "key": key_a, "eval": eval_digest, "fit": fit})
@@ -167,26 +197,51 @@ def _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache):
         patience = min(gcfg.fit_patience, budget)
     t1 = time.perf_counter()
     with frozen(model):
-        res = fit_to_inputs(gen, model, x, y, max_steps=budget, patience=patience,
-                            lr=gcfg.fit_lr, kappa=gcfg.fit_kappa, device=torch.device(ctx.device))
+        res = fit_to_inputs(
+            gen,
+            model,
+            x,
+            y,
+            max_steps=budget,
+            patience=patience,
+            lr=gcfg.fit_lr,
+            kappa=gcfg.fit_kappa,
+            device=torch.device(ctx.device),
+        )
     facts = _facts(first, res, mode, key, x.shape[0], time.perf_counter() - t1, ctx)
     if cache is not None:
-        meta = {"format": g.FORMAT_VERSION, "family": family, "arch": arch, "gan": gcfg.to_dict(),
-                "model_class": g._qualname(model), "user_model_class": g.user_model_class(model),
-                "mode": mode, "steps": facts["steps"], "seconds": facts["seconds"],
-                "device": str(ctx.device), "holdout_success": facts["holdout_success"],
-                "created": time.time(), "facts": facts}
+        meta = {
+            "format": g.FORMAT_VERSION,
+            "family": family,
+            "arch": arch,
+            "gan": gcfg.to_dict(),
+            "model_class": g._qualname(model),
+            "user_model_class": g.user_model_class(model),
+            "mode": mode,
+            "steps": facts["steps"],
+            "seconds": facts["seconds"],
+            "device": str(ctx.device),
+            "holdout_success": facts["holdout_success"],
+            "created": time.time(),
+            "facts": facts,
+        }
         state = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
         try:
             cache.store(key, state, meta)
             cache.record_event("warm" if mode == "warm" else "train", key)
         except OSError as exc:
-            g._warn(ctx, f"advrobust: could not store the fitted generator in the cache ({exc}); "
-                         "it will be fitted again next run")
+            g._warn(
+                ctx,
+                f"advrobust: could not store the fitted generator in the cache ({exc}); "
+                "it will be fitted again next run",
+            )
     if facts["cut_short"]:
-        g._warn(ctx, "advrobust: the GAN training was cut short by --advrobust-gan-seconds "
-                     f"after {facts['train_steps']} steps; its numbers depend on machine speed "
-                     "(raise --advrobust-gan-seconds)")
+        g._warn(
+            ctx,
+            "advrobust: the GAN training was cut short by --advrobust-gan-seconds "
+            f"after {facts['train_steps']} steps; its numbers depend on machine speed "
+            "(raise --advrobust-gan-seconds)",
+        )
     return gen, facts
 
 
@@ -200,8 +255,15 @@ def _copy(gen: Generator, arch: Dict[str, Any]) -> Generator:
     return twin.to(next(gen.parameters()).device)
 
 
-def _facts(first: Optional[Dict[str, Any]], res, mode: str, key: str, n: int, fit_seconds: float,
-           ctx: AttackContext) -> Dict[str, Any]:
+def _facts(
+    first: Optional[Dict[str, Any]],
+    res,
+    mode: str,
+    key: str,
+    n: int,
+    fit_seconds: float,
+    ctx: AttackContext,
+) -> Dict[str, Any]:
     first = first or {}
     trained_now = first.get("mode") in ("cold", "warm")  # the first stage ran in this call
     t_steps = int(first.get("steps", 0)) if trained_now else 0
@@ -209,13 +271,22 @@ def _facts(first: Optional[Dict[str, Any]], res, mode: str, key: str, n: int, fi
     fwd = (int(first.get("forward_samples", 0)) if trained_now else 0) + res.forward
     bwd = (int(first.get("backward_samples", 0)) if trained_now else 0) + res.backward
     seconds = t_seconds + fit_seconds
-    return {"mode": mode, "steps": t_steps + res.steps, "seconds": seconds,
-            "train_steps": t_steps, "fit_steps": int(res.steps),
-            "fit_best_step": int(res.best_step),
-            "device": str(ctx.device), "key": key,
-            "holdout_success": float(first.get("holdout_success", float("nan"))),
-            "eval_success": float(res.success),
-            "cut_short": bool(first.get("cut_short", False)) if trained_now else False,
-            "cost": {"forward_per_sample": fwd / max(n, 1), "backward_per_sample": bwd / max(n, 1),
-                     "seconds": seconds},
-            "eval_forward_per_sample": 1}
+    return {
+        "mode": mode,
+        "steps": t_steps + res.steps,
+        "seconds": seconds,
+        "train_steps": t_steps,
+        "fit_steps": int(res.steps),
+        "fit_best_step": int(res.best_step),
+        "device": str(ctx.device),
+        "key": key,
+        "holdout_success": float(first.get("holdout_success", float("nan"))),
+        "eval_success": float(res.success),
+        "cut_short": bool(first.get("cut_short", False)) if trained_now else False,
+        "cost": {
+            "forward_per_sample": fwd / max(n, 1),
+            "backward_per_sample": bwd / max(n, 1),
+            "seconds": seconds,
+        },
+        "eval_forward_per_sample": 1,
+    }

@@ -24,8 +24,9 @@ def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _input_grad(model: Model, x: torch.Tensor, y: torch.Tensor,
-                target: Optional[torch.Tensor] = None):
+def _input_grad(
+    model: Model, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None
+):
     """Logits at ``x`` and the gradient w.r.t. ``x`` of the summed loss.
 
     The loss is the cross-entropy, or with ``target`` the margin
@@ -37,9 +38,9 @@ def _input_grad(model: Model, x: torch.Tensor, y: torch.Tensor,
         if not logits.requires_grad:  # forward under no_grad, detached, argmax, ...
             from ..gradcheck import missing_gradient_error
 
-            raise missing_gradient_error("pgd/fgsm", None,
-                                         "the output does not depend on the input through "
-                                         "autograd")
+            raise missing_gradient_error(
+                "pgd/fgsm", None, "the output does not depend on the input through autograd"
+            )
         z = logits.float()
         if target is None:
             loss = F.cross_entropy(z, y, reduction="sum")
@@ -56,7 +57,9 @@ def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / _view(flat, grad)
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+def random_start(
+    x: torch.Tensor, eps: float, norm: str, generator: torch.Generator
+) -> torch.Tensor:
     """A uniformly random point of the eps-ball around each sample (not clipped).
 
     Noise is drawn on the CPU from ``generator`` so the same seed gives the
@@ -68,7 +71,9 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
     else:
         direction = torch.randn(shape, generator=generator, dtype=torch.float64)
         flat = direction.reshape(shape[0], -1)
-        direction = direction / flat.norm(p=2, dim=1).clamp_min(1e-12).view(-1, *([1] * (len(shape) - 1)))
+        direction = direction / flat.norm(p=2, dim=1).clamp_min(1e-12).view(
+            -1, *([1] * (len(shape) - 1))
+        )
         d = flat.shape[1]
         radius = torch.rand(shape[0], generator=generator, dtype=torch.float64) ** (1.0 / d) * eps
         noise = direction * radius.view(-1, *([1] * (len(shape) - 1)))
@@ -80,8 +85,13 @@ def _batches(n: int, size: int):
         yield slice(start, min(n, start + size))
 
 
-def fgsm(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
-         ctx: Optional[AttackContext] = None) -> torch.Tensor:
+def fgsm(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: Optional[AttackContext] = None,
+) -> torch.Tensor:
     """One gradient step of size ``step_size`` (default ``eps``), projected and clipped."""
     step = cfg.step_size if cfg.step_size is not None else cfg.eps
     out = torch.empty_like(x)
@@ -93,9 +103,19 @@ def fgsm(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
     return out
 
 
-def _pgd_batch(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor,
-               eps: float, norm: str, steps: int, step: float, bounds, early_stop: bool,
-               target: Optional[torch.Tensor] = None):
+def _pgd_batch(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_start: torch.Tensor,
+    eps: float,
+    norm: str,
+    steps: int,
+    step: float,
+    bounds,
+    early_stop: bool,
+    target: Optional[torch.Tensor] = None,
+):
     """Run PGD on one batch; return (x_adv, fooled mask, margin per sample).
 
     The loop lives in :mod:`.pgd_core`: exact stops at the first success or
@@ -104,9 +124,15 @@ def _pgd_batch(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Te
     return pgd_run(model, x, y, x_start, eps, norm, steps, step, bounds, early_stop, target)
 
 
-def pgd_from(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor,
-             cfg: AttackConfig, ctx: Optional[AttackContext] = None,
-             steps: Optional[int] = None) -> torch.Tensor:
+def pgd_from(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_start: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: Optional[AttackContext] = None,
+    steps: Optional[int] = None,
+) -> torch.Tensor:
     """PGD steps started at ``x_start`` (no restarts, no random start).
 
     ``steps`` defaults to ``cfg.refine`` when it is positive, else ``cfg.steps``;
@@ -117,14 +143,29 @@ def pgd_from(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tens
     step = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(steps, 1)
     out = torch.empty_like(x)
     for sl in _batches(x.shape[0], cfg.batch_size):
-        adv, _, _ = _pgd_batch(model, x[sl], y[sl], x_start[sl], cfg.eps, cfg.norm, steps,
-                               step, cfg.bounds, cfg.early_stop)
+        adv, _, _ = _pgd_batch(
+            model,
+            x[sl],
+            y[sl],
+            x_start[sl],
+            cfg.eps,
+            cfg.norm,
+            steps,
+            step,
+            cfg.bounds,
+            cfg.early_stop,
+        )
         out[sl] = adv
     return out
 
 
-def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
-        ctx: Optional[AttackContext] = None) -> torch.Tensor:
+def pgd(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: Optional[AttackContext] = None,
+) -> torch.Tensor:
     """Projected gradient descent with optional random start and restarts.
 
     Each restart after the first starts at a random point of the ball (the
@@ -147,8 +188,18 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
             if not bool(todo.any()):
                 break
             idx = todo.nonzero(as_tuple=True)[0]
-            adv, fooled, margin = _pgd_batch(model, xb[idx], yb[idx], start[idx], cfg.eps,
-                                           cfg.norm, cfg.steps, step, cfg.bounds, cfg.early_stop)
+            adv, fooled, margin = _pgd_batch(
+                model,
+                xb[idx],
+                yb[idx],
+                start[idx],
+                cfg.eps,
+                cfg.norm,
+                cfg.steps,
+                step,
+                cfg.bounds,
+                cfg.early_stop,
+            )
             better = fooled | (margin < best_margin[idx])
             take = idx[better]
             best[take] = adv[better]
@@ -164,9 +215,19 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
                 if not bool(todo.any()):
                     break
                 idx = todo.nonzero(as_tuple=True)[0]
-                adv, fooled, margin = _pgd_batch(model, xb[idx], yb[idx], xb[idx], cfg.eps,
-                                               cfg.norm, cfg.steps, step, cfg.bounds,
-                                               cfg.early_stop, target=ranked[idx, t])
+                adv, fooled, margin = _pgd_batch(
+                    model,
+                    xb[idx],
+                    yb[idx],
+                    xb[idx],
+                    cfg.eps,
+                    cfg.norm,
+                    cfg.steps,
+                    step,
+                    cfg.bounds,
+                    cfg.early_stop,
+                    target=ranked[idx, t],
+                )
                 better = fooled | (margin < best_margin[idx])
                 take = idx[better]
                 best[take] = adv[better]

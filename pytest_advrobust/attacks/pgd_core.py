@@ -45,7 +45,7 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _coefficients(d: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0x5EED)
-    a = torch.randint(1, 2 ** 62, (2, d), generator=g, dtype=torch.int64) | 1
+    a = torch.randint(1, 2**62, (2, d), generator=g, dtype=torch.int64) | 1
     return a[0].to(device), a[1].to(device)
 
 
@@ -83,8 +83,9 @@ class _Best:
         self.fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         self.margin = torch.full((n,), float("inf"), device=x.device)
 
-    def update(self, idx: torch.Tensor, xa: torch.Tensor, logits: torch.Tensor,
-               y: torch.Tensor) -> torch.Tensor:
+    def update(
+        self, idx: torch.Tensor, xa: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         """Record the iterates ``xa`` of samples ``idx``; return their fooled mask."""
         m = margins(logits, y)
         fooled = logits.argmax(dim=1) != y
@@ -97,9 +98,19 @@ class _Best:
         return fooled
 
 
-def pgd_run(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor,
-            eps: float, norm: str, steps: int, step: float, bounds, early_stop: bool = True,
-            target: Optional[torch.Tensor] = None):
+def pgd_run(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_start: torch.Tensor,
+    eps: float,
+    norm: str,
+    steps: int,
+    step: float,
+    bounds,
+    early_stop: bool = True,
+    target: Optional[torch.Tensor] = None,
+):
     """PGD on one batch from ``x_start``; return (x_best, fooled, margin) per sample.
 
     ``x`` (n, ...) any float dtype; ``y`` and ``target`` (n,) int64. The loss is
@@ -114,8 +125,11 @@ def pgd_run(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tenso
     best = _Best(x_adv)
     active = torch.arange(n, device=x.device)
     coeffs = _coefficients(x[0].numel(), x.device) if early_stop and n else None
-    seen = torch.empty((steps + 1, n, 2), dtype=torch.int64, device=x.device) \
-        if coeffs is not None else None
+    seen = (
+        torch.empty((steps + 1, n, 2), dtype=torch.int64, device=x.device)
+        if coeffs is not None
+        else None
+    )
     for t in range(steps):
         if active.numel() == 0:
             break
@@ -128,8 +142,9 @@ def pgd_run(model: Model, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tenso
         fooled = best.update(active, xa, logits.detach(), ya)
         if early_stop:
             h = iterate_hashes(xa, coeffs)
-            cycled = (seen[:t, active] == h).all(dim=2).any(dim=0) if t else \
-                torch.zeros_like(fooled)
+            cycled = (
+                (seen[:t, active] == h).all(dim=2).any(dim=0) if t else torch.zeros_like(fooled)
+            )
             seen[t, active] = h
             keep = ~(fooled | cycled)
             if not bool(keep.all()):

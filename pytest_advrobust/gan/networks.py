@@ -30,8 +30,14 @@ import torch.nn.functional as F
 
 from ..geometry import NORMS, project
 
-__all__ = ["ARCH_VERSION", "Generator", "build_discriminator", "build_generator",
-           "generator_from_arch", "input_direction"]
+__all__ = [
+    "ARCH_VERSION",
+    "Generator",
+    "build_discriminator",
+    "build_generator",
+    "generator_from_arch",
+    "input_direction",
+]
 
 ARCH_VERSION = 1
 
@@ -48,9 +54,13 @@ def _check_shape(sample_shape: Any) -> Tuple[int, ...]:
             raise TypeError
         shape = tuple(int(s) for s in sample_shape)
     except (TypeError, ValueError):
-        raise ValueError(f"sample_shape must be a tuple (C, H, W) or (D,), got {sample_shape!r}") from None
+        raise ValueError(
+            f"sample_shape must be a tuple (C, H, W) or (D,), got {sample_shape!r}"
+        ) from None
     if len(shape) not in (1, 3) or any(s < 1 for s in shape):
-        raise ValueError(f"sample_shape must be (C, H, W) or (D,) with positive sizes, got {sample_shape!r}")
+        raise ValueError(
+            f"sample_shape must be (C, H, W) or (D,) with positive sizes, got {sample_shape!r}"
+        )
     if len(shape) == 3 and min(shape[1:]) < 4:
         raise ValueError(f"sample_shape {shape!r}: image height and width must be at least 4")
     return shape
@@ -102,8 +112,11 @@ class _ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(inplace=True),
-            nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch),
+            nn.Conv2d(ch, ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(ch, ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(ch),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,17 +129,21 @@ class _UNet(nn.Module):
     def __init__(self, channels: int, width: int, n_down: int, n_res: int, in_channels: int = 0):
         super().__init__()
         self.n_down = n_down
-        widths = [width * (2 ** i) for i in range(n_down + 1)]
+        widths = [width * (2**i) for i in range(n_down + 1)]
         self.stem = _ConvAct(in_channels or channels, widths[0])
-        self.down = nn.ModuleList(_ConvAct(widths[i], widths[i + 1], stride=2) for i in range(n_down))
+        self.down = nn.ModuleList(
+            _ConvAct(widths[i], widths[i + 1], stride=2) for i in range(n_down)
+        )
         self.mid = nn.Sequential(*[_ResBlock(widths[-1]) for _ in range(n_res)])
         self.up = nn.ModuleList(_ConvAct(widths[i + 1], widths[i]) for i in reversed(range(n_down)))
-        self.merge = nn.ModuleList(_ConvAct(2 * widths[i], widths[i]) for i in reversed(range(n_down)))
+        self.merge = nn.ModuleList(
+            _ConvAct(2 * widths[i], widths[i]) for i in reversed(range(n_down))
+        )
         self.head = nn.Conv2d(widths[0], channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = 2 ** self.n_down
+        m = 2**self.n_down
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
@@ -150,11 +167,18 @@ class _ResMLP(nn.Module):
     def __init__(self, dim: int, hidden: int, n_res: int, in_dim: int = 0):
         super().__init__()
         in_dim = in_dim or dim
-        self.inp = nn.Sequential(nn.BatchNorm1d(in_dim, affine=False), nn.Linear(in_dim, hidden),
-                                 nn.ReLU())
+        self.inp = nn.Sequential(
+            nn.BatchNorm1d(in_dim, affine=False), nn.Linear(in_dim, hidden), nn.ReLU()
+        )
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(),
-                          nn.Linear(hidden, hidden)) for _ in range(n_res))
+            nn.Sequential(
+                nn.Linear(hidden, hidden),
+                nn.LayerNorm(hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, hidden),
+            )
+            for _ in range(n_res)
+        )
         self.out = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,14 +199,20 @@ class Generator(nn.Module):
     bounds) that rebuilds the same network with :func:`generator_from_arch`.
     """
 
-    def __init__(self, body: nn.Module, arch: Dict[str, Any], eps: float, norm: str, bounds: Bounds):
+    def __init__(
+        self, body: nn.Module, arch: Dict[str, Any], eps: float, norm: str, bounds: Bounds
+    ):
         super().__init__()
         self.body = body
         self.arch = arch
         self.norm = norm
         self.register_buffer("eps", torch.tensor(float(eps), dtype=torch.float32))
-        self.register_buffer("bounds", torch.tensor(list(bounds) if bounds is not None
-                                                    else [-math.inf, math.inf], dtype=torch.float32))
+        self.register_buffer(
+            "bounds",
+            torch.tensor(
+                list(bounds) if bounds is not None else [-math.inf, math.inf], dtype=torch.float32
+            ),
+        )
 
     @property
     def sample_shape(self) -> Tuple[int, ...]:
@@ -197,7 +227,9 @@ class Generator(nn.Module):
         """Whether the generator also takes the input gradient's direction (FGSM-SDI style)."""
         return bool(self.arch.get("grad_input", False))
 
-    def perturbation(self, x: torch.Tensor, direction: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def perturbation(
+        self, x: torch.Tensor, direction: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The bounded perturbation (before clipping into ``bounds``), float32, shape of ``x``.
 
         With :attr:`grad_input`, ``direction`` (see :func:`input_direction`) is
@@ -208,8 +240,10 @@ class Generator(nn.Module):
         eps = float(self.eps)
         if self.grad_input:
             if direction is None:
-                raise ValueError("this generator takes the input gradient's direction: call it as "
-                                 "gen(x, input_direction(model, x, y, norm)) or gen.attack(model, x, y)")
+                raise ValueError(
+                    "this generator takes the input gradient's direction: call it as "
+                    "gen(x, input_direction(model, x, y, norm)) or gen.attack(model, x, y)"
+                )
             d = direction.to(x.dtype)
             raw = self.body(torch.cat([x, d], dim=1)).float()
             raw = raw + (_PRIOR * d if self.norm == "linf" else eps * d)
@@ -237,7 +271,8 @@ class Generator(nn.Module):
             return input_direction(model, x, pred, self.norm)
 
     def attack(self, model: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``x_adv`` for ``(x, y)``: the gradient direction (if used) from ``model``, then :meth:`forward`."""
+        """``x_adv`` for ``(x, y)``: the gradient direction (if used) from ``model``, then
+        :meth:`forward`."""
         direction = input_direction(model, x, y, self.norm) if self.grad_input else None
         with torch.no_grad():
             return self(x, direction)
@@ -245,8 +280,10 @@ class Generator(nn.Module):
     def forward(self, x: torch.Tensor, direction: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x``: ``(N, *sample_shape)``; returns ``x_adv`` with the shape and dtype of ``x``."""
         if tuple(x.shape[1:]) != self.sample_shape:
-            raise ValueError(f"generator expects inputs of shape (N, {', '.join(map(str, self.sample_shape))}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"generator expects inputs of shape (N, {', '.join(map(str, self.sample_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
         param = next(self.parameters())
         if direction is None and self.grad_input:
             direction = self._bound_direction(x)
@@ -279,10 +316,17 @@ def input_direction(model: Any, x: torch.Tensor, y: torch.Tensor, norm: str) -> 
     return grad / flat.view(-1, *([1] * (grad.dim() - 1)))
 
 
-def build_generator(sample_shape: Sequence[int], eps: float, norm: str = "linf",
-                    bounds: Bounds = (0.0, 1.0), *, width: Optional[int] = None,
-                    n_res: Optional[int] = None, n_down: Optional[int] = None,
-                    grad_input: bool = False) -> Generator:
+def build_generator(
+    sample_shape: Sequence[int],
+    eps: float,
+    norm: str = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    *,
+    width: Optional[int] = None,
+    n_res: Optional[int] = None,
+    n_down: Optional[int] = None,
+    grad_input: bool = False,
+) -> Generator:
     """Build a :class:`Generator` for samples of ``sample_shape``.
 
     ``sample_shape``: ``(C, H, W)`` (H, W >= 4; a U-Net with ``n_down`` stride-2
@@ -291,8 +335,9 @@ def build_generator(sample_shape: Sequence[int], eps: float, norm: str = "linf",
     of the MLP (default ``clamp(2 * D, 64, 512)``); ``n_res``: residual blocks
     (default 2). ``grad_input``: the network also takes the input
     gradient's direction (:func:`input_direction`) as extra channels or
-    features (call the generator as ``gen(x, direction)``). Weights are initialised from torch's global RNG: seed it (or
-    use :func:`torch.random.fork_rng`) for reproducible weights.
+    features (call the generator as ``gen(x, direction)``). Weights are
+    initialised from torch's global RNG: seed it (or use
+    :func:`torch.random.fork_rng`) for reproducible weights.
     """
     shape = _check_shape(sample_shape)
     eps_f, norm, bounds = _check_eps_norm_bounds(eps, norm, bounds)
@@ -301,9 +346,14 @@ def build_generator(sample_shape: Sequence[int], eps: float, norm: str = "linf",
     if n_res is not None and (not isinstance(n_res, int) or n_res < 0):
         raise ValueError(f"n_res must be a non-negative integer, got {n_res!r}")
     n_res = 2 if n_res is None else n_res
-    arch: Dict[str, Any] = {"version": ARCH_VERSION, "sample_shape": list(shape), "norm": norm,
-                            "eps": eps_f, "bounds": list(bounds) if bounds is not None else None,
-                            "n_res": n_res}
+    arch: Dict[str, Any] = {
+        "version": ARCH_VERSION,
+        "sample_shape": list(shape),
+        "norm": norm,
+        "eps": eps_f,
+        "bounds": list(bounds) if bounds is not None else None,
+        "n_res": n_res,
+    }
     if grad_input:
         arch["grad_input"] = True
     if len(shape) == 3:
@@ -326,11 +376,20 @@ def build_generator(sample_shape: Sequence[int], eps: float, norm: str = "linf",
 def generator_from_arch(arch: Dict[str, Any]) -> Generator:
     """Rebuild an (untrained) generator from :attr:`Generator.arch`."""
     if not isinstance(arch, dict) or arch.get("version") != ARCH_VERSION:
-        raise ValueError(f"arch must be a generator arch dict of version {ARCH_VERSION}, got {arch!r}")
+        raise ValueError(
+            f"arch must be a generator arch dict of version {ARCH_VERSION}, got {arch!r}"
+        )
     bounds = tuple(arch["bounds"]) if arch.get("bounds") is not None else None
-    return build_generator(tuple(arch["sample_shape"]), arch["eps"], arch["norm"], bounds,
-                           width=arch["width"], n_res=arch["n_res"], n_down=arch.get("n_down"),
-                           grad_input=bool(arch.get("grad_input", False)))
+    return build_generator(
+        tuple(arch["sample_shape"]),
+        arch["eps"],
+        arch["norm"],
+        bounds,
+        width=arch["width"],
+        n_res=arch["n_res"],
+        n_down=arch.get("n_down"),
+        grad_input=bool(arch.get("grad_input", False)),
+    )
 
 
 # --------------------------------------------------------------------------- discriminator
@@ -340,8 +399,11 @@ class _ConvDiscriminator(nn.Module):
         layers = []
         cin = channels
         for i in range(n_stages):
-            cout = width * (2 ** i)
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            cout = width * (2**i)
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.out = nn.Linear(cin, 1)
@@ -353,8 +415,13 @@ class _ConvDiscriminator(nn.Module):
 class _MLPDiscriminator(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
-                                 nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)

@@ -55,7 +55,7 @@ __all__ = ["GanConfig", "TrainResult", "margin", "train_generator"]
 #: On CUDA each step sees this many times ``batch_size`` samples (the GPU is launch-bound).
 CUDA_BATCH_FACTOR = 4
 #: Keep the training set on the GPU when it is smaller than this many bytes.
-_DEVICE_DATA_LIMIT = 2 * 1024 ** 3
+_DEVICE_DATA_LIMIT = 2 * 1024**3
 _EVAL_BATCH = 1024
 _MAX_PROGRESS_LINES = 10
 
@@ -125,9 +125,12 @@ class GanConfig:
         if self.norm not in NORMS:
             bad("norm", f"one of {NORMS}")
         if self.bounds is not None:
-            if (not isinstance(self.bounds, (tuple, list)) or len(self.bounds) != 2
-                    or not all(_is_number(b) and math.isfinite(b) for b in self.bounds)
-                    or not self.bounds[0] < self.bounds[1]):
+            if (
+                not isinstance(self.bounds, (tuple, list))
+                or len(self.bounds) != 2
+                or not all(_is_number(b) and math.isfinite(b) for b in self.bounds)
+                or not self.bounds[0] < self.bounds[1]
+            ):
                 bad("bounds", "None or a finite pair (low, high) with low < high")
             object.__setattr__(self, "bounds", (float(self.bounds[0]), float(self.bounds[1])))
         for name in ("seed",):
@@ -228,8 +231,15 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _seeded_networks(sample_shape, cfg: GanConfig, need_d: bool):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        gen = build_generator(sample_shape, cfg.eps, cfg.norm, cfg.bounds, width=cfg.width, n_res=cfg.n_res,
-                              grad_input=cfg.grad_input)
+        gen = build_generator(
+            sample_shape,
+            cfg.eps,
+            cfg.norm,
+            cfg.bounds,
+            width=cfg.width,
+            n_res=cfg.n_res,
+            grad_input=cfg.grad_input,
+        )
         torch.manual_seed(cfg.seed + 1)
         disc = build_discriminator(sample_shape) if need_d else None
     return gen, disc
@@ -240,8 +250,8 @@ def _predict(model, x: torch.Tensor, device, batch: int, autocast) -> torch.Tens
     with torch.no_grad():
         for s in range(0, x.shape[0], batch):
             with autocast():
-                logits = model(x[s:s + batch].to(device, non_blocking=True))
-            check_logits(logits, x[s:s + batch].shape[0], "robust_model")
+                logits = model(x[s : s + batch].to(device, non_blocking=True))
+            check_logits(logits, x[s : s + batch].shape[0], "robust_model")
             out.append(logits.float().argmax(dim=1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
@@ -253,10 +263,16 @@ def _resolve_device(device: Any) -> torch.device:
     return dev
 
 
-def train_generator(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                    cfg: GanConfig, device: Any = "cpu", init_state: Optional[Dict[str, torch.Tensor]] = None,
-                    progress: Optional[Callable[[str], None]] = None,
-                    distributed: Optional[bool] = None) -> TrainResult:
+def train_generator(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: GanConfig,
+    device: Any = "cpu",
+    init_state: Optional[Dict[str, torch.Tensor]] = None,
+    progress: Optional[Callable[[str], None]] = None,
+    distributed: Optional[bool] = None,
+) -> TrainResult:
     """Train an AdvGAN generator against ``model``.
 
     ``model``: maps ``(N, *sample_shape)`` inputs on ``device`` to ``(N, K)``
@@ -294,8 +310,9 @@ def train_generator(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
         return _train(model, x, y.long(), cfg, dev, init_state, progress, sync)
 
 
-def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
-           sync: "_Sync") -> TrainResult:
+def _train(
+    model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress, sync: "_Sync"
+) -> TrainResult:
     t0 = time.perf_counter()
     cuda = dev.type == "cuda"
     say = _Progress(progress if sync.rank == 0 else None)
@@ -308,7 +325,11 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
         gen.load_state_dict(init_state)
     if warm:
         mode = "warm"
-    budget_steps = cfg.max_steps if mode == "cold" else max(1, int(math.ceil(cfg.max_steps * cfg.warm_fraction)))
+    budget_steps = (
+        cfg.max_steps
+        if mode == "cold"
+        else max(1, int(math.ceil(cfg.max_steps * cfg.warm_fraction)))
+    )
     budget_seconds = cfg.max_seconds if mode == "cold" else cfg.max_seconds * cfg.warm_fraction
 
     # Mixed precision for the training steps; channels_last only for our own networks on CUDA.
@@ -320,6 +341,7 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
 
     def fp32():
         return _null()
+
     image = x.dim() == 4
     mem_fmt = torch.channels_last if (cuda and image) else torch.contiguous_format
     gen = gen.to(dev, memory_format=mem_fmt)
@@ -339,7 +361,7 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
     if n_hold == 0:
         hold_idx = train_idx
     if sync.active:  # each rank evaluates its share of the held-out samples
-        hold_idx = hold_idx[sync.rank::sync.world]
+        hold_idx = hold_idx[sync.rank :: sync.world]
     x_src = x.detach()
     if cuda and x_src.device != dev and x_src.numel() * x_src.element_size() <= _DEVICE_DATA_LIMIT:
         x_src = x_src.to(dev)
@@ -350,9 +372,17 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
     passes = {"forward": int(x_hold.shape[0]), "backward": 0}
     d_hold = None
     if cfg.grad_input:  # the model is frozen and the held-out inputs fixed: directions once
-        d_hold = torch.cat([input_direction(model, x_hold[s:s + _EVAL_BATCH].to(dev),
-                                            y_hold[s:s + _EVAL_BATCH].to(dev), cfg.norm)
-                            for s in range(0, x_hold.shape[0], _EVAL_BATCH)])
+        d_hold = torch.cat(
+            [
+                input_direction(
+                    model,
+                    x_hold[s : s + _EVAL_BATCH].to(dev),
+                    y_hold[s : s + _EVAL_BATCH].to(dev),
+                    cfg.norm,
+                )
+                for s in range(0, x_hold.shape[0], _EVAL_BATCH)
+            ]
+        )
         passes["forward"] += int(x_hold.shape[0])
         passes["backward"] += int(x_hold.shape[0])
 
@@ -363,16 +393,22 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
         preds = []
         with torch.no_grad():
             for s in range(0, x_hold.shape[0], _EVAL_BATCH):
-                xb = x_hold[s:s + _EVAL_BATCH].to(dev, non_blocking=True)
-                db = d_hold[s:s + _EVAL_BATCH] if d_hold is not None else None
+                xb = x_hold[s : s + _EVAL_BATCH].to(dev, non_blocking=True)
+                db = d_hold[s : s + _EVAL_BATCH] if d_hold is not None else None
                 x_adv = gen(xb.contiguous(memory_format=mem_fmt) if image else xb, db)
                 logits = model(x_adv)
                 preds.append(logits.float().argmax(dim=1).cpu())
         gen.train()
         fooled = (torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)) != y_hold
         if sync.active:
-            n_fc, n_c, n_f, n_all = sync.sum_ints([int((fooled & correct).sum()), int(correct.sum()),
-                                                   int(fooled.sum()), int(fooled.numel())])
+            n_fc, n_c, n_f, n_all = sync.sum_ints(
+                [
+                    int((fooled & correct).sum()),
+                    int(correct.sum()),
+                    int(fooled.sum()),
+                    int(fooled.numel()),
+                ]
+            )
             if n_c > 0:
                 return n_fc / n_c
             return n_f / n_all if n_all > 0 else 0.0
@@ -384,17 +420,25 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
     batch = max(2, min(batch, train_idx.numel()))
     if sync.active:  # at least 2 samples per rank (batch norm in training mode)
         if train_idx.numel() < 2 * sync.world:
-            raise ValueError(f"{train_idx.numel()} training samples are too few for {sync.world} "
-                             "processes (at least 2 per process)")
+            raise ValueError(
+                f"{train_idx.numel()} training samples are too few for {sync.world} "
+                "processes (at least 2 per process)"
+            )
         batch = max(batch, 2 * sync.world)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999)) if disc is not None else None
+    opt_d = (
+        torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        if disc is not None
+        else None
+    )
     lr_at = _cosine(cfg.lr, cfg.lr * cfg.lr_final, budget_steps)
     g_order = torch.Generator().manual_seed(cfg.seed + 2)
 
     procs = f" x {sync.world} processes" if sync.active else ""
-    say(f"training GAN generator on {dev}{procs} ({mode}): {train_idx.numel()} samples, "
-        f"{n_hold} held out, up to {budget_steps} steps or {budget_seconds:.0f} s")
+    say(
+        f"training GAN generator on {dev}{procs} ({mode}): {train_idx.numel()} samples, "
+        f"{n_hold} held out, up to {budget_steps} steps or {budget_seconds:.0f} s"
+    )
     gen.train()
     history: List[Tuple[int, float]] = []
     best = evaluate()
@@ -409,7 +453,9 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
     samples = 0
     samples_grad = 0
     # Distributed: rank 0's clock decides, agreed on once per step (with the loss check).
-    clock_up = sync.broadcast_flag(time.perf_counter() - t0 >= budget_seconds) if sync.active else False
+    clock_up = (
+        sync.broadcast_flag(time.perf_counter() - t0 >= budget_seconds) if sync.active else False
+    )
     while reason != "target" and step < budget_steps:
         out_of_time = clock_up if sync.active else time.perf_counter() - t0 >= budget_seconds
         if out_of_time:
@@ -418,10 +464,12 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
         if pos + batch > order.numel():
             order = train_idx[torch.randperm(train_idx.numel(), generator=g_order)]
             pos = 0
-        idx = order[pos:pos + batch]
+        idx = order[pos : pos + batch]
         pos += batch
         share = 1.0
-        if sync.active:  # this rank's slice; its loss weighted so that the DDP mean is the global mean
+        if (
+            sync.active
+        ):  # this rank's slice; its loss weighted so that the DDP mean is the global mean
             n_global = idx.numel()
             idx = idx.tensor_split(sync.world)[sync.rank]
             share = idx.numel() * sync.world / n_global
@@ -448,7 +496,9 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
             logits = model(x_adv)
             adv_loss = margin(logits, yb).clamp(min=-cfg.kappa).mean()
             loss = cfg.adv_weight * adv_loss
-            if disc is not None:  # the bare discriminator: its DDP wrapper reduces only in its own step
+            if (
+                disc is not None
+            ):  # the bare discriminator: its DDP wrapper reduces only in its own step
                 loss = loss + cfg.gan_weight * ((disc(x_adv).float() - 1) ** 2).mean()
         opt_g.zero_grad(set_to_none=True)
         (loss * share if sync.active else loss).backward()
@@ -459,19 +509,25 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
             with autocast():
                 if sync.active:  # one forward per backward under DDP: real and fake in one batch
                     scores = disc_step(torch.cat([xb, x_adv.detach()])).float()
-                    real, fake = scores[:xb.shape[0]], scores[xb.shape[0]:]
-                    d_loss = 0.5 * (((real - 1) ** 2).mean() + (fake ** 2).mean()) * share
+                    real, fake = scores[: xb.shape[0]], scores[xb.shape[0] :]
+                    d_loss = 0.5 * (((real - 1) ** 2).mean() + (fake**2).mean()) * share
                 else:
-                    d_loss = 0.5 * (((disc(xb).float() - 1) ** 2).mean()
-                                    + (disc(x_adv.detach()).float() ** 2).mean())
+                    d_loss = 0.5 * (
+                        ((disc(xb).float() - 1) ** 2).mean()
+                        + (disc(x_adv.detach()).float() ** 2).mean()
+                    )
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
         bad = not bool(torch.isfinite(loss.detach()))
         if sync.active:
-            bad, clock_up = sync.any_flags([bad, sync.rank == 0 and time.perf_counter() - t0 >= budget_seconds])
+            bad, clock_up = sync.any_flags(
+                [bad, sync.rank == 0 and time.perf_counter() - t0 >= budget_seconds]
+            )
         if bad:
-            raise FloatingPointError(f"GAN training diverged at step {step + 1} (loss is not finite)")
+            raise FloatingPointError(
+                f"GAN training diverged at step {step + 1} (loss is not finite)"
+            )
         step += 1
 
         if step % cfg.eval_every == 0 or step == budget_steps:
@@ -485,8 +541,10 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
             frac = max(step / budget_steps, elapsed / budget_seconds)
             if frac * 8 >= next_report:
                 next_report = int(frac * 8) + 1
-                say(f"step {step}/{budget_steps}, {elapsed:.0f} s: held-out success "
-                    f"{success:.3f} (best {best:.3f})")
+                say(
+                    f"step {step}/{budget_steps}, {elapsed:.0f} s: held-out success "
+                    f"{success:.3f} (best {best:.3f})"
+                )
             if best >= cfg.target_success:
                 reason = "target"
             elif stale >= cfg.patience:
@@ -505,13 +563,24 @@ def _train(model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress,
     gen.eval()
     rank_samples = sync.per_rank(samples)
     seconds = time.perf_counter() - t0
-    say(f"done: {step} steps in {seconds:.1f} s ({reason}), best held-out success {best:.3f} "
-        f"at step {best_step}")
-    return TrainResult(generator=gen, steps=step, seconds=seconds, device=str(dev),
-                       holdout_success=best, mode=mode, stop_reason=reason, history=history,
-                       world_size=sync.world, rank_samples=rank_samples,
-                       forward_samples=passes["forward"] + samples + samples_grad,
-                       backward_samples=passes["backward"] + samples + samples_grad)
+    say(
+        f"done: {step} steps in {seconds:.1f} s ({reason}), best held-out success {best:.3f} "
+        f"at step {best_step}"
+    )
+    return TrainResult(
+        generator=gen,
+        steps=step,
+        seconds=seconds,
+        device=str(dev),
+        holdout_success=best,
+        mode=mode,
+        stop_reason=reason,
+        history=history,
+        world_size=sync.world,
+        rank_samples=rank_samples,
+        forward_samples=passes["forward"] + samples + samples_grad,
+        backward_samples=passes["backward"] + samples + samples_grad,
+    )
 
 
 class _Sync:
@@ -524,8 +593,10 @@ class _Sync:
             from .. import distributed as dd
 
             if not dd.is_distributed():
-                raise RuntimeError("distributed training needs pytest_advrobust.distributed.init_from_env() "
-                                   "to have joined a process group of more than one process")
+                raise RuntimeError(
+                    "distributed training needs pytest_advrobust.distributed.init_from_env() "
+                    "to have joined a process group of more than one process"
+                )
             import torch.distributed as dist
 
             self.active, self.dist = True, dist
@@ -533,12 +604,12 @@ class _Sync:
             self.dev = dd.collective_device()
 
     def wrap(self, module: nn.Module, dev: torch.device) -> nn.Module:
-        """``module`` in DistributedDataParallel (buffers are synchronised before evaluations instead)."""
+        """``module`` in DistributedDataParallel (buffers are synchronised before evaluations)."""
         if not self.active:
             return module
-        from torch.nn.parallel import DistributedDataParallel
-
         import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
 
         kwargs = {"device_ids": [dev.index] if dev.type == "cuda" else None}
         if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
@@ -596,7 +667,9 @@ def _bf16_autocast(dev: torch.device):
         if dev.type == "cuda":
             native = torch.cuda.is_bf16_supported()
         elif dev.type == "cpu":
-            native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+            native = bool(
+                torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            )
         else:
             native = False
     except (AttributeError, RuntimeError):
@@ -614,6 +687,7 @@ def _cosine(lr0: float, lr1: float, total: int) -> Callable[[int], float]:
     def at(step: int) -> float:
         t = min(1.0, step / max(1, total))
         return lr1 + 0.5 * (lr0 - lr1) * (1 + math.cos(math.pi * t))
+
     return at
 
 
@@ -634,4 +708,3 @@ class _Progress:
             return
         self.count += 1
         self.progress(f"advrobust gan: {msg}")
-

@@ -47,10 +47,19 @@ class FitResult:
     backward: int
 
 
-def fit_to_inputs(gen: torch.nn.Module, model: Callable[[torch.Tensor], torch.Tensor],
-                  x: torch.Tensor, y: torch.Tensor, *, max_steps: int, patience: int,
-                  lr: float, kappa: float, chunk: int = 512,
-                  device: Optional[torch.device] = None) -> FitResult:
+def fit_to_inputs(
+    gen: torch.nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    max_steps: int,
+    patience: int,
+    lr: float,
+    kappa: float,
+    chunk: int = 512,
+    device: Optional[torch.device] = None,
+) -> FitResult:
     """Fine-tune ``gen`` in place on ``(x, y)`` and leave it at its best state, in eval mode.
 
     ``x``: ``(N, *sample_shape)`` evaluation inputs, ``y``: ``(N,)`` labels;
@@ -62,14 +71,22 @@ def fit_to_inputs(gen: torch.nn.Module, model: Callable[[torch.Tensor], torch.Te
     x, y = x.to(dev), y.to(dev)
     n = x.shape[0]
     with torch.no_grad():
-        clean_ok = torch.cat([model(x[s:s + chunk]).float().argmax(1) == y[s:s + chunk]
-                              for s in range(0, n, chunk)])
+        clean_ok = torch.cat(
+            [
+                model(x[s : s + chunk]).float().argmax(1) == y[s : s + chunk]
+                for s in range(0, n, chunk)
+            ]
+        )
     forward = n
     backward = 0
     dirs = None
     if getattr(gen, "grad_input", False):  # fixed inputs, frozen model: the directions once
-        dirs = torch.cat([input_direction(model, x[s:s + chunk], y[s:s + chunk], gen.norm)
-                          for s in range(0, n, chunk)])
+        dirs = torch.cat(
+            [
+                input_direction(model, x[s : s + chunk], y[s : s + chunk], gen.norm)
+                for s in range(0, n, chunk)
+            ]
+        )
         forward, backward = 2 * n, n
     denom = int(clean_ok.sum()) or n
     mask_ok = clean_ok if int(clean_ok.sum()) else torch.ones_like(clean_ok)
@@ -81,9 +98,9 @@ def fit_to_inputs(gen: torch.nn.Module, model: Callable[[torch.Tensor], torch.Te
         fooled = 0
         step_mask = []
         for s in range(0, n, chunk):
-            xb, yb = x[s:s + chunk], y[s:s + chunk]
+            xb, yb = x[s : s + chunk], y[s : s + chunk]
             with torch.enable_grad():
-                db = dirs[s:s + chunk] if dirs is not None else None
+                db = dirs[s : s + chunk] if dirs is not None else None
                 logits = model(gen(xb, db)).float()
                 m = margin(logits, yb)
                 active = (m > -kappa).float()
@@ -91,7 +108,7 @@ def fit_to_inputs(gen: torch.nn.Module, model: Callable[[torch.Tensor], torch.Te
             if step < max_steps:
                 loss.backward()
                 backward += xb.shape[0]
-            fooled += int(((m < 0) & mask_ok[s:s + chunk]).sum())
+            fooled += int(((m < 0) & mask_ok[s : s + chunk]).sum())
             step_mask.append((m < 0).detach().cpu())
         MASKS.append(torch.cat(step_mask))
         forward += n
@@ -108,5 +125,6 @@ def fit_to_inputs(gen: torch.nn.Module, model: Callable[[torch.Tensor], torch.Te
         step += 1
     gen.load_state_dict(best_state)
     gen.eval()
-    return FitResult(steps=step, success=best / denom, best_step=best_step,
-                     forward=forward, backward=backward)
+    return FitResult(
+        steps=step, success=best / denom, best_step=best_step, forward=forward, backward=backward
+    )

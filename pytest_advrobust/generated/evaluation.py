@@ -42,8 +42,14 @@ from ..modelguard import borrowed
 from .store import obtain
 from .training import default_config
 
-__all__ = ["MIN_PER_CLASS", "check_training_data", "generated_attack", "obtain_networks",
-           "real_and_generated_numbers", "run_generated"]
+__all__ = [
+    "MIN_PER_CLASS",
+    "check_training_data",
+    "generated_attack",
+    "obtain_networks",
+    "real_and_generated_numbers",
+    "run_generated",
+]
 
 #: Fewest training samples of each class the generator accepts.
 MIN_PER_CLASS = 5
@@ -52,71 +58,95 @@ MIN_PER_CLASS = 5
 def generated_attack(model, x, y, cfg, ctx):
     """Registered as ``generated`` so that the marker knows the name; it makes new samples
     instead of perturbing ``x``, so it never runs as a perturbation attack."""
-    raise AdvRobustError("attack 'generated' samples new inputs and cannot be combined with "
-                         "perturbation attacks; give it a robust test of its own")
+    raise AdvRobustError(
+        "attack 'generated' samples new inputs and cannot be combined with "
+        "perturbation attacks; give it a robust test of its own"
+    )
 
 
 def check_training_data(y: torch.Tensor, fixture: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(labels (K,), class index (N,))`` of integer labels ``y``, or one-sentence errors."""
     if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise AdvRobustError(f"attack='generated' needs integer class labels of shape (N,) from "
-                             f"fixture {fixture!r}, got {y.dtype!s} of shape {tuple(y.shape)}")
-    labels, index, counts = torch.unique(y.long(), sorted=True, return_inverse=True,
-                                         return_counts=True)
+        raise AdvRobustError(
+            f"attack='generated' needs integer class labels of shape (N,) from "
+            f"fixture {fixture!r}, got {y.dtype!s} of shape {tuple(y.shape)}"
+        )
+    labels, index, counts = torch.unique(
+        y.long(), sorted=True, return_inverse=True, return_counts=True
+    )
     if labels.numel() < 2:
-        raise AdvRobustError(f"attack='generated' needs training data with at least 2 classes, "
-                             f"but fixture {fixture!r} has only class {int(labels[0])}; "
-                             "give it labelled samples of every class")
+        raise AdvRobustError(
+            f"attack='generated' needs training data with at least 2 classes, "
+            f"but fixture {fixture!r} has only class {int(labels[0])}; "
+            "give it labelled samples of every class"
+        )
     few = int(counts.argmin())
     if int(counts[few]) < MIN_PER_CLASS:
-        raise AdvRobustError(f"attack='generated' needs at least {MIN_PER_CLASS} training "
-                             f"samples of every class, but fixture {fixture!r} has "
-                             f"{int(counts[few])} of class {int(labels[few])}; give it more")
+        raise AdvRobustError(
+            f"attack='generated' needs at least {MIN_PER_CLASS} training "
+            f"samples of every class, but fixture {fixture!r} has "
+            f"{int(counts[few])} of class {int(labels[few])}; give it more"
+        )
     return labels, index
 
 
-def _check_eval_classes(y: torch.Tensor, labels: torch.Tensor, fixture: str,
-                        train_fixture: str) -> torch.Tensor:
+def _check_eval_classes(
+    y: torch.Tensor, labels: torch.Tensor, fixture: str, train_fixture: str
+) -> torch.Tensor:
     present = torch.unique(y.long(), sorted=True)
     unknown = [int(c) for c in present if not bool((labels == c).any())]
     if unknown:
         raise AdvRobustError(
             f"evaluation data from fixture {fixture!r} has class {unknown[0]}, which the "
             f"sample generator's training data (fixture {train_fixture!r}) lacks; add samples "
-            "of that class to the training data or drop it from the evaluation data")
+            "of that class to the training data or drop it from the evaluation data"
+        )
     return present
 
 
-def obtain_networks(train_x: torch.Tensor, train_y: torch.Tensor, settings, train_fixture: str,
-                    *, device: Any, **kwargs) -> Tuple[Any, Any, Dict[str, Any]]:
+def obtain_networks(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    settings,
+    train_fixture: str,
+    *,
+    device: Any,
+    **kwargs,
+) -> Tuple[Any, Any, Dict[str, Any]]:
     """``(generator, reference, {"generator": facts, "reference": facts})`` for this data."""
     labels, index = check_training_data(train_y, train_fixture)
     cfg = default_config(train_x.shape[0], settings.seed, settings.gan_steps)
     x = train_x.float().contiguous()
-    gen, gfacts = obtain("generator", x, index, labels, cfg, settings.bounds, device=device,
-                         **kwargs)
-    ref, rfacts = obtain("reference", x, index, labels, cfg, settings.bounds, device=device,
-                         **kwargs)
+    gen, gfacts = obtain(
+        "generator", x, index, labels, cfg, settings.bounds, device=device, **kwargs
+    )
+    ref, rfacts = obtain(
+        "reference", x, index, labels, cfg, settings.bounds, device=device, **kwargs
+    )
     return gen, ref, {"generator": gfacts, "reference": rfacts}
 
 
 def _judge(ref, gen, x: torch.Tensor, y: torch.Tensor, validity: float, batch: int):
     """Reference predictions and acceptance of samples ``x`` with labels ``y``."""
     with torch.no_grad():
-        probs = torch.cat([torch.softmax(ref(x[s:s + batch]).float(), 1)
-                           for s in range(0, x.shape[0], batch)]).cpu()
+        probs = torch.cat(
+            [torch.softmax(ref(x[s : s + batch]).float(), 1) for s in range(0, x.shape[0], batch)]
+        ).cpu()
     idx = gen.index_of(y.cpu())
     own = probs.gather(1, idx[:, None]).squeeze(1)
     return probs.argmax(1) == idx, own >= validity
 
 
 def _rate(k: int, n: int) -> Dict[str, Any]:
-    return {"value": round(k / n, 6) if n else None,
-            "ci": [round(v, 6) for v in wilson_interval(k, n)]}
+    return {
+        "value": round(k / n, 6) if n else None,
+        "ci": [round(v, 6) for v in wilson_interval(k, n)],
+    }
 
 
-def real_and_generated_numbers(y_real, clean: Predictions, y_acc, adv: Predictions,
-                               metric: str, real_valid=None) -> Dict[str, Any]:
+def real_and_generated_numbers(
+    y_real, clean: Predictions, y_acc, adv: Predictions, metric: str, real_valid=None
+) -> Dict[str, Any]:
     """The report's numbers: ``clean_*`` on the valid real samples (bool mask
     ``real_valid`` (N,), all when ``None``), ``adversarial_*`` on the accepted
     generated ones (labels ``y_acc``), and the gap between them. ``real`` holds
@@ -131,51 +161,86 @@ def real_and_generated_numbers(y_real, clean: Predictions, y_acc, adv: Predictio
         raise AdvRobustError(
             f"none of the {n} real evaluation samples passed the validity check that the "
             "generated samples pass too (reference confidence in the true class); lower "
-            "robust(validity=...) or train the reference on data like the evaluation data")
+            "robust(validity=...) or train the reference on data like the evaluation data"
+        )
     right = clean.correct.cpu()
     k_all, k_real, k_gen = int(right.sum()), int(right[valid].sum()), int(adv.correct.sum())
     real_acc, gen_acc = k_real / n_valid, k_gen / m
     clean_loss = float(clean.loss.cpu()[valid].mean())
-    per_class = {str(c): round(float(adv.correct[y_acc.cpu() == c].double().mean()), 6)
-                 for c in sorted(set(y_acc.tolist()))}
-    real = {"accuracy_all": _rate(k_all, n), "accuracy_valid": _rate(k_real, n_valid),
-            "accepted": n_valid, "acceptance_rate": _rate(n_valid, n),
-            "gap_all": round(gap_of(k_all / n, gen_acc, metric), 6)}
-    return {"n": n, "eps": None, "clean_accuracy": real_acc,
-            "clean_ci": list(wilson_interval(k_real, n_valid)), "adversarial_accuracy": gen_acc,
-            "adversarial_ci": list(wilson_interval(k_gen, m)),
-            "gap": gap_of(real_acc, gen_acc, metric), "clean_loss": clean_loss,
-            "adversarial_loss": float(adv.loss.mean()),
-            "loss_gap": float(adv.loss.mean()) - clean_loss,
-            "per_class": per_class, "attack_success_rate": None, "real": real}
+    per_class = {
+        str(c): round(float(adv.correct[y_acc.cpu() == c].double().mean()), 6)
+        for c in sorted(set(y_acc.tolist()))
+    }
+    real = {
+        "accuracy_all": _rate(k_all, n),
+        "accuracy_valid": _rate(k_real, n_valid),
+        "accepted": n_valid,
+        "acceptance_rate": _rate(n_valid, n),
+        "gap_all": round(gap_of(k_all / n, gen_acc, metric), 6),
+    }
+    return {
+        "n": n,
+        "eps": None,
+        "clean_accuracy": real_acc,
+        "clean_ci": list(wilson_interval(k_real, n_valid)),
+        "adversarial_accuracy": gen_acc,
+        "adversarial_ci": list(wilson_interval(k_gen, m)),
+        "gap": gap_of(real_acc, gen_acc, metric),
+        "clean_loss": clean_loss,
+        "adversarial_loss": float(adv.loss.mean()),
+        "loss_gap": float(adv.loss.mean()) - clean_loss,
+        "per_class": per_class,
+        "attack_success_rate": None,
+        "real": real,
+    }
 
 
-def _facts(settings, split, classes, ref_facts: Dict[str, Any], judged, real: Dict[str, Any],
-           every: Predictions) -> Dict[str, Any]:
+def _facts(
+    settings,
+    split,
+    classes,
+    ref_facts: Dict[str, Any],
+    judged,
+    real: Dict[str, Any],
+    every: Predictions,
+) -> Dict[str, Any]:
     """The report's ``generated`` object; ``judged`` is the reference's
     ``(right on generated, accepted, right on real)``."""
     ref_right, accepted, real_right = judged
     n, m = int(accepted.numel()), int(accepted.sum())
     return {
         "validity": {"judge": "reference classifier", "min_confidence": settings.validity},
-        "drawn": n, "accepted": m, "acceptance_rate": _rate(m, n),
+        "drawn": n,
+        "accepted": m,
+        "acceptance_rate": _rate(m, n),
         "reference_accuracy": _rate(int(ref_right.sum()), n),
         "reference_accuracy_accepted": _rate(int((ref_right & accepted).sum()), m),
         "reference_real_accuracy": _rate(int(real_right.sum()), int(split.y.numel())),
-        "real_accuracy_all": real["accuracy_all"], "real_accuracy_valid": real["accuracy_valid"],
-        "real_accepted": real["accepted"], "real_acceptance_rate": real["acceptance_rate"],
+        "real_accuracy_all": real["accuracy_all"],
+        "real_accuracy_valid": real["accuracy_valid"],
+        "real_accepted": real["accepted"],
+        "real_acceptance_rate": real["acceptance_rate"],
         "gap_all_real": real["gap_all"],
         "model_accuracy_all_generated": _rate(int(every.correct.sum()), n),
-        "classes": [int(c) for c in classes], "reference": ref_facts,
+        "classes": [int(c) for c in classes],
+        "reference": ref_facts,
         "trained_on_eval": bool(split.train_is_eval),
     }
 
 
-def run_generated(model: Any, data: Any, settings, *, train_data: Any = None,
-                  cache_dir=None, retrain: bool = False,
-                  progress: Optional[Callable[[str], None]] = None,
-                  warn: Optional[Callable[[str], None]] = None, quiet: bool = False,
-                  store: Any = None):
+def run_generated(
+    model: Any,
+    data: Any,
+    settings,
+    *,
+    train_data: Any = None,
+    cache_dir=None,
+    retrain: bool = False,
+    progress: Optional[Callable[[str], None]] = None,
+    warn: Optional[Callable[[str], None]] = None,
+    quiet: bool = False,
+    store: Any = None,
+):
     """Evaluate ``model`` on real and on accepted generated samples; an ``Outcome``.
 
     Raises :class:`AdvRobustError` (one sentence) for training data with one
@@ -194,20 +259,30 @@ def run_generated(model: Any, data: Any, settings, *, train_data: Any = None,
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)
         gen, ref, facts = obtain_networks(
-            split.train_x, split.train_y, settings, train_fixture, device=device,
-            cache_dir=cache_dir, retrain=retrain, warn=warn, progress=None if quiet else progress)
-        x_gen, y_gen = gen.sample(settings.n_samples, settings.seed, classes.tolist(),
-                                  settings.batch_size)
-        ref_right, accepted = _judge(ref, gen, x_gen, y_gen, settings.validity,
-                                     settings.batch_size)
-        real_right, real_valid = _judge(ref, gen, split.x.to(device), split.y,
-                                        settings.validity, settings.batch_size)
+            split.train_x,
+            split.train_y,
+            settings,
+            train_fixture,
+            device=device,
+            cache_dir=cache_dir,
+            retrain=retrain,
+            warn=warn,
+            progress=None if quiet else progress,
+        )
+        x_gen, y_gen = gen.sample(
+            settings.n_samples, settings.seed, classes.tolist(), settings.batch_size
+        )
+        ref_right, accepted = _judge(ref, gen, x_gen, y_gen, settings.validity, settings.batch_size)
+        real_right, real_valid = _judge(
+            ref, gen, split.x.to(device), split.y, settings.validity, settings.batch_size
+        )
         m = int(accepted.sum())
         if m == 0:
             raise AdvRobustError(
                 f"none of the {x_gen.shape[0]} generated samples passed the validity check "
                 f"(reference confidence >= {settings.validity:g}); train the sample generator "
-                "longer with --advrobust-gan-steps or lower robust(validity=...)")
+                "longer with --advrobust-gan-steps or lower robust(validity=...)"
+            )
         acc = accepted.to(x_gen.device)
         x_acc, y_acc = x_gen[acc], y_gen[acc]
         with borrowed(model, device) as mod:
@@ -216,11 +291,30 @@ def run_generated(model: Any, data: Any, settings, *, train_data: Any = None,
             clean = predict(net, split.x.to(device), split.y.to(device), bs, name)
             adv = predict(net, x_acc, y_acc, bs, name)
             every = predict(net, x_gen, y_gen, bs, name)
-    numbers = real_and_generated_numbers(split.y, clean, y_acc, adv, settings.metric,
-                                         real_valid)
-    generated = _facts(settings, split, classes, facts["reference"],
-                       (ref_right, accepted, real_right), numbers["real"], every)
-    return Outcome(settings=settings, x=split.x, y=split.y, x_adv=x_acc.cpu(), clean=clean,
-                   adv=adv, numbers=numbers, curve=None, training=facts["generator"],
-                   sanity=[], device=str(device), train_is_eval=split.train_is_eval,
-                   generated=generated, y_adv=y_acc.cpu(), real_valid=real_valid.cpu())
+    numbers = real_and_generated_numbers(split.y, clean, y_acc, adv, settings.metric, real_valid)
+    generated = _facts(
+        settings,
+        split,
+        classes,
+        facts["reference"],
+        (ref_right, accepted, real_right),
+        numbers["real"],
+        every,
+    )
+    return Outcome(
+        settings=settings,
+        x=split.x,
+        y=split.y,
+        x_adv=x_acc.cpu(),
+        clean=clean,
+        adv=adv,
+        numbers=numbers,
+        curve=None,
+        training=facts["generator"],
+        sanity=[],
+        device=str(device),
+        train_is_eval=split.train_is_eval,
+        generated=generated,
+        y_adv=y_acc.cpu(),
+        real_valid=real_valid.cpu(),
+    )

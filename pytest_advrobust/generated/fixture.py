@@ -18,12 +18,14 @@ def _networks(model: Any, data: Any, settings, train_data: Any, store: Any = Non
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        return obtain_networks(split.train_x, split.train_y, settings, train_fixture,
-                               device=device, **kwargs)
+        return obtain_networks(
+            split.train_x, split.train_y, settings, train_fixture, device=device, **kwargs
+        )
 
 
-def conditional_generator_for(model: Any, data: Any, settings, *, train_data: Any = None,
-                              store: Any = None, **kwargs) -> Any:
+def conditional_generator_for(
+    model: Any, data: Any, settings, *, train_data: Any = None, store: Any = None, **kwargs
+) -> Any:
     """The trained (or cached) :class:`~.networks.ConditionalGenerator` for this data.
 
     It carries ``reference`` (the validity judge, a
@@ -40,9 +42,12 @@ def conditional_generator_for(model: Any, data: Any, settings, *, train_data: An
     return gen.eval()
 
 
-def warm_sample_generator(model: Any, data: Any, settings, *, train_data: Any = None,
-                          store: Any = None, **kwargs) -> List[Dict[str, Any]]:
+def warm_sample_generator(
+    model: Any, data: Any, settings, *, train_data: Any = None, store: Any = None, **kwargs
+) -> List[Dict[str, Any]]:
     """Obtain the sample generator and reference a ``generated`` test needs; their facts."""
     _, _, facts = _networks(model, data, settings, train_data, store, **kwargs)
-    return [dict(facts["generator"], role="sample generator"),
-            dict(facts["reference"], role="reference classifier")]
+    return [
+        dict(facts["generator"], role="sample generator"),
+        dict(facts["reference"], role="reference classifier"),
+    ]

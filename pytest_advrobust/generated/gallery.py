@@ -37,8 +37,9 @@ def _as_images(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return torch.nn.functional.interpolate(img, scale_factor=factor, mode="nearest")
 
 
-def wrong_gallery_image(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
-                        bounds=(0.0, 1.0), max_images: int = 32):
+def wrong_gallery_image(
+    x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, bounds=(0.0, 1.0), max_images: int = 32
+):
     """A PIL image of the samples with ``pred != y`` (at most ``max_images``).
 
     ``x``: ``(N, ...)`` float samples; ``y``, ``pred``: int64 ``(N,)``. Returns
@@ -67,8 +68,14 @@ def wrong_gallery_image(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
     return canvas
 
 
-def save_wrong_gallery(path: Path, x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
-                       bounds=(0.0, 1.0), max_images: int = 32) -> Optional[Path]:
+def save_wrong_gallery(
+    path: Path,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    pred: torch.Tensor,
+    bounds=(0.0, 1.0),
+    max_images: int = 32,
+) -> Optional[Path]:
     """Write :func:`wrong_gallery_image` to ``path``; ``None`` (no file) when the
     model got every sample right."""
     canvas = wrong_gallery_image(x, y, pred, bounds, max_images)

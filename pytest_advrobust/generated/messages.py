@@ -14,20 +14,24 @@ def gap_message(rep: Dict[str, Any]) -> str:
     lo, hi = rep["adversarial_ci"]
     rel = " (relative)" if rep.get("metric") == "relative" else ""
     ref = g["reference_accuracy"]["value"]
-    return (f"generation gap{rel} {rep['gap']:.3f} > threshold {rep['threshold']:.3f} "
-            f"(real {rep['clean_accuracy']:.3f} on {g['real_accepted']} of {rep['n']} valid "
-            f"real samples (all real {g['real_accuracy_all']['value']:.3f}) -> generated "
-            f"{rep['adversarial_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {g['accepted']} of "
-            f"{g['drawn']} valid generated samples, valid at reference confidence >= "
-            f"{g['validity']['min_confidence']:g}, reference accuracy on generated {ref:.3f})")
+    return (
+        f"generation gap{rel} {rep['gap']:.3f} > threshold {rep['threshold']:.3f} "
+        f"(real {rep['clean_accuracy']:.3f} on {g['real_accepted']} of {rep['n']} valid "
+        f"real samples (all real {g['real_accuracy_all']['value']:.3f}) -> generated "
+        f"{rep['adversarial_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {g['accepted']} of "
+        f"{g['drawn']} valid generated samples, valid at reference confidence >= "
+        f"{g['validity']['min_confidence']:g}, reference accuracy on generated {ref:.3f})"
+    )
 
 
 def junit_extra(rep: Dict[str, Any]) -> List[tuple]:
     """JUnit properties that only the ``generated`` evaluation has."""
     g = rep["generated"]
-    return [("advrobust_generated_accepted", g["accepted"]),
-            ("advrobust_generated_drawn", g["drawn"]),
-            ("advrobust_acceptance_rate", g["acceptance_rate"]["value"]),
-            ("advrobust_real_acceptance_rate", g["real_acceptance_rate"]["value"]),
-            ("advrobust_real_accuracy_all", g["real_accuracy_all"]["value"]),
-            ("advrobust_reference_accuracy", g["reference_accuracy"]["value"])]
+    return [
+        ("advrobust_generated_accepted", g["accepted"]),
+        ("advrobust_generated_drawn", g["drawn"]),
+        ("advrobust_acceptance_rate", g["acceptance_rate"]["value"]),
+        ("advrobust_real_acceptance_rate", g["real_acceptance_rate"]["value"]),
+        ("advrobust_real_accuracy_all", g["real_accuracy_all"]["value"]),
+        ("advrobust_reference_accuracy", g["reference_accuracy"]["value"]),
+    ]

@@ -33,14 +33,25 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["ARCH_VERSION", "ConditionalGenerator", "Discriminator", "ReferenceClassifier",
-           "arch_for", "from_arch"]
+__all__ = [
+    "ARCH_VERSION",
+    "ConditionalGenerator",
+    "Discriminator",
+    "ReferenceClassifier",
+    "arch_for",
+    "from_arch",
+]
 
 ARCH_VERSION = 1
 
 
-def arch_for(sample_shape: Sequence[int], num_classes: int, role: str,
-             noise_dim: Optional[int] = None, width: Optional[int] = None) -> Dict[str, Any]:
+def arch_for(
+    sample_shape: Sequence[int],
+    num_classes: int,
+    role: str,
+    noise_dim: Optional[int] = None,
+    width: Optional[int] = None,
+) -> Dict[str, Any]:
     """The architecture dict for samples of ``sample_shape`` and ``num_classes`` classes.
 
     ``role`` is ``"generator"``, ``"discriminator"`` or ``"reference"``.
@@ -50,10 +61,15 @@ def arch_for(sample_shape: Sequence[int], num_classes: int, role: str,
     dim = 1
     for s in shape:
         dim *= s
-    return {"version": ARCH_VERSION, "role": role, "kind": "conv" if conv else "mlp",
-            "sample_shape": shape, "classes": int(num_classes),
-            "noise_dim": int(noise_dim or (64 if conv else 32)),
-            "width": int(width or (16 if conv else max(64, min(256, 2 * dim))))}
+    return {
+        "version": ARCH_VERSION,
+        "role": role,
+        "kind": "conv" if conv else "mlp",
+        "sample_shape": shape,
+        "classes": int(num_classes),
+        "noise_dim": int(noise_dim or (64 if conv else 32)),
+        "width": int(width or (16 if conv else max(64, min(256, 2 * dim)))),
+    }
 
 
 class _Scaled(nn.Module):
@@ -101,14 +117,21 @@ class ConditionalGenerator(_Scaled):
             self.start = (4 * w, h // 4, wd // 4)
             self.fc = nn.Linear(z + k, _dim(self.start))
             self.body = nn.Sequential(
-                nn.BatchNorm2d(4 * w), nn.ReLU(), nn.Upsample(scale_factor=2),
-                nn.Conv2d(4 * w, 2 * w, 3, 1, 1), nn.BatchNorm2d(2 * w), nn.ReLU(),
-                nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, c, 3, 1, 1))
+                nn.BatchNorm2d(4 * w),
+                nn.ReLU(),
+                nn.Upsample(scale_factor=2),
+                nn.Conv2d(4 * w, 2 * w, 3, 1, 1),
+                nn.BatchNorm2d(2 * w),
+                nn.ReLU(),
+                nn.Upsample(scale_factor=2),
+                nn.Conv2d(2 * w, c, 3, 1, 1),
+            )
         else:
             self.start = (w,)
             self.fc = nn.Linear(z + k, w)
-            self.body = nn.Sequential(nn.ReLU(), nn.Linear(w, w), nn.ReLU(),
-                                      nn.Linear(w, _dim(self.sample_shape)))
+            self.body = nn.Sequential(
+                nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, _dim(self.sample_shape))
+            )
 
     def forward(self, noise: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         onehot = F.one_hot(index.long(), self.num_classes).to(noise.dtype)
@@ -121,21 +144,27 @@ class ConditionalGenerator(_Scaled):
         table = {int(v): i for i, v in enumerate(self.labels.tolist())}
         unknown = sorted({int(v) for v in labels.tolist()} - set(table))
         if unknown:
-            raise ValueError(f"class {unknown[0]} is not one the generator was trained on "
-                             f"(classes {sorted(table)})")
+            raise ValueError(
+                f"class {unknown[0]} is not one the generator was trained on "
+                f"(classes {sorted(table)})"
+            )
         return torch.tensor([table[int(v)] for v in labels.tolist()], dtype=torch.int64)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, classes: Optional[Sequence[int]] = None,
-               batch_size: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, n: int, seed: int = 0, classes: Optional[Sequence[int]] = None, batch_size: int = 256
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``n`` labelled samples, balanced over ``classes`` (default: all), from ``seed``.
 
         Returns ``(x float32 (n, *sample_shape), y int64 (n,))`` on the
         generator's device; the same seed gives the same samples. Raises
         ValueError for a class the generator was not trained on.
         """
-        labels = self.labels.cpu() if classes is None else \
-            torch.as_tensor(list(classes), dtype=torch.int64)
+        labels = (
+            self.labels.cpu()
+            if classes is None
+            else torch.as_tensor(list(classes), dtype=torch.int64)
+        )
         index = self.index_of(labels)
         if int(n) < 1 or index.numel() == 0:
             raise ValueError(f"n must be at least 1 and classes non-empty, got n={n!r}")
@@ -144,8 +173,10 @@ class ConditionalGenerator(_Scaled):
         idx = index[torch.arange(int(n)) % index.numel()][order]
         noise = torch.randn(int(n), self.noise_dim, generator=g)
         dev = self.center.device
-        out = [self(noise[s:s + batch_size].to(dev), idx[s:s + batch_size].to(dev))
-               for s in range(0, int(n), batch_size)]
+        out = [
+            self(noise[s : s + batch_size].to(dev), idx[s : s + batch_size].to(dev))
+            for s in range(0, int(n), batch_size)
+        ]
         return torch.cat(out), self.labels[idx.to(dev)]
 
 
@@ -160,14 +191,21 @@ class Discriminator(_Scaled):
         if arch["kind"] == "conv":
             c, h, wd = self.sample_shape
             self.body = nn.Sequential(
-                spectral_norm(nn.Conv2d(c, 2 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
-                spectral_norm(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
-                nn.Flatten())
+                spectral_norm(nn.Conv2d(c, 2 * w, 4, 2, 1)),
+                nn.LeakyReLU(0.2),
+                spectral_norm(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)),
+                nn.LeakyReLU(0.2),
+                nn.Flatten(),
+            )
             feat = 4 * w * (h // 4) * (wd // 4)
         else:
             self.body = nn.Sequential(
-                nn.Flatten(), spectral_norm(nn.Linear(_dim(self.sample_shape), w)),
-                nn.LeakyReLU(0.2), spectral_norm(nn.Linear(w, w)), nn.LeakyReLU(0.2))
+                nn.Flatten(),
+                spectral_norm(nn.Linear(_dim(self.sample_shape), w)),
+                nn.LeakyReLU(0.2),
+                spectral_norm(nn.Linear(w, w)),
+                nn.LeakyReLU(0.2),
+            )
             feat = w
         self.realness = spectral_norm(nn.Linear(feat, 1))
         self.classify = nn.Linear(feat, k)
@@ -186,19 +224,36 @@ class ReferenceClassifier(_Scaled):
         if arch["kind"] == "conv":
             c, h, wd = self.sample_shape
             self.body = nn.Sequential(
-                nn.Conv2d(c, w, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(w, 2 * w, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                nn.Linear(2 * w * (h // 4) * (wd // 4), 4 * w), nn.ReLU(), nn.Linear(4 * w, k))
+                nn.Conv2d(c, w, 3, 1, 1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(w, 2 * w, 3, 1, 1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Flatten(),
+                nn.Linear(2 * w * (h // 4) * (wd // 4), 4 * w),
+                nn.ReLU(),
+                nn.Linear(4 * w, k),
+            )
         else:
-            self.body = nn.Sequential(nn.Flatten(), nn.Linear(_dim(self.sample_shape), w),
-                                      nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, k))
+            self.body = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(_dim(self.sample_shape), w),
+                nn.ReLU(),
+                nn.Linear(w, w),
+                nn.ReLU(),
+                nn.Linear(w, k),
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.normalise(x))
 
 
-_ROLES = {"generator": ConditionalGenerator, "discriminator": Discriminator,
-          "reference": ReferenceClassifier}
+_ROLES = {
+    "generator": ConditionalGenerator,
+    "discriminator": Discriminator,
+    "reference": ReferenceClassifier,
+}
 
 
 def from_arch(arch: Dict[str, Any]) -> nn.Module:

@@ -42,11 +42,18 @@ def _parts(role: str, train_x, index, labels, cfg: GenConfig, bounds) -> Dict[st
     arch = arch_for(train_x.shape[1:], labels.numel(), role, cfg.noise_dim, cfg.width)
     config = cfg.to_dict()
     if role == "reference":  # the reference does not depend on the GAN's settings
-        config = {k: config[k] for k in ("seed", "batch_size", "reference_steps", "reference_lr",
-                                         "width")}
-    return {"format": FORMAT_VERSION, "kind": "advrobust-generated", "role": role, "arch": arch,
-            "config": config, "bounds": list(bounds) if bounds is not None else None,
-            "data": digest_tensors(train_x, index, labels)}
+        config = {
+            k: config[k] for k in ("seed", "batch_size", "reference_steps", "reference_lr", "width")
+        }
+    return {
+        "format": FORMAT_VERSION,
+        "kind": "advrobust-generated",
+        "role": role,
+        "arch": arch,
+        "config": config,
+        "bounds": list(bounds) if bounds is not None else None,
+        "data": digest_tensors(train_x, index, labels),
+    }
 
 
 def _rebuild(arch: Dict[str, Any], state: Dict[str, Any], warn, what: str):
@@ -56,21 +63,39 @@ def _rebuild(arch: Dict[str, Any], state: Dict[str, Any], warn, what: str):
         net.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=True)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         if warn is not None:
-            warn(f"advrobust: {what} does not fit the {arch['role']} architecture and is "
-                 f"ignored ({str(exc).splitlines()[0]})")
+            warn(
+                f"advrobust: {what} does not fit the {arch['role']} architecture and is "
+                f"ignored ({str(exc).splitlines()[0]})"
+            )
         return None
     return net.eval().requires_grad_(False)
 
 
 def _facts(result: TrainResult, key: str) -> Dict[str, Any]:
-    return {"mode": result.mode, "steps": int(result.steps), "seconds": float(result.seconds),
-            "device": result.device, "holdout_accuracy": result.holdout_accuracy, "key": key}
+    return {
+        "mode": result.mode,
+        "steps": int(result.steps),
+        "seconds": float(result.seconds),
+        "device": result.device,
+        "holdout_accuracy": result.holdout_accuracy,
+        "key": key,
+    }
 
 
-def obtain(role: str, train_x: torch.Tensor, index: torch.Tensor, labels: torch.Tensor,
-           cfg: GenConfig, bounds, *, device: Any = "cpu", cache_dir: Optional[Path] = None,
-           retrain: bool = False, warn: Optional[Callable[[str], None]] = None,
-           progress: Optional[Callable[[str], None]] = None):
+def obtain(
+    role: str,
+    train_x: torch.Tensor,
+    index: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: GenConfig,
+    bounds,
+    *,
+    device: Any = "cpu",
+    cache_dir: Optional[Path] = None,
+    retrain: bool = False,
+    warn: Optional[Callable[[str], None]] = None,
+    progress: Optional[Callable[[str], None]] = None,
+):
     """The ``role`` network (``"generator"`` or ``"reference"``) for this data, and its facts.
 
     ``train_x``: float ``(N, *shape)``; ``index``: int64 ``(N,)`` class
@@ -90,23 +115,33 @@ def obtain(role: str, train_x: torch.Tensor, index: torch.Tensor, labels: torch.
 
     def train(init_state=None) -> TrainResult:
         if role == "generator":
-            return train_generator(train_x, index, labels, cfg, bounds, device, init_state,
-                                   progress)
+            return train_generator(
+                train_x, index, labels, cfg, bounds, device, init_state, progress
+            )
         return train_reference(train_x, index, labels.numel(), cfg, bounds, device, progress)
 
     if cache_dir is None:
         result = train()
         net, facts = result.network, _facts(result, key)
     else:
-        net, facts = _through_cache(GanCache(cache_dir, warn=warn), key, family, parts, train,
-                                    retrain, warn, role == "generator")
+        net, facts = _through_cache(
+            GanCache(cache_dir, warn=warn),
+            key,
+            family,
+            parts,
+            train,
+            retrain,
+            warn,
+            role == "generator",
+        )
     net = net.to(device).eval()
     _MEMO[key] = (net, dict(facts))
     return net, facts
 
 
-def _through_cache(cache, key: str, family: str, parts: Dict[str, Any], train, retrain: bool,
-                   warn, warm_ok: bool):
+def _through_cache(
+    cache, key: str, family: str, parts: Dict[str, Any], train, retrain: bool, warn, warm_ok: bool
+):
     arch = parts["arch"]
     with cache.lock(key):
         init_state = None
@@ -118,26 +153,40 @@ def _through_cache(cache, key: str, family: str, parts: Dict[str, Any], train, r
                 if net is not None:
                     cache.record_event("hit", key)
                     meta = loaded[1] if isinstance(loaded[1], dict) else {}
-                    return net, {"mode": "cached", "steps": 0,
-                                 "seconds": time.perf_counter() - t0,
-                                 "device": str(meta.get("device", "cpu")),
-                                 "holdout_accuracy": meta.get("holdout_accuracy"), "key": key}
+                    return net, {
+                        "mode": "cached",
+                        "steps": 0,
+                        "seconds": time.perf_counter() - t0,
+                        "device": str(meta.get("device", "cpu")),
+                        "holdout_accuracy": meta.get("holdout_accuracy"),
+                        "key": key,
+                    }
             warm = cache.find_warm_start(family, exclude_key=key) if warm_ok else None
             if warm is not None and _rebuild(arch, warm[1], warn, f"warm-start entry {warm[0]}"):
                 init_state = warm[1]
         result = train(init_state)
         net = result.network
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        meta = {"format": FORMAT_VERSION, "family": family, "role": parts["role"], "arch": arch,
-                "mode": result.mode, "steps": int(result.steps), "seconds": result.seconds,
-                "device": result.device, "holdout_accuracy": result.holdout_accuracy,
-                "created": time.time()}
+        meta = {
+            "format": FORMAT_VERSION,
+            "family": family,
+            "role": parts["role"],
+            "arch": arch,
+            "mode": result.mode,
+            "steps": int(result.steps),
+            "seconds": result.seconds,
+            "device": result.device,
+            "holdout_accuracy": result.holdout_accuracy,
+            "created": time.time(),
+        }
         try:
             cache.store(key, state, meta)
         except OSError as exc:
             if warn is not None:
-                warn(f"advrobust: could not store the trained {parts['role']} in the cache "
-                     f"({exc}); it will be trained again next run")
+                warn(
+                    f"advrobust: could not store the trained {parts['role']} in the cache "
+                    f"({exc}); it will be trained again next run"
+                )
         else:
             cache.record_event("warm" if result.mode == "warm" else "train", key)
         return net, _facts(result, key)

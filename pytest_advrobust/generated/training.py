@@ -28,8 +28,14 @@ import torch.nn.functional as F
 
 from .networks import ReferenceClassifier, arch_for, from_arch
 
-__all__ = ["GenConfig", "TrainResult", "data_range", "default_config", "train_generator",
-           "train_reference"]
+__all__ = [
+    "GenConfig",
+    "TrainResult",
+    "data_range",
+    "default_config",
+    "train_generator",
+    "train_reference",
+]
 
 Progress = Optional[Callable[[str], None]]
 
@@ -109,9 +115,16 @@ def _say(progress: Progress, step: int, total: int, what: str, text: str) -> Non
         progress(f"{what}: step {step}/{total} {text}")
 
 
-def train_generator(x: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, cfg: GenConfig,
-                    bounds, device: Any = "cpu", init_state: Optional[Dict[str, Any]] = None,
-                    progress: Progress = None) -> TrainResult:
+def train_generator(
+    x: torch.Tensor,
+    index: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: GenConfig,
+    bounds,
+    device: Any = "cpu",
+    init_state: Optional[Dict[str, Any]] = None,
+    progress: Progress = None,
+) -> TrainResult:
     """Train a :class:`ConditionalGenerator` on ``x (N, *shape)`` with class indices ``index (N,)``.
 
     ``labels`` (int64 ``(K,)``) maps class index to dataset label. With
@@ -144,8 +157,11 @@ def train_generator(x: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, 
         fake = gen(noise, yf)
         real_score, real_logits = disc(xr)
         fake_score, _ = disc(fake.detach())
-        loss_d = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean() + \
-            cfg.aux_weight * F.cross_entropy(real_logits, yr)
+        loss_d = (
+            F.relu(1 - real_score).mean()
+            + F.relu(1 + fake_score).mean()
+            + cfg.aux_weight * F.cross_entropy(real_logits, yr)
+        )
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
@@ -154,14 +170,26 @@ def train_generator(x: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, 
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        _say(progress, step, steps, "sample generator",
-             f"loss D {float(loss_d.detach()):.3f} G {float(loss_g.detach()):.3f}")
+        _say(
+            progress,
+            step,
+            steps,
+            "sample generator",
+            f"loss D {float(loss_d.detach()):.3f} G {float(loss_g.detach()):.3f}",
+        )
     gen.eval().requires_grad_(False)
     return TrainResult(gen, mode, steps, time.perf_counter() - t0, str(torch.device(device)))
 
 
-def train_reference(x: torch.Tensor, index: torch.Tensor, num_classes: int, cfg: GenConfig,
-                    bounds, device: Any = "cpu", progress: Progress = None) -> TrainResult:
+def train_reference(
+    x: torch.Tensor,
+    index: torch.Tensor,
+    num_classes: int,
+    cfg: GenConfig,
+    bounds,
+    device: Any = "cpu",
+    progress: Progress = None,
+) -> TrainResult:
     """Train the :class:`ReferenceClassifier` on ``x``/``index`` with cross-entropy.
 
     A seeded tenth of the samples (at most 2,000) is held out;
@@ -184,12 +212,23 @@ def train_reference(x: torch.Tensor, index: torch.Tensor, num_classes: int, cfg:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _say(progress, step, cfg.reference_steps, "reference classifier",
-             f"loss {float(loss.detach()):.3f}")
+        _say(
+            progress,
+            step,
+            cfg.reference_steps,
+            "reference classifier",
+            f"loss {float(loss.detach()):.3f}",
+        )
     ref.eval().requires_grad_(False)
     acc = None
     if n_hold:
         with torch.no_grad():
             acc = float((ref(x[hold].to(device)).argmax(1).cpu() == index[hold]).double().mean())
-    return TrainResult(ref, "cold", cfg.reference_steps, time.perf_counter() - t0,
-                       str(torch.device(device)), holdout_accuracy=acc)
+    return TrainResult(
+        ref,
+        "cold",
+        cfg.reference_steps,
+        time.perf_counter() - t0,
+        str(torch.device(device)),
+        holdout_accuracy=acc,
+    )

@@ -33,7 +33,11 @@ def fixed_inputs():
 
 def key_line() -> str:
     model, data, labels, settings = fixed_inputs()
-    parts = {"model": digest_module(model), "data": digest_tensors(data, labels), "settings": settings}
+    parts = {
+        "model": digest_module(model),
+        "data": digest_tensors(data, labels),
+        "settings": settings,
+    }
     return f"{canonical_key(parts)} {digest_module(model)} {digest_tensors(data, labels)}"
 
 
@@ -104,4 +108,6 @@ def mode_slow_store(root: str, key: str, stage: str, marker: str) -> None:
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"key": mode_key, "train_or_load": mode_train_or_load, "slow_store": mode_slow_store}[mode](*args)
+    {"key": mode_key, "train_or_load": mode_train_or_load, "slow_store": mode_slow_store}[mode](
+        *args
+    )
