@@ -15,7 +15,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from .report import atomic_write_text, eps_cell
 
-__all__ = ["ENV_STEP_SUMMARY", "markdown_table", "summary_targets", "write_summary"]
+__all__ = [
+    "ENV_STEP_SUMMARY",
+    "markdown_table",
+    "summary_targets",
+    "write_run_summary",
+    "write_summary",
+]
 
 ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 
@@ -67,10 +73,16 @@ def _row(rep: Dict[str, Any]) -> List[str]:
     ]
 
 
-def markdown_table(reports: Iterable[Dict[str, Any]], title: str = "pytest-advrobust") -> str:
+def markdown_table(
+    reports: Iterable[Dict[str, Any]],
+    title: str = "pytest-advrobust",
+    without_numbers: Iterable[str] = (),
+) -> str:
     """A Markdown section: a heading, a count line and one table row per test.
 
     Failing tests come first, then passing ones, each group in node id order.
+    ``without_numbers`` names robust tests that errored before any numbers
+    (a bad fixture, say): they are listed under the count, never left out.
     """
     ordered = sorted(reports, key=lambda r: (r["verdict"] == "pass", r["nodeid"]))
     failed = sum(1 for r in ordered if r["verdict"] != "pass")
@@ -84,6 +96,14 @@ def markdown_table(reports: Iterable[Dict[str, Any]], title: str = "pytest-advro
     ]
     for rep in ordered:
         lines.append("| " + " | ".join(_cell(c) for c in _row(rep)) + " |")
+    errored = sorted(without_numbers)
+    if errored:
+        names = ", ".join(f"`{_cell(n)}`" for n in errored)
+        lines += [
+            "",
+            f"**{len(errored)} more robust tests ended in an error before any "
+            f"numbers** (see the test log): {names}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -105,9 +125,11 @@ def summary_targets(
     return targets
 
 
-def write_summary(reports: List[Dict[str, Any]], targets: List[tuple]) -> List[Path]:
+def write_summary(
+    reports: List[Dict[str, Any]], targets: List[tuple], without_numbers: Iterable[str] = ()
+) -> List[Path]:
     """Write the table to every target; return the paths written."""
-    text = markdown_table(reports)
+    text = markdown_table(reports, without_numbers=without_numbers)
     written = []
     for path, append in targets:
         if append:
@@ -118,3 +140,15 @@ def write_summary(reports: List[Dict[str, Any]], targets: List[tuple]) -> List[P
             atomic_write_text(path, text)
         written.append(path)
     return written
+
+
+def write_run_summary(
+    option_path: Optional[Path], reports: Mapping[str, Dict[str, Any]], errored: Iterable[str]
+) -> List[Path]:
+    """A run's summary (``reports`` by node id; ``errored``: robust tests that failed or
+    errored) to the option's file and the step summary, when either is set."""
+    targets = summary_targets(option_path)
+    without = sorted(set(errored) - set(reports))
+    if not targets or not (reports or without):
+        return []
+    return write_summary(list(reports.values()), targets, without)

@@ -60,6 +60,7 @@ class AdvRobustSession:
     outcomes: Dict[Any, Any] = field(default_factory=dict)
     reports: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     collected: Set[str] = field(default_factory=set)
+    errored: Set[str] = field(default_factory=set)  # robust tests that failed or errored
     baseline: Any = None
     baseline_loaded: bool = False
     notes: List[str] = field(default_factory=list)
@@ -334,8 +335,9 @@ class AdvRobustSession:
         return result
 
     def collect_report(self, report: pytest.TestReport) -> None:
-        """Keep each test's advrobust report, from the test report itself (so that the
-        same code serves a plain run and an xdist controller)."""
+        """Keep each test's advrobust report from its test report (plain run or xdist)."""
+        if report.failed and "robust" in report.keywords and report.when != "teardown":
+            self.errored.add(report.nodeid)  # listed as such unless a report follows below
         if report.when != "call":
             return
         for name, value in report.user_properties:
@@ -386,12 +388,10 @@ class AdvRobustSession:
         self.notes.append(f"JSON report written to {self.json_path}")
 
     def _write_markdown(self) -> None:
-        from .markdown import summary_targets, write_summary
+        from .markdown import write_run_summary
 
-        targets = summary_targets(self.markdown_path)
-        if targets and self.reports:
-            for path in write_summary(list(self.reports.values()), targets):
-                self.notes.append(f"Markdown summary written to {path}")
+        for path in write_run_summary(self.markdown_path, self.reports, self.errored):
+            self.notes.append(f"Markdown summary written to {path}")
 
     def terminal_summary(self, terminalreporter: Any) -> None:
         """The ``advrobust`` section: one line per robust test, then the notes."""

@@ -88,10 +88,15 @@ def warm_generators(
         )
     if "gan" not in settings.attacks:
         return []
+    from . import distributed
+
     device, split = prepare(model, data, settings, train_data, store=store)
+    # Under torchrun the ranks train the first stage together (DDP); the fitting to the
+    # evaluation samples then happens in the test run, once, under the cache lock.
+    obtain = _first_stage if distributed.is_distributed() else _fit_heads
     out = []
     for eps in settings.eps:
-        facts = _fit_heads(
+        facts = obtain(
             model,
             split,
             settings,
@@ -104,6 +109,10 @@ def warm_generators(
         )
         out.append(dict(facts, eps=eps))
     return out
+
+
+def _first_stage(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
+    return _obtain(model, split, settings, eps, device, **ctx_kwargs)[1]
 
 
 def _fit_heads(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):

@@ -254,3 +254,26 @@ def test_example_workflow_uses_the_html_report_and_the_step_summary():
     upload = text[text.index("- name: Upload the robustness report") :]
     assert "advrobust-report.html" in upload and "if: always()" in upload
     assert "pytest-advrobust[html]" in text
+
+
+def test_step_summary_lists_robust_tests_that_errored_before_any_numbers(blobs_repo):
+    blobs_repo.makepyfile(
+        test_e="""
+        import pytest
+
+        @pytest.mark.robust(threshold=1.0, attack="fgsm", eps=0.1)
+        def test_fine():
+            pass
+
+        @pytest.mark.robust(threshold=1.0, attack="fgsm", eps=0.1, model="no_such_model")
+        def test_broken():
+            pass
+        """
+    )
+    summary = blobs_repo.path / "summary.md"
+    result = run(blobs_repo, "--advrobust", env={"GITHUB_STEP_SUMMARY": str(summary)})
+    result.assert_outcomes(passed=1, errors=1)
+    text = summary.read_text()
+    assert "1 robust tests, 0 failed, 1 passed." in text
+    assert "1 more robust tests ended in an error before any numbers" in text
+    assert "`test_e.py::test_broken`" in text
