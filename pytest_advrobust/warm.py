@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -13,17 +14,33 @@ from .settings import RobustSettings
 __all__ = ["generator_for", "warm_generators"]
 
 
-def _obtain(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
-    from .attacks.gan import obtain_generator
+@contextlib.contextmanager
+def _attack_inputs(model, split, settings: RobustSettings, device):
+    """``(net, x, x_work, y)`` as the runner hands them to the ``gan`` attack: the model with
+    its preprocessing, checked for an input gradient; float32 copies of low-precision data."""
     from .gradcheck import require_input_gradient
     from .precision import working_copy
 
     with borrowed(model, device) as m:
         net = with_preprocessing(m, settings, device)
-        require_input_gradient(
-            net, split.x.to(device), split.y.to(device), ("gan",), settings.model
-        )
-        net, train_x = working_copy(net, split.train_x)  # float32 for float16/bfloat16 data
+        x, y = split.x.to(device), split.y.to(device)
+        require_input_gradient(net, x, y, ("gan",), settings.model)
+        net, x_work = working_copy(net, x)
+        yield net, x, x_work, y
+
+
+def _train_x(split, x, x_work):
+    """The GAN's training samples in the attack's working dtype."""
+    if split.train_x is None or x_work is x:
+        return split.train_x
+    return split.train_x.float()
+
+
+def _obtain(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
+    from .attacks.gan import obtain_generator
+
+    with _attack_inputs(model, split, settings, device) as (net, x, x_work, _):
+        train_x = _train_x(split, x, x_work)
         ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y, **ctx_kwargs)
         gen, facts = obtain_generator(net, settings.attack_config(eps), ctx)
     # The generator takes the model's input gradient: gen(x) computes it with the user's model.
@@ -119,19 +136,11 @@ def _fit_heads(model, split, settings: RobustSettings, eps: float, device, **ctx
     """What the ``gan`` attack obtains for this evaluation (both generators, trained and
     fitted to the evaluation samples), so that the test run that follows loads them."""
     from .attacks.gan_fit import fitted_heads
-    from .gradcheck import require_input_gradient
-    from .precision import working_copy
 
-    with borrowed(model, device) as m:
-        net = with_preprocessing(m, settings, device)
-        x, y = split.x.to(device), split.y.to(device)
-        require_input_gradient(net, x, y, ("gan",), settings.model)
-        net, x_work = working_copy(net, x)  # float32 for float16/bfloat16 data, as the runner
-        train_x, train_y = split.train_x, split.train_y
+    with _attack_inputs(model, split, settings, device) as (net, x, x_work, y):
+        train_x, train_y = _train_x(split, x, x_work), split.train_y
         if train_x is None:  # as gan_attack: without training samples it trains on x itself
             train_x, train_y = x_work.detach().cpu(), y.detach().cpu()
-        elif x_work is not x:
-            train_x = train_x.float()
         ctx = AttackContext(device=device, train_x=train_x, train_y=train_y, **ctx_kwargs)
         _, facts = fitted_heads(net, x_work, y, settings.attack_config(eps), ctx)
     return facts

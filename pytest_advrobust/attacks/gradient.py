@@ -103,27 +103,6 @@ def fgsm(
     return out
 
 
-def _pgd_batch(
-    model: Model,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    x_start: torch.Tensor,
-    eps: float,
-    norm: str,
-    steps: int,
-    step: float,
-    bounds,
-    early_stop: bool,
-    target: Optional[torch.Tensor] = None,
-):
-    """Run PGD on one batch; return (x_adv, fooled mask, margin per sample).
-
-    The loop lives in :mod:`.pgd_core`: exact stops at the first success or
-    at a repeated iterate, and the best iterate of any step.
-    """
-    return pgd_run(model, x, y, x_start, eps, norm, steps, step, bounds, early_stop, target)
-
-
 def pgd_from(
     model: Model,
     x: torch.Tensor,
@@ -143,7 +122,7 @@ def pgd_from(
     step = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(steps, 1)
     out = torch.empty_like(x)
     for sl in _batches(x.shape[0], cfg.batch_size):
-        adv, _, _ = _pgd_batch(
+        adv, _, _ = pgd_run(
             model,
             x[sl],
             y[sl],
@@ -188,7 +167,7 @@ def pgd(
             if not bool(todo.any()):
                 break
             idx = todo.nonzero(as_tuple=True)[0]
-            adv, fooled, margin = _pgd_batch(
+            adv, fooled, margin = pgd_run(
                 model,
                 xb[idx],
                 yb[idx],
@@ -215,7 +194,7 @@ def pgd(
                 if not bool(todo.any()):
                     break
                 idx = todo.nonzero(as_tuple=True)[0]
-                adv, fooled, margin = _pgd_batch(
+                adv, fooled, margin = pgd_run(
                     model,
                     xb[idx],
                     yb[idx],
