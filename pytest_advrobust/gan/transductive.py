@@ -33,7 +33,6 @@ from .networks import input_direction
 from .train import margin
 
 __all__ = ["FitResult", "fit_to_inputs"]
-MASKS = []
 
 
 @dataclass
@@ -96,7 +95,6 @@ def fit_to_inputs(
     while True:
         opt.zero_grad(set_to_none=True)
         fooled = 0
-        step_mask = []
         for s in range(0, n, chunk):
             xb, yb = x[s : s + chunk], y[s : s + chunk]
             with torch.enable_grad():
@@ -109,8 +107,6 @@ def fit_to_inputs(
                 loss.backward()
                 backward += xb.shape[0]
             fooled += int(((m < 0) & mask_ok[s : s + chunk]).sum())
-            step_mask.append((m < 0).detach().cpu())
-        MASKS.append(torch.cat(step_mask))
         forward += n
         if fooled > best:
             best, best_step, stale = fooled, step, 0
