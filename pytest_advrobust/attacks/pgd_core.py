@@ -99,7 +99,9 @@ def pgd_run(
     ``early_stop`` a sample stops at its first success or at a repeated
     iterate (see the module docstring); without it every sample runs all
     ``steps``. ``x_best`` lies in the eps-ball (``norm``) and in ``bounds``;
-    ``margin`` (float32) is ``z_y - max_{j != y} z_j`` at ``x_best``.
+    ``margin`` (float32) is ``z_y - max_{j != y} z_j`` at ``x_best``. Raises
+    AdvRobustError when no gradient reaches the model's input and ValueError
+    for an unknown ``norm``.
     """
     x_adv = bound(x, x_start, eps, norm, bounds).detach()
     best = KeepWorst(x_adv)
