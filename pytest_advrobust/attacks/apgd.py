@@ -95,10 +95,14 @@ def _evaluate(model: Model, st: _State, loss_fn: Callable):
 
 
 def _record(st: _State, best: KeepWorst, logits: torch.Tensor, loss: torch.Tensor) -> None:
-    """Offer the current iterates to ``best``; samples now fooled leave the run."""
+    """Hand the iterates that fool the model to ``best``; their samples leave the run.
+
+    The others are handed over once, at the end of the run, at their point of
+    highest loss (``st.x_best``), which APGD tracks anyway to restart from.
+    """
     fooled = logits.argmax(dim=1) != st.y
-    best.offer(st.idx, st.x, fooled, loss)
     if bool(fooled.any()):
+        best.offer(st.idx[fooled], st.x[fooled], fooled[fooled], loss[fooled])
         st.keep(~fooled)
 
 
@@ -166,6 +170,7 @@ def _apgd_run(model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Cal
         if since == window:
             _checkpoint(st, window)
             since, window = 0, max(window - shrink, min_window)
+    best.offer(st.idx, st.x_best, torch.zeros_like(st.idx, dtype=torch.bool), st.loss_best)
     return best.x, best.fooled, best.loss
 
 
