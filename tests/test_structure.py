@@ -20,10 +20,8 @@ MAX_FUNCTION_LINES = 60
 #: exceed while it waits to be split. The list may only shrink: a module or
 #: function that is not listed must keep to the limits.
 MODULE_DEBT = {
-    "attacks/gan.py": 674,
     "baseline.py": 506,
     "cli.py": 659,
-    "gan/networks.py": 516,
     "gan/train.py": 716,
     "runner.py": 419,
     "sanity.py": 652,
@@ -31,7 +29,6 @@ MODULE_DEBT = {
     "settings.py": 580,
 }
 FUNCTION_DEBT = {
-    "attacks/gan_fit.py:_lookup_or_fit": 77,
     "baseline.py:compare": 74,
     "baseline.py:save_baseline": 64,
     "cli.py:_cmd_cache": 91,
@@ -39,7 +36,6 @@ FUNCTION_DEBT = {
     "cli.py:build_parser": 100,
     "data.py:to_tensor_pair": 66,
     "gan/train.py:_train": 271,
-    "gan/transductive.py:fit_to_inputs": 82,
     "generated/evaluation.py:run_generated": 90,
     "generated/training.py:train_generator": 64,
     "runner.py:_evaluate": 139,
