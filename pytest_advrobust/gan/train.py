@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..distributed import TrainingSync, is_distributed
 from ..geometry import NORMS
 from ..modelguard import check_logits, frozen
 from .networks import Generator, build_discriminator, build_generator, input_direction
@@ -308,16 +309,14 @@ def train_generator(
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     dev = _resolve_device(device)
     if distributed is None:
-        from .. import distributed as _dd
-
-        distributed = _dd.is_distributed()
-    sync = _Sync(bool(distributed))
+        distributed = is_distributed()
+    sync = TrainingSync(bool(distributed))
     with frozen(model), torch.random.fork_rng(devices=[]):
         return _train(model, x, y.long(), cfg, dev, init_state, progress, sync)
 
 
 def _train(
-    model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress, sync: "_Sync"
+    model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress, sync: TrainingSync
 ) -> TrainResult:
     t0 = time.perf_counter()
     cuda = dev.type == "cuda"
@@ -587,84 +586,6 @@ def _train(
         forward_samples=passes["forward"] + samples + samples_grad,
         backward_samples=passes["backward"] + samples + samples_grad,
     )
-
-
-class _Sync:
-    """The collectives of one training; all trivial for a single process."""
-
-    def __init__(self, active: bool):
-        self.active = False
-        self.rank, self.world = 0, 1
-        if active:
-            from .. import distributed as dd
-
-            if not dd.is_distributed():
-                raise RuntimeError(
-                    "distributed training needs pytest_advrobust.distributed.init_from_env() "
-                    "to have joined a process group of more than one process"
-                )
-            import torch.distributed as dist
-
-            self.active, self.dist = True, dist
-            self.rank, self.world = dd.rank(), dd.world_size()
-            self.dev = dd.collective_device()
-
-    def wrap(self, module: nn.Module, dev: torch.device) -> nn.Module:
-        """``module`` in DistributedDataParallel (buffers are synchronised before evaluations)."""
-        if not self.active:
-            return module
-        import inspect
-
-        from torch.nn.parallel import DistributedDataParallel
-
-        kwargs = {"device_ids": [dev.index] if dev.type == "cuda" else None}
-        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
-            kwargs["forward_sync_buffers"] = False  # torch >= 2.12 (buffers still synced at init)
-        else:
-            kwargs["broadcast_buffers"] = False
-        return DistributedDataParallel(module, **kwargs)
-
-    def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's ``flag`` on every rank."""
-        if not self.active:
-            return bool(flag)
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.dev)
-        self.dist.broadcast(t, src=0)
-        return bool(t.item())
-
-    def any_flags(self, flags: List[bool]) -> List[bool]:
-        """Per position: true when true on some rank."""
-        t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=self.dev)
-        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
-        return [bool(v) for v in t.tolist()]
-
-    def sum_ints(self, values: List[int]) -> List[int]:
-        t = torch.tensor(values, dtype=torch.int64, device=self.dev)
-        self.dist.all_reduce(t)
-        return [int(v) for v in t.tolist()]
-
-    def per_rank(self, value: int) -> List[int]:
-        """Every rank's ``value``, in rank order."""
-        if not self.active:
-            return [int(value)]
-        one_hot = [0] * self.world
-        one_hot[self.rank] = int(value)
-        return self.sum_ints(one_hot)
-
-    def sync_module(self, module: nn.Module) -> None:
-        """Overwrite every parameter and buffer with rank 0's."""
-        if not self.active:
-            return
-        with torch.no_grad():
-            for t in module.state_dict().values():  # views of the module's own tensors
-                if not isinstance(t, torch.Tensor):
-                    continue
-                if t.is_contiguous():
-                    self.dist.broadcast(t, src=0)
-                else:
-                    c = t.contiguous()
-                    self.dist.broadcast(c, src=0)
-                    t.copy_(c)
 
 
 def _bf16_autocast(dev: torch.device):
