@@ -143,6 +143,12 @@ class GanConfig:
         d["bounds"] = list(self.bounds) if self.bounds is not None else None
         return d
 
+    def generator_args(self) -> Dict[str, Any]:
+        """The arguments of :func:`.networks.build_generator` these settings fix (all but the
+        sample shape)."""
+        names = ("eps", "norm", "bounds", "width", "n_res", "grad_input")
+        return {name: getattr(self, name) for name in names}
+
     def replace(self, **changes: Any) -> "GanConfig":
         return dataclasses.replace(self, **changes)
 

@@ -32,32 +32,30 @@ so every rank gets the same number and makes the same early-stopping
 decision; rank 0's clock alone decides ``max_seconds``, and a non-finite loss
 on any rank stops all of them. Every rank ends with the same weights. The
 settings (and so the cache key) do not depend on the number of processes.
+
+Where each part lives: the settings in :mod:`.config`, the state of one
+training and its set-up in :mod:`.training_run`, one step in :mod:`.steps`, the
+held-out split, evaluation and early stopping in :mod:`.holdout`, the
+collectives in :class:`pytest_advrobust.distributed.TrainingSync`; this module
+runs the loop and hands back the result.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn as nn
 
 from ..distributed import TrainingSync, is_distributed
-from ..modelguard import check_logits, frozen
+from ..modelguard import frozen
+from . import holdout
 from .config import GanConfig
-from .networks import Generator, build_discriminator, build_generator, input_direction
+from .networks import Generator
+from .steps import margin, train_step
+from .training_run import TrainingRun, seeded_networks, setup_data, setup_networks, setup_optimisers
 
 __all__ = ["GanConfig", "TrainResult", "margin", "train_generator"]
-
-#: On CUDA each step sees this many times ``batch_size`` samples (the GPU is launch-bound).
-CUDA_BATCH_FACTOR = 4
-#: Keep the training set on the GPU when it is smaller than this many bytes.
-_DEVICE_DATA_LIMIT = 2 * 1024**3
-_EVAL_BATCH = 1024
-_MAX_PROGRESS_LINES = 10
 
 
 @dataclass
@@ -87,43 +85,7 @@ class TrainResult:
     backward_samples: int = 0
 
 
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``Z_y - max_{j != y} Z_j`` (negative when misclassified); float32."""
-    logits = logits.float()
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
-    return true - other
-
-
-# --------------------------------------------------------------------------- training
-def _seeded_networks(sample_shape, cfg: GanConfig, need_d: bool):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        gen = build_generator(
-            sample_shape,
-            cfg.eps,
-            cfg.norm,
-            cfg.bounds,
-            width=cfg.width,
-            n_res=cfg.n_res,
-            grad_input=cfg.grad_input,
-        )
-        torch.manual_seed(cfg.seed + 1)
-        disc = build_discriminator(sample_shape) if need_d else None
-    return gen, disc
-
-
-def _predict(model, x: torch.Tensor, device, batch: int, autocast) -> torch.Tensor:
-    out = []
-    with torch.no_grad():
-        for s in range(0, x.shape[0], batch):
-            with autocast():
-                logits = model(x[s : s + batch].to(device, non_blocking=True))
-            check_logits(logits, x[s : s + batch].shape[0], "robust_model")
-            out.append(logits.float().argmax(dim=1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
-
-
+# --------------------------------------------------------------------------- entry
 def _resolve_device(device: Any) -> torch.device:
     dev = torch.device(device if device is not None else "cpu")
     if dev.type == "cuda" and dev.index is None:
@@ -176,323 +138,90 @@ def train_generator(
         return _train(model, x, y.long(), cfg, dev, init_state, progress, sync)
 
 
+# --------------------------------------------------------------------------- one training
 def _train(
     model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress, sync: TrainingSync
 ) -> TrainResult:
-    t0 = time.perf_counter()
-    cuda = dev.type == "cuda"
-    say = _Progress(progress if sync.rank == 0 else None)
-    sample_shape = tuple(x.shape[1:])
-    use_gan = cfg.gan_weight > 0
-    gen, disc = _seeded_networks(sample_shape, cfg, use_gan)
-    mode = "cold"
-    warm = sync.broadcast_flag(init_state is not None)  # rank 0's decision
-    if init_state is not None:
-        gen.load_state_dict(init_state)
-    if warm:
-        mode = "warm"
-    budget_steps = (
-        cfg.max_steps
-        if mode == "cold"
-        else max(1, int(math.ceil(cfg.max_steps * cfg.warm_fraction)))
-    )
-    budget_seconds = cfg.max_seconds if mode == "cold" else cfg.max_seconds * cfg.warm_fraction
+    run = TrainingRun(model, cfg, dev, sync, progress)
+    setup_networks(run, tuple(x.shape[1:]), init_state)
+    setup_data(run, x, y)
+    setup_optimisers(run)
+    _loop(run)
+    return _result(run)
 
-    # Mixed precision for the training steps; channels_last only for our own networks on CUDA.
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
-    amp = _bf16_autocast(dev) if use_bf16 else None
 
-    def autocast():
-        return amp() if amp is not None else _null()
-
-    def fp32():
-        return _null()
-
-    image = x.dim() == 4
-    mem_fmt = torch.channels_last if (cuda and image) else torch.contiguous_format
-    gen = gen.to(dev, memory_format=mem_fmt)
-    if disc is not None:
-        disc = disc.to(dev, memory_format=mem_fmt)
-    # What the training steps call: the networks themselves, or their DDP wrappers.
-    gen_step, disc_step = sync.wrap(gen, dev), sync.wrap(disc, dev) if disc is not None else None
-
-    # Split: held-out samples drive early stopping.
-    g_split = torch.Generator().manual_seed(cfg.seed)
-    n = x.shape[0]
-    perm = torch.randperm(n, generator=g_split)
-    n_hold = min(cfg.holdout_max, int(round(n * cfg.holdout_fraction)))
-    if n - n_hold < 2:
-        n_hold = 0
-    hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
-    if n_hold == 0:
-        hold_idx = train_idx
-    if sync.active:  # each rank evaluates its share of the held-out samples
-        hold_idx = hold_idx[sync.rank :: sync.world]
-    x_src = x.detach()
-    if cuda and x_src.device != dev and x_src.numel() * x_src.element_size() <= _DEVICE_DATA_LIMIT:
-        x_src = x_src.to(dev)
-    y_src = y.to(x_src.device)
-    x_hold, y_hold = x_src[hold_idx.to(x_src.device)], y[hold_idx.to(y.device)].cpu()
-    clean_pred = _predict(model, x_hold, dev, _EVAL_BATCH, fp32)
-    correct = clean_pred == y_hold
-    passes = {"forward": int(x_hold.shape[0]), "backward": 0}
-    d_hold = None
-    if cfg.grad_input:  # the model is frozen and the held-out inputs fixed: directions once
-        d_hold = torch.cat(
-            [
-                input_direction(
-                    model,
-                    x_hold[s : s + _EVAL_BATCH].to(dev),
-                    y_hold[s : s + _EVAL_BATCH].to(dev),
-                    cfg.norm,
-                )
-                for s in range(0, x_hold.shape[0], _EVAL_BATCH)
-            ]
-        )
-        passes["forward"] += int(x_hold.shape[0])
-        passes["backward"] += int(x_hold.shape[0])
-
-    def evaluate() -> float:
-        passes["forward"] += int(x_hold.shape[0])
-        sync.sync_module(gen)  # identical weights and batch-norm statistics on every rank
-        gen.eval()
-        preds = []
-        with torch.no_grad():
-            for s in range(0, x_hold.shape[0], _EVAL_BATCH):
-                xb = x_hold[s : s + _EVAL_BATCH].to(dev, non_blocking=True)
-                db = d_hold[s : s + _EVAL_BATCH] if d_hold is not None else None
-                x_adv = gen(xb.contiguous(memory_format=mem_fmt) if image else xb, db)
-                logits = model(x_adv)
-                preds.append(logits.float().argmax(dim=1).cpu())
-        gen.train()
-        fooled = (torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)) != y_hold
-        if sync.active:
-            n_fc, n_c, n_f, n_all = sync.sum_ints(
-                [
-                    int((fooled & correct).sum()),
-                    int(correct.sum()),
-                    int(fooled.sum()),
-                    int(fooled.numel()),
-                ]
-            )
-            if n_c > 0:
-                return n_fc / n_c
-            return n_f / n_all if n_all > 0 else 0.0
-        if bool(correct.any()):
-            return float(fooled[correct].float().mean())
-        return float(fooled.float().mean())
-
-    batch = cfg.batch_size * (CUDA_BATCH_FACTOR if cuda else 1)
-    batch = max(2, min(batch, train_idx.numel()))
-    if sync.active:  # at least 2 samples per rank (batch norm in training mode)
-        if train_idx.numel() < 2 * sync.world:
-            raise ValueError(
-                f"{train_idx.numel()} training samples are too few for {sync.world} "
-                "processes (at least 2 per process)"
-            )
-        batch = max(batch, 2 * sync.world)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    opt_d = (
-        torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-        if disc is not None
-        else None
-    )
-    lr_at = _cosine(cfg.lr, cfg.lr * cfg.lr_final, budget_steps)
-    g_order = torch.Generator().manual_seed(cfg.seed + 2)
-
+def _loop(run: TrainingRun) -> None:
+    """Steps with held-out evaluations until the target, patience, step or time budget stops."""
+    cfg, sync = run.cfg, run.sync
     procs = f" x {sync.world} processes" if sync.active else ""
-    say(
-        f"training GAN generator on {dev}{procs} ({mode}): {train_idx.numel()} samples, "
-        f"{n_hold} held out, up to {budget_steps} steps or {budget_seconds:.0f} s"
+    run.say(
+        f"training GAN generator on {run.dev}{procs} ({run.mode}): {run.train_idx.numel()} "
+        f"samples, {run.n_hold} held out, up to {run.budget_steps} steps or "
+        f"{run.budget_seconds:.0f} s"
     )
-    gen.train()
-    history: List[Tuple[int, float]] = []
-    best = evaluate()
-    history.append((0, best))
-    best_state = _clone_state(gen)
-    best_step, stale, step, reason = 0, 0, 0, "max_steps"
-    next_report = 1
-    order = torch.empty(0, dtype=torch.long)
-    pos = 0
-    if best >= cfg.target_success:
-        reason = "target"
-    samples = 0
-    samples_grad = 0
+    run.gen.train()
+    run.stop = holdout.EarlyStop(run.hold.success(run.gen), run.gen)
+    if run.stop.best >= cfg.target_success:
+        run.reason = "target"
     # Distributed: rank 0's clock decides, agreed on once per step (with the loss check).
-    clock_up = (
-        sync.broadcast_flag(time.perf_counter() - t0 >= budget_seconds) if sync.active else False
-    )
-    while reason != "target" and step < budget_steps:
-        out_of_time = clock_up if sync.active else time.perf_counter() - t0 >= budget_seconds
-        if out_of_time:
-            reason = "max_seconds"
+    if sync.active:
+        run.clock_up = sync.broadcast_flag(run.elapsed() >= run.budget_seconds)
+    while run.reason == "max_steps" and run.step < run.budget_steps:
+        if run.clock_up if sync.active else run.elapsed() >= run.budget_seconds:
+            run.reason = "max_seconds"
             break
-        if pos + batch > order.numel():
-            order = train_idx[torch.randperm(train_idx.numel(), generator=g_order)]
-            pos = 0
-        idx = order[pos : pos + batch]
-        pos += batch
-        share = 1.0
-        if (
-            sync.active
-        ):  # this rank's slice; its loss weighted so that the DDP mean is the global mean
-            n_global = idx.numel()
-            idx = idx.tensor_split(sync.world)[sync.rank]
-            share = idx.numel() * sync.world / n_global
-        samples += idx.numel()
-        xb = x_src[idx.to(x_src.device)].to(dev, non_blocking=True)
-        yb = y_src[idx.to(y_src.device)].to(dev, non_blocking=True)
-        if image:
-            xb = xb.contiguous(memory_format=mem_fmt)
-        lr = lr_at(step)
-        for opt in (opt_g, opt_d):
-            if opt is not None:
-                for group in opt.param_groups:
-                    group["lr"] = lr
+        train_step(run)
+        if run.step % cfg.eval_every == 0 or run.step == run.budget_steps:
+            _evaluate(run)
+    if run.stop.history[-1][0] != run.step:  # stopped between evaluations (time budget)
+        run.stop.record(run.step, run.hold.success(run.gen), run.gen)
 
-        # Generator step (the discriminator's weights are frozen meanwhile) ...
-        if disc is not None:
-            disc.requires_grad_(False)
-        db = None
-        if cfg.grad_input:
-            db = input_direction(model, xb, yb, cfg.norm)
-            samples_grad += idx.numel()
-        with autocast():
-            x_adv = gen_step(xb, db) if db is not None else gen_step(xb)
-            logits = model(x_adv)
-            adv_loss = margin(logits, yb).clamp(min=-cfg.kappa).mean()
-            loss = cfg.adv_weight * adv_loss
-            if (
-                disc is not None
-            ):  # the bare discriminator: its DDP wrapper reduces only in its own step
-                loss = loss + cfg.gan_weight * ((disc(x_adv).float() - 1) ** 2).mean()
-        opt_g.zero_grad(set_to_none=True)
-        (loss * share if sync.active else loss).backward()
-        opt_g.step()
-        # ... then the discriminator step on the same (detached) adversarial batch.
-        if disc is not None:
-            disc.requires_grad_(True)
-            with autocast():
-                if sync.active:  # one forward per backward under DDP: real and fake in one batch
-                    scores = disc_step(torch.cat([xb, x_adv.detach()])).float()
-                    real, fake = scores[: xb.shape[0]], scores[xb.shape[0] :]
-                    d_loss = 0.5 * (((real - 1) ** 2).mean() + (fake**2).mean()) * share
-                else:
-                    d_loss = 0.5 * (
-                        ((disc(xb).float() - 1) ** 2).mean()
-                        + (disc(x_adv.detach()).float() ** 2).mean()
-                    )
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-        bad = not bool(torch.isfinite(loss.detach()))
-        if sync.active:
-            bad, clock_up = sync.any_flags(
-                [bad, sync.rank == 0 and time.perf_counter() - t0 >= budget_seconds]
-            )
-        if bad:
-            raise FloatingPointError(
-                f"GAN training diverged at step {step + 1} (loss is not finite)"
-            )
-        step += 1
 
-        if step % cfg.eval_every == 0 or step == budget_steps:
-            success = evaluate()
-            history.append((step, success))
-            if success > best:
-                best, best_state, best_step, stale = success, _clone_state(gen), step, 0
-            else:
-                stale += 1
-            elapsed = time.perf_counter() - t0
-            frac = max(step / budget_steps, elapsed / budget_seconds)
-            if frac * 8 >= next_report:
-                next_report = int(frac * 8) + 1
-                say(
-                    f"step {step}/{budget_steps}, {elapsed:.0f} s: held-out success "
-                    f"{success:.3f} (best {best:.3f})"
-                )
-            if best >= cfg.target_success:
-                reason = "target"
-            elif stale >= cfg.patience:
-                reason = "patience"
-                break
-    if history[-1][0] != step:  # stopped between evaluations (time budget)
-        success = evaluate()
-        history.append((step, success))
-        if success > best:
-            best, best_state, best_step = success, _clone_state(gen), step
-    if sync.active:  # hand back a generator without DDP's hooks on its parameters
-        del gen_step, disc_step
-        gen, _ = _seeded_networks(sample_shape, cfg, False)
-        gen = gen.to(dev, memory_format=mem_fmt)
-    gen.load_state_dict(best_state)
+def _evaluate(run: TrainingRun) -> None:
+    """One held-out evaluation: keep the best state, report, decide on stopping."""
+    stop = run.stop
+    success = run.hold.success(run.gen)
+    stop.record(run.step, success, run.gen)
+    elapsed = run.elapsed()
+    frac = max(run.step / run.budget_steps, elapsed / run.budget_seconds)
+    if frac * 8 >= run.next_report:
+        run.next_report = int(frac * 8) + 1
+        run.say(
+            f"step {run.step}/{run.budget_steps}, {elapsed:.0f} s: held-out success "
+            f"{success:.3f} (best {stop.best:.3f})"
+        )
+    if stop.best >= run.cfg.target_success:
+        run.reason = "target"
+    elif stop.stale >= run.cfg.patience:
+        run.reason = "patience"
+
+
+def _result(run: TrainingRun) -> TrainResult:
+    """The best state in a bare generator (no DDP hooks), in eval mode."""
+    gen, stop = run.gen, run.stop
+    if run.sync.active:  # hand back a generator without DDP's hooks on its parameters
+        run.gen_step = run.disc_step = None
+        gen, _ = seeded_networks(run.sample_shape, run.cfg, False)
+        gen = gen.to(run.dev, memory_format=run.mem_fmt)
+    gen.load_state_dict(stop.best_state)
     gen.eval()
-    rank_samples = sync.per_rank(samples)
-    seconds = time.perf_counter() - t0
-    say(
-        f"done: {step} steps in {seconds:.1f} s ({reason}), best held-out success {best:.3f} "
-        f"at step {best_step}"
+    rank_samples = run.sync.per_rank(run.samples)
+    seconds = run.elapsed()
+    run.say(
+        f"done: {run.step} steps in {seconds:.1f} s ({run.reason}), best held-out success "
+        f"{stop.best:.3f} at step {stop.best_step}"
     )
     return TrainResult(
         generator=gen,
-        steps=step,
+        steps=run.step,
         seconds=seconds,
-        device=str(dev),
-        holdout_success=best,
-        mode=mode,
-        stop_reason=reason,
-        history=history,
-        world_size=sync.world,
+        device=str(run.dev),
+        holdout_success=stop.best,
+        mode=run.mode,
+        stop_reason=run.reason,
+        history=stop.history,
+        world_size=run.sync.world,
         rank_samples=rank_samples,
-        forward_samples=passes["forward"] + samples + samples_grad,
-        backward_samples=passes["backward"] + samples + samples_grad,
+        forward_samples=run.hold.forward + run.samples + run.samples_grad,
+        backward_samples=run.hold.backward + run.samples + run.samples_grad,
     )
-
-
-def _bf16_autocast(dev: torch.device):
-    """A bfloat16 autocast factory for ``dev``, or ``None`` when bf16 would not be native there."""
-    try:
-        if dev.type == "cuda":
-            native = torch.cuda.is_bf16_supported()
-        elif dev.type == "cpu":
-            native = bool(
-                torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-            )
-        else:
-            native = False
-    except (AttributeError, RuntimeError):
-        native = False
-    if not native:
-        return None
-    return lambda: torch.autocast(dev.type, dtype=torch.bfloat16)
-
-
-def _clone_state(module: nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _cosine(lr0: float, lr1: float, total: int) -> Callable[[int], float]:
-    def at(step: int) -> float:
-        t = min(1.0, step / max(1, total))
-        return lr1 + 0.5 * (lr0 - lr1) * (1 + math.cos(math.pi * t))
-
-    return at
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
-
-
-class _Progress:
-    """Forwards at most ``_MAX_PROGRESS_LINES`` messages to ``progress``."""
-
-    def __init__(self, progress: Optional[Callable[[str], None]]):
-        self.progress = progress
-        self.count = 0
-
-    def __call__(self, msg: str) -> None:
-        if self.progress is None or self.count >= _MAX_PROGRESS_LINES:
-            return
-        self.count += 1
-        self.progress(f"advrobust gan: {msg}")
