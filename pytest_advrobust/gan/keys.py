@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 from ..modelguard import Preprocessed, frozen
-from .networks import build_generator
 from .config import GanConfig
+from .networks import build_generator
 
 __all__ = [
     "FORMAT_VERSION",
