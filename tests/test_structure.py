@@ -21,8 +21,6 @@ MAX_FUNCTION_LINES = 60
 #: function that is not listed must keep to the limits.
 MODULE_DEBT = {
     "attacks/gan.py": 673,
-    "baseline.py": 506,
-    "cli.py": 659,
     "gan/networks.py": 444,
     "gan/train.py": 710,
     "images.py": 456,
@@ -34,11 +32,6 @@ MODULE_DEBT = {
 FUNCTION_DEBT = {
     "attacks/gan_fit.py:_lookup_or_fit": 72,
     "attacks/gradient.py:pgd": 76,
-    "baseline.py:compare": 74,
-    "baseline.py:save_baseline": 64,
-    "cli.py:_cmd_cache": 91,
-    "cli.py:_cmd_compare": 69,
-    "cli.py:build_parser": 100,
     "data.py:to_tensor_pair": 66,
     "gan/train.py:_train": 271,
     "gan/transductive.py:fit_to_inputs": 81,
@@ -56,8 +49,8 @@ FUNCTION_DEBT = {
 TABLES = {"options.py:add_options", "plugin.py:pytest_addoption"}
 
 #: Modules that import pytest because a pytest type or pytest itself is the point:
-#: hooks, the session behind them, the pytest-html hooks, the CLI that runs pytest,
-#: and pytest's own rootdir rules.
+#: hooks, the session behind them, the pytest-html hooks, the CLI that runs pytest
+#: (``advrobust warm``), and pytest's own rootdir rules.
 PYTEST_USERS = {
     "plugin.py",
     "session.py",
@@ -67,7 +60,7 @@ PYTEST_USERS = {
     "terminal.py",
     "user_fixtures.py",
     "html_report.py",
-    "cli.py",
+    "cli_warm.py",
     "rootdir.py",
 }
 
