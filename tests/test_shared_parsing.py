@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +154,20 @@ def test_load_results_says_what_is_wrong_in_one_sentence(tmp_path, content, prob
     with pytest.raises(jsonfiles.InputError) as info:
         jsonfiles.load_results(str(path))
     assert str(info.value).startswith(f"cannot read {path}: {problem}")
+
+
+def test_history_under_python_m_reports_an_unreadable_file_in_one_line(tmp_path):
+    # `python -m pytest_advrobust.cli` runs cli.py as __main__: the reader must not live
+    # there, or history's import of it makes a second InputError class that main() misses.
+    (tmp_path / "empty.json").write_text("")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest_advrobust.cli", "history", "empty.json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert run.stderr == "advrobust: cannot read empty.json: not valid JSON (line 1)\n"
