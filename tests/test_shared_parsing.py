@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -105,11 +106,8 @@ def test_markdown_lines_escape_cells():
     ],
 )
 def test_read_json_names_the_problem(tmp_path, content, kind, detail):
-    path = tmp_path / "r.json"
-    if content is not None:
-        path.write_text(content)
     with pytest.raises(jsonfiles.UnreadableJson) as info:
-        jsonfiles.read_json(path)
+        jsonfiles.read_json(_file(tmp_path, content))
     assert (info.value.kind, info.value.detail) == (kind, detail)
 
 
@@ -136,24 +134,30 @@ def test_load_results_reads_reports_and_baselines_alike(tmp_path):
     assert env == {"seed": 0} and no_env == {}
 
 
-@pytest.mark.parametrize(
-    "content, problem",
-    [
-        (None, "no such file"),
-        ("", "not valid JSON (line 1)"),
-        ("[]", "neither an advrobust JSON report nor a baseline file"),
-        ('{"schema_version": 2, "tests": []}', "schema_version 2 is not one this version reads"),
-        ('{"tests": [{"x": 1}]}', "a test in its 'tests' list has no nodeid"),
-        ('{"tests": 3}', "its 'tests' field is neither a list nor an object"),
-    ],
-)
-def test_load_results_says_what_is_wrong_in_one_sentence(tmp_path, content, problem):
-    path = tmp_path / "r.json"
-    if content is not None:
-        path.write_text(content)
+#: File content (None: no file) -> what ``load_results`` says after ``cannot read PATH:``.
+LOAD_PROBLEMS = {
+    None: "no such file",
+    "": "not valid JSON (line 1)",
+    "[]": "neither an advrobust JSON report nor a baseline file",
+    '{"schema_version": 2, "tests": []}': "schema_version 2 is not one this version reads",
+    '{"tests": [{"x": 1}]}': "a test in its 'tests' list has no nodeid",
+    '{"tests": 3}': "its 'tests' field is neither a list nor an object",
+}
+
+
+@pytest.mark.parametrize("content", list(LOAD_PROBLEMS))
+def test_load_results_says_what_is_wrong_in_one_sentence(tmp_path, content):
+    path = _file(tmp_path, content)
     with pytest.raises(jsonfiles.InputError) as info:
         jsonfiles.load_results(str(path))
-    assert str(info.value).startswith(f"cannot read {path}: {problem}")
+    assert str(info.value).startswith(f"cannot read {path}: {LOAD_PROBLEMS[content]}")
+
+
+def _file(folder: Path, content: Optional[str]) -> Path:
+    path = folder / "r.json"
+    if content is not None:
+        path.write_text(content)
+    return path
 
 
 def test_history_under_python_m_reports_an_unreadable_file_in_one_line(tmp_path):
@@ -162,12 +166,7 @@ def test_history_under_python_m_reports_an_unreadable_file_in_one_line(tmp_path)
     (tmp_path / "empty.json").write_text("")
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root))
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest_advrobust.cli", "history", "empty.json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    command = [sys.executable, "-m", "pytest_advrobust.cli", "history", "empty.json"]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 2
     assert run.stderr == "advrobust: cannot read empty.json: not valid JSON (line 1)\n"
