@@ -20,8 +20,8 @@ from .cli_output import err
 
 __all__ = ["EXIT_HARD", "run"]
 
-#: Set once a rank of a torchrun launch has run: the command then leaves with
-#: ``os._exit`` (see :func:`pytest_advrobust.cli.console_main`).
+#: Set when ``warm`` runs as one rank of a torchrun launch: the command then leaves
+#: with ``os._exit`` (see :func:`pytest_advrobust.cli.console_main`).
 EXIT_HARD = {"warm": False}
 
 
