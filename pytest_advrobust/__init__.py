@@ -9,8 +9,9 @@ The flow of one robust test, and the module that holds each stage:
 3. **data** (``data.py``, ``loading.py``, ``layout.py``): the user's data -> seeded,
    fixed evaluation and training tensors, converted once per session.
 4. **attack** (``attacks/``): the protocol and registry, PGD/FGSM (``gradient.py``,
-   ``pgd_core.py``), APGD (``apgd.py``), the generator attack (``gan.py``, ``gan_fit.py``),
-   query counts (``counting.py``); norm geometry in ``geometry.py``.
+   ``pgd_core.py``), APGD (``apgd.py``), their shared losses and gradients (``steps.py``),
+   the generator attack (``gan.py``, ``gan_fit.py``), query counts (``counting.py``); norm
+   geometry and keep-the-worst in ``geometry.py``.
    - **gan** (``gan/``): generator networks, AdvGAN training, fitting to the evaluation inputs.
    - **cache** (``cache/``): keys, the safe store, maintenance; weights only, checksummed.
    - **generated** (``generated/``): the class-conditional generator and the real vs
@@ -19,13 +20,13 @@ The flow of one robust test, and the module that holds each stage:
    ``precision.py``, ``gradcheck.py``): clean vs adversarial metrics, sanity flags.
 6. **report** (``report.py``, ``tables.py``, ``jsonfiles.py``, ``baseline.py``,
    ``fingerprint.py``, ``markdown.py``, ``html_report.py``, ``pictures.py``, ``images.py``,
-   ``history.py``): the terminal table (one renderer for every table), JSON and its one
-   reader, JUnit, pictures, baselines, the CI job summary and the pytest-html rows.
+   ``image_cells.py``, ``history.py``): the terminal table (one renderer for every table),
+   JSON and its one reader, JUnit, pictures, baselines, the CI job summary and the
+   pytest-html rows.
 
 ``cli.py`` (the ``advrobust`` command; ``cli_cache.py``, ``cli_compare.py``, ``cli_warm.py``
 hold its sub-commands), ``warm.py`` and ``distributed.py`` reuse the stages outside a pytest
-run. Imports flow one way, down this list; ``tests/test_structure.py``
-checks it.
+run. Imports flow one way, down this list; ``tests/test_structure.py`` checks it.
 """
 
 __version__ = "0.1.0"
