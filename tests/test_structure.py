@@ -20,19 +20,12 @@ MAX_FUNCTION_LINES = 60
 #: exceed while it waits to be split. The list may only shrink: a module or
 #: function that is not listed must keep to the limits.
 MODULE_DEBT = {
-    "baseline.py": 506,
-    "cli.py": 659,
     "runner.py": 419,
     "sanity.py": 652,
     "session.py": 424,
     "settings.py": 580,
 }
 FUNCTION_DEBT = {
-    "baseline.py:compare": 74,
-    "baseline.py:save_baseline": 64,
-    "cli.py:_cmd_cache": 91,
-    "cli.py:_cmd_compare": 69,
-    "cli.py:build_parser": 100,
     "data.py:to_tensor_pair": 66,
     "generated/evaluation.py:run_generated": 90,
     "generated/training.py:train_generator": 64,
@@ -46,8 +39,8 @@ FUNCTION_DEBT = {
 TABLES = {"options.py:add_options", "plugin.py:pytest_addoption"}
 
 #: Modules that import pytest because a pytest type or pytest itself is the point:
-#: hooks, the session behind them, the pytest-html hooks, the CLI that runs pytest,
-#: and pytest's own rootdir rules.
+#: hooks, the session behind them, the pytest-html hooks, the CLI that runs pytest
+#: (``advrobust warm``), and pytest's own rootdir rules.
 PYTEST_USERS = {
     "plugin.py",
     "session.py",
@@ -57,7 +50,7 @@ PYTEST_USERS = {
     "terminal.py",
     "user_fixtures.py",
     "html_report.py",
-    "cli.py",
+    "cli_warm.py",
     "rootdir.py",
 }
 
