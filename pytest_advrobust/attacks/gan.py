@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the meaning of a cached generator changes (networks, training, key).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 name = "gan"
 
@@ -78,6 +78,7 @@ def default_gan_config(cfg: AttackConfig, n_train: int) -> GanConfig:
     300 generator steps on the training split (batch 64, smaller below 1,024
     samples; evaluations every 50 steps) and then up to 200 fine-tuning
     passes over the evaluation inputs (:mod:`pytest_advrobust.gan.transductive`,
+    fitting the weights and one remembered offset per input, Adam lr 0.1;
     stopping after 40 passes without a better one); a warm start runs only the
     fine-tuning, with 15% of both budgets together (75 steps). No discriminator (``gan_weight=0``):
     on every model we measured it only weakened the attack. The generator
@@ -107,6 +108,7 @@ def default_gan_config(cfg: AttackConfig, n_train: int) -> GanConfig:
         patience=4,
         gan_weight=0.0,
         fit_steps=fit_steps,
+        fit_memory_lr=0.1,
         warm_fraction=0.15,
         grad_input=True,
     )

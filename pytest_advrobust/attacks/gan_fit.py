@@ -55,17 +55,33 @@ def fitted_heads(
 
     One takes the input gradient's direction (``grad_input``), one does not;
     the attack keeps, per sample, the output of the one that fools the model
-    (best of k=2 outputs). Facts add up both trainings (``heads`` has each one's).
+    (best of k=2 outputs). The second is fitted after the first, on the samples
+    the first does not fool. Facts add up both trainings (``heads`` has each one's).
     """
     from . import gan as g
 
     base = g.default_gan_config(cfg, _n_train(ctx))
-    heads, all_facts = [], []
-    for grad_input in (True, False):
-        gen, facts = fitted_generator(model, x, y, cfg, ctx, base.replace(grad_input=grad_input))
-        heads.append(gen)
-        all_facts.append(facts)
-    return heads, _combine(all_facts)
+    first, first_facts = fitted_generator(model, x, y, cfg, ctx, base.replace(grad_input=True))
+
+    def done():  # the samples the first head fools: the second head works on the others
+        return _fooled_by(model, first, x, y, cfg.norm)
+
+    second, second_facts = fitted_generator(
+        model, x, y, cfg, ctx, base.replace(grad_input=False), after=(first_facts["key"], done)
+    )
+    return [first, second], _combine([first_facts, second_facts])
+
+
+def _fooled_by(model: Model, gen: Generator, x: torch.Tensor, y: torch.Tensor, norm: str):
+    """``(N,)`` bool: the samples ``gen``'s output fools, with ``(forward, backward)`` passes."""
+    from ..gan.networks import input_direction
+
+    with frozen(model):
+        direction = input_direction(model, x, y, norm) if gen.grad_input else None
+        with torch.no_grad():
+            fooled = model(gen(x, direction)).argmax(1) != y
+    n = int(x.shape[0])
+    return fooled, (2 * n if gen.grad_input else n, n if gen.grad_input else 0)
 
 
 def _n_train(ctx: AttackContext) -> int:
@@ -125,10 +141,13 @@ def fitted_generator(
     cfg: AttackConfig,
     ctx: AttackContext,
     gan_cfg=None,
+    after=None,
 ) -> Tuple[Generator, Dict[str, Any]]:
     """The generator for ``model`` fitted to ``(x, y)`` (``(N, *shape)``, ``(N,)``) and its facts.
 
     ``gan_cfg`` overrides :func:`~pytest_advrobust.attacks.gan.default_gan_config`.
+    ``after``: ``(key, done)`` of an earlier head; ``done()`` gives the samples it
+    fools and the passes that cost, called only when this head is fitted.
     """
     from . import gan as g
 
@@ -140,11 +159,15 @@ def fitted_generator(
         "patience": gcfg.fit_patience,
         "lr": gcfg.fit_lr,
         "kappa": gcfg.fit_kappa,
+        "memory_lr": gcfg.fit_memory_lr,
         "warm_fraction": gcfg.warm_fraction,
     }
     eval_digest = g._data_digest(x.detach().cpu(), y.detach().cpu())
     family = g._hash_parts({"stage": "fit", "family": family_a, "eval": eval_digest, "fit": fit})
-    key = g._hash_parts({"stage": "fit", "key": key_a, "eval": eval_digest, "fit": fit})
+    after_key = after[0] if after is not None else None  # model-specific: not in the family
+    key = g._hash_parts(
+        {"stage": "fit", "key": key_a, "eval": eval_digest, "fit": fit, "after": after_key}
+    )
     attack_id = g._hash_parts({"format": g.FORMAT_VERSION, "gan": gcfg.to_dict(), "arch": arch})
     memo = _MEMO.get(key)
     if memo is not None and not ctx.retrain:
@@ -156,7 +179,7 @@ def fitted_generator(
         cache = GanCache(ctx.cache_dir, warn=ctx.warn)
     lock = cache.lock(key) if cache is not None else _nolock()
     with lock:
-        gen, facts = _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache)
+        gen, facts = _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache, after)
     facts["attack_id"] = attack_id
     gen = gen.to(ctx.device).eval()
     _MEMO[key] = (gen, dict(facts))
@@ -171,7 +194,7 @@ class _nolock:
         return False
 
 
-def _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache):
+def _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache, after=None):
     from . import gan as g
 
     t0 = time.perf_counter()
@@ -196,6 +219,7 @@ def _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache):
         budget = max(1, int(math.ceil((gcfg.max_steps + gcfg.fit_steps) * gcfg.warm_fraction)))
         patience = min(gcfg.fit_patience, budget)
     t1 = time.perf_counter()
+    done, done_cost = after[1]() if after is not None else (None, (0, 0))
     with frozen(model):
         res = fit_to_inputs(
             gen,
@@ -206,8 +230,12 @@ def _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache):
             patience=patience,
             lr=gcfg.fit_lr,
             kappa=gcfg.fit_kappa,
+            memory_lr=gcfg.fit_memory_lr,
+            done=done,
             device=torch.device(ctx.device),
         )
+    res.forward += done_cost[0]
+    res.backward += done_cost[1]
     facts = _facts(first, res, mode, key, x.shape[0], time.perf_counter() - t1, ctx)
     if cache is not None:
         meta = {

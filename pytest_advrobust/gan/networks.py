@@ -11,12 +11,21 @@ Two families, chosen by the shape of one sample:
 * ``(D,)`` feature vectors: a residual MLP.
 
 The :class:`Generator` returns adversarial inputs that are inside the
-budget by construction: L-inf perturbations are ``eps * tanh(raw)``, L2
-perturbations are ``raw`` projected onto the L2 ball of radius ``eps``; then
-``x + delta`` is clipped into ``bounds`` (when given). ``eps``, ``norm`` and
+budget by construction. L-inf with ``bounds``: each coordinate is
+``c + r * tanh(raw)``, where ``[c - r, c + r]`` is the intersection of
+``[x - eps, x + eps]`` with ``bounds``, so a coordinate at a bound (the black
+background of an image) still gets a gradient towards the inside (a clipped
+``x + eps * tanh(raw)`` gives it none once it points outwards). L-inf
+without bounds: ``eps * tanh(raw)``. L2: ``raw`` projected onto the L2 ball
+of radius ``eps``, then clipped into ``bounds``. ``eps``, ``norm`` and
 ``bounds`` are stored with the weights (``eps`` and ``bounds`` as buffers,
 ``norm`` in :attr:`Generator.arch`), so a reloaded generator keeps exactly
 the same bound.
+
+A generator can also hold a per-input memory (:meth:`Generator.remember`):
+raw-space offsets for a fixed set of inputs, found by exact match of the
+input (:mod:`.memory`) and added to ``raw``. The transductive fitting fills
+it for the evaluation inputs; other inputs get the network alone.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..geometry import NORMS, project
+from .memory import match_rows, row_keys
 
 __all__ = [
     "ARCH_VERSION",
@@ -39,7 +49,7 @@ __all__ = [
     "input_direction",
 ]
 
-ARCH_VERSION = 1
+ARCH_VERSION = 2
 
 Bounds = Optional[Tuple[float, float]]
 
@@ -213,6 +223,9 @@ class Generator(nn.Module):
                 list(bounds) if bounds is not None else [-math.inf, math.inf], dtype=torch.float32
             ),
         )
+        shape = tuple(arch["sample_shape"])
+        self.register_buffer("memory_keys", torch.zeros((0, 2), dtype=torch.int64))
+        self.register_buffer("memory", torch.zeros((0, *shape), dtype=torch.float32))
 
     @property
     def sample_shape(self) -> Tuple[int, ...]:
@@ -228,14 +241,18 @@ class Generator(nn.Module):
         return bool(self.arch.get("grad_input", False))
 
     def perturbation(
-        self, x: torch.Tensor, direction: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        direction: Optional[torch.Tensor] = None,
+        offset: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """The bounded perturbation (before clipping into ``bounds``), float32, shape of ``x``.
 
         With :attr:`grad_input`, ``direction`` (see :func:`input_direction`) is
-        an input of the network and the prior of its output: L-inf
-        ``eps * tanh(raw + direction)``, L2 ``raw + eps * direction``
-        projected, so an untrained network starts near the FGSM step.
+        an input of the network and the prior of its output: ``raw + direction``
+        (L-inf) or ``raw + eps * direction`` (L2), so an untrained network
+        starts near the FGSM step. ``offset`` (raw space, shape of ``x``) is
+        added to ``raw``; ``None`` takes it from the per-input memory.
         """
         eps = float(self.eps)
         if self.grad_input:
@@ -249,9 +266,55 @@ class Generator(nn.Module):
             raw = raw + (_PRIOR * d if self.norm == "linf" else eps * d)
         else:
             raw = self.body(x).float()
-        if self.norm == "linf":
+        if offset is None:
+            offset = self.recalled(x)
+        if offset is not None:
+            raw = raw + offset.to(raw)
+        if self.norm != "linf":
+            return project(raw, eps, "l2")
+        if not self.has_bounds:
             return eps * torch.tanh(raw)
-        return project(raw, eps, "l2")
+        lo = torch.clamp(x - eps, min=float(self.bounds[0]))
+        hi = torch.clamp(x + eps, max=float(self.bounds[1]))
+        return (lo + hi) / 2 + (hi - lo) / 2 * torch.tanh(raw) - x
+
+    def remember(self, x: torch.Tensor, offsets: torch.Tensor) -> None:
+        """Keep ``offsets`` (raw space, ``(N, *sample_shape)``) for the inputs ``x``, replacing
+        the memory; later calls on exactly these inputs add them to ``raw``."""
+        if offsets.shape != x.shape or tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"offsets must have the shape of x, (N, {', '.join(map(str, self.sample_shape))}), "
+                f"got {tuple(offsets.shape)} and {tuple(x.shape)}"
+            )
+        dev = self.eps.device
+        self.memory_keys = row_keys(x).to(dev)
+        self.memory = offsets.detach().to(device=dev, dtype=torch.float32).clone()
+
+    def recalled(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The remembered offsets of the rows of ``x`` (zeros for unknown rows), or ``None``
+        when no row is known."""
+        if self.memory.shape[0] == 0:
+            return None
+        idx = match_rows(row_keys(x), self.memory_keys)
+        hit = idx >= 0
+        if not bool(hit.any()):
+            return None
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        out[hit] = self.memory[idx[hit]].to(x.device)
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The memory's length is data, not architecture: take the stored one.
+        for name in ("memory_keys", "memory"):
+            stored = state_dict.get(prefix + name)
+            mine = getattr(self, name)
+            if (
+                isinstance(stored, torch.Tensor)
+                and stored.dim() == mine.dim()
+                and stored.shape[1:] == mine.shape[1:]
+            ):
+                setattr(self, name, torch.zeros_like(mine).new_zeros(stored.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def bind(self, model: Any) -> "Generator":
         """Remember ``model`` (not as a submodule) so that ``gen(x)`` alone works with
@@ -277,8 +340,17 @@ class Generator(nn.Module):
         with torch.no_grad():
             return self(x, direction)
 
-    def forward(self, x: torch.Tensor, direction: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``x``: ``(N, *sample_shape)``; returns ``x_adv`` with the shape and dtype of ``x``."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        direction: Optional[torch.Tensor] = None,
+        offset: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``x``: ``(N, *sample_shape)``; returns ``x_adv`` with the shape and dtype of ``x``.
+
+        ``direction``: see :meth:`perturbation` (computed from the bound model when
+        omitted); ``offset``: raw-space offsets, by default the per-input memory's.
+        """
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ValueError(
                 f"generator expects inputs of shape (N, {', '.join(map(str, self.sample_shape))}), "
@@ -290,7 +362,7 @@ class Generator(nn.Module):
         xf = x.to(device=param.device, dtype=torch.float32)
         if direction is not None:
             direction = direction.to(device=param.device, dtype=torch.float32)
-        delta = self.perturbation(xf, direction)
+        delta = self.perturbation(xf, direction, offset)
         out = xf + delta
         if self.has_bounds:
             out = torch.clamp(out, float(self.bounds[0]), float(self.bounds[1]))

@@ -81,8 +81,10 @@ class GanConfig:
       also uses bfloat16 on CPUs with native support (AVX512-BF16 or AMX),
       which pays off for long trainings; ``"fp32"`` always uses float32.
       Held-out evaluation is always float32.
-    fit_steps, fit_patience, fit_lr, fit_kappa: the fine-tuning on the
-      evaluation inputs (:mod:`.transductive`); ``fit_steps=0`` skips it.
+    fit_steps, fit_patience, fit_lr, fit_kappa, fit_memory_lr: the fine-tuning
+      on the evaluation inputs (:mod:`.transductive`); ``fit_steps=0`` skips
+      it; ``fit_memory_lr`` is the learning rate of the per-input offsets
+      (``0``: the weights only).
       :func:`train_generator` itself does not use them.
     grad_input: the generator also takes the input gradient's direction
       (:func:`.networks.input_direction`; one more forward and backward pass
@@ -114,6 +116,7 @@ class GanConfig:
     fit_patience: int = 40
     fit_lr: float = 3e-3
     fit_kappa: float = 0.5
+    fit_memory_lr: float = 0.0
     grad_input: bool = False
 
     def __post_init__(self) -> None:
@@ -169,6 +172,9 @@ class GanConfig:
             v = getattr(self, name)
             if not _is_number(v) or not math.isfinite(v) or v <= 0:
                 bad(name, "a positive number")
+        v = self.fit_memory_lr
+        if not _is_number(v) or not math.isfinite(v) or v < 0:
+            bad("fit_memory_lr", "a non-negative number")
         if not isinstance(self.grad_input, bool):
             bad("grad_input", "True or False")
         if self.precision not in ("auto", "bf16", "fp32"):
