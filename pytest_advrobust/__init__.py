@@ -8,8 +8,9 @@ The flow of one robust test, and the module that holds each stage:
 3. **data** (``data.py``, ``loading.py``, ``layout.py``): the user's data -> seeded,
    fixed evaluation and training tensors, converted once per session.
 4. **attack** (``attacks/``): the protocol and registry, PGD/FGSM (``gradient.py``,
-   ``pgd_core.py``), APGD (``apgd.py``), the generator attack (``gan.py``, ``gan_fit.py``),
-   query counts (``counting.py``); norm geometry in ``geometry.py``.
+   ``pgd_core.py``), APGD (``apgd.py``), their shared losses and gradients (``steps.py``),
+   the generator attack (``gan.py``, ``gan_fit.py``), query counts (``counting.py``); norm
+   geometry and keep-the-worst in ``geometry.py``.
    - **gan** (``gan/``): generator networks, AdvGAN training, fitting to the evaluation inputs.
    - **cache** (``cache/``): keys, the safe store, maintenance; weights only, checksummed.
    - **generated** (``generated/``): the class-conditional generator and the real vs
@@ -17,8 +18,8 @@ The flow of one robust test, and the module that holds each stage:
 5. **evaluate** (``runner.py``, ``evaluate.py``, ``sanity.py``, ``gatechecks.py``,
    ``precision.py``, ``gradcheck.py``): clean vs adversarial metrics, sanity flags.
 6. **report** (``report.py``, ``baseline.py``, ``markdown.py``, ``html_report.py``,
-   ``pictures.py``, ``images.py``, ``history.py``): the terminal table, JSON, JUnit,
-   pictures, baselines, the CI job summary and the pytest-html rows.
+   ``pictures.py``, ``images.py``, ``image_cells.py``, ``history.py``): the terminal table,
+   JSON, JUnit, pictures, baselines, the CI job summary and the pytest-html rows.
 
 ``cli.py`` (the ``advrobust`` command), ``warm.py`` and ``distributed.py`` reuse the stages
 outside a pytest run. Imports flow one way, down this list; ``tests/test_structure.py``

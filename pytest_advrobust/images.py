@@ -10,13 +10,8 @@
 Captions are green when the prediction is right and red when it is wrong. An
 optional title band on top names the test, the attack and eps;
 :func:`pick_samples` chooses which samples to show (those the attack turned
-first).
-Images (N, C, H, W) with 1 or 3 channels are drawn as they are (other channel
-counts: the first three, or their mean), (N, H, W) as grey images, flat
-(N, D) vectors as a square image when D is a perfect square and otherwise as a
-strip of bars, one per feature (the perturbation's bars start at the middle).
-Small images are enlarged with nearest-neighbour scaling so that a cell is at
-least :data:`MIN_CELL` pixels on its shorter side.
+first). How each batch shape becomes cells of pixels (images, grey images, squares
+or bar strips of flat vectors) is in :mod:`.image_cells`.
 
 :func:`save_curve` plots adversarial accuracy (and the gap) against eps with
 matplotlib, the optional ``images`` extra.
@@ -25,12 +20,21 @@ matplotlib, the optional ``images`` extra.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import MissingPackage
+from .geometry import perturbation_norms
+from .image_cells import (
+    MAX_BARS,
+    MIN_CELL,
+    STRIP_HEIGHT,
+    cell_size,
+    row_images,
+    strip_shape,
+    upscale,
+)
 
 __all__ = [
     "MAX_BARS",
@@ -50,18 +54,12 @@ __all__ = [
     "strip_shape",
 ]
 
-#: Shorter side, in pixels, that each cell is enlarged to at least.
-MIN_CELL = 64
 #: Pixels between cells (and around the grid) of each row, as in ``make_grid``.
 PADDING = 2
 #: Height of the caption band under each row.
 TEXT_HEIGHT = 14
 #: Height of the title band drawn on top when a gallery has a title.
 TITLE_HEIGHT = 16
-#: Height of the bar strip drawn for flat non-square vectors.
-STRIP_HEIGHT = 64
-#: Most bars in a strip; longer vectors are averaged into this many bins.
-MAX_BARS = 256
 #: Longest file stem :func:`safe_filename` returns.
 MAX_STEM = 96
 
@@ -87,101 +85,6 @@ def safe_filename(nodeid: str) -> str:
 
 
 # ------------------------------------------------------------------- gallery
-
-
-def _as_images(t, name: str):
-    """(N, ...) tensor -> float (N, C, H, W) on the CPU with C in {1, 3}."""
-    import torch
-
-    t = torch.as_tensor(t).detach().to("cpu", torch.float32)
-    if t.dim() == 4:
-        c = t.shape[1]
-        if c == 1 or c == 3:
-            return t
-        if c > 3:
-            return t[:, :3]
-        return t.mean(dim=1, keepdim=True)
-    if t.dim() == 3:
-        return t.unsqueeze(1)
-    if t.dim() == 2:
-        d = t.shape[1]
-        side = math.isqrt(d)
-        if side * side == d:
-            return t.reshape(t.shape[0], 1, side, side)
-        return None  # drawn as bars after scaling to [0, 1]
-    raise ValueError(
-        f"{name} must be (N, C, H, W), (N, H, W) or (N, D); got shape {tuple(t.shape)}"
-    )
-
-
-def strip_shape(d: int) -> tuple:
-    """(height, width) of the bar strip drawn for a flat vector of ``d`` features."""
-    bars = min(int(d), MAX_BARS)
-    return STRIP_HEIGHT, bars * max(1, math.ceil(MIN_CELL / max(bars, 1)))
-
-
-def _bars(values, centre: float = 0.0):
-    """(N, D) values in [0, 1] -> (N, 1, h, w) strips of dark bars on white.
-
-    Each feature is one bar reaching from ``centre`` (0: the bottom, 0.5: the
-    middle) to its value. More than :data:`MAX_BARS` features are averaged
-    into that many bins.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    n, d = values.shape
-    if d > MAX_BARS:
-        values = F.adaptive_avg_pool1d(values.unsqueeze(1), MAX_BARS).squeeze(1)
-        d = MAX_BARS
-    h, w = strip_shape(d)
-    tops = values.clamp(0, 1) * h  # (N, D) in pixel units from the bottom
-    lo = torch.minimum(tops, torch.full_like(tops, centre * h)).unsqueeze(1)
-    hi = torch.maximum(tops, torch.full_like(tops, centre * h)).unsqueeze(1)
-    mid = (torch.arange(h, 0, -1, dtype=values.dtype) - 0.5).view(1, h, 1)  # pixel centres
-    filled = (mid >= lo) & (mid <= hi)
-    img = torch.where(
-        filled, torch.tensor(0.2, dtype=values.dtype), torch.tensor(1.0, dtype=values.dtype)
-    )
-    img = img.repeat_interleave(w // d, dim=2)
-    return img.unsqueeze(1)
-
-
-def _display_range(clean, adv):
-    """Map values to [0, 1] jointly for both rows: as is when already inside, else min-max."""
-    lo = float(min(clean.min(), adv.min()))
-    hi = float(max(clean.max(), adv.max()))
-    if lo >= 0.0 and hi <= 1.0:
-        return clean, adv
-    span = hi - lo if hi > lo else 1.0
-    return (clean - lo) / span, (adv - lo) / span
-
-
-def _perturbation_image(delta, amplify: Optional[float]):
-    """delta -> [0, 1] centred at 0.5; per-sample scaling to fill the range unless ``amplify``."""
-    flat = delta.reshape(delta.shape[0], -1)
-    if amplify is None:
-        peak = flat.abs().amax(dim=1).clamp_min(1e-12)
-        scale = (0.5 / peak).view(-1, *([1] * (delta.dim() - 1)))
-    else:
-        scale = float(amplify)
-    return (0.5 + delta * scale).clamp(0.0, 1.0)
-
-
-def cell_size(h: int, w: int) -> tuple:
-    """Size (height, width) of one cell for an (h, w) image after enlarging."""
-    factor = max(1, math.ceil(MIN_CELL / max(1, min(h, w))))
-    return h * factor, w * factor
-
-
-def _upscale(imgs):
-    import torch.nn.functional as F
-
-    h, w = imgs.shape[-2:]
-    ch, cw = cell_size(h, w)
-    if (ch, cw) == (h, w):
-        return imgs
-    return F.interpolate(imgs, size=(ch, cw), mode="nearest")
 
 
 def _name(value: int, class_names) -> str:
@@ -217,31 +120,9 @@ def pick_samples(clean_correct, adv_correct, k: int = 8) -> list:
     return (turned + resisted + wrong)[: max(0, int(k))]
 
 
-def save_gallery(
-    path,
-    x,
-    x_adv,
-    y,
-    pred_clean,
-    pred_adv,
-    *,
-    max_images: int = 8,
-    amplify: Optional[float] = None,
-    class_names: Optional[Sequence] = None,
-    title: Optional[str] = None,
-) -> Path:
-    """Write :func:`gallery_image` as a PNG to ``path`` and return the path."""
-    canvas = gallery_image(
-        x,
-        x_adv,
-        y,
-        pred_clean,
-        pred_adv,
-        max_images=max_images,
-        amplify=amplify,
-        class_names=class_names,
-        title=title,
-    )
+def save_gallery(path, *args, **kwargs) -> Path:
+    """Write ``gallery_image(*args, **kwargs)`` as a PNG to ``path`` and return the path."""
+    canvas = gallery_image(*args, **kwargs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")
@@ -258,6 +139,71 @@ def png_bytes(picture) -> bytes:
     else:
         picture.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _batch_pair(x, x_adv, max_images: int):
+    """The first ``max_images`` samples of ``x`` and ``x_adv``: float32 on the CPU."""
+    import torch
+
+    x = torch.as_tensor(x).detach().to("cpu", torch.float32)
+    x_adv = torch.as_tensor(x_adv).detach().to("cpu", torch.float32)
+    if x.shape != x_adv.shape:
+        raise ValueError(
+            f"x and x_adv must have the same shape; got {tuple(x.shape)} and {tuple(x_adv.shape)}"
+        )
+    if max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images!r}")
+    n = min(int(max_images), int(x.shape[0]))
+    if n == 0:
+        raise ValueError("cannot draw a gallery of an empty batch")
+    return x[:n], x_adv[:n]
+
+
+def _captions(x, x_adv, y, pred_clean, pred_adv, class_names) -> list:
+    """Per row, the (text, colour) caption of each sample."""
+    import torch
+
+    n = x.shape[0]
+    labels, p_clean, p_adv = (
+        torch.as_tensor(v).detach().cpu().reshape(-1)[:n].tolist()
+        for v in (y, pred_clean, pred_adv)
+    )
+
+    def name(value: int) -> str:
+        return _name(value, class_names)
+
+    def verdict(p: int, label: int) -> tuple:
+        return _RIGHT if p == label else _WRONG
+
+    return [
+        [(f"y={name(a)} p={name(p)}", verdict(p, a)) for a, p in zip(labels, p_clean)],
+        [(f"p={name(p)}", verdict(p, a)) for a, p in zip(labels, p_adv)],
+        [(f"|d|={v:.3g}", _NEUTRAL) for v in perturbation_norms(x, x_adv, "linf").tolist()],
+    ]
+
+
+def _compose(rows: list, captions: list, cell_width: int, title: Optional[str]):
+    """Stack the row grids, each over its caption band, under an optional title band."""
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    row_h, width = rows[0].shape[1], rows[0].shape[2]
+    head = TITLE_HEIGHT if title else 0
+    canvas = Image.new("RGB", (width, head + 3 * (row_h + TEXT_HEIGHT)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    if title:
+        fitted = _fit(draw, title, font, width - 2 * PADDING - 2)
+        draw.text((PADDING + 1, 2), fitted, fill=(0, 0, 0), font=font)
+    for r, (grid, row_captions) in enumerate(zip(rows, captions)):
+        arr = grid.permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+        top = head + r * (row_h + TEXT_HEIGHT)
+        canvas.paste(Image.fromarray(arr), (0, top))
+        for i, (text, color) in enumerate(row_captions):
+            left = PADDING + i * (cell_width + PADDING) + 1
+            fitted = _fit(draw, text, font, cell_width - 2)
+            draw.text((left, top + row_h), fitted, fill=color, font=font)
+    return canvas
 
 
 def gallery_image(
@@ -280,77 +226,23 @@ def gallery_image(
     :data:`TITLE_HEIGHT` pixels when ``title`` is given. ``amplify`` fixes the
     perturbation's scale factor (default: each perturbation is stretched to
     fill [0, 1]). ``class_names`` maps labels to names for the captions.
+
+    Shape:
+        - x, x_adv: (N, C, H, W), (N, H, W) or (N, D), any float dtype and device.
+        - y, pred_clean, pred_adv: (N,) integer labels.
+
+    Raises:
+        ValueError: ``x`` and ``x_adv`` differ in shape, the batch is empty,
+            ``max_images`` is below 1, or ``x`` has another number of dimensions.
     """
-    import torch
-    from PIL import Image, ImageDraw, ImageFont
     from torchvision.utils import make_grid
 
-    x = torch.as_tensor(x).detach().to("cpu", torch.float32)
-    x_adv = torch.as_tensor(x_adv).detach().to("cpu", torch.float32)
-    if x.shape != x_adv.shape:
-        raise ValueError(
-            f"x and x_adv must have the same shape; got {tuple(x.shape)} and {tuple(x_adv.shape)}"
-        )
-    if max_images < 1:
-        raise ValueError("max_images must be at least 1")
-    n = min(int(max_images), int(x.shape[0]))
-    if n == 0:
-        raise ValueError("cannot draw a gallery of an empty batch")
-    x, x_adv = x[:n], x_adv[:n]
-    labels = torch.as_tensor(y).detach().cpu().reshape(-1)[:n].tolist()
-    p_clean = torch.as_tensor(pred_clean).detach().cpu().reshape(-1)[:n].tolist()
-    p_adv = torch.as_tensor(pred_adv).detach().cpu().reshape(-1)[:n].tolist()
-
-    delta = x_adv - x
-    linf = delta.reshape(n, -1).abs().amax(dim=1).tolist()
-    clean_img, adv_img = _as_images(x, "x"), _as_images(x_adv, "x_adv")
-    if clean_img is None:  # flat, non-square: bars of the scaled values
-        c, a = _display_range(x, x_adv)
-        clean_img, adv_img = _bars(c), _bars(a)
-        delta_img = _bars(_perturbation_image(delta, amplify), centre=0.5)
-    else:
-        clean_img, adv_img = _display_range(clean_img, adv_img)
-        delta_img = _perturbation_image(_as_images(delta, "x_adv - x"), amplify)
-
-    rows = []
-    for imgs in (clean_img, adv_img, delta_img):
-        grid = make_grid(_upscale(imgs.clamp(0, 1)), nrow=n, padding=PADDING, pad_value=1.0)
-        rows.append(grid)
-    ch, cw = cell_size(*clean_img.shape[-2:])
-    row_h = rows[0].shape[1]
-    width = rows[0].shape[2]
-    head = TITLE_HEIGHT if title else 0
-    height = head + 3 * (row_h + TEXT_HEIGHT)
-
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    if title:
-        draw.text(
-            (PADDING + 1, 2),
-            _fit(draw, title, font, width - 2 * PADDING - 2),
-            fill=(0, 0, 0),
-            font=font,
-        )
-    for r, grid in enumerate(rows):
-        arr = grid.permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
-        top = head + r * (row_h + TEXT_HEIGHT)
-        canvas.paste(Image.fromarray(arr), (0, top))
-        for i in range(n):
-            if r == 0:
-                text = f"y={_name(labels[i], class_names)} p={_name(p_clean[i], class_names)}"
-                color = _RIGHT if p_clean[i] == labels[i] else _WRONG
-            elif r == 1:
-                text = f"p={_name(p_adv[i], class_names)}"
-                color = _RIGHT if p_adv[i] == labels[i] else _WRONG
-            else:
-                text = f"|d|={linf[i]:.3g}"
-                color = _NEUTRAL
-            left = PADDING + i * (cw + PADDING)
-            draw.text(
-                (left + 1, top + row_h), _fit(draw, text, font, cw - 2), fill=color, font=font
-            )
-    return canvas
+    x, x_adv = _batch_pair(x, x_adv, max_images)
+    n = x.shape[0]
+    imgs = row_images(x, x_adv, amplify)
+    rows = [make_grid(upscale(t.clamp(0, 1)), nrow=n, padding=PADDING, pad_value=1.0) for t in imgs]
+    captions = _captions(x, x_adv, y, pred_clean, pred_adv, class_names)
+    return _compose(rows, captions, cell_size(*imgs[0].shape[-2:])[1], title)
 
 
 # --------------------------------------------------------------------- curve
@@ -380,6 +272,38 @@ def save_curve(
     return path
 
 
+def _plot_accuracy(ax, eps: list, points: list) -> None:
+    """The adversarial accuracy line, with its 95% band when every point has one."""
+    acc = [float(p["adversarial_accuracy"]) for p in points]
+    ax.plot(eps, acc, marker="o", color="tab:blue", label="adversarial accuracy")
+    cis = [p.get("adversarial_ci") for p in points]
+    if all(ci is not None and len(ci) == 2 for ci in cis):
+        lo, hi = [float(c[0]) for c in cis], [float(c[1]) for c in cis]
+        ax.fill_between(eps, lo, hi, color="tab:blue", alpha=0.2, label="95% interval")
+
+
+def _plot_gap(ax, eps: list, points: list, threshold: Optional[float]) -> None:
+    """The gap line and threshold; judged points ringed (when some are not), failed ones
+    crossed."""
+    gaps = [None if p.get("gap") is None else float(p["gap"]) for p in points]
+    has_gap = all(g is not None for g in gaps)
+    if has_gap:
+        ax.plot(eps, gaps, marker="s", color="tab:orange", label="gap")
+    if threshold is not None:
+        ax.axhline(float(threshold), color="tab:red", linestyle="--", label="gap threshold")
+    if not has_gap:
+        return
+    judged = [p.get("judged", True) is not False for p in points]
+    if not all(judged):
+        e, g = [e for e, j in zip(eps, judged) if j], [g for g, j in zip(gaps, judged) if j]
+        ring = dict(s=160, facecolors="none", edgecolors="black", zorder=3)
+        ax.scatter(e, g, label="judged eps", **ring)
+    failed = [j and p.get("passed") is False for p, j in zip(points, judged)]
+    if any(failed):
+        e, g = [e for e, f in zip(eps, failed) if f], [g for g, f in zip(gaps, failed) if f]
+        ax.scatter(e, g, marker="x", color="tab:red", s=60, zorder=4, label="gap over threshold")
+
+
 def curve_figure(curve: Sequence[dict], *, threshold: Optional[float] = None, title: str = ""):
     """A matplotlib figure of an eps sweep: accuracy and gap against eps.
 
@@ -390,64 +314,20 @@ def curve_figure(curve: Sequence[dict], *, threshold: Optional[float] = None, ti
     the gap's scale. Judged points are ringed; a judged point whose gap is over
     the threshold is marked with a red cross on the gap curve. Points that
     were not judged are never marked. The figure uses the Agg canvas directly
-    and never touches pyplot's global state.
+    and never touches pyplot's global state. Raises :class:`MissingPackage`
+    without matplotlib and ValueError for an empty ``curve``.
     """
     Figure, FigureCanvasAgg = _matplotlib()
     if not curve:
-        raise ValueError("cannot plot an empty curve")
+        raise ValueError("curve must hold at least one point, got none")
     points = sorted(curve, key=lambda p: float(p["eps"]))
     eps = [float(p["eps"]) for p in points]
-    acc = [float(p["adversarial_accuracy"]) for p in points]
-    gaps = [None if p.get("gap") is None else float(p["gap"]) for p in points]
-
     fig = Figure(figsize=(5.0, 3.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot(eps, acc, marker="o", color="tab:blue", label="adversarial accuracy")
-    cis = [p.get("adversarial_ci") for p in points]
-    if all(ci is not None and len(ci) == 2 for ci in cis):
-        ax.fill_between(
-            eps,
-            [float(c[0]) for c in cis],
-            [float(c[1]) for c in cis],
-            color="tab:blue",
-            alpha=0.2,
-            label="95% interval",
-        )
-    has_gap = all(g is not None for g in gaps)
-    if has_gap:
-        ax.plot(eps, gaps, marker="s", color="tab:orange", label="gap")
-    if threshold is not None:
-        ax.axhline(float(threshold), color="tab:red", linestyle="--", label="gap threshold")
-    judged = [p.get("judged", True) is not False for p in points]
-    if has_gap and not all(judged):
-        ax.scatter(
-            [e for e, j in zip(eps, judged) if j],
-            [g for g, j in zip(gaps, judged) if j],
-            s=160,
-            facecolors="none",
-            edgecolors="black",
-            zorder=3,
-            label="judged eps",
-        )
-    failed = [
-        (e, g)
-        for e, g, p, j in zip(eps, gaps, points, judged)
-        if j and p.get("passed") is False and g is not None
-    ]
-    if failed:
-        ax.scatter(
-            [e for e, _ in failed],
-            [g for _, g in failed],
-            marker="x",
-            color="tab:red",
-            s=60,
-            zorder=4,
-            label="gap over threshold",
-        )
-    ax.set_xlabel("eps")
-    ax.set_ylabel("accuracy / gap")
-    ax.set_ylim(-0.02, 1.02)
+    _plot_accuracy(ax, eps, points)
+    _plot_gap(ax, eps, points, threshold)
+    ax.set(xlabel="eps", ylabel="accuracy / gap", ylim=(-0.02, 1.02))
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title, fontsize="small")

@@ -17,6 +17,8 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 from torch import nn
 
+from .geometry import clip_bounds, per_sample, perturbation_norms, project
+
 __all__ = [
     "LOW_PRECISION",
     "InputCast",
@@ -27,6 +29,8 @@ __all__ = [
 ]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+Tensor = torch.Tensor
+Bounds = Optional[Tuple[float, float]]
 _MANTISSA = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
 
 
@@ -80,13 +84,8 @@ def _below(eps: float, dtype: torch.dtype) -> float:
     return float(e)
 
 
-def _linf(
-    x64: torch.Tensor,
-    a64: torch.Tensor,
-    eps: float,
-    bounds: Optional[Tuple[float, float]],
-    dtype: torch.dtype,
-) -> torch.Tensor:
+def _linf(x64: torch.Tensor, a64: torch.Tensor, eps: float, bounds: Bounds, dtype) -> Tensor:
+    """Clamp into the box, then step each coordinate that rounding pushed out back in."""
     eps = _below(eps, dtype)
     lo, hi = x64 - eps, x64 + eps
     if bounds is not None:
@@ -105,30 +104,20 @@ def _linf(
     return torch.where(bad, x64.to(dtype), out)
 
 
-def _l2(
-    x64: torch.Tensor,
-    a64: torch.Tensor,
-    eps: float,
-    bounds: Optional[Tuple[float, float]],
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    from .geometry import clip_bounds, project
-
+def _l2(x64: torch.Tensor, a64: torch.Tensor, eps: float, bounds: Bounds, dtype) -> Tensor:
+    """Project and clip, then shrink the samples that rounding pushed out of the ball."""
     delta = project(a64 - x64, eps, "l2")
     shrink = 1.0
     out = clip_bounds(x64 + delta, bounds).to(dtype)
     for _ in range(12):
-        norms = (out.double() - x64).reshape(x64.shape[0], -1).norm(dim=1)
-        over = norms > eps
+        over = perturbation_norms(x64, out.double(), "l2") > eps
         if not bool(over.any()):
             return out
         shrink *= 1.0 - 2.0 ** -(_MANTISSA.get(dtype, 23) - 2)
         redo = clip_bounds(x64 + delta * shrink, bounds).to(dtype)
-        mask = over.view(-1, *([1] * (x64.dim() - 1)))
-        out = torch.where(mask, redo, out)
-    norms = (out.double() - x64).reshape(x64.shape[0], -1).norm(dim=1)
-    mask = (norms > eps).view(-1, *([1] * (x64.dim() - 1)))
-    return torch.where(mask, x64.to(dtype), out)
+        out = torch.where(per_sample(over, x64), redo, out)
+    over = perturbation_norms(x64, out.double(), "l2") > eps
+    return torch.where(per_sample(over, x64), x64.to(dtype), out)
 
 
 def into_dtype(

@@ -26,21 +26,14 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from .base import Model, clip_bounds, project
+from ..geometry import KeepWorst, ascent_direction, bound
+from .base import Model
+from .steps import cross_entropy, loss_gradient, margins, target_margin
 
 __all__ = ["margins", "pgd_run", "iterate_hashes"]
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y - max_{j != y} z_j`` per sample (float32, shape (n,)); negative: fooled."""
-    z = logits.float()
-    zy = z.gather(1, y[:, None]).squeeze(1)
-    other = z.scatter(1, y[:, None], -float("inf")).amax(dim=1)
-    return zy - other
 
 
 def _coefficients(d: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -60,42 +53,30 @@ def iterate_hashes(x: torch.Tensor, coeffs) -> torch.Tensor:
     return torch.stack([(bits * coeffs[0]).sum(1), (bits * coeffs[1]).sum(1)], dim=1)
 
 
-def _step_loss(logits: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor]):
-    z = logits.float()
-    if target is None:
-        return F.cross_entropy(z, y, reduction="sum")
-    return (z.gather(1, target[:, None]) - z.gather(1, y[:, None])).sum()
+class _Seen:
+    """The hashes of every iterate so far: (steps + 1, n, 2) int64, one row per step."""
 
-
-def _ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    if norm == "linf":
-        return grad.sign()
-    flat = grad.reshape(grad.shape[0], -1).norm(p=2, dim=1).clamp_min(1e-12)
-    return grad / flat.view(-1, *([1] * (grad.dim() - 1)))
-
-
-class _Best:
-    """Per sample: fooled yet, lowest margin so far, and the iterate that had it."""
-
-    def __init__(self, x: torch.Tensor):
+    def __init__(self, x: torch.Tensor, steps: int):
         n = x.shape[0]
-        self.x = x.clone()
-        self.fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-        self.margin = torch.full((n,), float("inf"), device=x.device)
+        self.coeffs = _coefficients(x[0].numel(), x.device) if n else None
+        self.hashes = torch.empty((steps + 1, n, 2), dtype=torch.int64, device=x.device)
 
-    def update(
-        self, idx: torch.Tensor, xa: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        """Record the iterates ``xa`` of samples ``idx``; return their fooled mask."""
-        m = margins(logits, y)
-        fooled = logits.argmax(dim=1) != y
-        open_ = ~self.fooled[idx]  # a first success is never replaced
-        better = open_ & (fooled | (m < self.margin[idx]))
-        take = idx[better]
-        self.x[take] = xa[better]
-        self.margin[take] = m[better]
-        self.fooled[idx[fooled]] = True
-        return fooled
+    def repeats(self, t: int, idx: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+        """Record step ``t``'s iterates ``xa`` of samples ``idx``; True where one repeats."""
+        h = iterate_hashes(xa, self.coeffs)
+        if t:
+            cycled = (self.hashes[:t, idx] == h).all(dim=2).any(dim=0)
+        else:
+            cycled = torch.zeros(idx.shape[0], dtype=torch.bool, device=xa.device)
+        self.hashes[t, idx] = h
+        return cycled
+
+
+def _offer(best: KeepWorst, idx, xa, logits, y) -> torch.Tensor:
+    """Offer iterates ``xa`` of samples ``idx`` (loss: minus the margin); return fooled."""
+    fooled = logits.argmax(dim=1) != y
+    best.offer(idx, xa, fooled, -margins(logits, y))
+    return fooled
 
 
 def pgd_run(
@@ -118,43 +99,31 @@ def pgd_run(
     ``early_stop`` a sample stops at its first success or at a repeated
     iterate (see the module docstring); without it every sample runs all
     ``steps``. ``x_best`` lies in the eps-ball (``norm``) and in ``bounds``;
-    ``margin`` (float32) is ``z_y - max_{j != y} z_j`` at ``x_best``.
+    ``margin`` (float32) is ``z_y - max_{j != y} z_j`` at ``x_best``. Raises
+    AdvRobustError when no gradient reaches the model's input and ValueError
+    for an unknown ``norm``.
     """
-    x_adv = clip_bounds(x + project(x_start - x, eps, norm), bounds).detach()
-    n = x.shape[0]
-    best = _Best(x_adv)
-    active = torch.arange(n, device=x.device)
-    coeffs = _coefficients(x[0].numel(), x.device) if early_stop and n else None
-    seen = (
-        torch.empty((steps + 1, n, 2), dtype=torch.int64, device=x.device)
-        if coeffs is not None
-        else None
-    )
+    x_adv = bound(x, x_start, eps, norm, bounds).detach()
+    best = KeepWorst(x_adv)
+    active = torch.arange(x.shape[0], device=x.device)
+    seen = _Seen(x, steps) if early_stop else None
+    loss_fn = cross_entropy if target is None else target_margin
     for t in range(steps):
         if active.numel() == 0:
             break
         xa, ya = x_adv[active], y[active]
         ta = target[active] if target is not None else None
-        xg = xa.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(xg)
-            (grad,) = torch.autograd.grad(_step_loss(logits, ya, ta), xg)
-        fooled = best.update(active, xa, logits.detach(), ya)
-        if early_stop:
-            h = iterate_hashes(xa, coeffs)
-            cycled = (
-                (seen[:t, active] == h).all(dim=2).any(dim=0) if t else torch.zeros_like(fooled)
-            )
-            seen[t, active] = h
-            keep = ~(fooled | cycled)
+        logits, _, grad = loss_gradient(model, xa, ya, loss_fn, ta, "pgd")
+        fooled = _offer(best, active, xa, logits, ya)
+        if seen is not None:
+            keep = ~(fooled | seen.repeats(t, active, xa))
             if not bool(keep.all()):
                 active, xa, grad = active[keep], xa[keep], grad[keep]
                 if active.numel() == 0:
                     break
-        moved = xa + step * _ascent(grad, norm)
-        x0 = x[active]
-        x_adv[active] = clip_bounds(x0 + project(moved - x0, eps, norm), bounds).detach()
+        moved = xa + step * ascent_direction(grad, norm)
+        x_adv[active] = bound(x[active], moved, eps, norm, bounds).detach()
     if active.numel():
         with torch.no_grad():
-            best.update(active, x_adv[active], model(x_adv[active]), y[active])
-    return best.x, best.fooled, best.margin
+            _offer(best, active, x_adv[active], model(x_adv[active]), y[active])
+    return best.x, best.fooled, -best.loss

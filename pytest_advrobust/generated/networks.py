@@ -180,70 +180,81 @@ class ConditionalGenerator(_Scaled):
         return torch.cat(out), self.labels[idx.to(dev)]
 
 
-class Discriminator(_Scaled):
+class _Judge(_Scaled):
+    """A network that reads samples through ``body``: :meth:`_conv_body` for images, else
+    :meth:`_mlp_body`; each returns the body and the width of its output."""
+
+    def __init__(self, arch: Dict[str, Any]):
+        super().__init__(arch)
+        k, w = self.num_classes, int(arch["width"])
+        if arch["kind"] == "conv":
+            self.body, self.features = self._conv_body(self.sample_shape, k, w)
+        else:
+            self.body, self.features = self._mlp_body(_dim(self.sample_shape), k, w)
+
+
+class Discriminator(_Judge):
     """``samples (N, *sample_shape) -> (realness (N,), class logits (N, K))``.
 
     Every layer but the class head is spectrally normalised."""
 
     def __init__(self, arch: Dict[str, Any]):
         super().__init__(arch)
-        k, w = self.num_classes, int(arch["width"])
-        if arch["kind"] == "conv":
-            c, h, wd = self.sample_shape
-            self.body = nn.Sequential(
-                spectral_norm(nn.Conv2d(c, 2 * w, 4, 2, 1)),
-                nn.LeakyReLU(0.2),
-                spectral_norm(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)),
-                nn.LeakyReLU(0.2),
-                nn.Flatten(),
-            )
-            feat = 4 * w * (h // 4) * (wd // 4)
-        else:
-            self.body = nn.Sequential(
-                nn.Flatten(),
-                spectral_norm(nn.Linear(_dim(self.sample_shape), w)),
-                nn.LeakyReLU(0.2),
-                spectral_norm(nn.Linear(w, w)),
-                nn.LeakyReLU(0.2),
-            )
-            feat = w
-        self.realness = spectral_norm(nn.Linear(feat, 1))
-        self.classify = nn.Linear(feat, k)
+        self.realness = spectral_norm(nn.Linear(self.features, 1))
+        self.classify = nn.Linear(self.features, self.num_classes)
+
+    @staticmethod
+    def _conv_body(shape, k: int, w: int) -> Tuple[nn.Module, int]:
+        c, h, wd = shape
+        body = nn.Sequential(
+            spectral_norm(nn.Conv2d(c, 2 * w, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        return body, 4 * w * (h // 4) * (wd // 4)
+
+    @staticmethod
+    def _mlp_body(d: int, k: int, w: int) -> Tuple[nn.Module, int]:
+        body = nn.Sequential(
+            nn.Flatten(),
+            spectral_norm(nn.Linear(d, w)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Linear(w, w)),
+            nn.LeakyReLU(0.2),
+        )
+        return body, w
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         h = self.body(self.normalise(x))
         return self.realness(h).squeeze(1), self.classify(h)
 
 
-class ReferenceClassifier(_Scaled):
+class ReferenceClassifier(_Judge):
     """The validity judge: ``samples (N, *sample_shape) -> class-index logits (N, K)``."""
 
-    def __init__(self, arch: Dict[str, Any]):
-        super().__init__(arch)
-        k, w = self.num_classes, int(arch["width"])
-        if arch["kind"] == "conv":
-            c, h, wd = self.sample_shape
-            self.body = nn.Sequential(
-                nn.Conv2d(c, w, 3, 1, 1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-                nn.Conv2d(w, 2 * w, 3, 1, 1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-                nn.Flatten(),
-                nn.Linear(2 * w * (h // 4) * (wd // 4), 4 * w),
-                nn.ReLU(),
-                nn.Linear(4 * w, k),
-            )
-        else:
-            self.body = nn.Sequential(
-                nn.Flatten(),
-                nn.Linear(_dim(self.sample_shape), w),
-                nn.ReLU(),
-                nn.Linear(w, w),
-                nn.ReLU(),
-                nn.Linear(w, k),
-            )
+    @staticmethod
+    def _conv_body(shape, k: int, w: int) -> Tuple[nn.Module, int]:
+        c, h, wd = shape
+        body = nn.Sequential(
+            nn.Conv2d(c, w, 3, 1, 1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, 1, 1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * w * (h // 4) * (wd // 4), 4 * w),
+            nn.ReLU(),
+            nn.Linear(4 * w, k),
+        )
+        return body, k
+
+    @staticmethod
+    def _mlp_body(d: int, k: int, w: int) -> Tuple[nn.Module, int]:
+        layers = (nn.Flatten(), nn.Linear(d, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU())
+        return nn.Sequential(*layers, nn.Linear(w, k)), k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.normalise(x))
