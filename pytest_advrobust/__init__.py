@@ -11,7 +11,8 @@ The flow of one robust test, and the module that holds each stage:
    ``pgd_core.py``), APGD (``apgd.py``), their shared losses and gradients (``steps.py``),
    the generator attack (``gan.py``, ``gan_fit.py``), query counts (``counting.py``); norm
    geometry and keep-the-worst in ``geometry.py``.
-   - **gan** (``gan/``): generator networks, AdvGAN training, fitting to the evaluation inputs.
+   - **gan** (``gan/``): generator networks, AdvGAN training, fitting to the evaluation inputs,
+     generator keys and acquisition (memo, cache, warm start; one process or torchrun ranks).
    - **cache** (``cache/``): keys, the safe store, maintenance; weights only, checksummed.
    - **generated** (``generated/``): the class-conditional generator and the real vs
      generated gap.

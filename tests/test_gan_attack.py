@@ -8,6 +8,7 @@ import torch.nn as nn
 from _support import digits_mlp, digits_tensors
 
 import pytest_advrobust.attacks.gan as gan_mod
+import pytest_advrobust.gan.acquire as acquire_mod
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext, perturbation_norms
 from pytest_advrobust.gan.train import GanConfig
 
@@ -40,7 +41,7 @@ def small_gan(monkeypatch):
     gan_mod.clear_memo()
     trainings = []
     real_default = gan_mod.default_gan_config
-    real_train = gan_mod.train_generator
+    real_train = acquire_mod.train_generator
 
     def small(cfg, n_train):
         return dataclasses.replace(
@@ -65,7 +66,7 @@ def small_gan(monkeypatch):
         return res
 
     monkeypatch.setattr(gan_mod, "default_gan_config", small)
-    monkeypatch.setattr(gan_mod, "train_generator", counting)
+    monkeypatch.setattr(acquire_mod, "train_generator", counting)
     yield trainings
     gan_mod.clear_memo()
 

@@ -20,21 +20,17 @@ MAX_FUNCTION_LINES = 60
 #: exceed while it waits to be split. The list may only shrink: a module or
 #: function that is not listed must keep to the limits.
 MODULE_DEBT = {
-    "attacks/gan.py": 675,
     "baseline.py": 506,
     "cli.py": 659,
-    "gan/networks.py": 516,
     "gan/train.py": 716,
 }
 FUNCTION_DEBT = {
-    "attacks/gan_fit.py:_lookup_or_fit": 77,
     "baseline.py:compare": 74,
     "baseline.py:save_baseline": 64,
     "cli.py:_cmd_cache": 91,
     "cli.py:_cmd_compare": 69,
     "cli.py:build_parser": 100,
     "gan/train.py:_train": 271,
-    "gan/transductive.py:fit_to_inputs": 82,
 }
 #: Option tables and check catalogues: long by nature, exempt from the function limit.
 TABLES = {"options.py:add_options", "plugin.py:pytest_addoption"}

@@ -28,12 +28,15 @@ seconds, of the training), ``cut_short`` (a wall-clock cap ended it).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from ..gan import acquire
+from ..gan.keys import FORMAT_VERSION, data_digest, hash_parts, qualname, user_model_class
 from ..gan.networks import Generator
 from ..gan.transductive import fit_to_inputs
 from ..modelguard import frozen
@@ -89,8 +92,6 @@ def _n_train(ctx: AttackContext) -> int:
 
 
 def _combine(heads: List[Dict[str, Any]]) -> Dict[str, Any]:
-    from . import gan as g
-
     first = heads[0]
     modes = sorted({h["mode"] for h in heads})
     out = dict(first)
@@ -101,8 +102,8 @@ def _combine(heads: List[Dict[str, Any]]) -> Dict[str, Any]:
         train_steps=sum(int(h.get("train_steps", 0)) for h in heads),
         fit_steps=sum(int(h.get("fit_steps", 0)) for h in heads),
         cut_short=any(h.get("cut_short") for h in heads),
-        key=g._hash_parts({"heads": [h.get("key") for h in heads]}),
-        attack_id=g._hash_parts({"heads": [h.get("attack_id") for h in heads]}),
+        key=hash_parts({"heads": [h.get("key") for h in heads]}),
+        attack_id=hash_parts({"heads": [h.get("attack_id") for h in heads]}),
         eval_forward_per_sample=len(heads) + 1,
         eval_backward_per_sample=1,
         heads=[
@@ -154,6 +155,40 @@ def fitted_generator(
     train_x, train_y, gcfg, arch, parts, key_a, family_a = g.identity(model, cfg, ctx, gan_cfg)
     if gcfg.fit_steps == 0:
         return g.obtain_generator(model, cfg, ctx, gcfg)
+    key, family = _fit_ids(x, y, gcfg, key_a, family_a, after)
+    attack_id = hash_parts({"format": FORMAT_VERSION, "gan": gcfg.to_dict(), "arch": arch})
+    memo = _MEMO.get(key)
+    if memo is not None and not ctx.retrain:
+        return memo[0].to(ctx.device).eval(), acquire.memo_facts(memo[1])
+    cache = None
+    if ctx.cache_dir is not None:
+        from ..cache import GanCache
+
+        cache = GanCache(ctx.cache_dir, warn=ctx.warn)
+    with cache.lock(key) if cache is not None else contextlib.nullcontext():
+        hit, warm = acquire.look_up(cache, key, family, arch, ctx) if cache else (None, None)
+        if hit is not None:
+            gen, facts = hit
+        else:
+            gen, facts = _fit(model, x, y, cfg, ctx, gcfg, arch, key, warm, after)
+            if cache is not None:
+                acquire.store(
+                    cache,
+                    ctx,
+                    key,
+                    _state(gen),
+                    _meta(model, gcfg, arch, family, facts, ctx),
+                    facts["mode"],
+                    "fitted",
+                )
+    facts["attack_id"] = attack_id
+    gen = gen.to(ctx.device).eval()
+    _MEMO[key] = (gen, dict(facts))
+    return gen, facts
+
+
+def _fit_ids(x, y, gcfg, key_a: str, family_a: str, after) -> Tuple[str, str]:
+    """The fitted generator's key and family: the first stage's, the inputs and the settings."""
     fit = {
         "steps": gcfg.fit_steps,
         "patience": gcfg.fit_patience,
@@ -162,60 +197,47 @@ def fitted_generator(
         "memory_lr": gcfg.fit_memory_lr,
         "warm_fraction": gcfg.warm_fraction,
     }
-    eval_digest = g._data_digest(x.detach().cpu(), y.detach().cpu())
-    family = g._hash_parts({"stage": "fit", "family": family_a, "eval": eval_digest, "fit": fit})
+    eval_digest = data_digest(x.detach().cpu(), y.detach().cpu())
+    family = hash_parts({"stage": "fit", "family": family_a, "eval": eval_digest, "fit": fit})
     after_key = after[0] if after is not None else None  # model-specific: not in the family
-    key = g._hash_parts(
+    key = hash_parts(
         {"stage": "fit", "key": key_a, "eval": eval_digest, "fit": fit, "after": after_key}
     )
-    attack_id = g._hash_parts({"format": g.FORMAT_VERSION, "gan": gcfg.to_dict(), "arch": arch})
-    memo = _MEMO.get(key)
-    if memo is not None and not ctx.retrain:
-        return memo[0].to(ctx.device).eval(), g._memo_facts(memo[1])
-    cache = None
-    if ctx.cache_dir is not None:
-        from ..cache import GanCache
-
-        cache = GanCache(ctx.cache_dir, warn=ctx.warn)
-    lock = cache.lock(key) if cache is not None else _nolock()
-    with lock:
-        gen, facts = _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache, after)
-    facts["attack_id"] = attack_id
-    gen = gen.to(ctx.device).eval()
-    _MEMO[key] = (gen, dict(facts))
-    return gen, facts
+    return key, family
 
 
-class _nolock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def _state(gen: Generator) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
 
 
-def _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache, after=None):
+def _meta(model, gcfg, arch, family: str, facts: Dict[str, Any], ctx) -> Dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "family": family,
+        "arch": arch,
+        "gan": gcfg.to_dict(),
+        "model_class": qualname(model),
+        "user_model_class": user_model_class(model),
+        "mode": facts["mode"],
+        "steps": facts["steps"],
+        "seconds": facts["seconds"],
+        "device": str(ctx.device),
+        "holdout_success": facts["holdout_success"],
+        "created": time.time(),
+        "facts": facts,
+    }
+
+
+def _fit(model, x, y, cfg, ctx, gcfg, arch, key, warm, after):
+    """Fit a copy of the first stage's generator (cold) or the family's entry (warm) to ``x``."""
     from . import gan as g
 
-    t0 = time.perf_counter()
-    init, mode = None, "cold"
-    if cache is not None and not ctx.retrain:
-        loaded = cache.load(key)
-        if loaded is not None:
-            gen = g._rebuild(arch, loaded[0], ctx, f"cache entry {key}")
-            if gen is not None:
-                cache.record_event("hit", key)
-                return gen, g._hit_facts(key, loaded[1], ctx, time.perf_counter() - t0)
-        warm = cache.find_warm_start(family, exclude_key=key)
-        if warm is not None:
-            init = g._rebuild(arch, warm[1], ctx, f"warm-start entry {warm[0]}")
-            mode = "warm" if init is not None else "cold"
-    if init is None:
-        gen, first = g.obtain_generator(model, cfg, ctx, gcfg)
+    if warm is None:
+        mode, (gen, first) = "cold", g.obtain_generator(model, cfg, ctx, gcfg)
         gen = _copy(gen, arch)
         budget, patience = gcfg.fit_steps, gcfg.fit_patience
     else:
-        gen, first = init.to(ctx.device), None
+        mode, gen, first = "warm", warm[1].to(ctx.device), None
         budget = max(1, int(math.ceil((gcfg.max_steps + gcfg.fit_steps) * gcfg.warm_fraction)))
         patience = min(gcfg.fit_patience, budget)
     t1 = time.perf_counter()
@@ -237,34 +259,8 @@ def _lookup_or_fit(model, x, y, cfg, ctx, gcfg, arch, key, family, cache, after=
     res.forward += done_cost[0]
     res.backward += done_cost[1]
     facts = _facts(first, res, mode, key, x.shape[0], time.perf_counter() - t1, ctx)
-    if cache is not None:
-        meta = {
-            "format": g.FORMAT_VERSION,
-            "family": family,
-            "arch": arch,
-            "gan": gcfg.to_dict(),
-            "model_class": g._qualname(model),
-            "user_model_class": g.user_model_class(model),
-            "mode": mode,
-            "steps": facts["steps"],
-            "seconds": facts["seconds"],
-            "device": str(ctx.device),
-            "holdout_success": facts["holdout_success"],
-            "created": time.time(),
-            "facts": facts,
-        }
-        state = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
-        try:
-            cache.store(key, state, meta)
-            cache.record_event("warm" if mode == "warm" else "train", key)
-        except OSError as exc:
-            g._warn(
-                ctx,
-                f"advrobust: could not store the fitted generator in the cache ({exc}); "
-                "it will be fitted again next run",
-            )
     if facts["cut_short"]:
-        g._warn(
+        acquire.warn(
             ctx,
             "advrobust: the GAN training was cut short by --advrobust-gan-seconds "
             f"after {facts['train_steps']} steps; its numbers depend on machine speed "

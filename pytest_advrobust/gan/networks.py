@@ -37,7 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..geometry import NORMS, project
+from ..geometry import project
+from .blocks import Bounds, _check_eps_norm_bounds, _check_shape, _default_down, _ResMLP, _UNet
+from .discriminator import build_discriminator
 from .memory import match_rows, row_keys
 
 __all__ = [
@@ -51,151 +53,8 @@ __all__ = [
 
 ARCH_VERSION = 2
 
-Bounds = Optional[Tuple[float, float]]
-
 #: Weight of the gradient direction in the L-inf generator's pre-activation (tanh(1) = 0.76).
 _PRIOR = 1.0
-
-
-# --------------------------------------------------------------------------- validation
-def _check_shape(sample_shape: Any) -> Tuple[int, ...]:
-    try:
-        if isinstance(sample_shape, (str, bytes)):
-            raise TypeError
-        shape = tuple(int(s) for s in sample_shape)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"sample_shape must be a tuple (C, H, W) or (D,), got {sample_shape!r}"
-        ) from None
-    if len(shape) not in (1, 3) or any(s < 1 for s in shape):
-        raise ValueError(
-            f"sample_shape must be (C, H, W) or (D,) with positive sizes, got {sample_shape!r}"
-        )
-    if len(shape) == 3 and min(shape[1:]) < 4:
-        raise ValueError(f"sample_shape {shape!r}: image height and width must be at least 4")
-    return shape
-
-
-def _check_eps_norm_bounds(eps: Any, norm: Any, bounds: Any) -> Tuple[float, str, Bounds]:
-    try:
-        eps_f = float(eps)
-    except (TypeError, ValueError):
-        raise ValueError(f"eps must be a positive number, got {eps!r}") from None
-    if not math.isfinite(eps_f) or eps_f <= 0:
-        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if bounds is not None:
-        try:
-            lo, hi = (float(b) for b in bounds)
-        except (TypeError, ValueError):
-            raise ValueError(f"bounds must be None or a pair (low, high), got {bounds!r}") from None
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"bounds must be a finite pair with low < high, got {bounds!r}")
-        bounds = (lo, hi)
-    return eps_f, norm, bounds
-
-
-def _default_down(h: int, w: int) -> int:
-    """Number of stride-2 stages: 1 below 28 pixels, 2 for 28-55, 3 for 56-111, else 4."""
-    return int(min(4, max(1, math.floor(math.log2(min(h, w) / 7.0)) if min(h, w) >= 14 else 1)))
-
-
-def _groups(ch: int) -> int:
-    for g in (8, 4, 2):
-        if ch % g == 0 and ch // g >= 2:
-            return g
-    return 1
-
-
-# --------------------------------------------------------------------------- building blocks
-class _ConvAct(nn.Sequential):
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-        )
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(ch, ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(ch),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(ch, ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(ch),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x + self.body(x))
-
-
-class _UNet(nn.Module):
-    """(N, C, H, W) -> raw perturbation (N, C, H, W), any H, W >= 4."""
-
-    def __init__(self, channels: int, width: int, n_down: int, n_res: int, in_channels: int = 0):
-        super().__init__()
-        self.n_down = n_down
-        widths = [width * (2**i) for i in range(n_down + 1)]
-        self.stem = _ConvAct(in_channels or channels, widths[0])
-        self.down = nn.ModuleList(
-            _ConvAct(widths[i], widths[i + 1], stride=2) for i in range(n_down)
-        )
-        self.mid = nn.Sequential(*[_ResBlock(widths[-1]) for _ in range(n_res)])
-        self.up = nn.ModuleList(_ConvAct(widths[i + 1], widths[i]) for i in reversed(range(n_down)))
-        self.merge = nn.ModuleList(
-            _ConvAct(2 * widths[i], widths[i]) for i in reversed(range(n_down))
-        )
-        self.head = nn.Conv2d(widths[0], channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        m = 2**self.n_down
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        skips = []
-        z = self.stem(x)
-        for down in self.down:
-            skips.append(z)
-            z = down(z)
-        z = self.mid(z)
-        for up, merge in zip(self.up, self.merge):
-            skip = skips.pop()
-            z = F.interpolate(up(z), size=skip.shape[-2:], mode="nearest")
-            z = merge(torch.cat([z, skip], dim=1))
-        out = self.head(z)
-        return out[..., :h, :w]
-
-
-class _ResMLP(nn.Module):
-    """(N, D) -> raw perturbation (N, D)."""
-
-    def __init__(self, dim: int, hidden: int, n_res: int, in_dim: int = 0):
-        super().__init__()
-        in_dim = in_dim or dim
-        self.inp = nn.Sequential(
-            nn.BatchNorm1d(in_dim, affine=False), nn.Linear(in_dim, hidden), nn.ReLU()
-        )
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(hidden, hidden),
-                nn.LayerNorm(hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, hidden),
-            )
-            for _ in range(n_res)
-        )
-        self.out = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.inp(x)
-        for block in self.blocks:
-            z = F.relu(z + block(z))
-        return self.out(z)
 
 
 # --------------------------------------------------------------------------- generator
@@ -462,55 +321,3 @@ def generator_from_arch(arch: Dict[str, Any]) -> Generator:
         n_down=arch.get("n_down"),
         grad_input=bool(arch.get("grad_input", False)),
     )
-
-
-# --------------------------------------------------------------------------- discriminator
-class _ConvDiscriminator(nn.Module):
-    def __init__(self, channels: int, width: int, n_stages: int):
-        super().__init__()
-        layers = []
-        cin = channels
-        for i in range(n_stages):
-            cout = width * (2**i)
-            layers += [
-                nn.Conv2d(cin, cout, 3, stride=2, padding=1),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
-            cin = cout
-        self.features = nn.Sequential(*layers)
-        self.out = nn.Linear(cin, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.features(x).mean(dim=(2, 3))).squeeze(1)
-
-
-class _MLPDiscriminator(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
-
-
-def build_discriminator(sample_shape: Sequence[int], width: int = 16) -> nn.Module:
-    """A small discriminator: ``(N, *sample_shape)`` -> one real/fake score per sample ``(N,)``.
-
-    Images get 2-4 stride-2 convolutions and global average pooling; feature
-    vectors get a two-layer MLP.
-    """
-    shape = _check_shape(sample_shape)
-    if not isinstance(width, int) or width < 2:
-        raise ValueError(f"width must be an integer >= 2, got {width!r}")
-    if len(shape) == 3:
-        c, h, w = shape
-        stages = int(min(4, max(2, math.floor(math.log2(min(h, w))) - 1)))
-        return _ConvDiscriminator(c, width, stages)
-    (d,) = shape
-    return _MLPDiscriminator(d, int(min(256, max(32, d))))

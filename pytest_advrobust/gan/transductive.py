@@ -67,6 +67,41 @@ def _clean_correct(model, x, y, parts) -> torch.Tensor:
         return torch.cat([model(x[p]).float().argmax(1) == y[p] for p in parts])
 
 
+def _directions(gen, model, x, y, parts) -> Optional[torch.Tensor]:
+    """Fixed inputs, frozen model: the gradient directions once, if ``gen`` takes them."""
+    if not getattr(gen, "grad_input", False):
+        return None
+    return torch.cat([input_direction(model, x[p], y[p], gen.norm) for p in parts])
+
+
+def _optimiser(gen, x: torch.Tensor, lr: float, memory_lr: float):
+    """The per-input offsets (from what ``gen`` remembers of ``x``) and Adam over both."""
+    start = gen.recalled(x) if hasattr(gen, "recalled") else None
+    offsets = torch.zeros_like(x, dtype=torch.float32) if start is None else start.clone()
+    offsets.requires_grad_(memory_lr > 0)
+    groups = [{"params": list(gen.parameters()), "lr": lr}]
+    if memory_lr > 0:
+        groups.append({"params": [offsets], "lr": memory_lr})
+    return offsets, torch.optim.Adam(groups, betas=(0.5, 0.999))
+
+
+def _pass(gen, model, x, y, dirs, offsets, parts, done, kappa: float, learn: bool):
+    """One pass over the inputs: the fooled mask and the last chunk's loss; with ``learn``,
+    the gradients of minus the cross-entropy of the samples still to fool, over ``N``."""
+    n = x.shape[0]
+    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for p in parts:
+        with torch.enable_grad():
+            logits = model(gen(x[p], dirs[p] if dirs is not None else None, offsets[p]))
+            m = margin(logits, y[p])
+            active = ((m > -kappa) & ~done[p]).float()
+            loss = -(F.cross_entropy(logits.float(), y[p], reduction="none") * active).sum() / n
+        if learn:
+            loss.backward()
+        fooled[p] = m.detach() < 0
+    return fooled, loss
+
+
 def fit_to_inputs(
     gen: torch.nn.Module,
     model: Callable[[torch.Tensor], torch.Tensor],
@@ -97,38 +132,19 @@ def fit_to_inputs(
     x, y = x.to(dev), y.to(dev)
     n = x.shape[0]
     parts = _chunks(n, chunk)
-    ok = _clean_correct(model, x, y, parts)
-    forward, backward, dirs = n, 0, None
-    if getattr(gen, "grad_input", False):  # fixed inputs, frozen model: the directions once
-        dirs = torch.cat([input_direction(model, x[p], y[p], gen.norm) for p in parts])
-        forward, backward = 2 * n, n
+    counted = _clean_correct(model, x, y, parts)  # all samples when none is correct
+    counted = counted if bool(counted.any()) else torch.ones_like(counted)
+    denom = int(counted.sum())
+    dirs = _directions(gen, model, x, y, parts)
+    forward, backward = (2 * n, n) if dirs is not None else (n, 0)
     done = torch.zeros(n, dtype=torch.bool, device=dev) if done is None else done.to(dev)
-    denom = int(ok.sum()) or n
-    counted = ok if int(ok.sum()) else torch.ones_like(ok)
     gen.eval()  # batch norm uses its running statistics: training output == evaluation output
-    start = gen.recalled(x) if hasattr(gen, "recalled") else None
-    offsets = torch.zeros_like(x, dtype=torch.float32) if start is None else start.clone()
-    offsets.requires_grad_(memory_lr > 0)
-    groups = [{"params": list(gen.parameters()), "lr": lr}]
-    if memory_lr > 0:
-        groups.append({"params": [offsets], "lr": memory_lr})
-    opt = torch.optim.Adam(groups, betas=(0.5, 0.999))
+    offsets, opt = _optimiser(gen, x, lr, memory_lr)
     best, best_step, best_state, stale, step = -1, 0, None, 0, 0
     while True:
         opt.zero_grad(set_to_none=True)
-        fooled = torch.zeros(n, dtype=torch.bool, device=dev)
-        for p in parts:
-            with torch.enable_grad():
-                logits = model(gen(x[p], dirs[p] if dirs is not None else None, offsets[p]))
-                m = margin(logits, y[p])
-                active = ((m > -kappa) & ~done[p]).float()
-                ce = F.cross_entropy(logits.float(), y[p], reduction="none")
-                loss = -(ce * active).sum() / n
-            if step < max_steps:
-                loss.backward()
-                backward += int(x[p].shape[0])
-            fooled[p] = m.detach() < 0
-        forward += n
+        fooled, loss = _pass(gen, model, x, y, dirs, offsets, parts, done, kappa, step < max_steps)
+        forward, backward = forward + n, backward + (n if step < max_steps else 0)
         score = int(((fooled | done) & counted).sum())
         if score > best:
             best, best_step, stale = score, step, 0
@@ -145,7 +161,4 @@ def fit_to_inputs(
     gen.load_state_dict(best_state)
     if memory_lr > 0:
         gen.remember(x, best_offsets)
-    gen.eval()
-    return FitResult(
-        steps=step, success=best / denom, best_step=best_step, forward=forward, backward=backward
-    )
+    return FitResult(step, best / denom, best_step, forward, backward)
