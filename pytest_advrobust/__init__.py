@@ -4,7 +4,8 @@ The flow of one robust test, and the module that holds each stage:
 
 1. **plugin** (``plugin.py``: hooks only; ``session.py``, ``gate.py``, ``options.py``):
    options, the ``robust`` marker, fixtures, the verdict after the test body.
-2. **settings** (``settings.py``): marker, command line and ini -> one frozen settings object.
+2. **settings** (``settings.py``): marker, command line and ini -> one frozen settings object;
+   value parsers shared with the ``advrobust`` command in ``parsing.py``.
 3. **data** (``data.py``, ``loading.py``, ``layout.py``): the user's data -> seeded,
    fixed evaluation and training tensors, converted once per session.
 4. **attack** (``attacks/``): the protocol and registry, PGD/FGSM (``gradient.py``,
@@ -18,13 +19,15 @@ The flow of one robust test, and the module that holds each stage:
      generated gap.
 5. **evaluate** (``runner.py``, ``evaluate.py``, ``sanity.py``, ``gatechecks.py``,
    ``precision.py``, ``gradcheck.py``): clean vs adversarial metrics, sanity flags.
-6. **report** (``report.py``, ``baseline.py``, ``markdown.py``, ``html_report.py``,
-   ``pictures.py``, ``images.py``, ``image_cells.py``, ``history.py``): the terminal table,
-   JSON, JUnit, pictures, baselines, the CI job summary and the pytest-html rows.
+6. **report** (``report.py``, ``tables.py``, ``jsonfiles.py``, ``baseline.py``,
+   ``fingerprint.py``, ``markdown.py``, ``html_report.py``, ``pictures.py``, ``images.py``,
+   ``image_cells.py``, ``history.py``): the terminal table (one renderer for every table),
+   JSON and its one reader, JUnit, pictures, baselines, the CI job summary and the
+   pytest-html rows.
 
-``cli.py`` (the ``advrobust`` command), ``warm.py`` and ``distributed.py`` reuse the stages
-outside a pytest run. Imports flow one way, down this list; ``tests/test_structure.py``
-checks it.
+``cli.py`` (the ``advrobust`` command; ``cli_cache.py``, ``cli_compare.py``, ``cli_warm.py``
+hold its sub-commands), ``warm.py`` and ``distributed.py`` reuse the stages outside a pytest
+run. Imports flow one way, down this list; ``tests/test_structure.py`` checks it.
 """
 
 __version__ = "0.1.0"

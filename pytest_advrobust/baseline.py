@@ -19,7 +19,8 @@ diff. It is written to a temporary file in the same folder and renamed into
 place, so a reader never sees half a file.
 
 This module is imported when the plugin loads: it must not import torch at
-module level (``environment_fingerprint`` imports it when called).
+module level (``environment_fingerprint``, from :mod:`.fingerprint`, imports it
+when called).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from .errors import AdvRobustError
+from .fingerprint import environment_fingerprint, fingerprint_differences  # noqa: F401
+from .jsonfiles import UnreadableJson, read_json
+from .parsing import is_number
 from .report import atomic_write_text
 from .settings import MISSING_POLICIES  # noqa: F401  (what a test without an entry does)
 
@@ -66,96 +69,7 @@ _SETTING_FIELDS = ("attack", "norm", "eps", "n", "seed")
 #: Settings (of the report's ``settings``) that change the attack's strength.
 _ATTACK_SETTINGS = ("steps", "step_size", "restarts", "random_start", "targets", "refine")
 
-#: Order in which fingerprint differences are listed.
-_FINGERPRINT_ORDER = ("torch", "device_kind", "python", "plugin", "seed")
-
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-# --------------------------------------------------------------------------
-# environment fingerprint
-
-
-def _plugin_version() -> str:
-    try:
-        import pytest_advrobust
-
-        version = getattr(pytest_advrobust, "__version__", None)
-        if version:
-            return str(version)
-    except ImportError:  # pragma: no cover - we are inside the package
-        pass
-    try:
-        from importlib.metadata import PackageNotFoundError
-        from importlib.metadata import version as dist_version
-
-        return dist_version("pytest-advrobust")
-    except (ImportError, PackageNotFoundError):
-        return "unknown"
-
-
-def _device_kind(device: Any) -> str:
-    import torch
-
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    if dev.type == "cpu":
-        return "cpu"
-    if dev.type == "cuda":
-        try:
-            name = torch.cuda.get_device_name(dev)
-        except Exception:  # no CUDA runtime, bad index: still a usable fingerprint
-            name = "unknown"
-        return f"cuda:{name}"
-    return dev.type
-
-
-def environment_fingerprint(device: Any, seed: int) -> Dict[str, Any]:
-    """Describe what the numbers depend on beyond the model and the data.
-
-    ``device`` is anything ``torch.device`` accepts (``"cpu"``, ``"cuda:0"``);
-    a CUDA device is named by its card (``"cuda:NVIDIA H200"``), so two runs on
-    the same kind of card match whatever their device index.
-    """
-    import torch
-
-    return {
-        "torch": str(torch.__version__),
-        "device_kind": _device_kind(device),
-        "seed": int(seed),
-        "plugin": _plugin_version(),
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-    }
-
-
-def fingerprint_differences(
-    baseline_env: Optional[Mapping[str, Any]], current_env: Optional[Mapping[str, Any]]
-) -> List[str]:
-    """Human-readable differences between two fingerprints.
-
-    ``["torch 2.13.0 -> 2.14.1", "device_kind cpu -> cuda:NVIDIA H200"]``;
-    an empty list when they agree. A key recorded on one side only shows as
-    ``(not recorded)`` on the other.
-    """
-    old = dict(baseline_env or {})
-    new = dict(current_env or {})
-    keys = [k for k in _FINGERPRINT_ORDER if k in old or k in new]
-    keys += sorted((set(old) | set(new)) - set(_FINGERPRINT_ORDER))
-    out = []
-    for key in keys:
-        before = old.get(key, _NOT_RECORDED)
-        after = new.get(key, _NOT_RECORDED)
-        if before != after:
-            out.append(f"{key} {_show(before)} -> {_show(after)}")
-    return out
-
-
-_NOT_RECORDED = object()
-
-
-def _show(value: Any) -> str:
-    if value is _NOT_RECORDED:
-        return "(not recorded)"
-    return str(value)
 
 
 # --------------------------------------------------------------------------
@@ -169,8 +83,13 @@ def _damaged(path: Path, problem: str) -> AdvRobustError:
     )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+#: What the error says after ``baseline file PATH`` for each kind of unreadable file.
+_PROBLEMS = {
+    "folder": "is a folder, not a file",
+    "unreadable": "cannot be read ({detail})",
+    "empty": "is empty",
+    "invalid": "is not valid JSON{detail}",
+}
 
 
 def load_baseline(path: PathLike) -> Optional[Dict[str, Any]]:
@@ -183,22 +102,11 @@ def load_baseline(path: PathLike) -> Optional[Dict[str, Any]]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise _damaged(path, "is a folder, not a file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise _damaged(path, f"cannot be read ({reason})") from None
-    if not text.strip():
-        raise _damaged(path, "is empty")
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        lineno = getattr(exc, "lineno", None)
-        where = f" (line {lineno})" if lineno else ""
-        raise _damaged(path, f"is not valid JSON{where}") from None
+        data = read_json(path)
+    except UnreadableJson as exc:
+        if exc.kind == "missing":
+            return None
+        raise _damaged(path, _PROBLEMS[exc.kind].format(detail=exc.detail)) from None
     return _validate(path, data)
 
 
@@ -218,7 +126,7 @@ def _validate(path: Path, data: Any) -> Dict[str, Any]:
     if not isinstance(tests, dict):
         raise _damaged(path, "has a 'tests' field that is not an object of test ids")
     for nodeid, entry in tests.items():
-        if not isinstance(entry, dict) or not _is_number(entry.get("adversarial_accuracy")):
+        if not isinstance(entry, dict) or not is_number(entry.get("adversarial_accuracy")):
             raise _damaged(
                 path, f"has an entry for {nodeid} without a numeric adversarial_accuracy"
             )
@@ -272,7 +180,7 @@ def _settings_mismatches(entry: Mapping[str, Any], report: Mapping[str, Any]) ->
         if key not in entry or key not in report:
             continue
         old, new = entry[key], report[key]
-        if _is_number(old) and _is_number(new):
+        if is_number(old) and is_number(new):
             same = math.isclose(float(old), float(new), rel_tol=1e-9, abs_tol=1e-12)
         else:
             same = old == new
@@ -285,6 +193,31 @@ def _settings_mismatches(entry: Mapping[str, Any], report: Mapping[str, Any]) ->
     return out
 
 
+def _verdict(
+    entry: Mapping[str, Any], report: Mapping[str, Any], base: float, delta: float, tol: float
+) -> Tuple[str, str]:
+    """``(status, message)`` of the current adversarial accuracy, ``base + delta``."""
+    current = float(report["adversarial_accuracy"])
+    numbers = (
+        f"(baseline {base:.3f} -> current {current:.3f}, delta {delta:+.3f}, tolerance {tol:.3f})"
+    )
+    if current < base - tol - SLACK:
+        fell = f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}"
+        changed = _attack_change(entry, report)
+        if not changed:
+            return "regressed", fell
+        return "attack_changed", (
+            f"{fell}, but {changed}: the fall may be the attack's, not the model's; "
+            f'check with attack="pgd" and save the baseline again ({SAVE_OPTION})'
+        )
+    if current > base + tol + SLACK:
+        return "improved", (
+            f"adversarial accuracy rose {delta:.3f} above baseline {numbers}; "
+            "save the baseline again to lock in the gain"
+        )
+    return "ok", f"adversarial accuracy within tolerance of baseline {numbers}"
+
+
 def compare(
     entry: Optional[Mapping[str, Any]], report: Mapping[str, Any], tolerance: float
 ) -> Comparison:
@@ -293,72 +226,34 @@ def compare(
     ``regressed`` when the current adversarial accuracy is more than
     ``tolerance`` below the baseline, ``improved`` when it is more than
     ``tolerance`` above it, ``ok`` in between, ``missing`` when ``entry`` is
-    ``None``.
+    ``None``; ``attack_changed`` instead of ``regressed`` when the GAN attack
+    is not the one the baseline was recorded with. Raises :class:`ValueError`
+    for a negative tolerance or a report without a numeric adversarial accuracy.
     """
     tolerance = float(tolerance)
     if not math.isfinite(tolerance) or tolerance < 0:
         raise ValueError(f"baseline tolerance must be a number >= 0, got {tolerance!r}")
     current = report.get("adversarial_accuracy")
-    if not _is_number(current):
+    if not is_number(current):
         raise ValueError(
             f"report for {report.get('nodeid', '?')} has no numeric adversarial_accuracy to compare"
         )
     current = float(current)
-
     if entry is None:
-        return Comparison(
-            status="missing",
-            baseline=None,
-            current=current,
-            delta=None,
-            tolerance=tolerance,
-            message=f"no baseline entry for this test (current adversarial accuracy {current:.3f})",
-        )
+        message = f"no baseline entry for this test (current adversarial accuracy {current:.3f})"
+        return Comparison("missing", None, current, None, tolerance, message)
 
     base = float(entry["adversarial_accuracy"])
     delta = current - base
     if abs(delta) < SLACK:
         delta = 0.0  # no "-0.000" in messages for float noise
-    numbers = (
-        f"(baseline {base:.3f} -> current {current:.3f}, "
-        f"delta {delta:+.3f}, tolerance {tolerance:.3f})"
-    )
-    changed = _attack_change(entry, report)
-    if current < base - tolerance - SLACK and changed:
-        status = "attack_changed"
-        message = (
-            f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}, "
-            f"but {changed}: "
-            "the fall may be the attack's, not the model's; check with attack=\"pgd\" and "
-            f"save the baseline again ({SAVE_OPTION})"
-        )
-    elif current < base - tolerance - SLACK:
-        status = "regressed"
-        message = f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}"
-    elif current > base + tolerance + SLACK:
-        status = "improved"
-        message = (
-            f"adversarial accuracy rose {delta:.3f} above baseline {numbers}; "
-            f"save the baseline again to lock in the gain"
-        )
-    else:
-        status = "ok"
-        message = f"adversarial accuracy within tolerance of baseline {numbers}"
-
+    status, message = _verdict(entry, report, base, delta, tolerance)
     mismatches = _settings_mismatches(entry, report)
     if mismatches:
         message += (
             f"; note: the baseline was recorded with other settings ({', '.join(mismatches)})"
         )
-    return Comparison(
-        status=status,
-        baseline=base,
-        current=current,
-        delta=delta,
-        tolerance=tolerance,
-        message=message,
-        mismatches=mismatches,
-    )
+    return Comparison(status, base, current, delta, tolerance, message, mismatches)
 
 
 # --------------------------------------------------------------------------
@@ -463,44 +358,33 @@ def save_baseline(
         raise ValueError(f"baseline save mode must be 'all' or 'new', got {mode!r}")
     path = Path(path)
     old_tests: Dict[str, Any] = dict((existing or {}).get("tests") or {})
-    old_env = dict((existing or {}).get("environment") or {})
-
-    tests: Dict[str, Any] = {}
-    pruned: List[str] = []
-    for nodeid, entry in old_tests.items():
-        if collected is not None and nodeid not in collected:
-            pruned.append(nodeid)
-        else:
-            tests[nodeid] = entry
-
+    tests = {k: v for k, v in old_tests.items() if collected is None or k in collected}
+    pruned = sorted(set(old_tests) - set(tests))
     written: List[str] = []
     for report in reports:
         nodeid = report.get("nodeid")
-        if not nodeid or not _is_number(report.get("adversarial_accuracy")):
+        if not nodeid or not is_number(report.get("adversarial_accuracy")):
             continue
         if mode == "new" and nodeid in old_tests:
             continue
         tests[nodeid] = entry_from_report(report, environment)
         written.append(nodeid)
 
-    written_set = set(written)
-    kept = [nodeid for nodeid in tests if nodeid not in written_set]
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "environment": dict(environment) if (written or existing is None) else old_env,
-        "tests": tests,
-    }
-    text = dumps(doc)
-    unchanged = existing is not None and not written and not pruned and path.is_file()
-    if not unchanged:
-        try:
-            atomic_write_text(path, text)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise AdvRobustError(
-                f"baseline file {path} cannot be written ({reason}); "
-                f"point {BASELINE_OPTION} at a writable location"
-            ) from None
-    return SaveResult(
-        path=path, written=sorted(set(written)), kept=sorted(kept), pruned=sorted(pruned)
-    )
+    kept = sorted(set(tests) - set(written))
+    if existing is not None and not written:  # nothing measured here: keep the recorded one
+        environment = existing.get("environment") or {}
+    if existing is None or written or pruned or not path.is_file():
+        doc = {"schema_version": SCHEMA_VERSION, "environment": dict(environment), "tests": tests}
+        _write(path, doc)
+    return SaveResult(path=path, written=sorted(set(written)), kept=kept, pruned=pruned)
+
+
+def _write(path: Path, doc: Mapping[str, Any]) -> None:
+    try:
+        atomic_write_text(path, dumps(doc))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise AdvRobustError(
+            f"baseline file {path} cannot be written ({reason}); "
+            f"point {BASELINE_OPTION} at a writable location"
+        ) from None

@@ -10,10 +10,21 @@ that the generator turned).
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from typing import Any, List, Mapping, Tuple
 
-__all__ = ["attack_text", "describe", "entry_row", "header", "model_text", "strength_text"]
+__all__ = [
+    "attack_text",
+    "created_text",
+    "describe",
+    "entry_row",
+    "header",
+    "model_text",
+    "size_text",
+    "sort_time",
+    "strength_text",
+]
 
 KEY_CHARS = 12
 
@@ -47,15 +58,53 @@ def strength_text(meta: Mapping[str, Any]) -> str:
     return f"{float(value):.3f} held-out success"
 
 
-def entry_row(entry: Any, created: str, size: str) -> List[str]:
+def size_text(num: Any) -> str:
+    """``"512 B"``, ``"1.5 KiB"`` ... up to GiB; ``"?"`` for what is not a number."""
+    try:
+        value = float(num)
+    except (TypeError, ValueError):
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return "?"  # pragma: no cover
+
+
+def created_text(created: Any) -> str:
+    """A creation time (seconds since the epoch) as local ``YYYY-MM-DD HH:MM:SS``."""
+    if created is None:
+        return "?"
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        try:
+            return _dt.datetime.fromtimestamp(created).strftime("%Y-%m-%d %H:%M:%S")
+        except (OverflowError, OSError, ValueError):
+            return str(created)
+    return str(created)
+
+
+def sort_time(created: Any) -> float:
+    """A creation time (seconds, or ISO text) as seconds to sort by; 0 when unknown."""
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        return float(created)
+    if isinstance(created, str):
+        try:
+            return _dt.datetime.fromisoformat(created).timestamp()
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def entry_row(entry: Any) -> List[str]:
+    """The ``cache list`` row of one entry, in the order of :func:`header`."""
     meta = entry.meta if isinstance(entry.meta, Mapping) else {}
     return [
         str(entry.key)[:KEY_CHARS],
         model_text(meta),
         attack_text(meta),
         strength_text(meta),
-        created,
-        size,
+        created_text(entry.created),
+        size_text(entry.size),
         str(entry.family or "-")[:KEY_CHARS],
         "yes" if entry.valid else "NO",
     ]

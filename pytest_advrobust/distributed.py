@@ -51,6 +51,7 @@ __all__ = [
     "local_rank",
     "rank",
     "teardown",
+    "TrainingSync",
     "world_size",
 ]
 
@@ -213,13 +214,18 @@ def all_gather_object(obj: Any) -> List[Any]:
     return out
 
 
-def _reduce_flag(flag: bool, op_name: str) -> bool:
+def _all_reduce(values: List[int], dtype: str, op_name: str, device: Any) -> List[int]:
+    """``values`` reduced elementwise over the ranks by ``dist.ReduceOp.<op_name>``."""
     import torch
 
     dist = _dist()
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=collective_device())
+    t = torch.tensor(values, dtype=getattr(torch, dtype), device=device)
     dist.all_reduce(t, op=getattr(dist.ReduceOp, op_name))
-    return bool(t.item())
+    return [int(v) for v in t.tolist()]
+
+
+def _reduce_flag(flag: bool, op_name: str) -> bool:
+    return bool(_all_reduce([1 if flag else 0], "int32", op_name, collective_device())[0])
 
 
 def all_true(flag: bool) -> bool:
@@ -262,3 +268,86 @@ def broadcast_state(state: Optional[Dict[str, Any]], src: int = 0) -> Dict[str, 
             _dist().broadcast(t, src=src)
         out[name] = t.cpu()
     return out
+
+
+# --------------------------------------------------------------------------- training
+class TrainingSync:
+    """The collectives of one DDP training (:mod:`pytest_advrobust.gan.train`).
+
+    ``TrainingSync(False)`` is a single process: rank 0 of 1, every method
+    trivial. ``TrainingSync(True)`` needs the group that :func:`init_from_env`
+    joined (RuntimeError otherwise); every rank must then call the same
+    methods in the same order.
+    """
+
+    def __init__(self, active: bool):
+        self.active = False
+        self.rank, self.world = 0, 1
+        if active:
+            if not is_distributed():
+                raise RuntimeError(
+                    "distributed training needs pytest_advrobust.distributed.init_from_env() "
+                    "to have joined a process group of more than one process"
+                )
+            self.active, self.dist = True, _dist()
+            self.rank, self.world = rank(), world_size()
+            self.dev = collective_device()
+
+    def wrap(self, module: Any, dev: Any) -> Any:
+        """``module`` in DistributedDataParallel (buffers are synchronised before evaluations)."""
+        if not self.active:
+            return module
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        kwargs = {"device_ids": [dev.index] if dev.type == "cuda" else None}
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+            kwargs["forward_sync_buffers"] = False  # torch >= 2.12 (buffers still synced at init)
+        else:
+            kwargs["broadcast_buffers"] = False
+        return DistributedDataParallel(module, **kwargs)
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank."""
+        if not self.active:
+            return bool(flag)
+        import torch
+
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.dev)
+        self.dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def any_flags(self, flags: List[bool]) -> List[bool]:
+        """Per position: true when true on some rank (distributed only)."""
+        values = [1 if f else 0 for f in flags]
+        return [bool(v) for v in _all_reduce(values, "int32", "MAX", self.dev)]
+
+    def sum_ints(self, values: List[int]) -> List[int]:
+        """Per position: the sum over the ranks (distributed only)."""
+        return _all_reduce(values, "int64", "SUM", self.dev)
+
+    def per_rank(self, value: int) -> List[int]:
+        """Every rank's ``value``, in rank order."""
+        if not self.active:
+            return [int(value)]
+        one_hot = [0] * self.world
+        one_hot[self.rank] = int(value)
+        return self.sum_ints(one_hot)
+
+    def sync_module(self, module: Any) -> None:
+        """Overwrite every parameter and buffer of ``module`` with rank 0's."""
+        if not self.active:
+            return
+        import torch
+
+        with torch.no_grad():
+            for t in module.state_dict().values():  # views of the module's own tensors
+                if not isinstance(t, torch.Tensor):
+                    continue
+                if t.is_contiguous():
+                    self.dist.broadcast(t, src=0)
+                else:
+                    c = t.contiguous()
+                    self.dist.broadcast(c, src=0)
+                    t.copy_(c)

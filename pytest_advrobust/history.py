@@ -47,8 +47,8 @@ def expand_paths(paths: Sequence[str]) -> List[Path]:
 
 
 def load_history(paths: Sequence[str]) -> History:
-    """Read the reports; raises the CLI's ``InputError`` (one sentence) on a bad file."""
-    from .cli import InputError, load_results
+    """Read the reports; raises :class:`~.jsonfiles.InputError` (one sentence) on a bad file."""
+    from .jsonfiles import InputError, load_results
 
     files = expand_paths(paths)
     if not files:

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from .report import atomic_write_text, eps_cell
+from .report import COLUMNS, atomic_write_text, eps_cell, fmt3
+from .tables import markdown_cell, markdown_lines
 
 __all__ = [
     "ENV_STEP_SUMMARY",
@@ -25,26 +26,7 @@ __all__ = [
 
 ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 
-_HEADER = [
-    "verdict",
-    "test",
-    "attack",
-    "eps",
-    "n",
-    "clean",
-    "adversarial [95% CI]",
-    "gap",
-    "threshold",
-    "baseline delta",
-]
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _f(v: Optional[float]) -> str:
-    return "-" if v is None else f"{float(v):.3f}"
+_HEADER = ["verdict", *COLUMNS, "baseline delta"]
 
 
 def _baseline(rep: Dict[str, Any]) -> str:
@@ -65,10 +47,10 @@ def _row(rep: Dict[str, Any]) -> List[str]:
         f"{rep['attack']} {rep['norm']}",
         eps_cell(rep),
         str(rep["n"]),
-        _f(rep["clean_accuracy"]),
-        f"{_f(rep['adversarial_accuracy'])} [{_f(lo)}, {_f(hi)}]",
-        _f(rep["gap"]) + (" (relative)" if rep.get("metric") == "relative" else ""),
-        _f(rep["threshold"]),
+        fmt3(rep["clean_accuracy"]),
+        f"{fmt3(rep['adversarial_accuracy'])} [{fmt3(lo)}, {fmt3(hi)}]",
+        fmt3(rep["gap"]) + (" (relative)" if rep.get("metric") == "relative" else ""),
+        fmt3(rep["threshold"]),
         _baseline(rep),
     ]
 
@@ -91,14 +73,11 @@ def markdown_table(
         "",
         f"{len(ordered)} robust tests, {failed} failed, {len(ordered) - failed} passed.",
         "",
-        "| " + " | ".join(_HEADER) + " |",
-        "|" + "|".join(" --- " for _ in _HEADER) + "|",
+        *markdown_lines([_HEADER] + [_row(rep) for rep in ordered]),
     ]
-    for rep in ordered:
-        lines.append("| " + " | ".join(_cell(c) for c in _row(rep)) + " |")
     errored = sorted(without_numbers)
     if errored:
-        names = ", ".join(f"`{_cell(n)}`" for n in errored)
+        names = ", ".join(f"`{markdown_cell(n)}`" for n in errored)
         lines += [
             "",
             f"**{len(errored)} more robust tests ended in an error before any "

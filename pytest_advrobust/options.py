@@ -55,118 +55,74 @@ VALUE_HELP = {
     "clearly above chance, 1/classes)",
 }
 
-# (option, keyword arguments of addoption, (ini key, ini help, ini type) or None)
+# (option, METAVAR or None for an on/off switch, help, help of its ini key or None).
+# The ini key is the option's name with underscores ("--advrobust-json": advrobust_json);
+# an on/off switch with an ini key is a bool ini.
 SWITCHES = (
     (
         "--advrobust",
-        dict(
-            action="store_true",
-            default=None,
-            help="run robustness tests (marked robust or using adversarial_batch "
-            "/ gan_generator); without it they are skipped. ini: advrobust",
-        ),
-        ("advrobust", "run robustness tests by default", "bool"),
+        None,
+        "run robustness tests (marked robust or using adversarial_batch / gan_generator); "
+        "without it they are skipped",
+        "run robustness tests by default",
     ),
     (
         "--advrobust-json",
-        dict(
-            metavar="PATH",
-            default=None,
-            help="write the JSON report (all robust tests) to PATH. ini: advrobust_json",
-        ),
-        ("advrobust_json", "path of the JSON report", None),
+        "PATH",
+        "write the JSON report (all robust tests) to PATH",
+        "path of the JSON report",
     ),
     (
         "--advrobust-cache-dir",
-        dict(
-            metavar="DIR",
-            default=None,
-            help="GAN cache folder (default .pytest_cache/d/advrobust, "
-            "or $ADVROBUST_CACHE_DIR). ini: advrobust_cache_dir",
-        ),
-        ("advrobust_cache_dir", "GAN cache folder", None),
+        "DIR",
+        "GAN cache folder (default .pytest_cache/d/advrobust, or $ADVROBUST_CACHE_DIR)",
+        "GAN cache folder",
     ),
-    (
-        "--advrobust-retrain",
-        dict(
-            action="store_true",
-            default=False,
-            help="train generators even when the cache holds them",
-        ),
-        None,
-    ),
+    ("--advrobust-retrain", None, "train generators even when the cache holds them", None),
     (
         "--advrobust-baseline",
-        dict(
-            metavar="PATH",
-            default=None,
-            help="baseline file (default <rootdir>/advrobust-baseline."
-            "json). ini: advrobust_baseline",
-        ),
-        ("advrobust_baseline", "baseline file", None),
-    ),
-    (
-        "--advrobust-save-baseline",
-        dict(
-            nargs="?",
-            const="all",
-            default=None,
-            choices=("all", "new"),
-            help="write the baseline from this run; =new adds only "
-            "missing entries (write =all or put it after the "
-            "test paths, since it takes an optional value)",
-        ),
-        None,
+        "PATH",
+        "baseline file (default <rootdir>/advrobust-baseline.json)",
+        "baseline file",
     ),
     (
         "--advrobust-compare",
-        dict(
-            action="store_true",
-            default=None,
-            help="fail tests whose adversarial accuracy fell below the "
-            "baseline by more than the tolerance. "
-            "ini: advrobust_compare",
-        ),
-        ("advrobust_compare", "compare against the baseline", "bool"),
+        None,
+        "fail tests whose adversarial accuracy fell below the baseline by more than the tolerance",
+        "compare against the baseline",
     ),
-    (
-        "--advrobust-strict",
-        dict(
-            action="store_true",
-            default=None,
-            help="turn sanity flags into test errors. ini: advrobust_strict",
-        ),
-        ("advrobust_strict", "sanity flags fail tests", "bool"),
-    ),
+    ("--advrobust-strict", None, "turn sanity flags into test errors", "sanity flags fail tests"),
     (
         "--advrobust-images",
-        dict(
-            metavar="DIR",
-            default=None,
-            help="write a PNG gallery (and curve) per robust test into DIR. ini: advrobust_images",
-        ),
-        ("advrobust_images", "folder for PNG galleries", None),
+        "DIR",
+        "write a PNG gallery (and curve) per robust test into DIR",
+        "folder for PNG galleries",
     ),
     (
         "--advrobust-markdown",
-        dict(
-            metavar="PATH",
-            default=None,
-            help="write a Markdown table of every robust test to PATH "
-            "(it is also appended to $GITHUB_STEP_SUMMARY when "
-            "set). ini: advrobust_markdown",
-        ),
-        ("advrobust_markdown", "path of the Markdown summary table", None),
+        "PATH",
+        "write a Markdown table of every robust test to PATH (it is also appended to "
+        "$GITHUB_STEP_SUMMARY when set)",
+        "path of the Markdown summary table",
     ),
     (
         "--advrobust-warm",
-        dict(
-            action="store_true",
-            default=False,
-            help="only train and cache the generators the selected tests "
-            "need, then skip them (used by `advrobust warm`)",
-        ),
         None,
+        "only train and cache the generators the selected tests need, then skip them "
+        "(used by `advrobust warm`)",
+        None,
+    ),
+)
+
+SAVE_BASELINE = (
+    "--advrobust-save-baseline",
+    dict(
+        nargs="?",
+        const="all",
+        default=None,
+        choices=("all", "new"),
+        help="write the baseline from this run; =new adds only missing entries (write =all or "
+        "put it after the test paths, since it takes an optional value)",
     ),
 )
 
@@ -185,8 +141,7 @@ FIXTURE_INIS = (
 def add_options(parser: pytest.Parser) -> None:
     """Register every option and ini key of the plugin (the pytest_addoption hook)."""
     group = parser.getgroup(*GROUP)
-    for opt, kwargs, ini in SWITCHES[:1]:
-        _add_switch(parser, group, opt, kwargs, ini)
+    _add_switch(parser, group, *SWITCHES[0])
     for name, (opt, ini_name, parse) in VALUE_OPTIONS.items():
         group.addoption(
             opt,
@@ -196,23 +151,23 @@ def add_options(parser: pytest.Parser) -> None:
             help=f"{VALUE_HELP[name]}. ini: {ini_name}",
         )
         parser.addini(ini_name, VALUE_HELP[name])
-    for opt, kwargs, ini in SWITCHES[1:]:
-        _add_switch(parser, group, opt, kwargs, ini)
+    for switch in SWITCHES[1:]:
+        _add_switch(parser, group, *switch)
+        if switch[0] == "--advrobust-baseline":
+            group.addoption(SAVE_BASELINE[0], **SAVE_BASELINE[1])
     for ini_name, help_text, field in FIXTURE_INIS:
         parser.addini(ini_name, help_text, default=DEFAULTS[field])
 
 
 def _add_switch(
-    parser: pytest.Parser, group: Any, opt: str, kwargs: Dict[str, Any], ini: Optional[tuple]
+    parser: pytest.Parser, group: Any, opt: str, metavar: Optional[str], help: str, ini: Any
 ) -> None:
-    group.addoption(opt, **kwargs)
-    if ini is None:
-        return
-    name, help_text, kind = ini
-    if kind == "bool":
-        parser.addini(name, help_text, type="bool", default=False)
-    else:
-        parser.addini(name, help_text)
+    name = opt.lstrip("-").replace("-", "_")
+    kwargs: Dict[str, Any] = {"metavar": metavar} if metavar else {"action": "store_true"}
+    default = None if (metavar or ini) else False
+    group.addoption(opt, default=default, help=f"{help}. ini: {name}" if ini else help, **kwargs)
+    if ini is not None:
+        parser.addini(name, ini, **({} if metavar else {"type": "bool", "default": False}))
 
 
 def flag(config: pytest.Config, opt: str, ini: str) -> bool:

@@ -12,13 +12,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
+from .tables import text_table
+
 SCHEMA_VERSION = 1
 
 __all__ = [
+    "COLUMNS",
     "SCHEMA_VERSION",
     "build_report",
     "eps_cell",
     "failure_message",
+    "fmt3",
     "point_message",
     "summary_lines",
     "write_json_report",
@@ -130,26 +134,18 @@ def junit_properties(rep: Dict[str, Any]) -> List[tuple]:
     return props
 
 
-def _fmt(v: Optional[float], nd: int = 3) -> str:
-    return "-" if v is None else f"{v:.{nd}f}"
+#: The columns the terminal table and the Markdown summary share, in their order.
+COLUMNS = ("test", "attack", "eps", "n", "clean", "adversarial [95% CI]", "gap", "threshold")
+
+
+def fmt3(v: Optional[float]) -> str:
+    """A number with three decimals, ``-`` for none."""
+    return "-" if v is None else f"{float(v):.3f}"
 
 
 def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
     """Rows of the terminal summary, one per robust test, in node id order."""
-    header = [
-        "test",
-        "attack",
-        "eps",
-        "n",
-        "clean",
-        "adversarial [95% CI]",
-        "gap",
-        "threshold",
-        "baseline",
-        "verdict",
-        "generator",
-    ]
-    rows = [header]
+    rows = [[*COLUMNS, "baseline", "verdict", "generator"]]
     for rep in sorted(reports, key=lambda r: r["nodeid"]):
         lo, hi = rep["adversarial_ci"]
         base = rep.get("baseline") or {}
@@ -172,22 +168,16 @@ def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
                 what,
                 eps_cell(rep),
                 str(rep["n"]),
-                _fmt(rep["clean_accuracy"]),
-                f"{_fmt(rep['adversarial_accuracy'])} [{_fmt(lo)}, {_fmt(hi)}]",
-                _fmt(rep["gap"]),
-                _fmt(rep["threshold"]),
+                fmt3(rep["clean_accuracy"]),
+                f"{fmt3(rep['adversarial_accuracy'])} [{fmt3(lo)}, {fmt3(hi)}]",
+                fmt3(rep["gap"]),
+                fmt3(rep["threshold"]),
                 btxt,
                 rep["verdict"].upper() + flags,
                 gen,
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    out = []
-    for k, r in enumerate(rows):
-        out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out
+    return text_table(rows, rule=True)
 
 
 def _generator_cell(tr: Optional[Dict[str, Any]]) -> str:

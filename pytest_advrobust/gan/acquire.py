@@ -96,43 +96,27 @@ def rebuild(
 
 
 def look_up(cache, key: str, family: str, arch: Dict[str, Any], ctx: Any):
-    """``(hit, warm)`` for ``key`` (call under ``cache.lock(key)``).
+    """:func:`pytest_advrobust.cache.protocol.look_up` for generators of ``arch``
+    (call under ``cache.lock(key)``): ``(hit, warm)``, ``hit`` a ``(generator, facts)``,
+    ``warm`` a ``(warm_key, generator)``."""
+    from ..cache import protocol
 
-    ``hit``: ``(generator, facts)`` of a usable entry, recorded as a ``"hit"``
-    event, or ``None``; ``warm``: ``(warm_key, generator)`` of the newest
-    usable entry of ``family`` when there is no hit, or ``None``. With
-    ``ctx.retrain`` both are ``None``.
-    """
-    if ctx.retrain:
-        return None, None
-    t0 = time.perf_counter()
-    loaded = cache.load(key)
-    if loaded is not None:
-        gen = rebuild(arch, loaded[0], ctx, f"cache entry {key}")
-        if gen is not None:
-            cache.record_event("hit", key)
-            return (gen, hit_facts(key, loaded[1], ctx, time.perf_counter() - t0)), None
-    found = cache.find_warm_start(family, exclude_key=key)
-    if found is not None:
-        gen = rebuild(arch, found[1], ctx, f"warm-start entry {found[0]}")
-        if gen is not None:
-            return None, (found[0], gen)
-    return None, None
+    return protocol.look_up(
+        cache,
+        key,
+        family,
+        lambda state, what: rebuild(arch, state, ctx, what),
+        lambda meta, seconds: hit_facts(key, meta, ctx, seconds),
+        retrain=ctx.retrain,
+    )
 
 
 def store(cache, ctx: Any, key: str, state, meta: Dict[str, Any], mode: str, done="trained"):
-    """Store ``state`` under ``key`` and record a ``"train"``/``"warm"`` event; a full or
-    read-only disk costs a warning, not the run (``done``: what was done to it)."""
-    try:
-        cache.store(key, state, meta)
-    except OSError as exc:
-        warn(
-            ctx,
-            f"advrobust: could not store the {done} generator in the cache ({exc}); "
-            f"it will be {done} again next run",
-        )
-    else:
-        cache.record_event("warm" if mode == "warm" else "train", key)
+    """Store ``state`` under ``key`` (:func:`pytest_advrobust.cache.protocol.store`);
+    ``done``: what was done to the generator, and is done again next run if storing fails."""
+    from ..cache import protocol
+
+    protocol.store(cache, key, state, meta, mode, ctx.warn, (f"{done} generator", done))
 
 
 def store_trained(cache, ctx, key, family, arch, gcfg: GanConfig, parts, result) -> None:

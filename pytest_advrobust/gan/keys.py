@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 from ..modelguard import Preprocessed, frozen
+from .config import GanConfig
 from .networks import build_generator
-from .train import GanConfig
 
 __all__ = [
     "FORMAT_VERSION",
@@ -105,15 +105,7 @@ def hash_parts(parts: Dict[str, Any]) -> str:
 def arch_for(sample_shape, gcfg: GanConfig) -> Dict[str, Any]:
     """The generator architecture (:attr:`Generator.arch`) that ``gcfg`` builds."""
     with torch.random.fork_rng(devices=[]):
-        return build_generator(
-            sample_shape,
-            gcfg.eps,
-            gcfg.norm,
-            gcfg.bounds,
-            width=gcfg.width,
-            n_res=gcfg.n_res,
-            grad_input=gcfg.grad_input,
-        ).arch
+        return build_generator(sample_shape, **gcfg.generator_args()).arch
 
 
 def generator_id(

@@ -53,6 +53,9 @@ __all__ = [
 
 ARCH_VERSION = 2
 
+Tensor = torch.Tensor
+OptTensor = Optional[torch.Tensor]
+
 #: Weight of the gradient direction in the L-inf generator's pre-activation (tanh(1) = 0.76).
 _PRIOR = 1.0
 
@@ -100,11 +103,8 @@ class Generator(nn.Module):
         return bool(self.arch.get("grad_input", False))
 
     def perturbation(
-        self,
-        x: torch.Tensor,
-        direction: Optional[torch.Tensor] = None,
-        offset: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+        self, x: Tensor, direction: OptTensor = None, offset: OptTensor = None
+    ) -> Tensor:
         """The bounded perturbation (before clipping into ``bounds``), float32, shape of ``x``.
 
         With :attr:`grad_input`, ``direction`` (see :func:`input_direction`) is
@@ -199,12 +199,7 @@ class Generator(nn.Module):
         with torch.no_grad():
             return self(x, direction)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        direction: Optional[torch.Tensor] = None,
-        offset: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+    def forward(self, x: Tensor, direction: OptTensor = None, offset: OptTensor = None) -> Tensor:
         """``x``: ``(N, *sample_shape)``; returns ``x_adv`` with the shape and dtype of ``x``.
 
         ``direction``: see :meth:`perturbation` (computed from the bound model when

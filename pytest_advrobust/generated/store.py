@@ -142,28 +142,34 @@ def obtain(
 def _through_cache(
     cache, key: str, family: str, parts: Dict[str, Any], train, retrain: bool, warn, warm_ok: bool
 ):
+    from ..cache import protocol
+
     arch = parts["arch"]
+
+    def hit_facts(meta, seconds: float) -> Dict[str, Any]:
+        meta = meta if isinstance(meta, dict) else {}
+        return {
+            "mode": "cached",
+            "steps": 0,
+            "seconds": seconds,
+            "device": str(meta.get("device", "cpu")),
+            "holdout_accuracy": meta.get("holdout_accuracy"),
+            "key": key,
+        }
+
     with cache.lock(key):
-        init_state = None
-        if not retrain:
-            t0 = time.perf_counter()
-            loaded = cache.load(key)
-            if loaded is not None:
-                net = _rebuild(arch, loaded[0], warn, f"cache entry {key}")
-                if net is not None:
-                    cache.record_event("hit", key)
-                    meta = loaded[1] if isinstance(loaded[1], dict) else {}
-                    return net, {
-                        "mode": "cached",
-                        "steps": 0,
-                        "seconds": time.perf_counter() - t0,
-                        "device": str(meta.get("device", "cpu")),
-                        "holdout_accuracy": meta.get("holdout_accuracy"),
-                        "key": key,
-                    }
-            warm = cache.find_warm_start(family, exclude_key=key) if warm_ok else None
-            if warm is not None and _rebuild(arch, warm[1], warn, f"warm-start entry {warm[0]}"):
-                init_state = warm[1]
+        hit, warm = protocol.look_up(
+            cache,
+            key,
+            family,
+            lambda state, what: _rebuild(arch, state, warn, what),
+            hit_facts,
+            retrain=retrain,
+            warm=warm_ok,
+        )
+        if hit is not None:
+            return hit
+        init_state = warm[1].state_dict() if warm is not None else None
         result = train(init_state)
         net = result.network
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
@@ -179,14 +185,6 @@ def _through_cache(
             "holdout_accuracy": result.holdout_accuracy,
             "created": time.time(),
         }
-        try:
-            cache.store(key, state, meta)
-        except OSError as exc:
-            if warn is not None:
-                warn(
-                    f"advrobust: could not store the trained {parts['role']} in the cache "
-                    f"({exc}); it will be trained again next run"
-                )
-        else:
-            cache.record_event("warm" if result.mode == "warm" else "train", key)
+        role = parts["role"]
+        protocol.store(cache, key, state, meta, result.mode, warn, (f"trained {role}", "trained"))
         return net, _facts(result, key)

@@ -1,0 +1,174 @@
+"""``advrobust cache list|info|clear|prune``: inspect or clean the GAN cache.
+
+The cache folder is the one ``pytest`` started in the current folder would use
+(its rootdir and ini file decide), unless ``--cache-dir`` names another. Exit
+status: 0 fine, 1 an unknown key (``info``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .cli_output import PROG, err, out, out_lines
+from .parsing import non_negative_float, non_negative_int
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: Any) -> None:
+    """The ``cache`` sub-command and its actions, on ``commands`` (argparse sub-parsers)."""
+    from .paths import ENV_CACHE_DIR
+
+    folder_help = f"the cache folder (default: ${ENV_CACHE_DIR}, else ./.pytest_cache/d/advrobust)"
+    # --cache-dir is accepted before or after the action; SUPPRESS keeps the
+    # action's parser from overwriting a value given to `cache`.
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--cache-dir", default=argparse.SUPPRESS, metavar="DIR", help=folder_help)
+
+    cache = commands.add_parser(
+        "cache",
+        help="inspect or clean the GAN cache",
+        description="Inspect or clean the GAN cache.",
+    )
+    cache.add_argument("--cache-dir", default=None, metavar="DIR", help=folder_help)
+    cache.set_defaults(run=run)
+    actions = cache.add_subparsers(dest="cache_action", metavar="ACTION")
+    actions.required = True
+    actions.add_parser("list", parents=[shared], help="list cached generators")
+    info = actions.add_parser("info", parents=[shared], help="show one cached generator")
+    info.add_argument("key", metavar="KEY", help="the entry's key, or a unique prefix of it")
+    actions.add_parser("clear", parents=[shared], help="remove every cached generator")
+    prune = actions.add_parser(
+        "prune", parents=[shared], help="remove damaged, old or surplus cached generators"
+    )
+    prune.add_argument(
+        "--keep", type=non_negative_int, metavar="N", help="keep the N newest entries"
+    )
+    prune.add_argument(
+        "--older-than",
+        type=non_negative_float,
+        metavar="DAYS",
+        help="remove entries older than DAYS days",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one ``cache`` action; returns the exit status."""
+    from .rootdir import pytest_cache_dir
+
+    # the folder `pytest` started here would use: its rootdir and ini file decide
+    root = pytest_cache_dir(getattr(args, "cache_dir", None), os.environ, Path.cwd())
+    action = _ACTIONS[args.cache_action]
+    if not root.is_dir():
+        return action(None, root, args)
+    return action(_open_cache(root), root, args)
+
+
+def _open_cache(root: Path) -> Any:
+    from .cache import GanCache
+
+    return GanCache(root, warn=lambda message: err(f"warning: {message}"))
+
+
+def _entries(count: int) -> str:
+    return "entry" if count == 1 else "entries"
+
+
+def _list(cache: Any, root: Path, args: argparse.Namespace) -> int:
+    from .cache_view import entry_row, header, size_text, sort_time
+
+    if cache is None:
+        out(f"no cache entries: {root} does not exist")
+        return 0
+    # newest first, as the cache lists them
+    entries = sorted(cache.entries(), key=lambda e: (-sort_time(e.created), str(e.key)))
+    if not entries:
+        out(f"no cache entries in {root}")
+        return 0
+    from .tables import text_table
+
+    out_lines(text_table([header()] + [entry_row(e) for e in entries], right=(5,)))
+    total = sum(e.size for e in entries if isinstance(e.size, (int, float)))
+    invalid = sum(1 for e in entries if not e.valid)
+    summary = f"{len(entries)} {_entries(len(entries))}, {size_text(total)} in {root}"
+    if invalid:
+        summary += (
+            f" ({invalid} damaged; they are retrained when next needed, "
+            f"or run `{PROG} cache prune`)"
+        )
+    out(summary)
+    stats = _stats(cache)
+    if stats:
+        out("events: " + ", ".join(f"{kind} {count}" for kind, count in sorted(stats.items())))
+    return 0
+
+
+def _find_entry(entries: List[Any], key: str) -> Tuple[Optional[Any], List[Any]]:
+    exact = [e for e in entries if e.key == key]
+    if exact:
+        return exact[0], exact
+    matches = [e for e in entries if str(e.key).startswith(key)]
+    return (matches[0] if len(matches) == 1 else None), matches
+
+
+def _info(cache: Any, root: Path, args: argparse.Namespace) -> int:
+    if cache is None:
+        err(f"no cache entry {args.key}: {root} does not exist")
+        return 1
+    entry, matches = _find_entry(cache.entries(), args.key)
+    if entry is None and matches:
+        keys = ", ".join(sorted(str(m.key) for m in matches))
+        err(f"key prefix {args.key} matches {len(matches)} entries ({keys}); give more of the key")
+    elif entry is None:
+        err(f"no cache entry {args.key} in {root}; `{PROG} cache list` shows the keys")
+    if entry is None:
+        return 1
+    from .cache_view import created_text, describe, size_text
+
+    out(f"key:     {entry.key}")
+    out(f"family:  {entry.family}")
+    for label, text in describe(entry.meta or {}):
+        out(f"{label + ':':<9}{text}")
+    out(f"created: {created_text(entry.created)}")
+    out(f"size:    {size_text(entry.size)}")
+    if entry.valid:
+        out("valid:   yes")
+    else:
+        problem = getattr(entry, "problem", None)
+        out(f"valid:   NO ({problem or 'damaged'}; retrained when next needed)")
+    out(f"folder:  {root}")
+    out("meta:")
+    meta = json.dumps(entry.meta or {}, indent=2, sort_keys=True, default=str)
+    out_lines(f"  {line}" for line in meta.splitlines())
+    return 0
+
+
+def _remove(cache: Any, root: Path, args: argparse.Namespace) -> int:
+    """``clear`` (every entry) and ``prune`` (``--keep``, ``--older-than``, damaged)."""
+    verb = args.cache_action
+    if cache is None:
+        out(f"nothing to {verb}: {root} does not exist")
+        return 0
+    if verb == "clear":
+        removed = cache.clear()
+        out(f"removed {removed} {_entries(removed)} from {root}")
+        return 0
+    keys = cache.prune(keep=args.keep, older_than_days=args.older_than)
+    out_lines(f"removed {key}" for key in keys)
+    out(f"pruned {len(keys)} {_entries(len(keys))} from {root}")
+    return 0
+
+
+_ACTIONS = {"list": _list, "info": _info, "clear": _remove, "prune": _remove}
+
+
+def _stats(cache: Any) -> Dict[str, Any]:
+    try:
+        stats = cache.stats()
+    except Exception:  # the event log is informative only
+        return {}
+    return stats if isinstance(stats, dict) else {}
