@@ -148,22 +148,10 @@ def to_tensor_pair(
         and not _is_map_dataset(data[0])
         and isinstance(data[0], (torch.Tensor, np.ndarray))
     ):
-        x = _inputs(_as_tensor(data[0], "inputs", fixture), fixture)
-        y = _labels(_as_tensor(data[1], "labels", fixture), fixture)
-        if x.shape[0] != y.shape[0]:
-            raise AdvRobustError(
-                f"fixture {fixture!r} gave {x.shape[0]} inputs but {y.shape[0]} labels"
-            )
-        if x.shape[0] == 0:
-            raise AdvRobustError(f"fixture {fixture!r} gave no samples")
-        if indices is not None:
-            x, y = x[indices], y[indices]
-        return x, y
-    if isinstance(data, (tuple, list)) and len(data) == 1:
-        raise AdvRobustError(
-            f"fixture {fixture!r} gave inputs without labels; return an (x, y) pair"
-        )
-    if isinstance(data, (torch.Tensor, np.ndarray)):
+        return _from_pair(data, fixture, indices)
+    if isinstance(data, (torch.Tensor, np.ndarray)) or (
+        isinstance(data, (tuple, list)) and len(data) == 1
+    ):
         raise AdvRobustError(
             f"fixture {fixture!r} gave inputs without labels; return an (x, y) pair"
         )
@@ -172,27 +160,46 @@ def to_tensor_pair(
 
         return _from_batches(loader_batches(data, seed), fixture, indices)
     if _is_map_dataset(data) and not isinstance(data, IterableDataset):
-        n = len(data)
-        idx = range(n) if indices is None else indices.tolist()
-        xs, ys = [], []
-        for i in idx:
-            xi, yi = _pair_from_item(data[i], fixture)
-            xs.append(_as_tensor(xi, "inputs", fixture))
-            ys.append(_as_tensor(yi, "labels", fixture))
-        if not xs:
-            raise AdvRobustError(f"fixture {fixture!r} gave no samples")
-        try:
-            x = torch.stack(xs)
-        except RuntimeError:
-            raise AdvRobustError(f"fixture {fixture!r} gave inputs of different shapes") from None
-        return _inputs(x, fixture), _labels(
-            torch.stack([t.reshape(()) if t.numel() == 1 else t for t in ys]), fixture
-        )
+        return _from_map_dataset(data, fixture, indices)
     if hasattr(data, "__iter__"):
         return _from_batches(data, fixture, indices)
     raise AdvRobustError(
         f"fixture {fixture!r} returned a {type(data).__name__}; return a "
         "Dataset, a DataLoader or an (x, y) pair"
+    )
+
+
+def _from_pair(data: Any, fixture: str, indices: Optional[torch.Tensor]):
+    """An ``(x, y)`` pair of tensors or arrays, checked."""
+    x = _inputs(_as_tensor(data[0], "inputs", fixture), fixture)
+    y = _labels(_as_tensor(data[1], "labels", fixture), fixture)
+    if x.shape[0] != y.shape[0]:
+        raise AdvRobustError(
+            f"fixture {fixture!r} gave {x.shape[0]} inputs but {y.shape[0]} labels"
+        )
+    if x.shape[0] == 0:
+        raise AdvRobustError(f"fixture {fixture!r} gave no samples")
+    if indices is not None:
+        x, y = x[indices], y[indices]
+    return x, y
+
+
+def _from_map_dataset(data: Any, fixture: str, indices: Optional[torch.Tensor]):
+    """A map-style dataset, item by item (only ``indices`` when given)."""
+    idx = range(len(data)) if indices is None else indices.tolist()
+    xs, ys = [], []
+    for i in idx:
+        xi, yi = _pair_from_item(data[i], fixture)
+        xs.append(_as_tensor(xi, "inputs", fixture))
+        ys.append(_as_tensor(yi, "labels", fixture))
+    if not xs:
+        raise AdvRobustError(f"fixture {fixture!r} gave no samples")
+    try:
+        x = torch.stack(xs)
+    except RuntimeError:
+        raise AdvRobustError(f"fixture {fixture!r} gave inputs of different shapes") from None
+    return _inputs(x, fixture), _labels(
+        torch.stack([t.reshape(()) if t.numel() == 1 else t for t in ys]), fixture
     )
 
 

@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from .errors import AdvRobustError
 from .modelguard import check_logits
 
-__all__ = ["Predictions", "predict", "merge_worst_case", "wilson_interval", "summarize", "gap_of"]
+__all__ = [
+    "Predictions",
+    "accuracy_numbers",
+    "gap_of",
+    "merge_worst_case",
+    "predict",
+    "summarize",
+    "wilson_interval",
+]
 
 Z95 = 1.959963984540054
 
@@ -96,13 +104,33 @@ def gap_of(clean: float, adv: float, metric: str) -> float:
     return clean - adv
 
 
+def accuracy_numbers(
+    correct: Tuple[int, int],
+    counts: Tuple[int, int],
+    losses: Tuple[float, float],
+    metric: str,
+) -> Dict:
+    """Clean and adversarial accuracy (Wilson 95% intervals), their gap under ``metric``,
+    and the mean losses, from ``correct = (k_clean, k_adv)`` of ``counts = (n_clean,
+    n_adv)`` samples and ``losses = (clean_loss, adv_loss)``."""
+    (k_clean, k_adv), (n_clean, n_adv), (clean_loss, adv_loss) = correct, counts, losses
+    clean_acc, adv_acc = k_clean / n_clean, k_adv / n_adv
+    return {
+        "clean_accuracy": clean_acc,
+        "clean_ci": list(wilson_interval(k_clean, n_clean)),
+        "adversarial_accuracy": adv_acc,
+        "adversarial_ci": list(wilson_interval(k_adv, n_adv)),
+        "gap": gap_of(clean_acc, adv_acc, metric),
+        "clean_loss": clean_loss,
+        "adversarial_loss": adv_loss,
+        "loss_gap": adv_loss - clean_loss,
+    }
+
+
 def summarize(y: torch.Tensor, clean: Predictions, adv: Predictions, metric: str) -> Dict:
     """The numeric part of the report for one eps."""
     n = int(y.shape[0])
-    k_clean = int(clean.correct.sum())
-    k_adv = int(adv.correct.sum())
-    clean_acc = k_clean / n
-    adv_acc = k_adv / n
+    correct = (int(clean.correct.sum()), int(adv.correct.sum()))
     per_class: Dict[str, float] = {}
     yc = y.cpu()
     for c in sorted(set(yc.tolist())):
@@ -110,18 +138,10 @@ def summarize(y: torch.Tensor, clean: Predictions, adv: Predictions, metric: str
         per_class[str(c)] = round(float(adv.correct[mask].double().mean()), 6)
     was_right = clean.correct
     success = float((was_right & ~adv.correct).sum()) / max(1, int(was_right.sum()))
-    clean_loss = float(clean.loss.mean())
-    adv_loss = float(adv.loss.mean())
+    losses = (float(clean.loss.mean()), float(adv.loss.mean()))
     return {
         "n": n,
-        "clean_accuracy": clean_acc,
-        "clean_ci": list(wilson_interval(k_clean, n)),
-        "adversarial_accuracy": adv_acc,
-        "adversarial_ci": list(wilson_interval(k_adv, n)),
-        "gap": gap_of(clean_acc, adv_acc, metric),
-        "clean_loss": clean_loss,
-        "adversarial_loss": adv_loss,
-        "loss_gap": adv_loss - clean_loss,
+        **accuracy_numbers(correct, (n, n), losses, metric),
         "per_class": per_class,
         "attack_success_rate": success,
     }

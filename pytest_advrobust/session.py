@@ -9,7 +9,6 @@ JSON, Markdown and baseline, and the notes shown at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -77,20 +76,17 @@ class AdvRobustSession:
     @classmethod
     def from_config(cls, config: pytest.Config) -> AdvRobustSession:
         """Read the options; nothing here touches the disk or imports torch."""
-        from .paths import ENV_CACHE_DIR, resolve_cache_dir
+        from .cache_folder import choose_cache_dir
 
         values = read_values(config)
         # A run without --advrobust must not depend on a writable checkout: the cache
         # folder is made (and probed) on first use, by cache_folder.
-        option, ini = config.getoption("advrobust_cache_dir"), config.getini("advrobust_cache_dir")
-        cache_default = (
-            not (option or ini or os.environ.get(ENV_CACHE_DIR))
-            and getattr(config, "cache", None) is not None
-        )
-        cache_dir = (
-            None
-            if cache_default
-            else resolve_cache_dir(option, ini or None, os.environ, config.rootpath)
+        cache_dir, cache_default = choose_cache_dir(
+            config.getoption("advrobust_cache_dir"),
+            config.getini("advrobust_cache_dir"),
+            os.environ,
+            config.rootpath,
+            getattr(config, "cache", None) is not None,
         )
         baseline = (
             path_option(config, "advrobust_baseline", "advrobust_baseline")
@@ -129,31 +125,16 @@ class AdvRobustSession:
     def cache_folder(self) -> Optional[Path]:
         """The GAN cache folder, made and probed on first use; ``None`` when it cannot be
         written (then generators live in memory for the session, with one warning)."""
-        from .paths import unwritable_reason
+        from .cache_folder import open_cache_folder
 
         if self.cache_checked:
             return self.cache_dir
         self.cache_checked = True
-        folder: Any = self.cache_dir
-        try:
-            if self.cache_default:  # pytest's own cache folder, wherever its ini puts it
-                folder = Path(self.config.cache.mkdir("advrobust"))
-            reason = unwritable_reason(Path(folder))
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-        if reason is not None:
-            where = folder if folder is not None else "pytest's cache folder"
-            self.cache_dir = None
-            self.cache_note = (
-                f"GAN cache folder {where} cannot be written ({reason}): "
-                "generators are kept in memory for this session and not "
-                "cached; point --advrobust-cache-dir or $ADVROBUST_CACHE_DIR "
-                "at a writable folder to keep them"
-            )
+        make = (lambda: self.config.cache.mkdir("advrobust")) if self.cache_default else None
+        self.cache_dir, self.cache_note = open_cache_folder(self.cache_dir, make)
+        if self.cache_note is not None:
             self.notes.append(self.cache_note)
             warn(self.cache_note)
-        else:
-            self.cache_dir = Path(folder)
         return self.cache_dir
 
     def session_data(self) -> Any:
@@ -234,22 +215,15 @@ class AdvRobustSession:
 
     def outcome(self, request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
         """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
-        from .runner import needs_training_data, run_evaluation, torch_threads
+        from .preparation import needs_training_data, torch_threads
+        from .runner import run_evaluation
 
         need_train = needs_training_data(settings)
         model, data, train = user_objects(request, settings, need_train)
         key = (id(model), id(data), id(train), settings.evaluation_key())
         hit = self.outcomes.get(key)
         if hit is not None:  # same numbers; this test's own threshold and tolerance
-            training = hit[0].training
-            if training is not None:  # nothing was trained for this test: its own facts
-                mode = "memory" if training.get("cache") == "not cached" else "cached"
-                training = dict(
-                    training,
-                    mode=mode,
-                    trained_mode=training.get("trained_mode", training.get("mode")),
-                )
-            return dataclasses.replace(hit[0], settings=settings, training=training)
+            return hit[0].for_test(settings)
         with torch_threads(self.values["threads"]):
             outcome = run_evaluation(
                 model,
@@ -259,17 +233,14 @@ class AdvRobustSession:
                 quiet=quiet(self.config),
                 **self._tools(need_train),
             )
-        if self.cache_note and outcome.training is not None:
-            mode = outcome.training.get("mode")  # "cached" here means this session's memory
-            outcome.training = dict(
-                outcome.training, cache="not cached", mode="memory" if mode == "cached" else mode
-            )
+        if self.cache_note:
+            outcome.kept_in_memory()
         self.outcomes[key] = (outcome, model, data, train)  # keep objects alive: ids stay unique
         return outcome
 
     def _warm_only(self, request: pytest.FixtureRequest, settings: RobustSettings) -> None:
         """``--advrobust-warm``: obtain the generators this test needs, then skip it."""
-        from .runner import torch_threads
+        from .preparation import torch_threads
         from .warm import warm_generators
 
         model, data, train = user_objects(request, settings)
@@ -296,7 +267,7 @@ class AdvRobustSession:
     def generator(self, request: pytest.FixtureRequest, conditional: bool) -> Any:
         """The ``gan_generator`` (or, with ``conditional``, ``conditional_generator``)
         fixture's value: trained, or read from the cache."""
-        from .runner import torch_threads
+        from .preparation import torch_threads
 
         if conditional:
             from .generated.fixture import conditional_generator_for as look_up

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List
 
-from .attacks.base import AttackContext
 from .modelguard import borrowed
-from .runner import prepare, with_preprocessing
+from .preparation import prepare, with_preprocessing
+from .run_tools import RunTools
 from .settings import RobustSettings
 
 __all__ = ["generator_for", "warm_generators"]
@@ -36,103 +35,56 @@ def _train_x(split, x, x_work):
     return split.train_x.float()
 
 
-def _obtain(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
+def _obtain(model, split, settings: RobustSettings, eps: float, device, tools: RunTools):
     from .attacks.gan import obtain_generator
 
     with _attack_inputs(model, split, settings, device) as (net, x, x_work, _):
-        train_x = _train_x(split, x, x_work)
-        ctx = AttackContext(device=device, train_x=train_x, train_y=split.train_y, **ctx_kwargs)
+        ctx = tools.attack_context(device, _train_x(split, x, x_work), split.train_y)
         gen, facts = obtain_generator(net, settings.attack_config(eps), ctx)
     # The generator takes the model's input gradient: gen(x) computes it with the user's model.
     return gen.bind(net), facts
 
 
 def generator_for(
-    model: Any,
-    data: Any,
-    settings: RobustSettings,
-    *,
-    train_data: Any = None,
-    cache_dir: Optional[Path] = None,
-    retrain: bool = False,
-    progress: Optional[Callable[[str], None]] = None,
-    warn: Optional[Callable[[str], None]] = None,
-    store: Any = None,
+    model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None, **tools: Any
 ) -> Any:
-    """The generator for the settings' headline eps, trained or loaded from the cache."""
-    device, split = prepare(model, data, settings, train_data, store=store)
-    gen, facts = _obtain(
-        model,
-        split,
-        settings,
-        settings.main_eps,
-        device,
-        cache_dir=cache_dir,
-        retrain=retrain,
-        progress=progress,
-        warn=warn,
-    )
+    """The generator for the settings' headline eps, trained or loaded from the cache.
+
+    ``tools``: the keyword arguments of :class:`~.run_tools.RunTools`."""
+    kit = RunTools(**tools)
+    device, split = prepare(model, data, settings, train_data, store=kit.store)
+    gen, facts = _obtain(model, split, settings, settings.main_eps, device, kit)
     gen.training_facts = facts
     return gen.eval()
 
 
 def warm_generators(
-    model: Any,
-    data: Any,
-    settings: RobustSettings,
-    *,
-    train_data: Any = None,
-    cache_dir: Optional[Path] = None,
-    retrain: bool = False,
-    progress: Optional[Callable[[str], None]] = None,
-    warn: Optional[Callable[[str], None]] = None,
-    store: Any = None,
+    model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None, **tools: Any
 ) -> List[Dict[str, Any]]:
-    """Obtain every generator a test needs (one per eps when it uses ``gan``)."""
+    """Obtain every generator a test needs (one per eps when it uses ``gan``).
+
+    ``tools``: the keyword arguments of :class:`~.run_tools.RunTools`."""
     if "generated" in settings.attacks:
         from .generated.fixture import warm_sample_generator
 
-        return warm_sample_generator(
-            model,
-            data,
-            settings,
-            train_data=train_data,
-            cache_dir=cache_dir,
-            retrain=retrain,
-            progress=progress,
-            warn=warn,
-            store=store,
-        )
+        return warm_sample_generator(model, data, settings, train_data=train_data, **tools)
     if "gan" not in settings.attacks:
         return []
     from . import distributed
 
-    device, split = prepare(model, data, settings, train_data, store=store)
+    kit = RunTools(**tools)
+    device, split = prepare(model, data, settings, train_data, store=kit.store)
     # Under torchrun the ranks train the first stage together (DDP); the fitting to the
     # evaluation samples then happens in the test run, once, under the cache lock.
     obtain = _first_stage if distributed.is_distributed() else _fit_heads
-    out = []
-    for eps in settings.eps:
-        facts = obtain(
-            model,
-            split,
-            settings,
-            eps,
-            device,
-            cache_dir=cache_dir,
-            retrain=retrain,
-            progress=progress,
-            warn=warn,
-        )
-        out.append(dict(facts, eps=eps))
-    return out
+    return [dict(obtain(model, split, settings, eps, device, kit), eps=eps) for eps in settings.eps]
 
 
-def _first_stage(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
-    return _obtain(model, split, settings, eps, device, **ctx_kwargs)[1]
+def _first_stage(model, split, settings: RobustSettings, eps: float, device, tools: RunTools):
+    return _obtain(model, split, settings, eps, device, tools)[1]
 
 
-def _fit_heads(model, split, settings: RobustSettings, eps: float, device, **ctx_kwargs):
+def _fit_heads(model, split, settings: RobustSettings, eps: float, device, tools: RunTools):
     """What the ``gan`` attack obtains for this evaluation (both generators, trained and
     fitted to the evaluation samples), so that the test run that follows loads them."""
     from .attacks.gan_fit import fitted_heads
@@ -141,6 +93,6 @@ def _fit_heads(model, split, settings: RobustSettings, eps: float, device, **ctx
         train_x, train_y = _train_x(split, x, x_work), split.train_y
         if train_x is None:  # as gan_attack: without training samples it trains on x itself
             train_x, train_y = x_work.detach().cpu(), y.detach().cpu()
-        ctx = AttackContext(device=device, train_x=train_x, train_y=train_y, **ctx_kwargs)
+        ctx = tools.attack_context(device, train_x, train_y)
         _, facts = fitted_heads(net, x_work, y, settings.attack_config(eps), ctx)
     return facts

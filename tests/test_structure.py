@@ -19,22 +19,8 @@ MAX_FUNCTION_LINES = 60
 #: Modules and functions still above the limits, each with the size it may not
 #: exceed while it waits to be split. The list may only shrink: a module or
 #: function that is not listed must keep to the limits.
-MODULE_DEBT = {
-    "runner.py": 419,
-    "sanity.py": 652,
-    "session.py": 424,
-    "settings.py": 580,
-}
-FUNCTION_DEBT = {
-    "data.py:to_tensor_pair": 66,
-    "generated/evaluation.py:run_generated": 90,
-    "generated/training.py:train_generator": 64,
-    "runner.py:_evaluate": 139,
-    "sanity.py:_full_checks": 101,
-    "sanity.py:gan_probe": 61,
-    "sanity.py:run_sanity": 87,
-    "settings.py:from_marker": 189,
-}
+MODULE_DEBT: dict = {}
+FUNCTION_DEBT: dict = {}
 #: Option tables and check catalogues: long by nature, exempt from the function limit.
 TABLES = {"options.py:add_options", "plugin.py:pytest_addoption"}
 
@@ -65,6 +51,14 @@ NOT_ABOVE = {
     "gan/": {"attacks", "runner", "plugin", "session", "report", *CLI, "sanity"},
     "attacks/": {"runner", "plugin", "session", "report", *CLI, "sanity"},
     "report.py": {"plugin", "session", "runner", "attacks"},
+    "option_types.py": {"*"},
+    "marker.py": {"plugin", "session", "runner", "report", "cli", "sanity", "gan", "cache"},
+    "settings.py": {"plugin", "session", "runner", "report", "cli", "sanity", "gan", "cache"},
+    "cache_folder.py": {"plugin", "session", "runner", "attacks", "gan", "cache", "cli"},
+    "run_tools.py": {"plugin", "session", "runner", "report", "cli", "sanity", "gan", "cache"},
+    "preparation.py": {"plugin", "session", "runner", "attacks", "gan", "cache", "cli", "sanity"},
+    "outcome.py": {"plugin", "session", "runner", "attacks", "gan", "cache", "cli", "sanity"},
+    "sanity/": {"runner", "plugin", "session", "report", "cli", "warm", "gan", "cache"},
 }
 
 

@@ -32,13 +32,16 @@ Shmelkov et al. 2018), and the reference's accuracy on the real samples.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Tuple
 
 import torch
 
 from ..errors import AdvRobustError
-from ..evaluate import Predictions, gap_of, predict, wilson_interval
+from ..evaluate import Predictions, accuracy_numbers, gap_of, predict, wilson_interval
 from ..modelguard import borrowed
+from ..outcome import Outcome
+from ..preparation import prepare, with_preprocessing
+from ..run_tools import RunTools
 from .store import obtain
 from .training import default_config
 
@@ -165,8 +168,7 @@ def real_and_generated_numbers(
         )
     right = clean.correct.cpu()
     k_all, k_real, k_gen = int(right.sum()), int(right[valid].sum()), int(adv.correct.sum())
-    real_acc, gen_acc = k_real / n_valid, k_gen / m
-    clean_loss = float(clean.loss.cpu()[valid].mean())
+    losses = (float(clean.loss.cpu()[valid].mean()), float(adv.loss.mean()))
     per_class = {
         str(c): round(float(adv.correct[y_acc.cpu() == c].double().mean()), 6)
         for c in sorted(set(y_acc.tolist()))
@@ -176,19 +178,12 @@ def real_and_generated_numbers(
         "accuracy_valid": _rate(k_real, n_valid),
         "accepted": n_valid,
         "acceptance_rate": _rate(n_valid, n),
-        "gap_all": round(gap_of(k_all / n, gen_acc, metric), 6),
+        "gap_all": round(gap_of(k_all / n, k_gen / m, metric), 6),
     }
     return {
         "n": n,
         "eps": None,
-        "clean_accuracy": real_acc,
-        "clean_ci": list(wilson_interval(k_real, n_valid)),
-        "adversarial_accuracy": gen_acc,
-        "adversarial_ci": list(wilson_interval(k_gen, m)),
-        "gap": gap_of(real_acc, gen_acc, metric),
-        "clean_loss": clean_loss,
-        "adversarial_loss": float(adv.loss.mean()),
-        "loss_gap": float(adv.loss.mean()) - clean_loss,
+        **accuracy_numbers((k_real, k_gen), (n_valid, m), losses, metric),
         "per_class": per_class,
         "attack_success_rate": None,
         "real": real,
@@ -228,31 +223,63 @@ def _facts(
     }
 
 
-def run_generated(
-    model: Any,
-    data: Any,
-    settings,
-    *,
-    train_data: Any = None,
-    cache_dir=None,
-    retrain: bool = False,
-    progress: Optional[Callable[[str], None]] = None,
-    warn: Optional[Callable[[str], None]] = None,
-    quiet: bool = False,
-    store: Any = None,
-):
+class _Drawn(NamedTuple):
+    """Generated samples and the reference's judgement of them and of the real samples."""
+
+    x_gen: torch.Tensor
+    y_gen: torch.Tensor
+    ref_right: torch.Tensor  # the reference classifies the generated sample as intended
+    accepted: torch.Tensor  # ... with at least the validity confidence
+    real_right: torch.Tensor
+    real_valid: torch.Tensor
+
+    def accepted_samples(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        acc = self.accepted.to(self.x_gen.device)
+        return self.x_gen[acc], self.y_gen[acc]
+
+
+def _draw(gen, ref, split, classes, settings, device) -> _Drawn:
+    """``n_samples`` generated samples balanced over ``classes``, judged by ``ref``."""
+    x_gen, y_gen = gen.sample(
+        settings.n_samples, settings.seed, classes.tolist(), settings.batch_size
+    )
+    ref_right, accepted = _judge(ref, gen, x_gen, y_gen, settings.validity, settings.batch_size)
+    real_right, real_valid = _judge(
+        ref, gen, split.x.to(device), split.y, settings.validity, settings.batch_size
+    )
+    if int(accepted.sum()) == 0:
+        raise AdvRobustError(
+            f"none of the {x_gen.shape[0]} generated samples passed the validity check "
+            f"(reference confidence >= {settings.validity:g}); train the sample generator "
+            "longer with --advrobust-gan-steps or lower robust(validity=...)"
+        )
+    return _Drawn(x_gen, y_gen, ref_right, accepted, real_right, real_valid)
+
+
+def _model_on(model, device, settings, split, drawn: _Drawn):
+    """The model's predictions on the real, the accepted and all generated samples."""
+    x_acc, y_acc = drawn.accepted_samples()
+    with borrowed(model, device) as mod:
+        net = with_preprocessing(mod, settings, device)
+        bs, name = settings.batch_size, settings.model
+        clean = predict(net, split.x.to(device), split.y.to(device), bs, name)
+        adv = predict(net, x_acc, y_acc, bs, name)
+        every = predict(net, drawn.x_gen, drawn.y_gen, bs, name)
+    return clean, adv, every
+
+
+def run_generated(model: Any, data: Any, settings, *, train_data: Any = None, **tools: Any):
     """Evaluate ``model`` on real and on accepted generated samples; an ``Outcome``.
 
-    Raises :class:`AdvRobustError` (one sentence) for training data with one
-    class or fewer than :data:`MIN_PER_CLASS` samples of a class, evaluation
-    classes the training data lacks, and when no generated (or no real)
-    sample is valid.
+    ``tools``: the keyword arguments of :class:`~..run_tools.RunTools`. Raises
+    :class:`AdvRobustError` (one sentence) for training data with one class or
+    fewer than :data:`MIN_PER_CLASS` samples of a class, evaluation classes the
+    training data lacks, and when no generated (or no real) sample is valid.
     """
-    from ..runner import Outcome, prepare, with_preprocessing
-
+    kit = RunTools(**tools)
     if len(settings.attacks) > 1:
         generated_attack(None, None, None, None, None)
-    device, split = prepare(model, data, settings, train_data, store=store)
+    device, split = prepare(model, data, settings, train_data, store=kit.store)
     train_fixture = settings.train_data if train_data is not None else settings.data
     labels, _ = check_training_data(split.train_y, train_fixture)
     classes = _check_eval_classes(split.y, labels, settings.data, train_fixture)
@@ -264,47 +291,23 @@ def run_generated(
             settings,
             train_fixture,
             device=device,
-            cache_dir=cache_dir,
-            retrain=retrain,
-            warn=warn,
-            progress=None if quiet else progress,
+            cache_dir=kit.cache_dir,
+            retrain=kit.retrain,
+            warn=kit.warn,
+            progress=None if kit.quiet else kit.progress,
         )
-        x_gen, y_gen = gen.sample(
-            settings.n_samples, settings.seed, classes.tolist(), settings.batch_size
-        )
-        ref_right, accepted = _judge(ref, gen, x_gen, y_gen, settings.validity, settings.batch_size)
-        real_right, real_valid = _judge(
-            ref, gen, split.x.to(device), split.y, settings.validity, settings.batch_size
-        )
-        m = int(accepted.sum())
-        if m == 0:
-            raise AdvRobustError(
-                f"none of the {x_gen.shape[0]} generated samples passed the validity check "
-                f"(reference confidence >= {settings.validity:g}); train the sample generator "
-                "longer with --advrobust-gan-steps or lower robust(validity=...)"
-            )
-        acc = accepted.to(x_gen.device)
-        x_acc, y_acc = x_gen[acc], y_gen[acc]
-        with borrowed(model, device) as mod:
-            net = with_preprocessing(mod, settings, device)
-            bs, name = settings.batch_size, settings.model
-            clean = predict(net, split.x.to(device), split.y.to(device), bs, name)
-            adv = predict(net, x_acc, y_acc, bs, name)
-            every = predict(net, x_gen, y_gen, bs, name)
-    numbers = real_and_generated_numbers(split.y, clean, y_acc, adv, settings.metric, real_valid)
-    generated = _facts(
+        drawn = _draw(gen, ref, split, classes, settings, device)
+        clean, adv, every = _model_on(model, device, settings, split, drawn)
+    x_acc, y_acc = drawn.accepted_samples()
+    numbers = real_and_generated_numbers(
+        split.y, clean, y_acc, adv, settings.metric, drawn.real_valid
+    )
+    judged = (drawn.ref_right, drawn.accepted, drawn.real_right)
+    generated = _facts(settings, split, classes, facts["reference"], judged, numbers["real"], every)
+    return Outcome.of_split(
         settings,
         split,
-        classes,
-        facts["reference"],
-        (ref_right, accepted, real_right),
-        numbers["real"],
-        every,
-    )
-    return Outcome(
-        settings=settings,
-        x=split.x,
-        y=split.y,
+        device,
         x_adv=x_acc.cpu(),
         clean=clean,
         adv=adv,
@@ -312,9 +315,7 @@ def run_generated(
         curve=None,
         training=facts["generator"],
         sanity=[],
-        device=str(device),
-        train_is_eval=split.train_is_eval,
         generated=generated,
         y_adv=y_acc.cpu(),
-        real_valid=real_valid.cpu(),
+        real_valid=drawn.real_valid.cpu(),
     )

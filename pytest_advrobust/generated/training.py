@@ -150,35 +150,38 @@ def train_generator(
     gen.train()
     disc.train()
     for step in range(1, steps + 1):
-        pick = torch.randint(x.shape[0], (cfg.batch_size,), generator=rng)
-        xr, yr = x[pick].to(device), index[pick].to(device)
-        noise = torch.randn(cfg.batch_size, gen.noise_dim, generator=rng).to(device)
-        yf = torch.randint(k, (cfg.batch_size,), generator=rng).to(device)
-        fake = gen(noise, yf)
-        real_score, real_logits = disc(xr)
-        fake_score, _ = disc(fake.detach())
-        loss_d = (
-            F.relu(1 - real_score).mean()
-            + F.relu(1 + fake_score).mean()
-            + cfg.aux_weight * F.cross_entropy(real_logits, yr)
-        )
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        fake_score, fake_logits = disc(fake)
-        loss_g = -fake_score.mean() + cfg.aux_weight * F.cross_entropy(fake_logits, yf)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        _say(
-            progress,
-            step,
-            steps,
-            "sample generator",
-            f"loss D {float(loss_d.detach()):.3f} G {float(loss_g.detach()):.3f}",
-        )
+        loss_d, loss_g = _gan_step(gen, disc, (opt_g, opt_d), x, index, cfg, rng, device)
+        _say(progress, step, steps, "sample generator", f"loss D {loss_d:.3f} G {loss_g:.3f}")
     gen.eval().requires_grad_(False)
     return TrainResult(gen, mode, steps, time.perf_counter() - t0, str(torch.device(device)))
+
+
+def _gan_step(gen, disc, optimizers, x, index, cfg: GenConfig, rng, device) -> Tuple[float, float]:
+    """One discriminator step (hinge loss plus the auxiliary classifier's cross-entropy on
+    real samples), then one generator step; returns both losses."""
+    opt_g, opt_d = optimizers
+    k = int(gen.labels.numel())
+    pick = torch.randint(x.shape[0], (cfg.batch_size,), generator=rng)
+    xr, yr = x[pick].to(device), index[pick].to(device)
+    noise = torch.randn(cfg.batch_size, gen.noise_dim, generator=rng).to(device)
+    yf = torch.randint(k, (cfg.batch_size,), generator=rng).to(device)
+    fake = gen(noise, yf)
+    real_score, real_logits = disc(xr)
+    fake_score, _ = disc(fake.detach())
+    loss_d = (
+        F.relu(1 - real_score).mean()
+        + F.relu(1 + fake_score).mean()
+        + cfg.aux_weight * F.cross_entropy(real_logits, yr)
+    )
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    fake_score, fake_logits = disc(fake)
+    loss_g = -fake_score.mean() + cfg.aux_weight * F.cross_entropy(fake_logits, yf)
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return float(loss_d.detach()), float(loss_g.detach())
 
 
 def train_reference(

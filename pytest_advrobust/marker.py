@@ -1,0 +1,287 @@
+"""The ``robust`` marker: its arguments, their help, and the check of each argument.
+
+:data:`ARGUMENTS` is the one list of marker arguments: each with the default the
+marker help shows and the check that turns the user's value into settings
+fields. The marker help (:data:`MARKER_HELP`), the known-argument list of the
+errors (:data:`MARKER_ARGS`) and :func:`from_marker` all read it. Every error
+is one sentence naming the argument, ``robust marker argument eps=-1 must be
+positive``. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from .errors import AdvRobustError
+from .option_types import DEFAULT_EPS, METRICS, NORMS, SANITY_LEVELS
+
+if TYPE_CHECKING:
+    from .settings import RobustSettings
+
+__all__ = ["ARGUMENTS", "MARKER_ARGS", "MARKER_HELP", "from_marker"]
+
+
+@dataclass
+class _Marker:
+    """One marker being applied: its arguments, the settings under it, the fields set."""
+
+    kwargs: Mapping[str, Any]
+    base: RobustSettings
+    known_attacks: Optional[Sequence[str]]
+    update: Dict[str, Any]
+
+
+def _bad(arg: str, value: Any, why: str) -> AdvRobustError:
+    return AdvRobustError(f"robust marker argument {arg}={value!r} {why}")
+
+
+def _number(arg: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _bad(arg, value, "is not a number")
+    out = float(value)
+    if not math.isfinite(out):
+        raise _bad(arg, value, "is not a finite number")
+    return out
+
+
+def _int(arg: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _bad(arg, value, "is not an integer")
+    if int(value) < minimum:
+        raise _bad(arg, value, f"must be at least {minimum}")
+    return int(value)
+
+
+# Each check: (argument, value, marker) -> the settings fields it sets.
+Check = Callable[[str, Any, _Marker], Dict[str, Any]]
+
+
+def _in_range(low: float, high: float, high_open: bool = False, optional: bool = False) -> Check:
+    """A number in [low, high] (or [low, high)); ``None`` passes through when ``optional``."""
+    span = f"[{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def check(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+        if optional and value is None:
+            return {arg: None}
+        out = _number(arg, value)
+        if not (low <= out < high if high_open else low <= out <= high):
+            raise _bad(arg, value, f"must lie in {span}")
+        return {arg: out}
+
+    return check
+
+
+def _integer(minimum: int) -> Check:
+    return lambda arg, value, marker: {arg: _int(arg, value, minimum)}
+
+
+def _choice(choices: Sequence[str]) -> Check:
+    words = " or ".join(repr(c) for c in choices) if len(choices) == 2 else ", ".join(choices)
+
+    def check(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+        if value not in choices:
+            raise _bad(arg, value, f"must be {'' if len(choices) == 2 else 'one of '}{words}")
+        return {arg: value}
+
+    return check
+
+
+def _fixture_name(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    if not isinstance(value, str) or not value.isidentifier():
+        raise _bad(arg, value, "must be the name of a fixture")
+    return {arg: value}
+
+
+def _threshold(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    return {} if value is None else _in_range(0.0, 1.0)(arg, value, marker)
+
+
+def _known_attacks() -> Sequence[str]:
+    from .attacks import available
+
+    return list(available())
+
+
+def _attack(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    names = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(names, (list, tuple))
+        or not names
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise _bad(arg, value, "must be an attack name or a list of names")
+    known = list(marker.known_attacks) if marker.known_attacks is not None else _known_attacks()
+    for n in names:
+        if n not in known:
+            raise _bad(arg, value, f"names unknown attack {n!r}; known: {', '.join(known)}")
+    return {"attacks": tuple(dict.fromkeys(names))}
+
+
+def _eps(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise _bad(arg, value, "must not be empty")
+    eps = []
+    for v in values:
+        f = _number(arg, v)
+        if f <= 0:
+            raise _bad(arg, value, "must be positive")
+        eps.append(f)
+    return {"eps": tuple(sorted(set(eps)))}
+
+
+def _norm(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    out = _choice(NORMS)(arg, value, marker)
+    base = marker.base
+    # A default eps follows the norm; an eps the user gave stays.
+    if "eps" not in marker.kwargs and base.norm != value and base.eps == (DEFAULT_EPS[base.norm],):
+        out["eps"] = (DEFAULT_EPS[value],)
+    return out
+
+
+def _step_size(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if _number(arg, value) <= 0:
+        raise _bad(arg, value, "must be positive")
+    return {arg: float(value)}
+
+
+def _random_start(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    if not isinstance(value, bool):
+        raise _bad(arg, value, "must be True or False")
+    return {arg: value}
+
+
+def _threshold_eps(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    te = _number(arg, value)
+    eps_list = marker.update.get("eps", marker.base.eps)
+    if not any(math.isclose(te, e) for e in eps_list):
+        raise _bad(arg, value, f"must be one of the swept eps values {list(eps_list)}")
+    return {arg: te}
+
+
+def _bounds(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    if value is None:
+        return {arg: None}
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise _bad(arg, value, "must be a (low, high) pair or None")
+    lo, hi = _number(arg, value[0]), _number(arg, value[1])
+    if not lo < hi:
+        raise _bad(arg, value, "must have low < high")
+    return {arg: (lo, hi)}
+
+
+def _preprocessing(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    if value is None:  # overrides --advrobust-preprocessing / the ini key
+        return {arg: None}
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise _bad(arg, value, "must be a (mean, std) pair")
+    parts = []
+    for part in value:
+        seq = list(part) if isinstance(part, (list, tuple)) else [part]
+        parts.append(tuple(_number(arg, v) for v in seq))
+    if any(s <= 0 for s in parts[1]):
+        raise _bad(arg, value, "must have a positive std")
+    return {arg: (parts[0], parts[1])}
+
+
+def _channel_axis(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    if value is not None and _int(arg, value, -64) == 0:
+        raise _bad(
+            arg,
+            value,
+            "is the batch axis; give the channel axis (1 for (N, C, H, W), -1 for (N, H, W, C))",
+        )
+    return {arg: None if value is None else int(value)}
+
+
+#: Every marker argument, in the order of the marker help: (default shown, check).
+ARGUMENTS: Dict[str, Tuple[Optional[str], Check]] = {
+    "threshold": (None, _threshold),  # the one positional argument
+    "attack": ("'gan'", _attack),
+    "eps": ("None", _eps),
+    "norm": ("'linf'", _norm),
+    "steps": ("40", _integer(1)),
+    "step_size": ("None", _step_size),
+    "restarts": ("1", _integer(1)),
+    "random_start": ("False", _random_start),
+    "n_samples": ("None", _integer(1)),
+    "metric": ("'absolute'", _choice(METRICS)),
+    "seed": ("None", _integer(0)),
+    "model": ("'robust_model'", _fixture_name),
+    "data": ("'robust_data'", _fixture_name),
+    "bounds": ("(0, 1)", _bounds),
+    "preprocessing": ("None", _preprocessing),
+    "refine": ("0", _integer(0)),
+    "tolerance": ("None", _in_range(0.0, 1.0)),
+    "sanity": ("None", _choice(SANITY_LEVELS)),
+    "threshold_eps": ("None", _threshold_eps),
+    "batch_size": ("None", _integer(1)),
+    "targets": ("0", _integer(0)),
+    "channel_axis": ("None", _channel_axis),
+    "min_clean_accuracy": ("None", _in_range(0.0, 1.0, optional=True)),
+    "validity": ("0.9", _in_range(0.5, 1.0, high_open=True)),
+}
+MARKER_ARGS = tuple(ARGUMENTS)
+#: The line ``pytest --markers`` shows for the marker.
+MARKER_HELP = (
+    "robust("
+    + ", ".join(n if shown is None else f"{n}={shown}" for n, (shown, _) in ARGUMENTS.items())
+    + "): fail the test when clean minus adversarial accuracy exceeds threshold "
+    "(runs with --advrobust)"
+)
+
+
+def _arguments(kwargs: Mapping[str, Any], args: Sequence[Any]) -> Mapping[str, Any]:
+    """The marker's arguments by name; the threshold may come as the one positional."""
+    if args:
+        if len(args) > 1 or "threshold" in kwargs:
+            raise AdvRobustError(
+                "robust marker takes one positional argument, the threshold; "
+                "pass the others by name"
+            )
+        kwargs = dict(kwargs, threshold=args[0])
+    unknown = sorted(set(kwargs) - set(MARKER_ARGS))
+    if unknown:
+        raise AdvRobustError(
+            f"robust marker got unknown argument {unknown[0]!r}; "
+            f"known arguments: {', '.join(MARKER_ARGS)}"
+        )
+    return kwargs
+
+
+def from_marker(
+    kwargs: Mapping[str, Any],
+    args: Sequence[Any],
+    base: RobustSettings,
+    *,
+    require_threshold: bool = True,
+    known_attacks: Optional[Sequence[str]] = None,
+) -> RobustSettings:
+    """Apply the ``robust`` marker's arguments over ``base`` and validate them.
+
+    Raises :class:`AdvRobustError` naming the first bad argument (in the order of
+    :data:`ARGUMENTS`), an unknown argument, or a missing threshold when
+    ``require_threshold``.
+    """
+    kwargs = _arguments(kwargs, args)
+    if kwargs.get("threshold") is None and require_threshold:
+        raise AdvRobustError(
+            "robust marker needs a threshold, e.g. @pytest.mark.robust(threshold=0.1)"
+        )
+    marker = _Marker(kwargs, base, known_attacks, {})
+    for arg, (_, check) in ARGUMENTS.items():
+        if arg in kwargs:
+            marker.update.update(check(arg, kwargs[arg], marker))
+    out = replace(base, **marker.update)
+    if out.threshold_eps is not None and not any(
+        math.isclose(out.threshold_eps, e) for e in out.eps
+    ):
+        raise _bad("threshold_eps", out.threshold_eps, "must be one of the swept eps values")
+    return out

@@ -1,0 +1,213 @@
+"""Sanity checks on a robustness evaluation.
+
+Robust accuracy is only as trustworthy as the attack that measured it. These
+checks follow the advice of Carlini et al., "On Evaluating Adversarial
+Robustness" (2019): they look for signs of gradient masking and of a broken or
+badly configured evaluation. Each finding is a *flag*, a plain dict::
+
+    {"flag": "gradients",            # one of the ids below
+     "message": "...",                # one sentence with the numbers
+     "suggests": "...",               # what it points to and what to try
+     "level": "warning"}
+
+The plugin shows flags as warnings (or errors in strict mode); a flag never
+changes the measured numbers.
+
+Cheap checks (``level="cheap"``, the default) cost two no-grad forward passes
+over the evaluation batch plus a few passes on a sub-batch of at most
+:data:`SUB_BATCH` samples:
+
+``probabilities``
+    The model's outputs look like probabilities (all in [0, 1], rows summing
+    to 1) rather than logits. (A final log_softmax is harmless for these attacks and
+    is not flagged.)
+``gradients``
+    The input gradient of the cross-entropy is all zero for more than half of
+    the samples, contains NaN or inf, or does not exist at all.
+``nondeterministic``
+    Two forward passes on the same inputs give different outputs: the model
+    is random in eval mode (for example dropout that stays active).
+``adv_above_clean``
+    Adversarial accuracy is higher than clean accuracy: the attack made the
+    model *more* accurate.
+``curve_not_monotone``
+    In an eps sweep, adversarial accuracy rises as eps grows.
+``gan_weaker_than_pgd``
+    Whenever the ``gan`` attack was evaluated: the plugin's PGD (the
+    configured steps, 40 by default) also runs on a seeded probe of
+    :data:`PROBE_SIZE` evaluation samples (:func:`gan_probe`), and the flag
+    is raised when PGD fools more of the probe's correctly classified samples
+    than the generator beyond sampling noise (a one-sided exact sign test on
+    the samples only one of the two fools, p < :data:`PROBE_ALPHA`). The
+    probe's numbers go to the report's ``training.probe``.
+
+Full checks (``level="full"``, in addition) run extra attacks on the same
+sub-batch, about six PGD runs of the configured steps in all (PGD, FGSM, noise,
+PGD at a huge eps, PGD with twice the steps, PGD with twice the restarts):
+
+``weak_beats_strong``
+    A weaker attack (FGSM, random noise of the full eps norm, or a
+    non-gradient attack under test such as ``gan``) reaches a lower accuracy
+    than the strongest gradient attack configured with the same eps
+    (autoattack-lite, apgd-t, apgd, else PGD; see
+    :func:`~.attacks.strongest_attack`).
+``large_eps``
+    PGD with an eps that covers the whole input range (L-inf: the width of
+    ``bounds``; L2: the diameter of the bounds box; 100 x eps without bounds)
+    leaves accuracy above chance.
+``not_converged``
+    PGD with twice the steps, or twice the restarts, changes the adversarial
+    accuracy by more than one point.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..attacks.base import AttackConfig, AttackContext
+from .cheap import (
+    check_adv_above_clean,
+    check_curve,
+    check_gradients,
+    check_nondeterministic,
+    check_probabilities,
+)
+from .flags import (
+    ALL_FLAGS,
+    CHEAP_FLAGS,
+    FLAG_ADV_ABOVE_CLEAN,
+    FLAG_CURVE_NOT_MONOTONE,
+    FLAG_GAN_WEAKER,
+    FLAG_GRADIENTS,
+    FLAG_LARGE_EPS,
+    FLAG_NONDETERMINISTIC,
+    FLAG_NOT_CONVERGED,
+    FLAG_PROBABILITIES,
+    FLAG_WEAK_BEATS_STRONG,
+    FULL_FLAGS,
+    LEVELS,
+    PROBE_ALPHA,
+    PROBE_SIZE,
+    STRONG,
+    sub_indices,
+)
+from .full import full_checks
+from .probe import _sign_test, gan_probe
+
+__all__ = [
+    "ALL_FLAGS",
+    "CHEAP_FLAGS",
+    "FLAG_ADV_ABOVE_CLEAN",
+    "FLAG_CURVE_NOT_MONOTONE",
+    "FLAG_GAN_WEAKER",
+    "FLAG_GRADIENTS",
+    "FLAG_LARGE_EPS",
+    "FLAG_NONDETERMINISTIC",
+    "FLAG_NOT_CONVERGED",
+    "FLAG_PROBABILITIES",
+    "FLAG_WEAK_BEATS_STRONG",
+    "FULL_FLAGS",
+    "LEVELS",
+    "PROBE_ALPHA",
+    "PROBE_SIZE",
+    "_sign_test",
+    "check_curve",
+    "gan_probe",
+    "run_sanity",
+]
+
+
+def run_sanity(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    cfg: AttackConfig,
+    ctx: AttackContext,
+    *,
+    attacks: Sequence[str],
+    level: str = "cheap",
+    curve: Optional[List[dict]] = None,
+    num_classes: Optional[int] = None,
+    adversarial: Optional[Dict[str, torch.Tensor]] = None,
+    correct_counts: Optional[Tuple[int, int]] = None,
+) -> List[dict]:
+    """Run the sanity checks of ``level`` and return the flags raised.
+
+    ``model`` is frozen, in eval mode and on the device of ``x``; ``x``, ``y`` and
+    ``x_adv`` are the evaluation batch and its adversarial twin under ``attacks`` (the
+    names that produced ``x_adv``). ``curve`` is an eps sweep (dicts with ``eps`` and
+    ``adversarial_accuracy``). ``num_classes`` defaults to the width of the model's
+    output. ``adversarial`` optionally maps single attack names to their own adversarial
+    batch (same samples as ``x``); at level full each non-PGD attack in it (or ``x_adv``
+    itself when ``attacks`` holds neither ``pgd`` nor an APGD variant) is compared against
+    the strongest gradient attack configured; when it holds ``gan``, the probe of
+    :func:`gan_probe` runs (at every level but off) and its numbers are put in
+    ``ctx.facts["probe"]``. ``correct_counts`` (clean and adversarial correct counts on
+    the full batch), when the caller has them, spares two forward passes.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
+    if level == "off":
+        return []
+    attacks = [attacks] if isinstance(attacks, str) else list(attacks)
+    n = x.shape[0]
+    idx = sub_indices(n, x.device)
+    xs, ys = x[idx].detach(), y[idx].detach()
+    flags: List[Optional[dict]] = []
+    has_grad = True  # no samples: nothing says the gradient is missing
+    if n:
+        found, has_grad, width = _model_checks(model, xs, ys)
+        num_classes = width if num_classes is None else num_classes
+        if x_adv is not None:
+            found.append(check_adv_above_clean(model, x, y, x_adv, cfg.batch_size, correct_counts))
+        flags.extend(found)
+    flags.append(check_curve(curve, n))
+    if n and has_grad and adversarial and "gan" in adversarial:
+        probe, found_gan = gan_probe(model, x, y, adversarial["gan"], cfg, ctx)
+        ctx.facts["probe"] = probe
+        flags.append(found_gan)
+    # Gradient attacks cannot run without an input gradient; the gradients flag says so.
+    if level == "full" and n and has_grad:
+        evaluated = _under_test(adversarial, x_adv, attacks, idx)
+        flags.extend(
+            full_checks(
+                model, xs, ys, cfg, ctx, int(num_classes or 2), evaluated, configured=attacks
+            )
+        )
+    return [f for f in flags if f]
+
+
+def _model_checks(
+    model: Callable, xs: torch.Tensor, ys: torch.Tensor
+) -> Tuple[List[Optional[dict]], bool, Optional[int]]:
+    """The ``probabilities``, ``gradients`` and ``nondeterministic`` checks on the
+    sub-batch: ``(flags or None, whether an input gradient exists, output width)``."""
+    with torch.no_grad():
+        first = model(xs)
+    grad_flag, has_grad = check_gradients(model, xs, ys)
+    found = [check_probabilities(first), grad_flag, check_nondeterministic(model, xs, first)]
+    width = int(first.shape[1]) if first.dim() == 2 else None
+    return found, has_grad, width
+
+
+def _under_test(
+    adversarial: Optional[Dict[str, torch.Tensor]],
+    x_adv: Optional[torch.Tensor],
+    attacks: List[str],
+    idx: torch.Tensor,
+) -> Dict[str, torch.Tensor]:
+    """The sub-batches of the attacks that the full checks compare with the strongest one:
+    each attack's own, else ``x_adv`` when no gradient attack made it."""
+    if adversarial:
+        return {name: adv[idx].detach() for name, adv in adversarial.items()}
+    if (
+        x_adv is not None
+        and attacks
+        and not set(attacks) & {"pgd", *STRONG}
+        and not set(attacks) <= {"fgsm"}
+    ):
+        return {"+".join(attacks): x_adv[idx].detach()}
+    return {}

@@ -1,0 +1,84 @@
+"""The robust marker's one list of arguments: the help, the known-argument error, the checks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pytest_advrobust import marker, options
+from pytest_advrobust.errors import AdvRobustError
+from pytest_advrobust.settings import MARKER_ARGS, RobustSettings, from_marker
+
+
+def test_the_marker_help_lists_every_marker_argument():
+    signature = marker.MARKER_HELP.split("):")[0]
+    listed = re.findall(r"(?:\(|, )([a-z_]+)(?=[=,)]|$)", signature)
+    assert listed == list(MARKER_ARGS)
+    assert "targets" in listed
+    # The line pytest --markers shows is the one built from the table.
+    assert options.MARKER_LINE == marker.MARKER_HELP
+
+
+def test_an_unknown_argument_names_every_known_one():
+    with pytest.raises(AdvRobustError) as info:
+        from_marker({"threshold": 0.1, "epsilon": 0.1}, (), RobustSettings(), known_attacks=["pgd"])
+    message = str(info.value)
+    assert "'epsilon'" in message
+    assert message.endswith("known arguments: " + ", ".join(MARKER_ARGS))
+
+
+@pytest.mark.parametrize(
+    "arg, value, why",
+    [
+        ("threshold", 1.5, "must lie in [0, 1]"),
+        ("eps", [], "must not be empty"),
+        ("eps", -0.1, "must be positive"),
+        ("norm", "l1", "must be 'linf' or 'l2'"),
+        ("steps", 0, "must be at least 1"),
+        ("targets", -1, "must be at least 0"),
+        ("targets", 1.5, "is not an integer"),
+        ("step_size", 0, "must be positive"),
+        ("random_start", 1, "must be True or False"),
+        ("metric", "ratio", "must be 'absolute' or 'relative'"),
+        ("sanity", "some", "must be one of off, cheap, full"),
+        ("tolerance", -0.1, "must lie in [0, 1]"),
+        ("validity", 1.0, "must lie in [0.5, 1)"),
+        ("model", "not a name", "must be the name of a fixture"),
+        ("bounds", (1, 0), "must have low < high"),
+        ("preprocessing", ((0.5,), (0.0,)), "must have a positive std"),
+        ("channel_axis", 0, "is the batch axis"),
+        ("min_clean_accuracy", 2, "must lie in [0, 1]"),
+        ("threshold_eps", 0.3, "must be one of the swept eps values"),
+    ],
+)
+def test_each_bad_argument_gets_one_sentence_naming_it(arg, value, why):
+    kwargs = {"threshold": 0.1, arg: value}
+    with pytest.raises(AdvRobustError) as info:
+        from_marker(kwargs, (), RobustSettings(), known_attacks=["pgd"])
+    assert str(info.value).startswith(f"robust marker argument {arg}={value!r} {why}")
+
+
+def test_good_arguments_land_in_the_settings():
+    s = from_marker(
+        {"eps": [0.2, 0.1, 0.2], "threshold_eps": 0.2, "targets": 3, "validity": 0.5},
+        (0.25,),
+        RobustSettings(),
+        known_attacks=["pgd"],
+    )
+    assert (s.threshold, s.eps, s.threshold_eps, s.targets, s.validity) == (
+        0.25,
+        (0.1, 0.2),
+        0.2,
+        3,
+        0.5,
+    )
+    # A default eps follows the norm; optional values may be reset to None.
+    l2 = from_marker(
+        {"norm": "l2", "min_clean_accuracy": None, "bounds": None},
+        (),
+        RobustSettings(),
+        require_threshold=False,
+        known_attacks=["pgd"],
+    )
+    assert (l2.norm, l2.eps, l2.min_clean_accuracy, l2.bounds) == ("l2", (0.5,), None, None)
