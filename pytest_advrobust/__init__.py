@@ -4,8 +4,9 @@ The flow of one robust test, and the module that holds each stage:
 
 1. **plugin** (``plugin.py``: hooks only; ``session.py``, ``gate.py``, ``options.py``):
    options, the ``robust`` marker, fixtures, the verdict after the test body.
-2. **settings** (``settings.py``): marker, command line and ini -> one frozen settings object;
-   value parsers shared with the ``advrobust`` command in ``parsing.py``.
+2. **settings** (``settings.py``, ``marker.py``, ``option_types.py``, ``parsing.py``): marker,
+   command line and ini -> one frozen settings object; the marker's arguments in one table;
+   the option value parsers, built on the parsers shared with the ``advrobust`` command.
 3. **data** (``data.py``, ``loading.py``, ``layout.py``): the user's data -> seeded,
    fixed evaluation and training tensors, converted once per session.
 4. **attack** (``attacks/``): the protocol and registry, PGD/FGSM (``gradient.py``,
@@ -14,11 +15,13 @@ The flow of one robust test, and the module that holds each stage:
    geometry and keep-the-worst in ``geometry.py``.
    - **gan** (``gan/``): generator networks, AdvGAN training, fitting to the evaluation inputs,
      generator keys and acquisition (memo, cache, warm start; one process or torchrun ranks).
-   - **cache** (``cache/``): keys, the safe store, maintenance; weights only, checksummed.
+   - **cache** (``cache/``): keys, the safe store, maintenance, and the one look-up-or-train
+     protocol every cached network uses; weights only, checksummed.
    - **generated** (``generated/``): the class-conditional generator and the real vs
      generated gap.
-5. **evaluate** (``runner.py``, ``evaluate.py``, ``sanity.py``, ``gatechecks.py``,
-   ``precision.py``, ``gradcheck.py``): clean vs adversarial metrics, sanity flags.
+5. **evaluate** (``runner.py`` with ``preparation.py``, ``run_tools.py`` and ``outcome.py``;
+   ``evaluate.py``, ``sanity/``, ``gatechecks.py``, ``precision.py``, ``gradcheck.py``): the
+   model and data made ready and checked, clean vs adversarial metrics, sanity flags.
 6. **report** (``report.py``, ``tables.py``, ``jsonfiles.py``, ``baseline.py``,
    ``fingerprint.py``, ``markdown.py``, ``html_report.py``, ``pictures.py``, ``images.py``,
    ``image_cells.py``, ``history.py``): the terminal table (one renderer for every table),

@@ -12,6 +12,8 @@ import argparse
 import math
 from typing import Any, Callable, Sequence
 
+from .parsing import integer, number, real
+
 DEFAULT_EPS = {"linf": 0.1, "l2": 0.5}
 SANITY_LEVELS = ("off", "cheap", "full")
 MISSING_POLICIES = ("fail", "warn", "skip")
@@ -45,41 +47,15 @@ def device_type(value: str) -> str:
     raise argparse.ArgumentTypeError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
 
 
-def _int_type(minimum: int):
-    def parse(value: str) -> int:
-        try:
-            out = int(str(value).strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-        if out < minimum:
-            raise argparse.ArgumentTypeError(f"{value!r} must be at least {minimum}")
-        return out
-
-    return parse
-
-
-seed_type = _int_type(0)
-positive_int_type = _int_type(1)
-
-
-def _float(value: str) -> float:
-    try:
-        return float(str(value).strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+seed_type = integer(0)
+positive_int_type = integer(1)
+unit_float_type = real(0.0, 1.0)
 
 
 def positive_float_type(value: str) -> float:
-    out = _float(value)
+    out = number(value)
     if not math.isfinite(out) or out <= 0:
         raise argparse.ArgumentTypeError(f"{value!r} must be a positive number")
-    return out
-
-
-def unit_float_type(value: str) -> float:
-    out = _float(value)
-    if not (0.0 <= out <= 1.0):
-        raise argparse.ArgumentTypeError(f"{value!r} must lie in [0, 1]")
     return out
 
 

@@ -14,19 +14,11 @@ from typing import Any, Dict, Optional
 import pytest
 
 from .errors import AdvRobustError
-from .settings import DEFAULTS, VALUE_OPTIONS, resolve_value
+from .settings import DEFAULTS, MARKER_HELP, VALUE_OPTIONS, resolve_value
 
 GROUP = ("advrobust", "adversarial robustness tests (pytest-advrobust)")
 
-MARKER_LINE = (
-    "robust(threshold, attack='gan', eps=None, norm='linf', steps=40, step_size=None, "
-    "restarts=1, random_start=False, n_samples=None, metric='absolute', seed=None, "
-    "model='robust_model', data='robust_data', bounds=(0, 1), preprocessing=None, "
-    "refine=0, tolerance=None, sanity=None, threshold_eps=None, batch_size=None, "
-    "targets=0, channel_axis=None, min_clean_accuracy=None, validity=0.9): "
-    "fail the test when clean minus adversarial accuracy exceeds threshold "
-    "(runs with --advrobust)"
-)
+MARKER_LINE = MARKER_HELP  # the help pytest --markers shows, built from the argument table
 
 # Help of each value option of settings.VALUE_OPTIONS (its ini key is appended).
 VALUE_HELP = {

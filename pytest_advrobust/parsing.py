@@ -1,9 +1,10 @@
 """Value parsers shared by the pytest options and the ``advrobust`` command.
 
 Each parser turns one command-line or ini text into a value, or raises
-:class:`argparse.ArgumentTypeError` with one sentence of the form
-``expected ..., got '...'``; argparse (and pytest's option parser, which is
-argparse) turns that into a usage error naming the option. Nothing here
+:class:`argparse.ArgumentTypeError` with one sentence that quotes the text
+(``'-2' must be at least 0``); argparse (and pytest's option parser, which is
+argparse) turns that into a usage error naming the option. The option
+parsers of :mod:`.option_types` are built from these. Nothing here
 imports torch or touches the disk.
 """
 
@@ -11,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 __all__ = [
     "integer",
     "is_number",
+    "number",
     "non_negative_float",
     "non_negative_int",
     "real",
 ]
-
-Number = Union[int, float]
 
 
 def is_number(value: Any) -> bool:
@@ -29,21 +29,25 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _number(kind: type, noun: str, text: str, ok: Callable[[Number], bool], rule: str) -> Number:
+def number(text: str) -> float:
+    """``text`` as a float, or one sentence saying it is not a number."""
     try:
-        value = kind(str(text).strip())
+        return float(str(text).strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-    if not (math.isfinite(value) and ok(value)):
-        raise argparse.ArgumentTypeError(f"expected {noun} {rule}, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def integer(minimum: int) -> Callable[[str], int]:
     """A parser of whole numbers ``>= minimum``: ``integer(0)("3") == 3``."""
 
     def parse(text: str) -> int:
-        return _number(int, "a whole number", text, lambda v: v >= minimum, f">= {minimum}")
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        return value
 
     parse.__name__ = f"integer_at_least_{minimum}"
     return parse
@@ -51,13 +55,20 @@ def integer(minimum: int) -> Callable[[str], int]:
 
 def real(minimum: float, maximum: Optional[float] = None) -> Callable[[str], float]:
     """A parser of finite numbers in ``[minimum, maximum]`` (no upper end when ``None``)."""
-    rule = f">= {minimum:g}" if maximum is None else f"in [{minimum:g}, {maximum:g}]"
-    top = math.inf if maximum is None else maximum
+    if maximum is None:
+        rule, top = f"must be a finite number of at least {minimum:g}", math.inf
+    else:
+        rule, top = f"must lie in [{minimum:g}, {maximum:g}]", maximum
 
     def parse(text: str) -> float:
-        return _number(float, "a number", text, lambda v: minimum <= v <= top, rule)
+        value = number(text)
+        if not (math.isfinite(value) and minimum <= value <= top):
+            raise argparse.ArgumentTypeError(f"{text!r} {rule}")
+        return value
 
-    parse.__name__ = "real_" + rule.replace(" ", "")
+    parse.__name__ = (
+        "real_at_least_" + f"{minimum:g}" + ("" if maximum is None else f"_to_{maximum:g}")
+    )
     return parse
 
 

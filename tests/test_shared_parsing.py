@@ -36,14 +36,14 @@ def test_parsers_accept_values_in_range(parse, text, value):
 @pytest.mark.parametrize(
     "parse, text, message",
     [
-        (parsing.non_negative_int, "-1", "expected a whole number >= 0, got '-1'"),
-        (parsing.non_negative_int, "1.5", "expected a whole number, got '1.5'"),
-        (parsing.integer(1), "0", "expected a whole number >= 1, got '0'"),
-        (parsing.non_negative_float, "abc", "expected a number, got 'abc'"),
-        (parsing.non_negative_float, "-0.1", "expected a number >= 0, got '-0.1'"),
-        (parsing.non_negative_float, "nan", "expected a number >= 0, got 'nan'"),
-        (parsing.non_negative_float, "inf", "expected a number >= 0, got 'inf'"),
-        (parsing.real(0.0, 1.0), "1.5", "expected a number in [0, 1], got '1.5'"),
+        (parsing.non_negative_int, "-1", "'-1' must be at least 0"),
+        (parsing.non_negative_int, "1.5", "'1.5' is not an integer"),
+        (parsing.integer(1), "0", "'0' must be at least 1"),
+        (parsing.non_negative_float, "abc", "'abc' is not a number"),
+        (parsing.non_negative_float, "-0.1", "'-0.1' must be a finite number of at least 0"),
+        (parsing.non_negative_float, "nan", "'nan' must be a finite number of at least 0"),
+        (parsing.non_negative_float, "inf", "'inf' must be a finite number of at least 0"),
+        (parsing.real(0.0, 1.0), "1.5", "'1.5' must lie in [0, 1]"),
     ],
 )
 def test_parsers_reject_with_one_sentence(parse, text, message):
@@ -58,7 +58,7 @@ def test_argparse_names_the_option_with_the_parsers_sentence(capsys):
     assert parser.parse_args(["--keep", "4"]).keep == 4
     with pytest.raises(SystemExit):
         parser.parse_args(["--keep", "-2"])
-    assert "argument --keep: expected a whole number >= 0, got '-2'" in capsys.readouterr().err
+    assert "argument --keep: '-2' must be at least 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

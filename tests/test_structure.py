@@ -43,6 +43,9 @@ PYTEST_USERS = {
 #: The ``advrobust`` command: its entry point and one module per sub-command.
 CLI = {"cli", "cli_cache", "cli_compare", "cli_warm", "cli_output"}
 
+#: The only package modules a leaf ("*") may import: the leaves it is built from.
+LEAF_BASES = {"option_types.py": {"parsing"}}
+
 #: Lower layers that must not import the named upper ones.
 NOT_ABOVE = {
     "geometry.py": {"*"},
@@ -51,13 +54,14 @@ NOT_ABOVE = {
     "gan/": {"attacks", "runner", "plugin", "session", "report", *CLI, "sanity"},
     "attacks/": {"runner", "plugin", "session", "report", *CLI, "sanity"},
     "report.py": {"plugin", "session", "runner", "attacks"},
-    "option_types.py": {"*"},
-    "marker.py": {"plugin", "session", "runner", "report", "cli", "sanity", "gan", "cache"},
-    "settings.py": {"plugin", "session", "runner", "report", "cli", "sanity", "gan", "cache"},
-    "cache_folder.py": {"plugin", "session", "runner", "attacks", "gan", "cache", "cli"},
-    "run_tools.py": {"plugin", "session", "runner", "report", "cli", "sanity", "gan", "cache"},
-    "preparation.py": {"plugin", "session", "runner", "attacks", "gan", "cache", "cli", "sanity"},
-    "outcome.py": {"plugin", "session", "runner", "attacks", "gan", "cache", "cli", "sanity"},
+    "parsing.py": {"*"},
+    "option_types.py": {"*"},  # but the value parsers it is built from, see LEAF_BASES
+    "marker.py": {"plugin", "session", "runner", "report", *CLI, "sanity", "gan", "cache"},
+    "settings.py": {"plugin", "session", "runner", "report", *CLI, "sanity", "gan", "cache"},
+    "cache_folder.py": {"plugin", "session", "runner", "attacks", "gan", "cache", *CLI},
+    "run_tools.py": {"plugin", "session", "runner", "report", *CLI, "sanity", "gan", "cache"},
+    "preparation.py": {"plugin", "session", "runner", "attacks", "gan", "cache", *CLI, "sanity"},
+    "outcome.py": {"plugin", "session", "runner", "attacks", "gan", "cache", *CLI, "sanity"},
     "sanity/": {"runner", "plugin", "session", "report", "cli", "warm", "gan", "cache"},
 }
 
@@ -149,6 +153,7 @@ def test_imports_flow_one_way(lower):
         internal, _ = _imports(path)
         own = lower.rstrip("/").removesuffix(".py")
         internal.discard(own)
+        internal -= LEAF_BASES.get(lower, set())
         bad = internal if "*" in banned else internal & banned
         if bad:
             offenders.append(f"{rel} imports {sorted(bad)}")
