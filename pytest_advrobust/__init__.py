@@ -19,8 +19,8 @@ The flow of one robust test, and the module that holds each stage:
      protocol every cached network uses; weights only, checksummed.
    - **generated** (``generated/``): the class-conditional generator and the real vs
      generated gap.
-5. **evaluate** (``runner.py`` with ``preparation.py``, ``run_tools.py`` and ``outcome.py``;
-   ``evaluate.py``, ``sanity/``, ``gatechecks.py``, ``precision.py``, ``gradcheck.py``): the
+5. **evaluate** (``evaluation.py`` with ``preparation.py``, ``run_tools.py`` and ``outcome.py``;
+   ``metrics.py``, ``sanity/``, ``gatechecks.py``, ``precision.py``, ``gradcheck.py``): the
    model and data made ready and checked, clean vs adversarial metrics, sanity flags.
 6. **report** (``report.py``, ``tables.py``, ``jsonfiles.py``, ``baseline.py``,
    ``fingerprint.py``, ``markdown.py``, ``html_report.py``, ``pictures.py``, ``images.py``,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .evaluate import wilson_interval
+from .metrics import wilson_interval
 
 __all__ = ["clean_accuracy_problem", "stuck_baseline_warning"]
 

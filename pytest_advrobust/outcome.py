@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .evaluate import Predictions
+from .metrics import Predictions
 from .settings import RobustSettings
 
 __all__ = ["Outcome"]

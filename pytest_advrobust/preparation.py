@@ -16,7 +16,7 @@ import torch
 from .data import Split, split_data, to_tensor_pair
 from .errors import AdvRobustError
 from .geometry import perturbation_norms
-from .modelguard import Preprocessed, resolve_device
+from .model import Preprocessed, resolve_device
 from .precision import model_dtype
 from .settings import RobustSettings
 

@@ -2,7 +2,7 @@
 
 The plugin's session, the ``advrobust`` command and the tests pass these as
 keyword arguments (``cache_dir=..., progress=...``) to
-:func:`~.runner.run_evaluation`, :func:`~.warm.generator_for` and
+:func:`~.evaluation.run_evaluation`, :func:`~.warm.generator_for` and
 :func:`~.warm.warm_generators`; :class:`RunTools` is their one list.
 """
 

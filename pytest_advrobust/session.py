@@ -215,8 +215,8 @@ class AdvRobustSession:
 
     def outcome(self, request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
         """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
+        from .evaluation import run_evaluation
         from .preparation import needs_training_data, torch_threads
-        from .runner import run_evaluation
 
         need_train = needs_training_data(settings)
         model, data, train = user_objects(request, settings, need_train)
@@ -254,7 +254,7 @@ class AdvRobustSession:
 
     def adversarial_batch(self, request: pytest.FixtureRequest, outcome: Any) -> Any:
         """The ``adversarial_batch`` fixture's value (``outcome``: the gate's, if any)."""
-        from .batch import AdversarialBatch
+        from .adversarial_batch import AdversarialBatch
         from .report import build_report
 
         try:

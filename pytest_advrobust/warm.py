@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Dict, List
 
-from .modelguard import borrowed
+from .model import borrowed
 from .preparation import prepare, with_preprocessing
 from .run_tools import RunTools
 from .settings import RobustSettings
@@ -15,7 +15,7 @@ __all__ = ["generator_for", "warm_generators"]
 
 @contextlib.contextmanager
 def _attack_inputs(model, split, settings: RobustSettings, device):
-    """``(net, x, x_work, y)`` as the runner hands them to the ``gan`` attack: the model with
+    """``(net, x, x_work, y)`` as the evaluation hands them to the ``gan`` attack: the model with
     its preprocessing, checked for an input gradient; float32 copies of low-precision data."""
     from .gradcheck import require_input_gradient
     from .precision import working_copy

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from pytest_advrobust.data import load_idx_dataset, read_idx, split_data, to_tensor_pair
 from pytest_advrobust.errors import AdvRobustError
-from pytest_advrobust.modelguard import Preprocessed, borrowed, check_logits
-from pytest_advrobust.runner import run_evaluation
+from pytest_advrobust.evaluation import run_evaluation
+from pytest_advrobust.model import Preprocessed, borrowed, check_logits
 from pytest_advrobust.settings import RobustSettings
 
 X = torch.rand(50, 1, 4, 4)

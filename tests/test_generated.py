@@ -14,7 +14,6 @@ from _support import digits_mlp, digits_tensors
 
 from pytest_advrobust.cache import GanCache
 from pytest_advrobust.errors import AdvRobustError
-from pytest_advrobust.evaluate import Predictions, wilson_interval
 from pytest_advrobust.generated import store
 from pytest_advrobust.generated.evaluation import (
     check_training_data,
@@ -23,6 +22,7 @@ from pytest_advrobust.generated.evaluation import (
     run_generated,
 )
 from pytest_advrobust.generated.training import default_config, train_generator
+from pytest_advrobust.metrics import Predictions, wilson_interval
 from pytest_advrobust.report import build_report
 from pytest_advrobust.settings import RobustSettings, from_marker
 

@@ -336,8 +336,8 @@ def _loader_accuracy(model, loader):
     seed=st.integers(0, 5),
 )
 def test_clean_accuracy_equals_iterating_the_loader(kind, n, batch, drop_last, seed):
+    from pytest_advrobust.evaluation import run_evaluation
     from pytest_advrobust.loading import seeded_loader
-    from pytest_advrobust.runner import run_evaluation
     from pytest_advrobust.settings import RobustSettings
 
     g = torch.Generator().manual_seed(seed)

@@ -39,7 +39,7 @@ from ..gan import acquire
 from ..gan.keys import FORMAT_VERSION, data_digest, hash_parts, qualname, user_model_class
 from ..gan.networks import Generator
 from ..gan.transductive import fit_to_inputs
-from ..modelguard import frozen
+from ..model import frozen
 from .base import AttackConfig, AttackContext, Model
 
 __all__ = ["fitted_generator", "fitted_heads"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..distributed import TrainingSync
-from ..modelguard import check_logits
+from ..model import check_logits
 from .config import GanConfig
 from .networks import input_direction
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 
-from ..modelguard import Preprocessed, frozen
+from ..model import Preprocessed, frozen
 from .config import GanConfig
 from .networks import build_generator
 

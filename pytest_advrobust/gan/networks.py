@@ -185,7 +185,7 @@ class Generator(nn.Module):
         model = getattr(self, "_bound_model", None)
         if model is None or not self.grad_input:
             return None
-        from ..modelguard import frozen
+        from ..model import frozen
 
         with frozen(model):
             with torch.no_grad():

@@ -37,8 +37,8 @@ from typing import Any, Dict, NamedTuple, Tuple
 import torch
 
 from ..errors import AdvRobustError
-from ..evaluate import Predictions, accuracy_numbers, gap_of, predict, wilson_interval
-from ..modelguard import borrowed
+from ..metrics import Predictions, accuracy_numbers, gap_of, predict, wilson_interval
+from ..model import borrowed
 from ..outcome import Outcome
 from ..preparation import prepare, with_preprocessing
 from ..run_tools import RunTools

@@ -6,8 +6,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .evaluate import predict, summarize
-from .modelguard import Preprocessed, borrowed, resolve_device
+from .metrics import predict, summarize
+from .model import Preprocessed, borrowed, resolve_device
 
 __all__ = ["AdversarialBatch"]
 

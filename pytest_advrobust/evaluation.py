@@ -17,9 +17,9 @@ import torch
 from .attacks import get_attack
 from .attacks.counting import counted
 from .data import Split
-from .evaluate import Predictions, merge_worst_case, predict, summarize
 from .gradcheck import require_input_gradient
-from .modelguard import borrowed
+from .metrics import Predictions, merge_worst_case, predict, summarize
+from .model import borrowed
 from .outcome import Outcome
 from .precision import into_dtype, working_copy
 from .preparation import (

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import AdvRobustError
-from .modelguard import check_logits
+from .model import check_logits
 
 __all__ = [
     "Predictions",
