@@ -2,8 +2,9 @@
 
 The flow of one robust test, and the module that holds each stage:
 
-1. **plugin** (``plugin.py``: hooks only; ``session.py``, ``gate.py``, ``options.py``):
-   options, the ``robust`` marker, fixtures, the verdict after the test body.
+1. **plugin** (``plugin.py``: hooks only; ``session.py``, ``gate.py``, ``options.py``,
+   ``adversarial_batch.py``): options, the ``robust`` marker, fixtures, the verdict after
+   the test body.
 2. **settings** (``settings.py``, ``marker.py``, ``option_types.py``, ``parsing.py``): marker,
    command line and ini -> one frozen settings object; the marker's arguments in one table;
    the option value parsers, built on the parsers shared with the ``advrobust`` command.
@@ -19,9 +20,10 @@ The flow of one robust test, and the module that holds each stage:
      protocol every cached network uses; weights only, checksummed.
    - **generated** (``generated/``): the class-conditional generator and the real vs
      generated gap.
-5. **evaluate** (``evaluation.py`` with ``preparation.py``, ``run_tools.py`` and ``outcome.py``;
-   ``metrics.py``, ``sanity/``, ``gatechecks.py``, ``precision.py``, ``gradcheck.py``): the
-   model and data made ready and checked, clean vs adversarial metrics, sanity flags.
+5. **evaluate** (``evaluation.py`` with ``preparation.py``, ``model.py``, ``run_tools.py``,
+   ``outcome.py``; ``metrics.py``, ``sanity/``, ``gatechecks.py``, ``precision.py``,
+   ``gradcheck.py``): the model and data made ready and checked (the user's model borrowed
+   and given back as it came), clean vs adversarial metrics, sanity flags.
 6. **report** (``report.py``, ``tables.py``, ``jsonfiles.py``, ``baseline.py``,
    ``fingerprint.py``, ``markdown.py``, ``html_report.py``, ``pictures.py``, ``images.py``,
    ``image_cells.py``, ``history.py``): the terminal table (one renderer for every table),
