@@ -13,7 +13,10 @@ same without the model weights) gives the per-commit refresh: when the model
 changed but an entry of the family exists (the same test on the previous
 commit's model), that generator is fine-tuned directly with
 ``warm_fraction`` of both stages' step budgets together, and the first
-stage is skipped.
+stage is skipped. The fitting also fills each generator's per-input memory:
+one offset per evaluation input, found again by exact match of the input
+(:mod:`pytest_advrobust.gan.transductive`); a warm start begins from the
+previous commit's offsets.
 
 Facts (the report's ``training`` field): ``mode`` (``cold``, ``warm`` or
 ``cached``; a cached entry keeps the facts of the training that produced
@@ -79,10 +82,14 @@ def _fooled_by(model: Model, gen: Generator, x: torch.Tensor, y: torch.Tensor, n
     """``(N,)`` bool: the samples ``gen``'s output fools, with ``(forward, backward)`` passes."""
     from ..gan.networks import input_direction
 
+    fooled = []
     with frozen(model):
-        direction = input_direction(model, x, y, norm) if gen.grad_input else None
-        with torch.no_grad():
-            fooled = model(gen(x, direction)).argmax(1) != y
+        for s in range(0, x.shape[0], 512):  # in chunks, as the fitting itself
+            xs, ys = x[s : s + 512], y[s : s + 512]
+            direction = input_direction(model, xs, ys, norm) if gen.grad_input else None
+            with torch.no_grad():
+                fooled.append(model(gen(xs, direction)).argmax(1) != ys)
+    fooled = torch.cat(fooled)
     n = int(x.shape[0])
     return fooled, (2 * n if gen.grad_input else n, n if gen.grad_input else 0)
 
