@@ -48,14 +48,28 @@ def _obtain(model, split, settings: RobustSettings, eps: float, device, tools: R
 def generator_for(
     model: Any, data: Any, settings: RobustSettings, *, train_data: Any = None, **tools: Any
 ) -> Any:
-    """The generator for the settings' headline eps, trained or loaded from the cache.
+    """The ``gan`` attack's generators for the settings' headline eps, as one module.
 
-    ``tools``: the keyword arguments of :class:`~.run_tools.RunTools`."""
+    In one process: the pair fitted to the evaluation samples
+    (:class:`~.attacks.gan.FittedPair`), the very generators the test's ``gan``
+    attack uses (trained, or loaded from the cache). Under torchrun: the first
+    stage's generator, which the ranks train together. ``tools``: the keyword
+    arguments of :class:`~.run_tools.RunTools`."""
+    from . import distributed
+
     kit = RunTools(**tools)
     device, split = prepare(model, data, settings, train_data, store=kit.store)
-    gen, facts = _obtain(model, split, settings, settings.main_eps, device, kit)
+    how = _obtain if distributed.is_distributed() else _pair
+    gen, facts = how(model, split, settings, settings.main_eps, device, kit)
     gen.training_facts = facts
     return gen.eval()
+
+
+def _pair(model, split, settings: RobustSettings, eps: float, device, tools: RunTools):
+    from .attacks.gan import FittedPair
+
+    heads, facts, net = _fitted(model, split, settings, eps, device, tools)
+    return FittedPair(heads, net, settings.attack_config(eps)), facts
 
 
 def warm_generators(
@@ -87,6 +101,11 @@ def _first_stage(model, split, settings: RobustSettings, eps: float, device, too
 def _fit_heads(model, split, settings: RobustSettings, eps: float, device, tools: RunTools):
     """What the ``gan`` attack obtains for this evaluation (both generators, trained and
     fitted to the evaluation samples), so that the test run that follows loads them."""
+    return _fitted(model, split, settings, eps, device, tools)[1]
+
+
+def _fitted(model, split, settings: RobustSettings, eps: float, device, tools: RunTools):
+    """``(heads, facts, net)``: the ``gan`` attack's fitted pair for this evaluation."""
     from .attacks.gan_fit import fitted_heads
 
     with _attack_inputs(model, split, settings, device) as (net, x, x_work, y):
@@ -94,5 +113,5 @@ def _fit_heads(model, split, settings: RobustSettings, eps: float, device, tools
         if train_x is None:  # as gan_attack: without training samples it trains on x itself
             train_x, train_y = x_work.detach().cpu(), y.detach().cpu()
         ctx = tools.attack_context(device, train_x, train_y)
-        _, facts = fitted_heads(net, x_work, y, settings.attack_config(eps), ctx)
-    return facts
+        heads, facts = fitted_heads(net, x_work, y, settings.attack_config(eps), ctx)
+    return heads, facts, net

@@ -1,5 +1,6 @@
 """The ``gan`` attack: cache hits, warm starts, memoisation, refinement, facts."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -253,3 +254,15 @@ def test_progress_goes_to_ctx_progress_unless_quiet(problem, small_gan):
         model, AttackConfig(eps=EPS), _ctx(x, y, progress=quiet.append, quiet=True)
     )
     assert quiet == []
+
+
+def test_the_gan_attack_runs_on_a_float64_model(problem):
+    model, x, y = problem
+    model64 = copy.deepcopy(model).double()
+    x64 = x.double()
+    cfg = AttackConfig(eps=EPS)
+    x_adv = gan_mod.gan_attack(model64, x64[:64], y[:64], cfg, _ctx(x64[64:], y[64:]))
+    assert x_adv.dtype == torch.float64
+    assert float((x_adv - x64[:64]).abs().max()) <= EPS + 1e-9
+    with torch.no_grad():
+        assert float((model64(x_adv).argmax(1) == y[:64]).float().mean()) < 1.0

@@ -30,6 +30,13 @@ def test_generator_fixture(gan_generator, robust_data):
     assert float((x_adv - x[:16]).abs().max()) <= 0.1 + 1e-6
     assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
     assert gan_generator.training_facts["mode"] in ("cold", "warm", "cached")
+
+@pytest.mark.robust(threshold=1.0, eps=0.1, n_samples=90)
+def test_generator_fixture_is_the_attack(gan_generator, adversarial_batch):
+    b = adversarial_batch
+    # the fixture is the pair the test is judged on: exactly its output on its samples
+    assert torch.equal(gan_generator(b.x, b.y), b.x_adv)
+    assert gan_generator.training_facts["fit_steps"] > 0
 """
 
 
@@ -59,7 +66,7 @@ def test_gan_is_the_default_and_the_second_run_is_a_cache_hit(blobs_repo):
     cache = blobs_repo.path / "gan-cache"
     args = ("--advrobust", f"--advrobust-cache-dir={cache}", "--advrobust-json=r.json")
     first = run(blobs_repo, *args)
-    first.assert_outcomes(passed=2)
+    first.assert_outcomes(passed=3)
     rep = report(blobs_repo)["test_default_is_gan"]
     assert rep["attack"] == "gan" and rep["training"]["mode"] == "cold"
     assert rep["training"]["steps"] > 0
@@ -72,7 +79,7 @@ def test_gan_is_the_default_and_the_second_run_is_a_cache_hit(blobs_repo):
     assert train_events(cache) == ONE_EVALUATION
 
     second = run(blobs_repo, *args)
-    second.assert_outcomes(passed=2)
+    second.assert_outcomes(passed=3)
     rep2 = report(blobs_repo)["test_default_is_gan"]
     # a cached generator reports its training's facts, not zeros
     assert rep2["training"]["mode"] == "cached" and rep2["training"]["trained_mode"] == "cold"
@@ -132,13 +139,13 @@ def test_a_damaged_cache_entry_is_reported_set_aside_and_retrained(blobs_repo):
     blobs_repo.makepyfile(test_gan=GAN_TESTS)
     cache = blobs_repo.path / "gan-cache"
     args = ("--advrobust", f"--advrobust-cache-dir={cache}", "--advrobust-json=r.json")
-    run(blobs_repo, *args).assert_outcomes(passed=2)
+    run(blobs_repo, *args).assert_outcomes(passed=3)
     for weights in cache.glob("*.safetensors"):  # every entry of the pair
         data = bytearray(weights.read_bytes())
         data[len(data) // 2] ^= 0xFF
         weights.write_bytes(bytes(data))
     result = run(blobs_repo, *args)
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*is damaged*set aside*retrained*"])
     assert report(blobs_repo)["test_default_is_gan"]["training"]["mode"] in ("cold", "warm")
     assert list((cache / "quarantine").iterdir())
@@ -208,7 +215,7 @@ def test_advrobust_warm_fills_the_cache_ahead_of_the_run(blobs_repo):
     assert train_events(cache) == ONE_EVALUATION
     run(
         blobs_repo, "--advrobust", f"--advrobust-cache-dir={cache}", "--advrobust-json=r.json"
-    ).assert_outcomes(passed=2)
+    ).assert_outcomes(passed=3)
     # The run loads the warmed entries and trains nothing.
     assert GanCache(cache).stats()["hit"] >= 1
     assert train_events(cache) == ONE_EVALUATION

@@ -22,15 +22,18 @@ import dataclasses
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+import torch.nn as nn
 
 from ..gan import acquire, acquire_ranks
 from ..gan.keys import FORMAT_VERSION, generator_id, user_model_class
 from ..gan.networks import Generator
 from ..gan.train import GanConfig
+from ..model import frozen
 from .base import AttackConfig, AttackContext, Model, bound
 
 __all__ = [
     "FORMAT_VERSION",
+    "FittedPair",
     "clear_memo",
     "default_gan_config",
     "gan_attack",
@@ -207,3 +210,30 @@ def _best_of(
 
 
 gan_attack.name = "gan"  # type: ignore[attr-defined]
+
+
+class FittedPair(nn.Module):
+    """The default attack's two fitted generators as one module (the ``gan_generator`` fixture).
+
+    ``pair(x)`` with ``x`` of shape ``(N, *sample_shape)`` returns ``x_adv`` of the shape and
+    dtype of ``x``, inside ``cfg.eps`` (``cfg.norm``) and ``cfg.bounds``: per sample, the first
+    generator's output that ``model`` misclassifies, else the one of lowest margin, at the
+    labels ``y`` (``(N,)``) or, without them, at the model's own predicted labels. On the
+    evaluation samples the pair was fitted to, with their labels, it is exactly the ``gan``
+    attack's output. Costs one forward and one backward pass of the model (the gradient
+    direction) and one forward pass per generator, plus one forward without ``y``.
+    """
+
+    def __init__(self, heads, model: Model, cfg: AttackConfig):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        object.__setattr__(self, "_model", model)  # not a submodule: never saved or moved
+        object.__setattr__(self, "_cfg", cfg)
+
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        model = self._model
+        with frozen(model):
+            if y is None:
+                with torch.no_grad():
+                    y = model(x).argmax(1)
+            return _best_of(model, list(self.heads), x, y, self._cfg)

@@ -164,8 +164,8 @@ def fitted_generator(
         return g.obtain_generator(model, cfg, ctx, gcfg)
     key, family = _fit_ids(x, y, gcfg, key_a, family_a, after)
     attack_id = hash_parts({"format": FORMAT_VERSION, "gan": gcfg.to_dict(), "arch": arch})
-    memo = _MEMO.get(key)
-    if memo is not None and not ctx.retrain:
+    memo = _MEMO.get(key)  # --advrobust-retrain fits once per session, as the first stage
+    if memo is not None and (not ctx.retrain or memo[1]["mode"] in ("cold", "warm")):
         return memo[0].to(ctx.device).eval(), acquire.memo_facts(memo[1])
     cache = None
     if ctx.cache_dir is not None:

@@ -232,10 +232,11 @@ def input_direction(model: Any, x: torch.Tensor, y: torch.Tensor, norm: str) -> 
     Initialization for Fast Adversarial Training" / FGSM-SDI, 2022, feed it
     to the generator).
     """
-    xg = x.detach().float().requires_grad_(True)
+    xg = x.detach().clone().requires_grad_(True)  # the model's own dtype (float64 models too)
     with torch.enable_grad():
         loss = F.cross_entropy(model(xg).float(), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, xg)
+    grad = grad.float()
     if norm == "linf":
         return grad.sign()
     flat = grad.reshape(grad.shape[0], -1).norm(p=2, dim=1).clamp_min(1e-12)
