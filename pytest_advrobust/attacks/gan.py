@@ -220,8 +220,9 @@ class FittedPair(nn.Module):
     generator's output that ``model`` misclassifies, else the one of lowest margin, at the
     labels ``y`` (``(N,)``) or, without them, at the model's own predicted labels. On the
     evaluation samples the pair was fitted to, with their labels, it is exactly the ``gan``
-    attack's output (before any ``refine`` steps). Costs one forward and one backward pass of the model (the gradient
-    direction) and one forward pass per generator, plus one forward without ``y``.
+    attack's output (before any ``refine`` steps). Costs one forward and one backward pass
+    of the model (the gradient direction) and one forward pass per generator, plus one
+    forward without ``y``.
     """
 
     def __init__(self, heads, model: Model, cfg: AttackConfig):
