@@ -74,3 +74,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+#: Plugins the inner pytest sessions do not need (half a second of start-up each on a busy
+#: machine).
+LEAN = (
+    "-p",
+    "no:randomly",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:xdist",
+    "-p",
+    "no:xdist.looponfail",
+    "-p",
+    "no:hypothesispytest",
+)

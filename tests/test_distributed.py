@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+from _support import LEAN
 
 from pytest_advrobust import cli, distributed
 from pytest_advrobust.cache import GanCache
@@ -68,21 +69,6 @@ def repo(blobs_repo, monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     return blobs_repo
-
-
-# Plugins the inner sessions do not need (half a second of start-up each on a busy machine).
-LEAN = (
-    "-p",
-    "no:randomly",
-    "-p",
-    "no:cacheprovider",
-    "-p",
-    "no:xdist",
-    "-p",
-    "no:xdist.looponfail",
-    "-p",
-    "no:hypothesispytest",
-)
 
 
 def _torchrun_warm(pytester, cache_dir, *args):

@@ -23,6 +23,8 @@ Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")  # ships the digits data
 
+from _support import LEAN  # noqa: E402
+
 from pytest_advrobust import images  # noqa: E402  (no torch at import)
 
 DIGITS_CONFTEST = '''
@@ -152,22 +154,7 @@ def repo(blobs_repo):
 
 
 def run(pytester, *args):
-    # xdist and hypothesis are not needed in the inner sessions; leaving them out
-    # saves half a second of start-up per session on a busy machine.
-    return pytester.runpytest_subprocess(
-        "-p",
-        "no:randomly",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:xdist",
-        "-p",
-        "no:xdist.looponfail",
-        "-p",
-        "no:hypothesispytest",
-        "--advrobust",
-        *args,
-    )
+    return pytester.runpytest_subprocess(*LEAN, "--advrobust", *args)
 
 
 def read_json(pytester, name="report.json") -> Dict[str, dict]:
