@@ -151,6 +151,43 @@ def row_tabular_l2(work):
     return m, (x[:2000], y[:2000]), (x[2000:], y[2000:]), {"norm": "l2", "eps": 0.5, "bounds": None}
 
 
+def row_digits_avgpool(work):
+    """Not used to choose any setting: another architecture, seed and schedule."""
+    (xtr, ytr), te = _digits()
+
+    def build():
+        return nn.Sequential(
+            nn.Conv2d(1, 24, 3),
+            nn.Tanh(),
+            nn.Conv2d(24, 24, 3),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(96, 10),
+        )
+
+    m = _cached(work, "digits_avgpool", build, lambda m: _fit(m, xtr, ytr, 25, lr=1e-3, seed=3))
+    return m, (xtr, ytr), te, {}
+
+
+def row_tabular_linf(work):
+    """Not used to choose any setting: other data, classes, width and norm."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=3000, n_features=30, n_informative=10, n_classes=5, random_state=7
+    )
+    x = torch.tensor(x, dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.long)
+    x = (x - x[:2000].mean(0)) / x[:2000].std(0)
+
+    def build():
+        return nn.Sequential(nn.Linear(30, 128), nn.ReLU(), nn.Linear(128, 5))
+
+    m = _cached(work, "tabular_linf", build, lambda m: _fit(m, x[:2000], y[:2000], 30, seed=5))
+    return m, (x[:2000], y[:2000]), (x[2000:], y[2000:]), {"eps": 0.1, "bounds": None}
+
+
 def _fashion():
     from fashion import load_split
 
@@ -183,6 +220,8 @@ ROWS = {
     "digits_robust": row_digits_robust,
     "digits_bn": row_digits_bn,
     "tabular_l2": row_tabular_l2,
+    "digits_avgpool": row_digits_avgpool,
+    "tabular_linf": row_tabular_linf,
     "fashion_cnn": row_fashion_cnn,
     "fashion_adv": row_fashion_adv,
 }
