@@ -7,6 +7,7 @@ controller of an xdist run can render what its workers measured.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -233,13 +234,27 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return path
 
 
+def _strict(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by ``None``: strict JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def write_json_report(
     path: Path, reports: List[Dict[str, Any]], environment: Dict[str, Any], plugin_version: str
 ) -> Path:
+    """Write the JSON report: strict JSON (an unknown number, such as the held-out success of
+    a warm-started generator, is ``null``), written atomically."""
     doc = {
         "schema_version": SCHEMA_VERSION,
         "plugin_version": plugin_version,
         "environment": environment,
         "tests": sorted(reports, key=lambda r: r["nodeid"]),
     }
-    return atomic_write_text(Path(path), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(_strict(doc), indent=2, sort_keys=True, allow_nan=False)
+    return atomic_write_text(Path(path), text + "\n")

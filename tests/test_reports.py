@@ -277,3 +277,17 @@ def test_step_summary_lists_robust_tests_that_errored_before_any_numbers(blobs_r
     assert "1 robust tests, 0 failed, 1 passed." in text
     assert "1 more robust tests ended in an error before any numbers" in text
     assert "`test_e.py::test_broken`" in text
+
+
+def test_the_json_report_is_strict_json_when_a_number_is_unknown(tmp_path):
+    from pytest_advrobust.report import write_json_report
+
+    rep = {"nodeid": "t.py::a", "training": {"holdout_success": float("nan")}, "gap": 0.25}
+    path = write_json_report(tmp_path / "r.json", [rep], {"torch": "x"}, "0")
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    doc = json.loads(path.read_text(), parse_constant=refuse)
+    assert doc["tests"][0]["training"]["holdout_success"] is None
+    assert doc["tests"][0]["gap"] == 0.25
