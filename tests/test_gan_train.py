@@ -172,3 +172,12 @@ def test_margin_and_bad_inputs(problem):
     # the same one-sentence error as the rest of the plugin gives for a bad model
     with pytest.raises(AdvRobustError, match="expected logits of shape"):
         train_generator(lambda t: t.sum(dim=(1, 2, 3)), x, y, _cfg())
+
+
+def test_a_budget_that_runs_out_is_not_called_patience(problem):
+    model, x, y = problem
+    # one held-out evaluation, at the last step, with no progress possible (lr ~ 0)
+    cfg = _cfg(max_steps=10, eval_every=10, patience=1, lr=1e-12, target_success=1.0)
+    res = train_generator(model, x, y, cfg, "cpu")
+    assert res.steps == 10
+    assert res.stop_reason == "max_steps"

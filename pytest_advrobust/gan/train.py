@@ -192,8 +192,8 @@ def _evaluate(run: TrainingRun) -> None:
         )
     if stop.best >= run.cfg.target_success:
         run.reason = "target"
-    elif stop.stale >= run.cfg.patience:
-        run.reason = "patience"
+    elif stop.stale >= run.cfg.patience and run.step < run.budget_steps:
+        run.reason = "patience"  # at the last step the budget, not patience, ended it
 
 
 def _result(run: TrainingRun) -> TrainResult:
