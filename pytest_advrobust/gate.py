@@ -62,6 +62,8 @@ def gate_checks(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> L
         s.min_clean_accuracy,
         s.model,
         s.data,
+        labels=outcome.y.tolist(),
+        predictions=clean.pred.tolist(),
     )
     if session.save_baseline or session.compare:
         stuck = stuck_baseline_warning(
