@@ -85,9 +85,9 @@ def compare_with_baseline(
 
     baseline = session.load_baseline() or {"tests": {}}
     entry = baseline.get("tests", {}).get(item.nodeid)
-    cmp = compare(entry, rep, settings.tolerance)
+    cmp = compare(entry, rep, settings.tolerance, settings.significance)
     rep["baseline"] = cmp.to_report()
-    if cmp.status in ("regressed", "attack_changed"):  # a fall never passes unnoticed
+    if cmp.fails:  # a fall beyond tolerance and noise never passes unnoticed
         return [cmp.message]
     if cmp.mismatches and cmp.status in ("ok", "improved"):
         # a weaker attack than the baseline's (fgsm for pgd, fewer steps) would pass here
