@@ -52,10 +52,10 @@ class Comparison:
     beyond the tolerance that the paired test does not find beyond noise),
     ``"attack_changed"`` (the GAN attack is not the baseline's), ``"nondeterministic"``
     (the model is random in eval mode) or ``"missing"``. ``rule`` is ``"paired"`` or
-    ``"absolute"`` (``None`` when missing); ``delta`` is ``current - baseline`` (on the shared samples under the
-    paired rule); ``paired`` is the JSON form of the paired test, ``None`` under the
-    absolute rule, when ``note`` says why. ``mismatches`` lists settings that differ from
-    the baseline's.
+    ``"absolute"`` (``None`` when missing); ``delta`` is ``current - baseline`` (on the
+    shared samples under the paired rule); ``paired`` is the JSON form of the paired
+    test, ``None`` under the absolute rule, when ``note`` says why. ``mismatches`` lists
+    settings that differ from the baseline's.
     """
 
     status: str

@@ -299,8 +299,10 @@ def test_save_creates_parent_folder(tmp_path):
         ("", "is empty"),
         ("[1, 2]", "JSON object"),
         ('{"tests": {}}', "no schema_version"),
-        ('{"schema_version": 7, "tests": {}}', "schema_version 7, which this plugin cannot "
-         "read (it reads 1 and 2)"),
+        (
+            '{"schema_version": 7, "tests": {}}',
+            "schema_version 7, which this plugin cannot read (it reads 1 and 2)",
+        ),
         ('{"schema_version": 1, "tests": []}', "'tests'"),
         ('{"schema_version": 1, "tests": {"t::a": {"adversarial_accuracy": "high"}}}', "t::a"),
     ],
