@@ -69,10 +69,26 @@ def _modules_of(obj: Any) -> Set[str]:
     return {n for n in names if n and n.split(".")[0] not in _SKIPPED}
 
 
+def _scripted_code(obj: Any) -> str:
+    """The TorchScript code of a scripted model and its submodules ('' for others)."""
+    parts = []
+    subs = obj.modules() if callable(getattr(obj, "modules", None)) else [obj]
+    for sub in subs:
+        try:
+            code = getattr(sub, "code", None)
+        except Exception:  # a scripted module without a forward
+            code = None
+        if isinstance(code, str):
+            parts.append(code)
+    return "\0".join(parts)
+
+
 def code_digest(obj: Any) -> str:
     """SHA-256 (hex) of the compiled code of the modules defining ``obj``'s classes
-    (an ``nn.Module`` and its submodules) or ``obj`` itself (a function)."""
+    (an ``nn.Module`` and its submodules) or ``obj`` itself (a function); for a
+    TorchScript model, of its scripted code too."""
     h = hashlib.sha256(b"advrobust-code\0")
+    h.update(_scripted_code(obj).encode() + b"\0")
     for module_name in sorted(_modules_of(obj)):
         module = sys.modules.get(module_name)
         h.update(module_name.encode() + b"\0")

@@ -45,7 +45,15 @@ EVALUATIONS = EVALUATIONS_FOLDER
 KEEP_PER_TEST = 2
 #: Settings that judge the numbers without changing them (left out of the key).
 _JUDGING = ("threshold", "tolerance", "significance", "min_clean_accuracy")
-_TENSORS = ("x_adv", "clean_pred", "clean_loss", "clean_correct", "adv_pred", "adv_loss")
+_TENSORS = (
+    "x_adv",
+    "clean_pred",
+    "clean_loss",
+    "clean_correct",
+    "adv_pred",
+    "adv_loss",
+    "adv_correct",
+)
 _META = ("numbers", "curve", "training", "sanity", "cost", "class_names", "device")
 
 
@@ -126,8 +134,7 @@ def _rebuild(
     state: Dict[str, torch.Tensor], meta: Dict[str, Any], split, settings
 ) -> Optional[Outcome]:
     """The stored outcome on ``split``, or ``None`` when the entry does not fit it."""
-    needed = set(_TENSORS) | {"adv_correct"}
-    if not needed <= set(state) or state["x_adv"].shape != split.x.shape:
+    if not set(_TENSORS) <= set(state) or state["x_adv"].shape != split.x.shape:
         return None
     if state["x_adv"].dtype != split.x.dtype or state["clean_pred"].shape[0] != split.x.shape[0]:
         return None

@@ -89,7 +89,7 @@ def compare_with_baseline(
     rep["baseline"] = cmp.to_report()
     if cmp.fails:  # a fall beyond tolerance and noise never passes unnoticed
         return [cmp.message]
-    if cmp.mismatches and cmp.status in ("ok", "improved"):
+    if cmp.mismatches and cmp.status in ("ok", "improved", "not_significant"):
         # a weaker attack than the baseline's (fgsm for pgd, fewer steps) would pass here
         warn(
             f"{item.nodeid}: compared with a baseline recorded with other settings "
