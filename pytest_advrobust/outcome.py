@@ -39,16 +39,25 @@ class Outcome:
     # attack="generated": which real samples the validity judge accepts (bool, (N,)); the
     # real accuracy of the gap is measured on them.
     real_valid: Optional[torch.Tensor] = None
+    # several inputs per sample: the other inputs (an :class:`~.inputs.Extras`), row i of
+    # its table belonging to sample i of x
+    extras: Any = None
 
     @classmethod
     def of_split(cls, settings: RobustSettings, split: Any, device: Any, **fields: Any) -> Outcome:
-        """An outcome on the evaluation samples of ``split`` (a :class:`~.data.Split`)."""
+        """An outcome on the evaluation samples of ``split`` (a :class:`~.data.Split`);
+        its tensors are plain (not tagged with their samples)."""
+        from .rows import plain
+
+        if "x_adv" in fields:
+            fields["x_adv"] = plain(fields["x_adv"])
         return cls(
             settings=settings,
-            x=split.x,
+            x=plain(split.x),
             y=split.y,
             device=str(device),
             train_is_eval=split.train_is_eval,
+            extras=getattr(split.x, "extras", None),
             **fields,
         )
 
