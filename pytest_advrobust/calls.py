@@ -51,6 +51,10 @@ __all__ = [
 PROBE_SIZES = (1, 2, 3, 4, 8, 16, 32)
 
 
+class ModelError(AdvRobustError):
+    """The user's model raised: one sentence naming its fixture and the batch shape."""
+
+
 @dataclass
 class CallRecord:
     """What the guard saw: calls, padded calls, input gradients, changed buffers."""
@@ -121,11 +125,7 @@ class _Guard:
         self.record.calls += 1
         if x.requires_grad and not getattr(self, "_raw", False):
             x.register_hook(self._gradient_hook(x))
-        batch = self._pad(x, n)
-        try:
-            out = self._call(batch, x.shape)
-        finally:
-            self._undo_state()
+        batch, out = self._answer(x, n)
         if batch is not x:
             out = out[:n]
         self._watch_output(out)
@@ -134,6 +134,22 @@ class _Guard:
         if self.beat is not None:
             self.beat()
         return out
+
+    def _answer(self, x: torch.Tensor, n: int) -> Tuple[torch.Tensor, Any]:
+        """``(batch, output)``: the model on ``x`` padded to ``min_batch``; when the model
+        refuses a small batch, ``min_batch`` grows to the next of :data:`PROBE_SIZES` that it
+        takes (then the batch is padded and asked again), so no path needs a probe first."""
+        while True:
+            batch = self._pad(x, n)
+            try:
+                return batch, self._call(batch, x.shape)
+            except ModelError:
+                bigger = [k for k in PROBE_SIZES if k > max(n, self.min_batch)]
+                if not bigger or batch.shape[0] >= PROBE_SIZES[-1]:
+                    raise
+                self.min_batch = bigger[0]
+            finally:
+                self._undo_state()
 
     def _call(self, x: torch.Tensor, shape: Tuple[int, ...]) -> Any:
         rows = rows_of(x)
@@ -154,7 +170,7 @@ class _Guard:
             raise
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise AdvRobustError(
+            raise ModelError(
                 f"model from fixture {self.fixture!r} raised {type(exc).__name__} on "
                 f"inputs of shape {tuple(shape)}: {first}"
             ) from exc
@@ -189,6 +205,7 @@ class _Guard:
         filler = self._filler
         fits = (
             filler is not None
+            and filler.shape[0] >= need
             and filler.shape[1:] == x.shape[1:]
             and filler.device == x.device
             and isinstance(filler, Tagged) == isinstance(x, Tagged)
@@ -252,8 +269,9 @@ class FunctionGuard(_Guard):
 
 def probe_min_batch(net: Any, x: torch.Tensor) -> int:
     """The smallest batch of ``x``'s samples that ``net`` (a guarded model, with its
-    preprocessing) answers with logits: 1, else the first of :data:`PROBE_SIZES` that
-    works. It becomes the guard's ``min_batch``; 1 when ``net`` is not guarded."""
+    preprocessing) answers with logits, one row per sample: 1, else the first of
+    :data:`PROBE_SIZES` that works. It becomes the guard's ``min_batch`` (which the guard
+    also raises by itself when the model refuses a batch); 1 when ``net`` is not guarded."""
     guard = find_guard(net)
     if guard is None:
         return 1
@@ -261,14 +279,14 @@ def probe_min_batch(net: Any, x: torch.Tensor) -> int:
     for size in PROBE_SIZES:
         if size >= x.shape[0]:
             break
+        guard.min_batch = max(guard.min_batch, size)
         try:
             with torch.no_grad():
                 out = net(x[:size])
         except AdvRobustError:
-            out = None
+            break  # the model refuses every small batch: the clean predictions will say why
         if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == size:
-            guard.min_batch = size
-            return size
+            return guard.min_batch
     guard.min_batch = max(1, min(int(x.shape[0]), PROBE_SIZES[-1]))
     return guard.min_batch
 

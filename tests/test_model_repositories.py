@@ -609,3 +609,25 @@ def test_path_option_written_with_a_space(pytester, option, value):
     ) in result.stderr.str()
     fixed = run(pytester, f"{option}={value}")
     fixed.assert_outcomes(passed=1)
+
+
+def test_a_guarded_model_grows_its_smallest_batch_without_a_probe():
+    # gan_generator and `advrobust warm` call the model without the evaluation's probe
+    import torch
+
+    from pytest_advrobust.calls import guarded
+
+    class BatchStats(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+            self.bn = torch.nn.BatchNorm1d(3, track_running_stats=False)
+
+        def forward(self, x):
+            return self.bn(self.fc(x))
+
+    net = guarded(BatchStats().eval())
+    x = torch.rand(10, 4)
+    assert net(x).shape == (10, 3) and net.min_batch == 1
+    assert net(x[:1]).shape == (1, 3)  # padded with earlier samples, one row back
+    assert net.min_batch == 2 and net.record.padded_calls == 1

@@ -43,8 +43,10 @@ PROB_TOL = 1e-3
 ZERO_GRAD_SHARE = 0.5
 #: Outputs of two identical forward passes may differ by ``atol + rtol * |out|``.
 DETERMINISM_TOL = 1e-5
-#: Outputs of the same samples in batches of different sizes may differ by ``tol + tol * |out|``.
-BATCH_TOL = 1e-4
+#: Outputs of one sample in batches of different sizes may differ by ``tol * (1 + max |out|)``
+#: of its row: kernels chosen by batch size (TF32 on a GPU, float16) round differently, while
+#: batch statistics move logits by far more.
+BATCH_TOL = 5e-3
 #: The small batch size the ``batch_dependent`` check compares with one whole batch.
 SMALL_BATCH = 8
 #: Accuracy differences (and curve rises) at or below this are noise.

@@ -51,8 +51,9 @@ def check_batch_dependence(model: Callable, xs: torch.Tensor, fixture: str, smal
     parts = torch.cat([model(xs[s : s + small]) for s in range(0, n, small)]).double()
     if whole.shape != parts.shape:
         return None
-    diff = (whole - parts).abs()
-    rows = (diff > BATCH_TOL + BATCH_TOL * whole.abs()).reshape(n, -1).any(dim=1)
+    diff = (whole - parts).abs().reshape(n, -1)
+    scale = 1.0 + whole.abs().reshape(n, -1).amax(dim=1)
+    rows = diff.amax(dim=1) > BATCH_TOL * scale
     if not bool(rows.any()):
         return None
     changed = int((whole.argmax(dim=1) != parts.argmax(dim=1)).sum()) if whole.dim() == 2 else 0
