@@ -108,8 +108,8 @@ def _list(cache: Any, root: Path, args: argparse.Namespace) -> int:
 
     out_lines(text_table([header()] + [entry_row(e) for e in entries], right=(5,)))
     total = sum(e.size for e in entries if isinstance(e.size, (int, float)))
-    invalid = sum(1 for e in entries if not e.valid and e.other_format is None)
-    foreign = sum(1 for e in entries if e.other_format is not None)
+    foreign = sum(1 for e in entries if getattr(e, "other_format", None) is not None)
+    invalid = sum(1 for e in entries if not e.valid) - foreign
     summary = f"{len(entries)} {_entries(len(entries))}, {size_text(total)} in {root}"
     if invalid:
         summary += (
