@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from .errors import AdvRobustError
+from .errors import AdvRobustError, ModelError
 from .precision import InputCast
 from .rows import Tagged, plain, rows_of
 
@@ -49,10 +49,6 @@ __all__ = [
 
 #: Batch sizes tried, in order, by :func:`probe_min_batch`.
 PROBE_SIZES = (1, 2, 3, 4, 8, 16, 32)
-
-
-class ModelError(AdvRobustError):
-    """The user's model raised: one sentence naming its fixture and the batch shape."""
 
 
 @dataclass

@@ -156,10 +156,12 @@ def _is_pair(data: Any) -> bool:
     if not isinstance(data, (tuple, list)) or len(data) != 2 or _is_map_dataset(data[0]):
         return False
     first, labels = data
-    if not isinstance(labels, (torch.Tensor, np.ndarray)):
-        return False
-    return isinstance(first, (torch.Tensor, np.ndarray)) or (
-        is_several(first) and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in _values(first))
+    if isinstance(first, (torch.Tensor, np.ndarray)):
+        return True
+    return (
+        isinstance(labels, (torch.Tensor, np.ndarray))
+        and is_several(first)
+        and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in _values(first))
     )
 
 

@@ -41,6 +41,7 @@ class Stream(IterableDataset):
     "data",
     [
         (X, Y),
+        (X, Y.tolist()),
         [X.numpy(), Y.numpy()],
         TensorDataset(X, Y),
         PairDataset(),
@@ -49,7 +50,17 @@ class Stream(IterableDataset):
         DataLoader(Stream(), batch_size=None),
         [(X[:25], Y[:25]), (X[25:], Y[25:])],
     ],
-    ids=["pair", "numpy", "tensordataset", "dataset", "dicts", "loader", "iterable", "batches"],
+    ids=[
+        "pair",
+        "list-labels",
+        "numpy",
+        "tensordataset",
+        "dataset",
+        "dicts",
+        "loader",
+        "iterable",
+        "batches",
+    ],
 )
 def test_every_accepted_form_gives_the_same_tensors(data):
     x, y = to_tensor_pair(data)

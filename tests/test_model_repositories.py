@@ -48,10 +48,15 @@ class TwoInputs(torch.nn.Module):
         z = score(image, meta)
         return torch.stack([-z, z], dim=1) / 2
 
+class Output(dict):  # as a Hugging Face ModelOutput: the logits as an attribute
+    @property
+    def logits(self):
+        return self["logits"]
+
 class Keyword(torch.nn.Module):  # a Hugging Face style model: keyword inputs
     def forward(self, meta, pixel_values):
         z = score(pixel_values, meta)
-        return torch.stack([-z, z], dim=1) / 2
+        return Output(logits=torch.stack([-z, z], dim=1) / 2)
 
 def labels():
     image, meta = make()
