@@ -48,14 +48,14 @@ W = torch.randn(6, 3, generator=g)
 
 class Slow(torch.nn.Module):  # every call takes a while, as a big model on a CPU does
     def forward(self, x):
-        time.sleep(0.02)
+        time.sleep(0.01)
         return x @ W
 
 class SlowItems(Dataset):  # a dataset whose transforms take a while
     def __len__(self):
         return 64
     def __getitem__(self, i):
-        time.sleep(0.01)
+        time.sleep(0.005)
         return x[i], int((x[i] @ W).argmax())
 
 @pytest.fixture(scope="session")
@@ -83,7 +83,7 @@ def test_other(): pass
 def test_long_stages_print_progress_lines(pytester, how):
     pytester.makeconftest(SLOW_CONFTEST)
     pytester.makepyfile(test_slow=SLOW_TESTS)
-    result = run(pytester, "--advrobust", "--advrobust-progress-seconds=0.3", *how)
+    result = run(pytester, "--advrobust", "--advrobust-progress-seconds=0.1", *how)
     result.assert_outcomes(passed=2)
     prefix = "[[]gw?[]] " if "xdist" in how else ""
     result.stdout.fnmatch_lines(
@@ -160,7 +160,7 @@ def test_workers_waiting_for_one_generator_say_who_trains_it(blobs_repo):
         "xdist",
         "-n",
         "2",
-        "--advrobust-gan-steps=150",
+        "--advrobust-gan-steps=80",
         "--advrobust-threads=1",
         "--advrobust-cache-dir=shared",
     )
