@@ -92,9 +92,10 @@ def run_model(model, x, y, args, log) -> Dict:
     robust, rows = {}, {}
     for name, fn in methods(args).items():
         outs = []
-        with counting(model) as (_, count):
+        with counting(model) as (counted_model, count):
             for s in range(0, x.shape[0], args.batch):
-                outs.append(fn(model, x[s : s + args.batch], y[s : s + args.batch]).detach())
+                xb, yb = x[s : s + args.batch], y[s : s + args.batch]
+                outs.append(fn(counted_model, xb, yb).detach())
         x_adv = torch.cat(outs)
         if float((x_adv - x).abs().amax()) > args.eps + 1e-6:
             log(f"warning: {name} left the eps-ball")

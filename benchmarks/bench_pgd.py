@@ -215,14 +215,10 @@ def make_torchattacks(model, eps, step, steps) -> Optional[Callable]:
         import torchattacks
     except ImportError:
         return None
-    atk = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=False)
 
     def run(model_, x, y, eps_, step_, steps_) -> torch.Tensor:
-        if steps_ != steps:  # the warm-up
-            return torchattacks.PGD(model, eps=eps, alpha=step, steps=steps_, random_start=False)(
-                x, y
-            )
-        return atk(x, y)
+        # made per call on the model it is given: the counted one (the warm-up: fewer steps)
+        return torchattacks.PGD(model_, eps=eps, alpha=step, steps=steps_, random_start=False)(x, y)
 
     run.version = torchattacks.__version__  # type: ignore[attr-defined]
     return run
@@ -304,8 +300,8 @@ def _time_methods(methods: Dict[str, Callable], model, x, y, args, device, log):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                with counting(model) as (_, count):
-                    out = methods[m](model, x[sl], y[sl], args.eps, args.step, args.steps)
+                with counting(model) as (counted_model, count):
+                    out = methods[m](counted_model, x[sl], y[sl], args.eps, args.step, args.steps)
                 if r == 0:
                     counts[m][0] += count.forward
                     counts[m][1] += count.backward

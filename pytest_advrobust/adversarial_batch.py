@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .calls import guarded, probe_min_batch
 from .metrics import predict, summarize
 from .model import Preprocessed, borrowed, resolve_device
 
@@ -21,6 +22,9 @@ class AdversarialBatch:
     Under ``attack="generated"``: ``x_adv`` holds the accepted generated
     samples, labelled ``y_adv``; ``real_valid`` (bool, (N,)) marks the real
     samples the validity judge accepts; ``eps`` is ``None``.
+
+    For a model with several inputs, ``x`` and ``x_adv`` are the input the
+    attack perturbed (``attack_input``); :meth:`inputs` gives all of them.
     """
 
     def __init__(self, outcome: Any, report: Dict[str, Any]):
@@ -48,6 +52,29 @@ class AdversarialBatch:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def inputs(self, adversarial: bool = False) -> Any:
+        """What the model takes for these samples: ``x`` (or ``x_adv``), or, for a model
+        with several inputs, the list or dict of them with ``x`` (``x_adv``) in the place
+        of the attacked one (``model(*inputs)`` or ``model(**inputs)``)."""
+        x = self.x_adv if adversarial else self.x
+        extras = self._outcome.extras
+        if extras is None:
+            return x
+        rows = torch.arange(len(self))
+        values = {slot: t[rows] for slot, t in extras.table.items()}
+        values[extras.slot] = x
+        if extras.kind == "kwargs":
+            return {str(slot): values[slot] for slot in extras.order}
+        return [values[slot] for slot in extras.order]
+
+    def _tagged(self, x: torch.Tensor) -> torch.Tensor:
+        extras = self._outcome.extras
+        if extras is None:
+            return x
+        from .rows import tag
+
+        return tag(x, torch.arange(x.shape[0]), extras)
+
     def evaluate(self, model: Any, batch_size: Optional[int] = None) -> Dict[str, Any]:
         """Clean and adversarial numbers of ``model`` on this batch.
 
@@ -59,14 +86,14 @@ class AdversarialBatch:
         device = resolve_device(s.device)
         bs = batch_size or s.batch_size
         with borrowed(model, device) as m:
-            net = (
-                Preprocessed(m, *s.preprocessing, channel_axis=s.channel_axis).to(device)
-                if s.preprocessing
-                else m
-            )
+            net = guarded(m, s.model)
+            if s.preprocessing:
+                net = Preprocessed(net, *s.preprocessing, channel_axis=s.channel_axis).to(device)
+            probe_min_batch(net, self._tagged(self.x).to(device))
             y = self.y.to(device)
-            clean = predict(net, self.x.to(device), y, bs, s.model)
-            adv = predict(net, self.x_adv.to(device), self.y_adv.to(device), bs, s.model)
+            clean = predict(net, self._tagged(self.x).to(device), y, bs, s.model)
+            x_adv = self._tagged(self.x_adv).to(device)
+            adv = predict(net, x_adv, self.y_adv.to(device), bs, s.model)
         if self._outcome.generated is not None:
             from .generated.evaluation import real_and_generated_numbers
 

@@ -41,11 +41,26 @@ def add_parser(commands: Any) -> None:
     actions.add_parser("list", parents=[shared], help="list cached generators")
     info = actions.add_parser("info", parents=[shared], help="show one cached generator")
     info.add_argument("key", metavar="KEY", help="the entry's key, or a unique prefix of it")
-    actions.add_parser(
-        "clear", parents=[shared], help="remove every cached generator and stored evaluation"
+    others = argparse.ArgumentParser(add_help=False)
+    others.add_argument(
+        "--other-versions",
+        action="store_true",
+        help="also remove entries another version of pytest-advrobust wrote in another "
+        "cache format (kept by default: that version may still use them)",
     )
+    actions.add_parser(
+        "clear",
+        parents=[shared, others],
+        help="remove every cached generator and stored evaluation of this version",
+    )
+    remove = actions.add_parser(
+        "remove", parents=[shared], help="remove the named entries (of any version)"
+    )
+    remove.add_argument("keys", nargs="+", metavar="KEY", help="a key, or a unique prefix of it")
     prune = actions.add_parser(
-        "prune", parents=[shared], help="remove damaged, old or surplus cached generators"
+        "prune",
+        parents=[shared, others],
+        help="remove damaged, old or surplus cached generators",
     )
     prune.add_argument(
         "--keep", type=non_negative_int, metavar="N", help="keep the N newest entries"
@@ -104,12 +119,18 @@ def _list(cache: Any, root: Path, args: argparse.Namespace) -> int:
 
     out_lines(text_table([header()] + [entry_row(e) for e in entries], right=(5,)))
     total = sum(e.size for e in entries if isinstance(e.size, (int, float)))
-    invalid = sum(1 for e in entries if not e.valid)
+    foreign = sum(1 for e in entries if getattr(e, "other_format", None) is not None)
+    invalid = sum(1 for e in entries if not e.valid) - foreign
     summary = f"{len(entries)} {_entries(len(entries))}, {size_text(total)} in {root}"
     if invalid:
         summary += (
             f" ({invalid} damaged; they are retrained when next needed, "
             f"or run `{PROG} cache prune`)"
+        )
+    if foreign:
+        summary += (
+            f" ({foreign} written by another version of pytest-advrobust in another cache "
+            f"format; prune and clear keep them)"
         )
     out(summary)
     _stored_line(root)
@@ -179,22 +200,55 @@ def _remove(cache: Any, root: Path, args: argparse.Namespace) -> int:
         out(f"nothing to {verb}: {root} does not exist")
         return 0
     stored = _evaluations(root)
+    others = bool(getattr(args, "other_versions", False))
+    kept = [] if others else cache.foreign()
     if verb == "clear":
-        removed = cache.clear()
+        removed = cache.clear(other_versions=others)
         out(f"removed {removed} {_entries(removed)} from {root}")
         if stored is not None:
             out(f"removed {stored.clear()} stored evaluations from {stored.root}")
-        return 0
-    keys = cache.prune(keep=args.keep, older_than_days=args.older_than)
-    out_lines(f"removed {key}" for key in keys)
-    out(f"pruned {len(keys)} {_entries(len(keys))} from {root}")
-    if stored is not None:  # the same rules, counted apart from the generators
-        gone = stored.prune(keep=args.keep, older_than_days=args.older_than)
-        out(f"pruned {len(gone)} stored evaluations from {stored.root}")
+    else:
+        keys = cache.prune(keep=args.keep, older_than_days=args.older_than, other_versions=others)
+        out_lines(f"removed {key}" for key in keys)
+        out(f"pruned {len(keys)} {_entries(len(keys))} from {root}")
+        if stored is not None:  # the same rules, counted apart from the generators
+            gone = stored.prune(keep=args.keep, older_than_days=args.older_than)
+            out(f"pruned {len(gone)} stored evaluations from {stored.root}")
+    for entry in kept:
+        out(
+            f"kept {entry.key}: {entry.kept_because}; remove it with "
+            f"`{PROG} cache remove {entry.key[:12]}` or `{PROG} cache {verb} --other-versions`"
+        )
     return 0
 
 
-_ACTIONS = {"list": _list, "info": _info, "clear": _remove, "prune": _remove}
+def _remove_named(cache: Any, root: Path, args: argparse.Namespace) -> int:
+    """``remove KEY...``: the named entries, whatever version wrote them."""
+    if cache is None:
+        err(f"no cache entries: {root} does not exist")
+        return 1
+    entries, status = cache.entries(), 0
+    for key in args.keys:
+        entry, matches = _find_entry(entries, key)
+        if entry is None:
+            err(f"no single cache entry {key} in {root} ({len(matches)} match)")
+            status = 1
+            continue
+        if not cache.remove_if_free(entry.key):
+            err(f"not removed {entry.key}: a running process holds its lock")
+            status = 1
+            continue
+        out(f"removed {entry.key}")
+    return status
+
+
+_ACTIONS = {
+    "list": _list,
+    "info": _info,
+    "clear": _remove,
+    "prune": _remove,
+    "remove": _remove_named,
+}
 
 
 def _stats(cache: Any) -> Dict[str, Any]:

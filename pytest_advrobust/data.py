@@ -2,31 +2,38 @@
 
 Accepted forms (the ``robust_data`` fixture may return any of them):
 
-* an ``(x, y)`` pair of tensors or numpy arrays;
-* a map-style ``torch.utils.data.Dataset`` whose items are ``(input, label)``;
+* an ``(x, y)`` pair of tensors or numpy arrays (``x`` may be a list, tuple
+  or dict of tensors: a model with several inputs);
+* a map-style ``torch.utils.data.Dataset`` whose items are ``(input, label)``
+  (``input`` one tensor, or a list, tuple or dict of tensors), or dicts with
+  a label key (``label``, ``labels``, ``target``, ``targets``, ``y``) whose
+  other tensor entries are the inputs;
 * a ``DataLoader``, evaluated on what it yields: iterated once, in the order
   the evaluation seed fixes (see :mod:`pytest_advrobust.loading`);
 * an iterable of ``(x_batch, y_batch)`` pairs.
 
-Also a reader for MNIST-style IDX files (plain or gzip), used by the
-benchmarks and usable by model repositories that keep such files.
+Several inputs come back as :class:`~pytest_advrobust.inputs.Inputs`, one
+tensor per input. Labels must be class indices; anything else (strings,
+objects) is one sentence saying how to map them.
 """
 
 from __future__ import annotations
 
-import gzip
-import struct
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .errors import AdvRobustError
+from .idx import load_idx_dataset, read_idx
+from .inputs import Inputs, is_several
+from .labels import label_tensor as _label_tensor
+from .labels import labels as _labels
 
 __all__ = [
     "Split",
+    "check_inputs",
     "class_names_of",
     "read_idx",
     "load_idx_dataset",
@@ -35,15 +42,18 @@ __all__ = [
 ]
 
 MIN_TRAIN = 64
+LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+Batch = Union[torch.Tensor, Inputs]
+Tick = Optional[Callable[[int], None]]
 
 
 @dataclass
 class Split:
     """The evaluation samples and the samples a learned attack may train on."""
 
-    x: torch.Tensor
+    x: Any  # a tensor; Inputs for several inputs until the perturbed one is chosen
     y: torch.Tensor
-    train_x: Optional[torch.Tensor]
+    train_x: Optional[Any]
     train_y: Optional[torch.Tensor]
     eval_indices: torch.Tensor
     train_is_eval: bool = False
@@ -54,6 +64,11 @@ def _as_tensor(value: Any, what: str, fixture: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
     if isinstance(value, np.ndarray):
+        if value.dtype.kind in "USO":
+            raise AdvRobustError(
+                f"fixture {fixture!r} gave {what} of numpy dtype {value.dtype}, "
+                "which is not numbers; give tensors or numeric arrays"
+            )
         return torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, (int, float, np.integer, np.floating)):
         return torch.as_tensor(value)
@@ -62,31 +77,14 @@ def _as_tensor(value: Any, what: str, fixture: str) -> torch.Tensor:
     except Exception:
         raise AdvRobustError(
             f"fixture {fixture!r} gave {what} of type {type(value).__name__}, "
-            "which is not a tensor or an array"
+            "which is not a tensor or an array; give each sample as (input, label) with "
+            "the input a tensor or array, or a list, tuple or dict of them"
         ) from None
 
 
-def _labels(y: torch.Tensor, fixture: str) -> torch.Tensor:
-    if y.dim() == 2 and y.shape[1] > 1:
-        raise AdvRobustError(
-            f"fixture {fixture!r} gave one-hot or multi-column labels of shape "
-            f"{tuple(y.shape)}; give class indices of shape (n,)"
-        )
-    y = y.reshape(-1)
-    if y.dtype.is_floating_point:
-        if not torch.all(y == y.round()):
-            raise AdvRobustError(f"fixture {fixture!r} gave non-integer labels; give class indices")
-    elif y.dtype == torch.bool or y.dtype.is_complex:
-        raise AdvRobustError(
-            f"fixture {fixture!r} gave labels of dtype {y.dtype}; give integer class indices"
-        )
-    y = y.long()
-    if y.numel() and int(y.min()) < 0:
-        raise AdvRobustError(f"fixture {fixture!r} gave negative labels; give class indices")
-    return y
-
-
-def _inputs(x: torch.Tensor, fixture: str) -> torch.Tensor:
+def check_inputs(x: torch.Tensor, fixture: str) -> torch.Tensor:
+    """The perturbed input checked: floating (integers cast to float32, uint8 refused),
+    at least ``(n, features)``."""
     if not x.dtype.is_floating_point:
         if x.dtype == torch.uint8:
             raise AdvRobustError(
@@ -102,16 +100,41 @@ def _inputs(x: torch.Tensor, fixture: str) -> torch.Tensor:
     return x
 
 
+def _inputs(x: Batch, fixture: str) -> Batch:
+    return x if isinstance(x, Inputs) else check_inputs(x, fixture)
+
+
+def _input_of(value: Any, fixture: str) -> Batch:
+    """One item's or batch's input: a tensor, or :class:`Inputs` for several."""
+    if is_several(value):
+        return Inputs.of(value, lambda v, slot: _as_tensor(v, f"input {slot!r}", fixture))
+    return _as_tensor(value, "inputs", fixture)
+
+
+def _dict_pair(item: dict, fixture: str):
+    keys = [k for k in LABEL_KEYS if k in item]
+    if not keys:
+        raise AdvRobustError(
+            f"fixture {fixture!r} gave samples without labels: dict items need a label "
+            f"key ({', '.join(LABEL_KEYS)}); they have {', '.join(map(repr, item))}"
+        )
+    inputs = {
+        k: v
+        for k, v in item.items()
+        if k != keys[0] and (isinstance(v, (torch.Tensor, np.ndarray)) or is_several(v))
+    }
+    if not inputs:
+        raise AdvRobustError(
+            f"fixture {fixture!r} gave dict samples whose only tensor is the label "
+            f"{keys[0]!r}; give the inputs as tensors or arrays"
+        )
+    x = next(iter(inputs.values())) if len(inputs) == 1 else inputs
+    return x, item[keys[0]]
+
+
 def _pair_from_item(item: Any, fixture: str):
     if isinstance(item, dict):
-        keys = [k for k in ("label", "labels", "target", "targets", "y") if k in item]
-        xs = [k for k in ("image", "input", "inputs", "x", "pixel_values") if k in item]
-        if keys and xs:
-            return item[xs[0]], item[keys[0]]
-        raise AdvRobustError(
-            f"fixture {fixture!r} gave samples without labels "
-            "(dict items need an input and a label key)"
-        )
+        return _dict_pair(item, fixture)
     if isinstance(item, (tuple, list)) and len(item) >= 2:
         return item[0], item[1]
     raise AdvRobustError(
@@ -128,13 +151,42 @@ def _is_map_dataset(obj: Any) -> bool:
     )
 
 
+def _is_pair(data: Any) -> bool:
+    """An ``(x, y)`` pair: ``x`` a tensor or array, or a list, tuple or dict of them."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2 or _is_map_dataset(data[0]):
+        return False
+    first, labels = data
+    if isinstance(first, (torch.Tensor, np.ndarray)):
+        return True
+    return (
+        isinstance(labels, (torch.Tensor, np.ndarray))
+        and is_several(first)
+        and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in _values(first))
+    )
+
+
+def _values(value: Any) -> list:
+    return list(value.values()) if isinstance(value, dict) else list(value)
+
+
+def rows(x: Batch) -> int:
+    """The number of samples of a batch (a tensor or :class:`Inputs`)."""
+    return x.n if isinstance(x, Inputs) else int(x.shape[0])
+
+
 def to_tensor_pair(
-    data: Any, fixture: str = "robust_data", indices: Optional[torch.Tensor] = None, seed: int = 0
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    data: Any,
+    fixture: str = "robust_data",
+    indices: Optional[torch.Tensor] = None,
+    seed: int = 0,
+    tick: Tick = None,
+) -> Tuple[Batch, torch.Tensor]:
     """Turn the user's data into ``(x, y)`` CPU tensors (optionally only ``indices``).
 
-    A ``DataLoader`` is iterated with its order seeded by ``seed``; ``indices``
-    then index what it yielded.
+    ``x`` is one tensor, or :class:`~pytest_advrobust.inputs.Inputs` when each
+    sample has several inputs. A ``DataLoader`` is iterated with its order
+    seeded by ``seed``; ``indices`` then index what it yielded. ``tick(k)`` is
+    called after each ``k`` samples read (progress).
     """
     from torch.utils.data import DataLoader, IterableDataset
 
@@ -142,12 +194,7 @@ def to_tensor_pair(
         raise AdvRobustError(
             f"fixture {fixture!r} returned None; return a Dataset, a DataLoader or an (x, y) pair"
         )
-    if (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and not _is_map_dataset(data[0])
-        and isinstance(data[0], (torch.Tensor, np.ndarray))
-    ):
+    if _is_pair(data):
         return _from_pair(data, fixture, indices)
     if isinstance(data, (torch.Tensor, np.ndarray)) or (
         isinstance(data, (tuple, list)) and len(data) == 1
@@ -158,11 +205,11 @@ def to_tensor_pair(
     if isinstance(data, DataLoader):
         from .loading import loader_batches
 
-        return _from_batches(loader_batches(data, seed), fixture, indices)
+        return _from_batches(loader_batches(data, seed), fixture, indices, tick)
     if _is_map_dataset(data) and not isinstance(data, IterableDataset):
-        return _from_map_dataset(data, fixture, indices)
+        return _from_map_dataset(data, fixture, indices, tick)
     if hasattr(data, "__iter__"):
-        return _from_batches(data, fixture, indices)
+        return _from_batches(data, fixture, indices, tick)
     raise AdvRobustError(
         f"fixture {fixture!r} returned a {type(data).__name__}; return a "
         "Dataset, a DataLoader or an (x, y) pair"
@@ -171,52 +218,66 @@ def to_tensor_pair(
 
 def _from_pair(data: Any, fixture: str, indices: Optional[torch.Tensor]):
     """An ``(x, y)`` pair of tensors or arrays, checked."""
-    x = _inputs(_as_tensor(data[0], "inputs", fixture), fixture)
-    y = _labels(_as_tensor(data[1], "labels", fixture), fixture)
-    if x.shape[0] != y.shape[0]:
-        raise AdvRobustError(
-            f"fixture {fixture!r} gave {x.shape[0]} inputs but {y.shape[0]} labels"
-        )
-    if x.shape[0] == 0:
+    x = _inputs(_input_of(data[0], fixture), fixture)
+    y = _labels(_label_tensor(data[1], fixture), fixture)
+    if rows(x) != y.shape[0]:
+        raise AdvRobustError(f"fixture {fixture!r} gave {rows(x)} inputs but {y.shape[0]} labels")
+    if rows(x) == 0:
         raise AdvRobustError(f"fixture {fixture!r} gave no samples")
     if indices is not None:
         x, y = x[indices], y[indices]
     return x, y
 
 
-def _from_map_dataset(data: Any, fixture: str, indices: Optional[torch.Tensor]):
+def _stack(xs: List[Batch], fixture: str, stack: bool) -> Batch:
+    if isinstance(xs[0], Inputs) or any(isinstance(v, Inputs) for v in xs):
+        if not all(isinstance(v, Inputs) for v in xs):
+            raise AdvRobustError(
+                f"fixture {fixture!r} gave some samples with several inputs and some with one"
+            )
+        return Inputs.join(xs, fixture, stack)
+    try:
+        return torch.stack(xs) if stack else torch.cat(xs)
+    except RuntimeError:
+        raise AdvRobustError(f"fixture {fixture!r} gave inputs of different shapes") from None
+
+
+def _from_map_dataset(data: Any, fixture: str, indices: Optional[torch.Tensor], tick: Tick):
     """A map-style dataset, item by item (only ``indices`` when given)."""
     idx = range(len(data)) if indices is None else indices.tolist()
     xs, ys = [], []
     for i in idx:
         xi, yi = _pair_from_item(data[i], fixture)
-        xs.append(_as_tensor(xi, "inputs", fixture))
-        ys.append(_as_tensor(yi, "labels", fixture))
+        xs.append(_input_of(xi, fixture))
+        ys.append(_label_tensor(yi, fixture))
+        if tick is not None:
+            tick(1)
     if not xs:
         raise AdvRobustError(f"fixture {fixture!r} gave no samples")
-    try:
-        x = torch.stack(xs)
-    except RuntimeError:
-        raise AdvRobustError(f"fixture {fixture!r} gave inputs of different shapes") from None
+    x = _stack(xs, fixture, stack=True)
     return _inputs(x, fixture), _labels(
         torch.stack([t.reshape(()) if t.numel() == 1 else t for t in ys]), fixture
     )
 
 
-def _from_batches(batches: Any, fixture: str, indices: Optional[torch.Tensor]):
+def _from_batches(batches: Any, fixture: str, indices: Optional[torch.Tensor], tick: Tick):
     """Concatenate ``(x_batch, y_batch)`` pairs (or dict batches) into one pair."""
     xs, ys = [], []
     for batch in batches:
         xb, yb = _pair_from_item(batch, fixture)
-        xb = _as_tensor(xb, "inputs", fixture)
-        yb = _as_tensor(yb, "labels", fixture)
+        xb = _input_of(xb, fixture)
+        yb = _label_tensor(yb, fixture)
         if yb.dim() == 0:
-            xb, yb = xb.unsqueeze(0), yb.reshape(1)
+            xb, yb = xb[None], yb.reshape(1)  # one sample: a batch of one
         xs.append(xb)
         ys.append(yb)
+        if tick is not None:
+            tick(int(yb.shape[0]))
     if not xs:
         raise AdvRobustError(f"fixture {fixture!r} gave no samples")
-    x, y = _inputs(torch.cat(xs), fixture), _labels(torch.cat(ys), fixture)
+    x, y = _inputs(_stack(xs, fixture, stack=False), fixture), _labels(torch.cat(ys), fixture)
+    if rows(x) != y.shape[0]:
+        raise AdvRobustError(f"fixture {fixture!r} gave {rows(x)} inputs but {y.shape[0]} labels")
     if indices is not None:
         x, y = x[indices], y[indices]
     return x, y
@@ -240,7 +301,8 @@ def split_data(
     max_train: int = 60000,
     *,
     need_train: bool = True,
-    convert: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor]]] = None,
+    convert: Optional[Callable[..., Tuple[Batch, torch.Tensor]]] = None,
+    tick: Tick = None,
 ) -> Split:
     """Choose ``n_samples`` evaluation samples with a seeded permutation.
 
@@ -249,14 +311,15 @@ def split_data(
     on the evaluation samples themselves and ``train_is_eval`` says so.
     With ``need_train=False`` the training samples of a Dataset are not
     loaded (``train_x``/``train_y`` are ``None``). ``convert(data, fixture,
-    indices, seed)`` replaces :func:`to_tensor_pair` (a session's memo).
+    indices, seed, tick=tick)`` replaces :func:`to_tensor_pair` (a session's
+    memo); ``tick(k)`` is told of every ``k`` samples read.
     """
     if convert is None:
         convert = to_tensor_pair
     total = _length(data)
     if total is None:
-        x_all, y_all = convert(data, fixture, None, seed)
-        total = x_all.shape[0]
+        x_all, y_all = convert(data, fixture, None, seed, tick=tick)
+        total = rows(x_all)
     else:
         x_all = y_all = None
     if total == 0:
@@ -271,9 +334,9 @@ def split_data(
         train_idx = eval_idx
     tx = ty = None
     if x_all is None:
-        x, y = convert(data, fixture, eval_idx, seed)
+        x, y = convert(data, fixture, eval_idx, seed, tick=tick)
         if need_train:
-            tx, ty = (x, y) if train_is_eval else convert(data, fixture, train_idx, seed)
+            tx, ty = (x, y) if train_is_eval else convert(data, fixture, train_idx, seed, tick=tick)
     else:
         x, y = x_all[eval_idx], y_all[eval_idx]
         if need_train:
@@ -304,52 +367,3 @@ def class_names_of(data: Any) -> Optional[List[str]]:
         if data is None:
             return None
     return None
-
-
-# ----------------------------------------------------------------- IDX files
-
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file (MNIST format), gzip-compressed or not, into an array."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an IDX file")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX element type 0x{code:02x}")
-    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[code])
-    count = int(np.prod(dims)) if dims else 1
-    body = raw[4 + 4 * ndim :]
-    if len(body) != count * dtype.itemsize:
-        raise ValueError(
-            f"{path}: expected {count * dtype.itemsize} bytes of data, found {len(body)}"
-        )
-    return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
-
-
-def load_idx_dataset(root, split: str = "test") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Load an MNIST-layout dataset folder (e.g. Fashion-MNIST) as float images in [0, 1].
-
-    ``root`` holds ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
-    Returns ``x`` of shape (n, 1, 28, 28) and ``y`` of shape (n,).
-    """
-    prefix = {"train": "train", "test": "t10k"}[split]
-    root = Path(root)
-
-    def find(stem: str) -> Path:
-        for name in (stem + ".gz", stem):
-            if (root / name).exists():
-                return root / name
-        raise FileNotFoundError(f"{root / stem}[.gz] not found")
-
-    images = read_idx(find(f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(find(f"{prefix}-labels-idx1-ubyte"))
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
-    y = torch.from_numpy(labels.astype(np.int64))
-    return x, y

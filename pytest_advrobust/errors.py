@@ -11,6 +11,11 @@ class AdvRobustError(Exception):
     """
 
 
+class ModelError(AdvRobustError):
+    """The user's model raised on a batch: one sentence naming its fixture and the batch
+    shape (the model guard may retry a batch the model found too small)."""
+
+
 class CacheIntegrityError(Exception):
     """A cache entry failed verification; callers set it aside and retrain."""
 

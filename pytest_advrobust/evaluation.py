@@ -16,6 +16,7 @@ import torch
 
 from .attacks import get_attack
 from .attacks.counting import counted
+from .calls import find_guard, probe_min_batch
 from .data import Split
 from .evaluation_store import stored_or_computed
 from .gradcheck import require_input_gradient
@@ -31,6 +32,7 @@ from .preparation import (
     torch_threads,
     with_preprocessing,
 )
+from .rows import same_samples
 from .run_tools import RunTools
 from .settings import RobustSettings
 
@@ -68,16 +70,24 @@ def run_evaluation(
 
         return run_generated(model, data, settings, train_data=train_data, **tools)
     kit = RunTools(**tools)
-    device, split = prepare(
-        model, data, settings, train_data, store=kit.store, need_train=needs_training_data(settings)
-    )
+    beat = kit.heartbeat()
+    with beat.stage(f"reading fixture {settings.data!r}"):
+        device, split = prepare(
+            model,
+            data,
+            settings,
+            train_data,
+            store=kit.store,
+            need_train=needs_training_data(settings),
+            tick=beat.tick,
+        )
 
     def compute() -> Outcome:
         cuda = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(settings.seed)
             with borrowed(model, device) as m:
-                return _evaluate(_start(m, device, split, settings, kit))
+                return _evaluate(_start(m, device, split, settings, kit, beat))
 
     return stored_or_computed(compute, model, split, settings, device, kit)
 
@@ -97,6 +107,7 @@ class _Evaluation:
     net_work: Any  # float32 twins of net and x for float16/bfloat16 inputs
     x_work: torch.Tensor
     train_x: Optional[torch.Tensor]
+    beat: Any  # the heartbeat: progress lines of long stages
     cost: Dict[str, Dict[str, float]] = field(default_factory=dict)
     training: Optional[Dict[str, Any]] = None
 
@@ -111,22 +122,28 @@ class _Worst(NamedTuple):
     per_attack: Dict[str, torch.Tensor]
 
 
-def _start(model, device, split: Split, settings: RobustSettings, tools: RunTools) -> _Evaluation:
+def _start(model, device, split: Split, settings: RobustSettings, tools: RunTools, beat: Any):
     """Clean predictions and the input-gradient check of the borrowed ``model``."""
     net = with_preprocessing(model, settings, device)
+    find_guard(net).beat = beat.tick  # every call of the model ticks the heartbeat
     x, y = split.x.to(device), split.y.to(device)
     bs, fixture = settings.batch_size, settings.model
-    clean = run_model_safely(lambda: predict(net, x, y, bs, fixture), fixture, x.shape)
-    run_model_safely(
-        lambda: require_input_gradient(net, x, y, settings.attacks, fixture, settings.refine),
-        fixture,
-        x.shape,
-    )
+    probe_min_batch(net, x)  # no call gets a batch smaller than the model takes
+    with beat.stage("clean predictions"):
+        clean = run_model_safely(lambda: predict(net, x, y, bs, fixture), fixture, x.shape)
+    with find_guard(net).raw_gradients():  # judged as the model gives them
+        run_model_safely(
+            lambda: require_input_gradient(net, x, y, settings.attacks, fixture, settings.refine),
+            fixture,
+            x.shape,
+        )
     net_work, x_work = working_copy(net, x)  # float32 attacks for float16/bfloat16 inputs
     train_x = split.train_x
     if train_x is not None and x_work is not x:
         train_x = train_x.float()
-    return _Evaluation(settings, split, device, tools, net, x, y, clean, net_work, x_work, train_x)
+    return _Evaluation(
+        settings, split, device, tools, net, x, y, clean, net_work, x_work, train_x, beat
+    )
 
 
 def _evaluate(ev: _Evaluation) -> Outcome:
@@ -160,7 +177,10 @@ def _evaluate(ev: _Evaluation) -> Outcome:
 def _at_eps(ev: _Evaluation, eps: float) -> Tuple[Dict[str, Any], _Worst]:
     """Every attack at ``eps``: the numbers of the worst case per sample, and that case."""
     cfg = ev.settings.attack_config(eps)
-    results = [_attack(ev, name, eps, cfg) for name in ev.settings.attacks]
+    results = []
+    for name in ev.settings.attacks:
+        with ev.beat.stage(f"attack {name!r} at eps={eps:g}"):
+            results.append(_attack(ev, name, eps, cfg))
     raw_x_adv, raw = merge_worst_case(results)
     # A sample the model gets wrong without any attack counts as not
     # robust (as in AutoAttack): its adversarial example is itself.
@@ -180,11 +200,12 @@ def _attack(ev: _Evaluation, name: str, eps: float, cfg) -> Tuple[torch.Tensor, 
     headline = math.isclose(eps, ev.settings.main_eps)
     if headline:
         ev.cost[name] = count.per_sample(ev.x.shape[0])
-    check_bound(name, ev.x_work, x_adv, cfg)  # the attack's own result
+    guard = find_guard(ev.net)
+    check_bound(name, ev.x_work, x_adv, cfg, guard.record if guard else None, ev.settings.model)
     # then the bound holds after rounding to the input dtype, to the last bit
     x_adv = into_dtype(ev.x, x_adv, eps, cfg.norm, cfg.bounds)
     check_bound(name, ev.x, x_adv, cfg)
-    x_adv = x_adv.detach()
+    x_adv = same_samples(x_adv.detach(), ev.x)  # row i of x_adv is sample i of x
     bs, fixture = ev.settings.batch_size, ev.settings.model
     preds = run_model_safely(lambda: predict(ev.net, x_adv, ev.y, bs, fixture), fixture, ev.x.shape)
     if "training" in ctx.facts and headline:
@@ -200,11 +221,18 @@ def _sanity(ev: _Evaluation, main: _Worst, curve: Optional[List[Dict[str, Any]]]
     level = ev.tools.sanity_level or settings.sanity
     if level == "off":
         return []
-    from .sanity import run_sanity
-
     ctx = ev.tools.attack_context(
         ev.device, ev.train_x, ev.split.train_y, retrain=False, quiet=True
     )
+    guard = find_guard(ev.net)
+    with ev.beat.stage("sanity checks"):
+        return _sanity_flags(ev, main, curve, ctx, guard, level)
+
+
+def _sanity_flags(ev: _Evaluation, main: _Worst, curve, ctx, guard, level: str) -> List:
+    from .sanity import run_sanity
+
+    settings = ev.settings
     flags = run_sanity(
         ev.net_work,
         ev.x_work,
@@ -218,6 +246,9 @@ def _sanity(ev: _Evaluation, main: _Worst, curve: Optional[List[Dict[str, Any]]]
         num_classes=ev.clean.num_classes,
         adversarial=main.per_attack,
         correct_counts=main.raw_counts,
+        fixture=settings.model,
+        record=guard.record if guard is not None else None,
+        min_batch=guard.min_batch if guard is not None else 1,
     )
     if "probe" in ctx.facts and ev.training is not None:
         ev.training["probe"] = ctx.facts["probe"]  # PGD against the GAN on a seeded probe

@@ -45,6 +45,7 @@ def judge(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> Optiona
         )
     if problems and rep["verdict"] == "pass":
         rep["verdict"] = "fail"
+    rep["failure"] = "\n".join(problems) if problems else None  # why, for the HTML cell
     item.user_properties.extend(junit_properties(rep))
     item.user_properties.append(("advrobust_report", json.dumps(rep, sort_keys=True)))
     return "\n".join(problems) if problems else None

@@ -4,9 +4,10 @@ Reports are read in the order given; a folder stands for the ``*.json`` files
 in it, in file-name order (name them by date or build number). The table has
 one row per test and one column per report; ``--plot FILE`` draws one line
 per test with matplotlib, with the lowest adversarial accuracy its threshold
-allows (dashed: clean accuracy minus the threshold, or clean x (1 - threshold)
-for ``metric="relative"``) and its baseline adversarial accuracy (dotted) in
-the same colour.
+allows in each report (dashed: clean accuracy minus the threshold, or clean x
+(1 - threshold) for ``metric="relative"``, never below 0), the reports whose
+verdict was fail (red crosses) and its baseline adversarial accuracy (dotted)
+in the same colour.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["History", "expand_paths", "floor_of", "load_history", "plot_history", "history_table"]
+__all__ = [
+    "History",
+    "expand_paths",
+    "floor_of",
+    "floors",
+    "history_figure",
+    "history_table",
+    "load_history",
+    "plot_history",
+]
 
 Reports = Dict[str, Dict[str, Any]]
 
@@ -58,13 +68,14 @@ def load_history(paths: Sequence[str]) -> History:
 
 
 def floor_of(rep: Dict[str, Any]) -> Optional[float]:
-    """The lowest adversarial accuracy the threshold allows for this report."""
+    """The lowest adversarial accuracy the threshold allows for this report (never below
+    0: a threshold above the clean accuracy allows any adversarial accuracy)."""
     clean, threshold = rep.get("clean_accuracy"), rep.get("threshold")
     if not isinstance(clean, (int, float)) or not isinstance(threshold, (int, float)):
         return None
     if rep.get("metric") == "relative":
-        return float(clean) * (1.0 - float(threshold))
-    return float(clean) - float(threshold)
+        return max(0.0, float(clean) * (1.0 - float(threshold)))
+    return max(0.0, float(clean) - float(threshold))
 
 
 def _baseline_of(rep: Dict[str, Any]) -> Optional[float]:
@@ -108,8 +119,15 @@ def history_table(history: History, baseline: Optional[Dict[str, Any]] = None) -
     return rows
 
 
-def plot_history(history: History, path: Path, baseline: Optional[Dict[str, Any]] = None) -> Path:
-    """Write the PNG: a line per test, its floor dashed and its baseline dotted."""
+def floors(history: History, nodeid: str) -> List[Optional[float]]:
+    """The threshold floor of a test in each report (``None`` where it is missing)."""
+    return [floor_of(run[nodeid]) if nodeid in run else None for run in history.runs]
+
+
+def history_figure(history: History, baseline: Optional[Dict[str, Any]] = None) -> Any:
+    """The matplotlib figure: a line per test, its floor in each report dashed (so the
+    floor a failing build was judged by is drawn), failed reports crossed in red, and its
+    baseline dotted, in the test's colour."""
     from .images import _matplotlib
 
     Figure, FigureCanvasAgg = _matplotlib()
@@ -119,11 +137,36 @@ def plot_history(history: History, path: Path, baseline: Optional[Dict[str, Any]
     xs = list(range(len(history.labels)))
     colours = [f"C{i % 10}" for i in range(len(history.tests))]
     for nodeid, colour in zip(history.tests, colours):
-        pts = [(x, v) for x, v in zip(xs, history.series(nodeid)) if v is not None]
+        series = history.series(nodeid)
+        pts = [(x, v) for x, v in zip(xs, series) if v is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour, label=nodeid)
-        floor, base = marks(history, nodeid, baseline)
-        if floor is not None:
-            ax.axhline(floor, color=colour, linestyle="--", linewidth=1)
+        fl = [(x, f) for x, f in zip(xs, floors(history, nodeid)) if f is not None]
+        if fl:
+            step = "steps-mid" if len(fl) > 1 else "default"
+            ax.plot(
+                [p[0] for p in fl],
+                [p[1] for p in fl],
+                color=colour,
+                linestyle="--",
+                linewidth=1,
+                drawstyle=step,
+                marker="_" if len(fl) == 1 else None,
+            )
+        failed = [
+            (x, v)
+            for x, v, run in zip(xs, series, history.runs)
+            if v is not None and (run.get(nodeid) or {}).get("verdict") == "fail"
+        ]
+        if failed:
+            ax.scatter(
+                [p[0] for p in failed],
+                [p[1] for p in failed],
+                marker="x",
+                color="tab:red",
+                s=60,
+                zorder=4,
+            )
+        base = marks(history, nodeid, baseline)[1]
         if base is not None:
             ax.axhline(base, color=colour, linestyle=":", linewidth=1.5)
     ax.set_xticks(xs)
@@ -132,11 +175,17 @@ def plot_history(history: History, path: Path, baseline: Optional[Dict[str, Any]
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
     ax.set_title(
-        "adversarial accuracy per report (dashed: threshold floor, dotted: baseline)",
+        "adversarial accuracy per report (dashed: threshold floor, x: failed, dotted: baseline)",
         fontsize="small",
     )
     ax.legend(loc="best", fontsize="x-small")
     fig.tight_layout()
+    return fig
+
+
+def plot_history(history: History, path: Path, baseline: Optional[Dict[str, Any]] = None) -> Path:
+    """Write the PNG of :func:`history_figure`."""
+    fig = history_figure(history, baseline)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

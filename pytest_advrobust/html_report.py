@@ -26,7 +26,7 @@ import pytest
 from .errors import MissingPackage
 from .report import baseline_text, eps_cell
 
-__all__ = ["HtmlHooks", "numbers_html", "report_of"]
+__all__ = ["HtmlHooks", "numbers_html", "report_of", "verdict_cell"]
 
 
 def report_of(report: Any) -> Optional[Dict[str, Any]]:
@@ -77,6 +77,18 @@ def _paired_rows(rep: Dict[str, Any]) -> List[tuple]:
     return rows
 
 
+def verdict_cell(rep: Optional[Dict[str, Any]]) -> str:
+    """The ``robustness`` column: the verdict, gap and threshold, and for a failure the
+    reason the gate gave (the first line of its message)."""
+    if rep is None:
+        return ""
+    text = f"{rep['verdict'].upper()} gap {_f(rep['gap'])} / threshold {_f(rep['threshold'])}"
+    failure = (rep.get("failure") or "").strip()
+    if rep["verdict"] == "fail" and failure:
+        text += f": {failure.splitlines()[0]}"
+    return text
+
+
 def numbers_html(rep: Dict[str, Any]) -> str:
     """A small two-column table of one test's numbers."""
     rows = [
@@ -97,6 +109,8 @@ def numbers_html(rep: Dict[str, Any]) -> str:
     ]
     if rep.get("sanity"):
         rows.append(("sanity flags", ", ".join(f["flag"] for f in rep["sanity"])))
+    if rep.get("failure"):
+        rows.insert(1, ("why it failed", rep["failure"]))
     body = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
         f"<td>{html.escape(v)}</td></tr>"
@@ -173,11 +187,4 @@ class HtmlHooks:
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_row(self, report: Any, cells: List[str]) -> None:
         rep = report_of(report) if report.when == "call" else None
-        text = (
-            ""
-            if rep is None
-            else (
-                f"{rep['verdict'].upper()} gap {_f(rep['gap'])} / threshold {_f(rep['threshold'])}"
-            )
-        )
-        cells.insert(2, f'<td class="col-advrobust">{html.escape(text)}</td>')
+        cells.insert(2, f'<td class="col-advrobust">{html.escape(verdict_cell(rep))}</td>')

@@ -43,6 +43,7 @@ __all__ = [
     "STRIP_HEIGHT",
     "TEXT_HEIGHT",
     "TITLE_HEIGHT",
+    "caption_lines",
     "cell_size",
     "curve_figure",
     "gallery_image",
@@ -56,7 +57,8 @@ __all__ = [
 
 #: Pixels between cells (and around the grid) of each row, as in ``make_grid``.
 PADDING = 2
-#: Height of the caption band under each row.
+#: Height of one line of the caption band under each row (captions never get cut: a long
+#: class name takes more lines).
 TEXT_HEIGHT = 14
 #: Height of the title band drawn on top when a gallery has a title.
 TITLE_HEIGHT = 16
@@ -102,6 +104,29 @@ def _fit(draw, text: str, font, width: int) -> str:
     while text and draw.textlength(text + "~", font=font) > width:
         text = text[:-1]
     return text + "~"
+
+
+def caption_lines(draw, text: str, font, width: int) -> list:
+    """``text`` in lines no wider than ``width`` pixels, nothing cut: broken after spaces
+    where it can be, else between characters. ``"".join`` of the lines, with the
+    spaces they were broken at, gives ``text`` back."""
+    lines: list = []
+    line = ""
+    for word in text.split(" "):
+        trial = f"{line} {word}" if line else word
+        if draw.textlength(trial, font=font) <= width:
+            line = trial
+            continue
+        if line:
+            lines.append(line)
+        line = ""
+        for ch in word:
+            if line and draw.textlength(line + ch, font=font) > width:
+                lines.append(line)
+                line = ""
+            line += ch
+    lines.append(line)
+    return lines
 
 
 def pick_samples(clean_correct, adv_correct, k: int = 8) -> list:
@@ -183,26 +208,31 @@ def _captions(x, x_adv, y, pred_clean, pred_adv, class_names) -> list:
 
 
 def _compose(rows: list, captions: list, cell_width: int, title: Optional[str]):
-    """Stack the row grids, each over its caption band, under an optional title band."""
+    """Stack the row grids, each over its caption band (tall enough for the longest
+    caption of the row, whole), under an optional title band."""
     import torch
     from PIL import Image, ImageDraw, ImageFont
 
     row_h, width = rows[0].shape[1], rows[0].shape[2]
     head = TITLE_HEIGHT if title else 0
-    canvas = Image.new("RGB", (width, head + 3 * (row_h + TEXT_HEIGHT)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [[caption_lines(draw, t, font, cell_width - 2) for t, _ in rc] for rc in captions]
+    bands = [TEXT_HEIGHT * max([len(lines) for lines in row] or [1]) for row in wrapped]
+    canvas = Image.new("RGB", (width, head + 3 * row_h + sum(bands)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
     if title:
         fitted = _fit(draw, title, font, width - 2 * PADDING - 2)
         draw.text((PADDING + 1, 2), fitted, fill=(0, 0, 0), font=font)
-    for r, (grid, row_captions) in enumerate(zip(rows, captions)):
+    top = head
+    for grid, row_captions, row_lines, band in zip(rows, captions, wrapped, bands):
         arr = grid.permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
-        top = head + r * (row_h + TEXT_HEIGHT)
         canvas.paste(Image.fromarray(arr), (0, top))
-        for i, (text, color) in enumerate(row_captions):
+        for i, ((_, color), lines) in enumerate(zip(row_captions, row_lines)):
             left = PADDING + i * (cell_width + PADDING) + 1
-            fitted = _fit(draw, text, font, cell_width - 2)
-            draw.text((left, top + row_h), fitted, fill=color, font=font)
+            for k, line in enumerate(lines):
+                draw.text((left, top + row_h + k * TEXT_HEIGHT), line, fill=color, font=font)
+        top += row_h + band
     return canvas
 
 

@@ -53,10 +53,11 @@ def seeded_loader(loader: Any, seed: int) -> Iterator[Any]:
             g.set_state(state)
 
 
-def loader_batches(loader: Any, seed: int) -> List[Any]:
-    """Every batch the loader yields, iterated once in the order ``seed`` fixes."""
+def loader_batches(loader: Any, seed: int) -> Iterator[Any]:
+    """Every batch the loader yields, iterated once in the order ``seed`` fixes (the
+    loader's generators are seeded until the last batch has been read)."""
     with seeded_loader(loader, seed):
-        return list(iter(loader))
+        yield from iter(loader)
 
 
 def _indices_key(indices: Optional[torch.Tensor]) -> Optional[str]:
@@ -69,7 +70,7 @@ def _indices_key(indices: Optional[torch.Tensor]) -> Optional[str]:
 class SessionData:
     """Conversions of fixture values to ``(x, y)`` tensors, remembered for a session.
 
-    ``convert(data, fixture, indices, seed)`` returns what
+    ``convert(data, fixture, indices, seed, tick)`` returns what
     :func:`pytest_advrobust.data.to_tensor_pair` returns, computing it once per
     (value, fixture name, indices, seed). ``conversions`` counts the
     conversions that actually ran.
@@ -80,7 +81,12 @@ class SessionData:
         self.conversions = 0
 
     def convert(
-        self, data: Any, fixture: str, indices: Optional[torch.Tensor] = None, seed: int = 0
+        self,
+        data: Any,
+        fixture: str,
+        indices: Optional[torch.Tensor] = None,
+        seed: int = 0,
+        tick: Any = None,
     ) -> Pair:
         from .data import to_tensor_pair
 
@@ -88,7 +94,7 @@ class SessionData:
         hit = self._memo.get(key)
         if hit is not None and hit[0] is data:
             return hit[1]
-        pair = to_tensor_pair(data, fixture, indices, seed=seed)
+        pair = to_tensor_pair(data, fixture, indices, seed=seed, tick=tick)
         self.conversions += 1
         self._memo[key] = (data, pair)  # keeps ``data`` alive: its id stays unique
         return pair

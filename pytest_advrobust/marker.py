@@ -208,6 +208,14 @@ def _channel_axis(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
     return {arg: None if value is None else int(value)}
 
 
+def _attack_input(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    if value is None:
+        return {arg: None}
+    if isinstance(value, str) and value:
+        return {arg: value}
+    return {arg: _int(arg, value, 0)}
+
+
 #: Every marker argument, in the order of the marker help: (default shown, check).
 ARGUMENTS: Dict[str, Tuple[Optional[str], Check]] = {
     "threshold": (None, _threshold),  # the one positional argument
@@ -235,6 +243,7 @@ ARGUMENTS: Dict[str, Tuple[Optional[str], Check]] = {
     "channel_axis": ("None", _channel_axis),
     "min_clean_accuracy": ("None", _in_range(0.0, 1.0, optional=True)),
     "validity": ("0.9", _in_range(0.5, 1.0, high_open=True)),
+    "attack_input": ("None", _attack_input),
 }
 MARKER_ARGS = tuple(ARGUMENTS)
 #: The line ``pytest --markers`` shows for the marker.

@@ -2,8 +2,10 @@
 
 :func:`borrowed` freezes the model (eval mode, no parameter gradients), moves
 it to the evaluation device, and on exit restores every module's train/eval
-mode, every parameter's ``requires_grad`` and every tensor's device, also
-when the attack or the model raises. Weights are never written.
+mode, every parameter's ``requires_grad``, every tensor's device and every
+buffer (the same tensor, with its first values: a forward that updates a
+buffer is undone), also when the attack or the model raises. Weights are never
+written.
 """
 
 from __future__ import annotations
@@ -57,10 +59,18 @@ class _Snapshot:
             for name, b in mod._buffers.items()
             if b is not None
         ]
+        # The buffers themselves and their values: a forward that changes them is undone.
+        self.buffers = [
+            (mod, name, b, b.detach().clone())
+            for mod in model.modules()
+            for name, b in mod._buffers.items()
+            if isinstance(b, torch.Tensor)
+        ]
         devices = {d for _, _, d in self.param_devices + self.buffer_devices}
         self.single_device = devices.pop() if len(devices) == 1 else None
 
     def restore(self) -> None:
+        self._restore_buffers()
         if self.single_device is not None:
             self.model.to(self.single_device)
         else:
@@ -77,6 +87,15 @@ class _Snapshot:
             m.training = mode
         for p, flag in self.grads:
             p.requires_grad_(flag)
+
+    def _restore_buffers(self) -> None:
+        """Put every buffer tensor back in its place, holding its first values."""
+        with torch.no_grad():
+            for mod, name, buf, saved in self.buffers:
+                if buf.shape == saved.shape and not torch.equal(buf, saved.to(buf.device)):
+                    buf.copy_(saved)
+                if mod._buffers[name] is not buf:
+                    mod._buffers[name] = buf
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ __all__ = [
     "MISSING_POLICIES",
     "NORMS",
     "SANITY_LEVELS",
+    "attack_input_type",
     "bounds_type",
     "channel_axis_type",
     "choice_type",
@@ -124,3 +125,18 @@ def channel_axis_type(value: str):
         return out
 
     return _keyword_or(value, "auto", parse, "an axis (e.g. 1 or -1) or auto")
+
+
+def attack_input_type(value: str):
+    """The input a model with several inputs is attacked through: a position (``0``, ``1``)
+    or a key (``pixel_values``); ``auto`` (or empty): the first floating-point tensor."""
+    v = str(value).strip()
+    if v.lower() in ("", "auto"):
+        return None
+    if v.isdigit():
+        return int(v)
+    if v.isidentifier():
+        return v
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not an input position (0, 1, ...), an input name or auto"
+    )

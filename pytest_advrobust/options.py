@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
@@ -47,6 +47,10 @@ VALUE_HELP = {
     "1, or -1 for (N, H, W, C) images that fit only there) or an integer",
     "min_clean_accuracy": "clean accuracy a robust test needs, in [0, 1] (default: "
     "clearly above chance, 1/classes)",
+    "attack_input": "for models with several inputs, the one the attack perturbs: a "
+    "position (0, 1, ...) or a key (default auto: the first floating-point tensor)",
+    "progress_seconds": "longest time in seconds between two progress lines of a long "
+    "evaluation (default 30)",
 }
 
 # (option, METAVAR or None for an on/off switch, help, help of its ini key or None).
@@ -169,6 +173,32 @@ def _add_switch(
     group.addoption(opt, default=default, help=f"{help}. ini: {name}" if ini else help, **kwargs)
     if ini is not None:
         parser.addini(name, ini, **({} if metavar else {"type": "bool", "default": False}))
+
+
+def path_options() -> List[str]:
+    """The options whose value is a file or folder."""
+    return [opt for opt, metavar, _, _ in SWITCHES if metavar in ("PATH", "DIR")]
+
+
+def check_path_values(args: Sequence[str]) -> None:
+    """Stop when a path-valued option is written with its value after a space.
+
+    pytest chooses its rootdir and ini file from the command line before it
+    knows this plugin's options, so it takes that value for a test path: another
+    rootdir, and the ini file (eps, preprocessing, the baseline) silently not
+    read. Raises ``pytest.UsageError`` saying to write ``--option=VALUE``.
+    """
+    paths = set(path_options())
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--":
+            return
+        if arg in paths and not str(args[i + 1]).startswith("-"):
+            value = args[i + 1]
+            raise pytest.UsageError(
+                f"{arg} {value}: write {arg}={value} (with '='); pytest reads a value after a "
+                "space as a test path before it knows this option, which can choose another "
+                "rootdir and leave your ini file unread"
+            )
 
 
 def flag(config: pytest.Config, opt: str, ini: str) -> bool:

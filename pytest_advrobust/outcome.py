@@ -44,17 +44,26 @@ class Outcome:
     indices: Optional[torch.Tensor] = None
     # the numbers were read from a stored evaluation of the same model, data and settings
     reused: bool = False
+    # several inputs per sample: the other inputs (an :class:`~.inputs.Extras`), row i of
+    # its table belonging to sample i of x
+    extras: Any = None
 
     @classmethod
     def of_split(cls, settings: RobustSettings, split: Any, device: Any, **fields: Any) -> Outcome:
-        """An outcome on the evaluation samples of ``split`` (a :class:`~.data.Split`)."""
+        """An outcome on the evaluation samples of ``split`` (a :class:`~.data.Split`);
+        its tensors are plain (not tagged with their samples)."""
+        from .rows import plain
+
+        if "x_adv" in fields:
+            fields["x_adv"] = plain(fields["x_adv"])
         return cls(
             settings=settings,
-            x=split.x,
+            x=plain(split.x),
             y=split.y,
             device=str(device),
             train_is_eval=split.train_is_eval,
             indices=split.eval_indices,
+            extras=getattr(split.x, "extras", None),
             **fields,
         )
 

@@ -12,7 +12,7 @@ from typing import Any, List
 import pytest
 
 from .errors import AdvRobustWarning
-from .options import MARKER_LINE, add_options
+from .options import MARKER_LINE, add_options, check_path_values
 from .session import ROBUST_FIXTURES, SKIP_REASON, AdvRobustSession
 
 __all__ = ["OUTCOME_KEY", "ROBUST_FIXTURES", "SESSION_KEY", "SKIP_REASON", "AdvRobustWarning"]
@@ -30,6 +30,11 @@ def _session(config: pytest.Config) -> AdvRobustSession:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: Any, args: List[str]):
+    """Before the rootdir's conftests load: no path option may be written with a space."""
+    check_path_values(args)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

@@ -39,15 +39,21 @@ def is_low_precision(x: torch.Tensor) -> bool:
 
 
 class InputCast(nn.Module):
-    """``model(x.to(dtype))``: the model keeps getting inputs of its own dtype."""
+    """``model(x.to(dtype))``: the model keeps getting inputs of its own dtype.
 
-    def __init__(self, model: Callable, dtype: torch.dtype):
+    Also the base of the plugin's other module wrappers (the call guard of
+    :mod:`pytest_advrobust.calls`, the pass counter): each keeps the user's
+    model as ``inner``, so the class of the user's own model is found inside
+    them. ``dtype=None`` casts nothing.
+    """
+
+    def __init__(self, model: Callable, dtype: Optional[torch.dtype]):
         super().__init__()
         self.inner = model
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> Any:
-        return self.inner(x.to(self.dtype))
+        return self.inner(x if self.dtype is None else x.to(self.dtype))
 
 
 def model_dtype(model: Any) -> Optional[torch.dtype]:

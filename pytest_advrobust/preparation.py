@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from .data import Split, split_data, to_tensor_pair
+from .data import Split, check_inputs, split_data, to_tensor_pair
 from .errors import AdvRobustError
 from .geometry import perturbation_norms
 from .model import Preprocessed, resolve_device
@@ -23,6 +23,7 @@ from .settings import RobustSettings
 __all__ = [
     "NO_TRAINING_DATA",
     "check_bound",
+    "choose_inputs",
     "needs_training_data",
     "prepare",
     "run_model_safely",
@@ -48,15 +49,21 @@ def _input_range_check(x: torch.Tensor, settings: RobustSettings, fixture: str) 
         )
 
 
-def check_bound(name: str, x: torch.Tensor, x_adv: torch.Tensor, cfg) -> None:
-    """Reject an attack result that is not a bounded perturbation of ``x``."""
+def check_bound(
+    name: str, x: torch.Tensor, x_adv: torch.Tensor, cfg, record: Any = None, fixture: str = ""
+) -> None:
+    """Reject an attack result that is not a bounded perturbation of ``x``.
+
+    ``record`` (what the model guard saw) lets a NaN result be traced to the model
+    from ``fixture`` when its outputs or input gradients were not finite.
+    """
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
         shape = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
         raise AdvRobustError(
             f"attack {name!r} returned {shape}, not a tensor of the input shape {tuple(x.shape)}"
         )
     if not torch.isfinite(x_adv).all():
-        raise AdvRobustError(f"attack {name!r} returned NaN or infinite inputs")
+        raise _nonfinite_result(name, record, fixture)
     slack = 1e-5 * max(1.0, cfg.eps)
     # In float64: exact for the differences of float16/bfloat16/float32 values.
     worst = (
@@ -70,6 +77,27 @@ def check_bound(name: str, x: torch.Tensor, x_adv: torch.Tensor, cfg) -> None:
         lo, hi = cfg.bounds
         if float(x_adv.min()) < lo - 1e-6 or float(x_adv.max()) > hi + 1e-6:
             raise AdvRobustError(f"attack {name!r} returned inputs outside bounds ({lo:g}, {hi:g})")
+
+
+def _nonfinite_result(name: str, record: Any, fixture: str) -> AdvRobustError:
+    """The sentence for an attack result with NaN or infinite values: the model's own
+    non-finite outputs or gradients when the guard saw any, else the attack's."""
+    outputs = getattr(record, "nonfinite_outputs", 0)
+    grads = getattr(record, "nonfinite_rows", 0)
+    if outputs or grads:
+        seen = []
+        if outputs:
+            seen.append(f"NaN or infinite logits for {outputs} of {record.output_rows} inputs")
+        if grads:
+            seen.append(
+                f"NaN or infinite input gradients for {grads} of {record.gradient_rows} inputs"
+            )
+        return AdvRobustError(
+            f"the model from fixture {fixture!r} gave {' and '.join(seen)} the attacks tried, "
+            f"and attack {name!r} could not find finite adversarial inputs from them; make "
+            "the model's forward pass numerically safe (sqrt, log or division at 0, overflow)"
+        )
+    return AdvRobustError(f"attack {name!r} returned NaN or infinite inputs")
 
 
 def run_model_safely(fn: Callable[[], Any], fixture: str, shape) -> Any:
@@ -102,12 +130,15 @@ def prepare(
     *,
     store: Any = None,
     need_train: bool = True,
+    tick: Any = None,
 ):
     """Check the model, choose the device, split and check the data.
 
     ``store`` (a :class:`~pytest_advrobust.loading.SessionData`) remembers the
     conversions for the session; with ``need_train=False`` no training
-    samples are loaded (``split.train_x`` is ``None``).
+    samples are loaded (``split.train_x`` is ``None``). Samples with several
+    inputs come back as the perturbed input, tagged with its samples
+    (:func:`choose_inputs`). ``tick(k)`` hears of every ``k`` samples read.
     """
     if model is None or not callable(model):
         raise AdvRobustError(
@@ -123,16 +154,22 @@ def prepare(
         settings.data,
         need_train=need_train and train_data is None,
         convert=convert,
+        tick=tick,
     )
     if train_data is not None and need_train:
-        tx, ty = (convert or to_tensor_pair)(train_data, settings.train_data, None, settings.seed)
+        tx, ty = (convert or to_tensor_pair)(
+            train_data, settings.train_data, None, settings.seed, tick=tick
+        )
+        split.train_x, split.train_y, split.train_is_eval = tx, ty, False
+    choose_inputs(split, settings)
+    if train_data is not None and need_train:
+        tx = split.train_x
         if tuple(tx.shape[1:]) != tuple(split.x.shape[1:]):
             raise AdvRobustError(
                 f"fixture {settings.train_data!r} gives samples of shape {tuple(tx.shape[1:])} "
                 f"but fixture {settings.data!r} gives {tuple(split.x.shape[1:])}; the GAN "
                 "trains on one and attacks the other, so give both the same sample shape"
             )
-        split.train_x, split.train_y, split.train_is_eval = tx, ty, False
     _match_model_dtype(model, split)
     _input_range_check(split.x, settings, settings.data)
     if settings.preprocessing is not None:  # one sentence now, not a broadcast error later
@@ -140,6 +177,48 @@ def prepare(
             lambda t: t, *settings.preprocessing, channel_axis=settings.channel_axis
         ).axis_for(tuple(split.x.shape))
     return device, split
+
+
+def choose_inputs(split: Split, settings: RobustSettings) -> None:
+    """Samples with several inputs: keep the one the attack perturbs (``attack_input``) as
+    ``split.x`` (and ``split.train_x``), tagged with its samples and the other inputs
+    (:mod:`.rows`, :mod:`.inputs`); one input per sample: check ``attack_input`` fits."""
+    from .inputs import Extras, Inputs, choose, join_tables
+    from .rows import tag
+
+    x, tx = split.x, split.train_x
+    if not isinstance(x, Inputs):
+        if settings.attack_input not in (None, 0):
+            raise AdvRobustError(
+                f"attack_input={settings.attack_input!r} names an input, but fixture "
+                f"{settings.data!r} gives one input per sample; leave attack_input out"
+            )
+        if isinstance(tx, Inputs):
+            raise AdvRobustError(
+                f"fixture {settings.train_data!r} gives several inputs per sample but "
+                f"fixture {settings.data!r} gives one; give both the same inputs"
+            )
+        return
+    xe, slot, others = choose(x, settings.attack_input, settings.data)
+    xe = check_inputs(xe, settings.data)
+    parts, layouts, xt = [others], [x.layout()], None
+    if tx is not None and tx is not x:
+        if not isinstance(tx, Inputs):
+            raise AdvRobustError(
+                f"fixture {settings.data!r} gives several inputs per sample but the "
+                f"training data ({settings.train_data!r}) gives one; give both the same inputs"
+            )
+        xt, _, others_t = choose(tx, slot, settings.train_data)
+        xt = check_inputs(xt, settings.train_data)
+        parts.append(others_t)
+        layouts.append(tx.layout())
+    extras = Extras(x.kind, slot, tuple(x.slots), join_tables(parts, layouts, settings.data))
+    n = xe.shape[0]
+    split.x = tag(xe, torch.arange(n), extras)
+    if tx is x:
+        split.train_x = split.x
+    elif xt is not None:
+        split.train_x = tag(xt, n + torch.arange(xt.shape[0]), extras)
 
 
 def _match_model_dtype(model: Any, split: Split) -> None:
@@ -156,11 +235,14 @@ def _match_model_dtype(model: Any, split: Split) -> None:
 
 
 def with_preprocessing(model: Any, settings: RobustSettings, device) -> Any:
+    """The model as every attack calls it: the user's model inside its call guard
+    (:mod:`.calls`), inside ``preprocessing`` when the settings give one."""
+    from .calls import guarded
+
+    net = guarded(model, settings.model)
     if settings.preprocessing is None:
-        return model
-    return Preprocessed(model, *settings.preprocessing, channel_axis=settings.channel_axis).to(
-        device
-    )
+        return net
+    return Preprocessed(net, *settings.preprocessing, channel_axis=settings.channel_axis).to(device)
 
 
 @contextlib.contextmanager

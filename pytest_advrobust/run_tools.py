@@ -21,7 +21,9 @@ class RunTools:
     ``retrain``: train again and replace cache entries; ``progress``/``warn``: where
     progress lines and warnings go; ``quiet``: no progress lines from the attacks;
     ``sanity_level``: overrides the settings' sanity level; ``store``: the session's
-    data conversions (:class:`~.loading.SessionData`)."""
+    data conversions (:class:`~.loading.SessionData`); ``label``: what the progress
+    lines name (the test); ``progress_every``: the longest time in seconds between two
+    progress lines of a long evaluation (:mod:`.heartbeat`)."""
 
     cache_dir: Optional[Path] = None
     retrain: bool = False
@@ -30,6 +32,15 @@ class RunTools:
     quiet: bool = False
     sanity_level: Optional[str] = None
     store: Any = None
+    label: str = ""
+    progress_every: float = 30.0
+
+    def heartbeat(self) -> Any:
+        """A :class:`~.heartbeat.Heartbeat` printing to ``progress`` (none when quiet)."""
+        from .heartbeat import Heartbeat
+
+        say = None if self.quiet else self.progress
+        return Heartbeat(say, self.progress_every, self.label)
 
     def attack_context(self, device: Any, train_x: Any, train_y: Any, **fields: Any):
         """An :class:`~.attacks.base.AttackContext` with these tools (``fields`` override)."""

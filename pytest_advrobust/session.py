@@ -9,6 +9,7 @@ JSON, Markdown and baseline, and the notes shown at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,25 +21,11 @@ import pytest
 from . import __version__
 from .errors import AdvRobustError, warn
 from .options import flag, path_option, read_values
-from .settings import RobustSettings, base_settings, from_marker
-from .terminal import progress_writer, quiet, terminal_line
-from .user_fixtures import user_objects
+from .settings import RobustSettings, base_settings, resolve_settings
+from .terminal import lock_wait_lines, progress_writer, quiet, terminal_line
+from .user_fixtures import ROBUST_FIXTURES, SKIP_REASON, fail_cleanly, is_robust, user_objects
 
-ROBUST_FIXTURES = ("adversarial_batch", "gan_generator", "conditional_generator")
-SKIP_REASON = "robustness test: pass --advrobust to run it"
-
-
-def is_robust(item: pytest.Item) -> bool:
-    """A robust test: marked ``robust`` or using one of the robust fixtures."""
-    if item.get_closest_marker("robust") is not None:
-        return True
-    names = getattr(item, "fixturenames", ())
-    return any(n in names for n in ROBUST_FIXTURES)
-
-
-def fail_cleanly(exc: AdvRobustError) -> None:
-    """Fail the test with the error's one sentence, without a traceback."""
-    raise pytest.fail.Exception(str(exc), pytrace=False) from None
+__all__ = ["ROBUST_FIXTURES", "SKIP_REASON", "AdvRobustSession", "fail_cleanly", "is_robust"]
 
 
 @dataclass
@@ -181,21 +168,33 @@ class AdvRobustSession:
         self, request: pytest.FixtureRequest, require_threshold: bool
     ) -> RobustSettings:
         marker = request.node.get_closest_marker("robust")
-        if marker is None:
-            return self.base
-        return from_marker(
-            marker.kwargs, marker.args, self.base, require_threshold=require_threshold
-        )
+        settings, warning = resolve_settings(marker, self.base, require_threshold)
+        if warning:
+            warn(warning)
+        return settings
 
-    def _tools(self, need_cache: bool = True) -> Dict[str, Any]:
-        """The keyword arguments every evaluation and generator look-up shares."""
+    def _tools(self, need_cache: bool = True, label: Optional[str] = None) -> Dict[str, Any]:
+        """The keyword arguments every evaluation and generator look-up shares; ``label``
+        (the test progress lines name) adds RunTools' ``label`` and ``progress_every``."""
+        every = self.values["progress_seconds"]
+        extra = {} if label is None else dict(label=label, progress_every=every)
         return dict(
             cache_dir=self.cache_folder() if need_cache else None,
             retrain=self.retrain,
             progress=progress_writer(self.config),
             warn=warn,
             store=self.session_data(),
+            **extra,
         )
+
+    def _running(self) -> Any:
+        """Torch's threads as asked, and waits for a cache lock that say who holds it."""
+        from .preparation import torch_threads
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch_threads(self.values["threads"]))
+        stack.enter_context(lock_wait_lines(self.config, self.values["progress_seconds"]))
+        return stack
 
     def gate_outcome(self, request: pytest.FixtureRequest) -> Any:
         """The autouse gate: evaluate a marked test during setup (its verdict is given
@@ -216,7 +215,7 @@ class AdvRobustSession:
     def outcome(self, request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
         """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
         from .evaluation import run_evaluation
-        from .preparation import needs_training_data, torch_threads
+        from .preparation import needs_training_data
 
         need_train = needs_training_data(settings)
         model, data, train = user_objects(request, settings, need_train)
@@ -224,14 +223,14 @@ class AdvRobustSession:
         hit = self.outcomes.get(key)
         if hit is not None:  # same numbers; this test's own threshold and tolerance
             return hit[0].for_test(settings)
-        with torch_threads(self.values["threads"]):
+        with self._running():
             outcome = run_evaluation(
                 model,
                 data,
                 settings,
                 train_data=train,
                 quiet=quiet(self.config),
-                **self._tools(),
+                **self._tools(need_train, request.node.nodeid),
             )
         if self.cache_note:
             outcome.kept_in_memory()
@@ -240,12 +239,14 @@ class AdvRobustSession:
 
     def _warm_only(self, request: pytest.FixtureRequest, settings: RobustSettings) -> None:
         """``--advrobust-warm``: obtain the generators this test needs, then skip it."""
-        from .preparation import torch_threads
         from .warm import warm_generators
 
         model, data, train = user_objects(request, settings)
-        with torch_threads(self.values["threads"]):
-            facts = warm_generators(model, data, settings, train_data=train, **self._tools())
+        with self._running():
+            label = None if "generated" in settings.attacks else request.node.nodeid
+            facts = warm_generators(
+                model, data, settings, train_data=train, **self._tools(True, label)
+            )
         modes = (
             ", ".join(f"{f.get('role') or 'eps=%g' % f['eps']}: {f['mode']}" for f in facts)
             or "no GAN attack"
@@ -267,8 +268,6 @@ class AdvRobustSession:
     def generator(self, request: pytest.FixtureRequest, conditional: bool) -> Any:
         """The ``gan_generator`` (or, with ``conditional``, ``conditional_generator``)
         fixture's value: trained, or read from the cache."""
-        from .preparation import torch_threads
-
         if conditional:
             from .generated.fixture import conditional_generator_for as look_up
         else:
@@ -276,8 +275,9 @@ class AdvRobustSession:
         try:
             settings = self.settings_for(request, require_threshold=False)
             model, data, train = user_objects(request, settings)
-            with torch_threads(self.values["threads"]):
-                return look_up(model, data, settings, train_data=train, **self._tools())
+            with self._running():
+                tools = self._tools(True, None if conditional else request.node.nodeid)
+                return look_up(model, data, settings, train_data=train, **tools)
         except AdvRobustError as exc:
             fail_cleanly(exc)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from .errors import AdvRobustError
 from .marker import MARKER_ARGS, MARKER_HELP, from_marker
@@ -22,6 +22,7 @@ from .option_types import (
     DEFAULT_EPS,
     MISSING_POLICIES,
     SANITY_LEVELS,
+    attack_input_type,
     bounds_type,
     channel_axis_type,
     choice_type,
@@ -46,6 +47,7 @@ DEFAULTS: Dict[str, Any] = {
     "model_fixture": "robust_model",
     "data_fixture": "robust_data",
     "train_data_fixture": "robust_train_data",
+    "progress_seconds": 30.0,
 }
 
 # (option name, ini name, parser) for options that take a value and have an ini twin.
@@ -77,6 +79,12 @@ VALUE_OPTIONS = {
         "--advrobust-min-clean-accuracy",
         "advrobust_min_clean_accuracy",
         unit_float_type,
+    ),
+    "attack_input": ("--advrobust-attack-input", "advrobust_attack_input", attack_input_type),
+    "progress_seconds": (
+        "--advrobust-progress-seconds",
+        "advrobust_progress_seconds",
+        positive_float_type,
     ),
 }
 
@@ -150,6 +158,7 @@ class RobustSettings:
     channel_axis: Optional[int] = None
     min_clean_accuracy: Optional[float] = None
     validity: float = 0.9  # attack="generated": least reference confidence of a valid sample
+    attack_input: Optional[Union[int, str]] = None  # several inputs: the one attacked
 
     @property
     def attack_label(self) -> str:
@@ -213,7 +222,66 @@ def base_settings(values: Mapping[str, Any]) -> RobustSettings:
         if values.get("channel_axis") in (None, "auto")
         else int(values["channel_axis"]),
         min_clean_accuracy=values.get("min_clean_accuracy"),
+        attack_input=values.get("attack_input"),
     )
+
+
+def eps_problems(settings: RobustSettings, word: str) -> Tuple[Optional[str], Optional[str]]:
+    """``(error, warning)`` about an L-inf eps that cannot be meant, in the units of
+    ``settings.bounds``: one as wide as the bounds' range (every input could be replaced:
+    eps in pixel levels on [0, 1] data) is an error; one below one 8-bit step of the
+    range a warning. ``word`` names where eps came from (``robust marker argument eps``,
+    ``--advrobust-eps``)."""
+    if settings.norm != "linf" or settings.bounds is None:
+        return None, None
+    lo, hi = settings.bounds
+    width = hi - lo
+    span = f"bounds ({lo:g}, {hi:g})"
+    for eps in settings.eps:
+        if eps >= width:
+            meant = eps * width / 255.0
+            return (
+                f"{word}={eps:g} is at least as wide as the range of {span}, so the attack "
+                "could replace every input by any other and every model would score 0; eps "
+                f"is in the units of the inputs: for {eps:g} levels of 255 write "
+                f"eps={eps:g}/255{'' if width == 1 else f'*{width:g}'} (= {meant:.4g})"
+            ), None
+    step = width / 255.0
+    tiny = [eps for eps in settings.eps if eps < step]
+    if tiny:
+        eps = tiny[0]
+        return None, (
+            f"{word}={eps:g} is below one 8-bit step of the range of {span} ({step:.3g}): "
+            "such an attack changes no 8-bit pixel; eps is in the units of the inputs, not "
+            f"in levels of 255 and not divided by 255 twice: 8 levels are eps=8/255"
+            f"{'' if width == 1 else f'*{width:g}'} (= {8 * step:.4g})"
+        )
+    return None, None
+
+
+def check_eps(settings: RobustSettings, from_marker: bool) -> Optional[str]:
+    """Raise :class:`AdvRobustError` for an eps that cannot be meant; return the warning
+    for one that is suspiciously small (see :func:`eps_problems`), else ``None``."""
+    word = "robust marker argument eps" if from_marker else "--advrobust-eps (ini advrobust_eps)"
+    error, warning = eps_problems(settings, word)
+    if error:
+        raise AdvRobustError(error)
+    return warning
+
+
+def resolve_settings(
+    marker: Any, base: RobustSettings, require_threshold: bool
+) -> Tuple[RobustSettings, Optional[str]]:
+    """A test's settings: the ``robust`` marker (``args``/``kwargs``; ``None`` without
+    one) over ``base``, with its eps checked (:func:`check_eps`); ``(settings, warning)``.
+    Raises :class:`AdvRobustError` naming the bad argument or eps."""
+    if marker is None:
+        settings = base
+    else:
+        settings = from_marker(
+            marker.kwargs, marker.args, base, require_threshold=require_threshold
+        )
+    return settings, check_eps(settings, marker is not None and "eps" in marker.kwargs)
 
 
 def _option_bounds(value: Any) -> Optional[Tuple[float, float]]:
@@ -226,6 +294,9 @@ __all__ = [
     "RobustSettings",
     "from_marker",
     "base_settings",
+    "check_eps",
+    "eps_problems",
+    "resolve_settings",
     "resolve_value",
     "VALUE_OPTIONS",
     "MARKER_ARGS",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -56,3 +56,11 @@ def terminal_line(config: pytest.Config) -> Callable[[str], None]:
         tr.write_line(line)
 
     return show
+
+
+def lock_wait_lines(config: pytest.Config, every: float) -> Any:
+    """A context in which waiting for another process's cache lock prints, every ``every``
+    seconds, who holds it (where progress lines go)."""
+    from .cache.locks import lock_waits
+
+    return lock_waits(progress_writer(config), every)

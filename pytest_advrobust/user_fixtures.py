@@ -1,4 +1,5 @@
-"""The user's own fixtures a robust test evaluates: model, data and GAN training data."""
+"""The user's own fixtures a robust test evaluates (model, data and GAN training data), which
+tests are robust tests, and how a robust test fails with one sentence."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ import pytest
 
 from .errors import AdvRobustError
 from .settings import RobustSettings
+
+ROBUST_FIXTURES = ("adversarial_batch", "gan_generator", "conditional_generator")
+SKIP_REASON = "robustness test: pass --advrobust to run it"
+
+
+def is_robust(item: pytest.Item) -> bool:
+    """A robust test: marked ``robust`` or using one of the robust fixtures."""
+    if item.get_closest_marker("robust") is not None:
+        return True
+    names = getattr(item, "fixturenames", ())
+    return any(n in names for n in ROBUST_FIXTURES)
+
+
+def fail_cleanly(exc: AdvRobustError) -> None:
+    """Fail the test with the error's one sentence, without a traceback."""
+    raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 def _fixture_value(

@@ -250,13 +250,16 @@ class FakeCache:
 
         shutil.rmtree(self.root / key)
 
-    def clear(self):
+    def foreign(self):
+        return []
+
+    def clear(self, other_versions=False):
         entries = self.entries()
         for e in entries:
             self.remove(e.key)
         return len(entries)
 
-    def prune(self, keep=None, older_than_days=None):
+    def prune(self, keep=None, older_than_days=None, other_versions=False):
         entries = sorted(self.entries(), key=lambda e: e.created, reverse=True)
         doomed = []
         for i, e in enumerate(entries):

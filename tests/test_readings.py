@@ -109,7 +109,9 @@ def test_gallery_takes_class_names_from_the_data():
 
     plain = np.asarray(images.gallery_image(*args))
     named = np.asarray(images.gallery_image(*args, class_names=["cat", "dog", "emu"]))
-    assert plain.shape == named.shape and (plain != named).any()
+    # the names are drawn whole: a longer caption may take another line
+    assert plain.shape[1:] == named.shape[1:] and named.shape[0] >= plain.shape[0]
+    assert plain.shape != named.shape or (plain != named).any()
 
 
 def test_pick_samples_prefers_what_the_attack_turned():

@@ -253,7 +253,7 @@ def test_example_workflow_uses_the_html_report_and_the_step_summary():
     assert "-n auto" in gate and "GITHUB_STEP_SUMMARY" in text
     upload = text[text.index("- name: Upload the robustness report") :]
     assert "advrobust-report.html" in upload and "if: always()" in upload
-    assert "pytest-advrobust[html]" in text
+    assert '"pytest-advrobust[html,xdist] @ ${ADVROBUST_FROM}"' in text
 
 
 def test_step_summary_lists_robust_tests_that_errored_before_any_numbers(blobs_repo):

@@ -123,7 +123,7 @@ def test_flag_ids_are_documented():
     doc = sanity.__doc__
     for flag in sanity.ALL_FLAGS:
         assert f"``{flag}``" in doc
-    assert len(set(sanity.ALL_FLAGS)) == len(sanity.ALL_FLAGS) == 9
+    assert len(set(sanity.ALL_FLAGS)) == len(sanity.ALL_FLAGS) == 11
 
 
 def test_sound_model_raises_no_flag_cheap(digits):

@@ -6,6 +6,13 @@ model's output adds the batch size to the backward count (a tensor hook on
 the output, so a backward pass is counted only when it reaches the model).
 Divided by the number of attacked samples this gives the passes per sample
 that the JSON report shows under ``cost`` (adv-lib counts queries the same way).
+
+Counting wraps the model callable and never registers module hooks, so
+scripted, traced and compiled models and ``DataParallel`` are counted alike.
+A model that the plugin already guards (:mod:`pytest_advrobust.calls`) is
+counted by its guard and handed over as it is, so that what an attack sees of
+the model (for instance the cache key of a generator) does not depend on
+whether it is being counted.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator
 
 import torch
+
+from ..precision import InputCast
 
 __all__ = ["QueryCount", "counted", "counting"]
 
@@ -37,29 +46,42 @@ class QueryCount:
             "seconds": round(self.seconds, 3),
         }
 
+    def observe(self, out: Any) -> None:
+        """Count one model output: its rows forward, and backward once a gradient reaches it."""
+        if not isinstance(out, torch.Tensor) or out.dim() == 0:
+            return
+        rows = int(out.shape[0])
+        self.forward += rows
+        if out.requires_grad:
 
-def _observe(count: QueryCount, out: Any) -> None:
-    if not isinstance(out, torch.Tensor) or out.dim() == 0:
-        return
-    rows = int(out.shape[0])
-    count.forward += rows
-    if out.requires_grad:
+            def on_backward(grad: torch.Tensor) -> None:
+                self.backward += rows
 
-        def on_backward(grad: torch.Tensor) -> None:
-            count.backward += rows
-
-        out.register_hook(on_backward)
+            out.register_hook(on_backward)
 
 
-class _CountingCallable:
-    """A plain callable model, counted (``torch.nn.Module`` models are hooked instead)."""
+class _CountedModule(InputCast):
+    """An ``nn.Module`` model, counted (its ``inner``)."""
+
+    def __init__(self, model: torch.nn.Module, count: QueryCount):
+        super().__init__(model, None)
+        object.__setattr__(self, "_count", count)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner(*args, **kwargs)
+        self._count.observe(out)
+        return out
+
+
+class _CountedCallable:
+    """A plain callable model, counted."""
 
     def __init__(self, model: Callable, count: QueryCount):
         self._model, self._count = model, count
 
-    def __call__(self, x):
-        out = self._model(x)
-        _observe(self._count, out)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._model(*args, **kwargs)
+        self._count.observe(out)
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -68,24 +90,29 @@ class _CountingCallable:
 
 @contextlib.contextmanager
 def counting(model: Any) -> Iterator[tuple]:
-    """Yield ``(model_to_use, QueryCount)``; an ``nn.Module`` stays the same object.
+    """Yield ``(model_to_use, QueryCount)``: call ``model_to_use`` in the block.
 
-    A module gets a forward hook for the block (removed afterwards, so the
-    user's model leaves as it came); any other callable is wrapped.
+    A model guarded by the plugin comes back as the same object (its guard
+    counts); any other model comes back wrapped (an ``nn.Module`` in an
+    ``nn.Module`` whose ``inner`` it is). The user's model is never changed.
     """
+    from ..calls import find_guard
+
     count = QueryCount()
     start = time.perf_counter()
-    if isinstance(model, torch.nn.Module):
-        handle = model.register_forward_hook(lambda _m, _i, out: _observe(count, out))
-        try:
-            yield model, count
-        finally:
-            handle.remove()
-            count.seconds = time.perf_counter() - start
-        return
+    guard = find_guard(model)
+    if guard is not None:
+        guard.counters.append(count)
+        use = model
+    elif isinstance(model, torch.nn.Module):
+        use = _CountedModule(model, count)
+    else:
+        use = _CountedCallable(model, count)
     try:
-        yield _CountingCallable(model, count), count
+        yield use, count
     finally:
+        if guard is not None:
+            guard.counters[:] = [c for c in guard.counters if c is not count]
         count.seconds = time.perf_counter() - start
 
 

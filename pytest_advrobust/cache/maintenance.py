@@ -34,6 +34,17 @@ class EntryInfo:
     meta: Dict[str, Any]
     valid: bool
     problem: Optional[str] = None
+    other_format: Any = None  # the cache format of an entry another plugin version wrote
+
+    @property
+    def kept_because(self) -> Optional[str]:
+        """Why ``prune`` and ``clear`` leave this entry alone, or ``None``."""
+        if self.other_format is None:
+            return None
+        return (
+            f"written in cache format {self.other_format!r} by another version of "
+            f"pytest-advrobust (this one reads format {FORMAT_VERSION})"
+        )
 
 
 def _created_ns(doc: Dict[str, Any]) -> int:
@@ -160,7 +171,11 @@ class GanCache(CacheStore):
             size = 0
         family = doc.get("family") if isinstance(doc.get("family"), str) else None
         meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
-        return EntryInfo(key, family, float(created), int(size), meta, problem is None, problem)
+        version = doc.get("format_version", FORMAT_VERSION)
+        other = None if version == FORMAT_VERSION or problem is None else version
+        return EntryInfo(
+            key, family, float(created), int(size), meta, problem is None, problem, other
+        )
 
     def entries(self) -> List[EntryInfo]:
         """Every committed entry, newest first, each fully verified (nothing is moved)."""
@@ -178,6 +193,18 @@ class GanCache(CacheStore):
         removed_meta = files.unlink(self.meta_path(key))
         removed_weights = files.unlink(self.weights_path(key))
         return removed_meta or removed_weights
+
+    def remove_if_free(self, key: str) -> bool:
+        """Remove the entry of ``key`` (any format) unless a running process holds its
+        lock; False when it does."""
+        lock = self._try_lock(key)
+        if lock is None:
+            return False
+        try:
+            self.remove(key)
+        finally:
+            lock.release()
+        return True
 
     def _clean_tmp(self) -> None:
         try:
@@ -223,15 +250,24 @@ class GanCache(CacheStore):
         except OSError:
             pass
 
-    def clear(self) -> int:
+    def foreign(self) -> List[EntryInfo]:
+        """The entries another version of the plugin wrote in another cache format: this
+        version cannot read them, and ``clear`` and ``prune`` keep them."""
+        return [e for e in self.entries() if e.other_format is not None]
+
+    def clear(self, other_versions: bool = False) -> int:
         """Remove every entry, the quarantine, stale temporary files and the event log.
 
-        Returns the number of entries (keys) removed. Lock files and files the
-        cache does not own (``.pt``, ``.pkl``, ...) are left alone.
+        Returns the number of entries (keys) removed. Entries of another cache
+        format (another plugin version's, :meth:`foreign`) are kept unless
+        ``other_versions``; lock files and files the cache does not own
+        (``.pt``, ``.pkl``, ...) are left alone.
         """
         if not self.root.is_dir():
             return 0
+        kept = set() if other_versions else {e.key for e in self.foreign()}
         keys = {key for key, _ in self._committed()} | {key for key, _ in self._orphans()}
+        keys -= kept
         for key in keys:
             try:
                 self.remove(key)
@@ -243,12 +279,16 @@ class GanCache(CacheStore):
             files.unlink(self.events_path)
         return len(keys)
 
-    def _doomed(self, keep: Optional[int], older_than_days: Optional[float]) -> List[str]:
+    def _doomed(
+        self, keep: Optional[int], older_than_days: Optional[float], other_versions: bool
+    ) -> List[str]:
         """Keys that :meth:`prune` removes, in listing order, then old orphans."""
         now = time.time()
         doomed = []
         valid_rank = 0
         for info in self.entries():
+            if info.other_format is not None and not other_versions:
+                continue
             if not info.valid:
                 doomed.append(info.key)
                 continue
@@ -266,15 +306,20 @@ class GanCache(CacheStore):
         return doomed
 
     def prune(
-        self, keep: Optional[int] = None, older_than_days: Optional[float] = None
+        self,
+        keep: Optional[int] = None,
+        older_than_days: Optional[float] = None,
+        other_versions: bool = False,
     ) -> List[str]:
         """Remove old and unusable entries; return the removed keys.
 
         Keeps the ``keep`` newest valid entries (all families together) and
         removes valid entries created more than ``older_than_days`` ago. Always
         removes invalid entries, weights left without a JSON for over a minute,
-        stale temporary files and the quarantine. An entry whose lock is held
-        by a running process is skipped.
+        stale temporary files and the quarantine; an entry of another cache
+        format (another plugin version's, :meth:`foreign`) only with
+        ``other_versions``. An entry whose lock is held by a running process
+        is skipped.
         """
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
             raise ValueError("keep must be a non-negative integer")
@@ -283,7 +328,7 @@ class GanCache(CacheStore):
         if not self.root.is_dir():
             return []
         removed = []
-        for key in self._doomed(keep, older_than_days):
+        for key in self._doomed(keep, older_than_days, other_versions):
             lock = self._try_lock(key)
             if lock is None:
                 continue

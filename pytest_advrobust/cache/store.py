@@ -25,6 +25,7 @@ from safetensors.torch import save as safetensors_save
 from ..errors import CacheIntegrityError
 from . import files
 from .keys import FORMAT_VERSION, check_key, dtype_name
+from .locks import KeyLock, key_lock
 from .verify import Tensors, verify_entry
 
 WEIGHTS_EXT = ".safetensors"
@@ -120,20 +121,21 @@ class CacheStore:
 
     # locking ---------------------------------------------------------------
 
-    def lock(self, key: str, timeout: float = -1) -> filelock.FileLock:
+    def lock(self, key: str, timeout: float = -1) -> KeyLock:
         """A cross-process lock for ``key`` at ``<root>/locks/<key>.lock``.
 
         Use as ``with cache.lock(key): ...``. ``timeout`` is in seconds;
         ``-1`` waits as long as needed, otherwise :class:`filelock.Timeout` is
         raised when it runs out. The operating system releases the lock when
         the holding process dies, so a killed worker never blocks the others.
+        A process that waits says who holds it (see :mod:`.locks`).
         """
         check_key(key)
         locks = self.root / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        return filelock.FileLock(str(locks / f"{key}.lock"), timeout=timeout)
+        return key_lock(locks / f"{key}.lock", key, timeout=timeout)
 
-    def _try_lock(self, key: str) -> Optional[filelock.FileLock]:
+    def _try_lock(self, key: str) -> Optional[KeyLock]:
         lock = self.lock(key, timeout=0)
         try:
             lock.acquire()

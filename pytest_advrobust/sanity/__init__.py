@@ -23,10 +23,20 @@ over the evaluation batch plus a few passes on a sub-batch of at most
     is not flagged.)
 ``gradients``
     The input gradient of the cross-entropy is all zero for more than half of
-    the samples, contains NaN or inf, or does not exist at all.
+    the samples, contains NaN or inf (at the clean inputs, or at any input an
+    attack computed it at: the model guard of :mod:`pytest_advrobust.calls`
+    records those and sets them to 0), or does not exist at all. The message
+    names the model's fixture and the share of samples affected.
 ``nondeterministic``
     Two forward passes on the same inputs give different outputs: the model
     is random in eval mode (for example dropout that stays active).
+``stateful``
+    A forward pass changed the model's buffers (the model guard undid each
+    change after the call, so the numbers do not depend on test order).
+``batch_dependent``
+    The same samples give other outputs in small batches than in one batch
+    (BatchNorm with batch statistics in eval mode): every number depends on
+    the batch size.
 ``adv_above_clean``
     Adversarial accuracy is higher than clean accuracy: the attack made the
     model *more* accurate.
@@ -62,7 +72,8 @@ PGD at a huge eps, PGD with twice the steps, PGD with twice the restarts):
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import contextlib
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -78,6 +89,7 @@ from .flags import (
     ALL_FLAGS,
     CHEAP_FLAGS,
     FLAG_ADV_ABOVE_CLEAN,
+    FLAG_BATCH_DEPENDENT,
     FLAG_CURVE_NOT_MONOTONE,
     FLAG_GAN_WEAKER,
     FLAG_GRADIENTS,
@@ -85,6 +97,7 @@ from .flags import (
     FLAG_NONDETERMINISTIC,
     FLAG_NOT_CONVERGED,
     FLAG_PROBABILITIES,
+    FLAG_STATEFUL,
     FLAG_WEAK_BEATS_STRONG,
     FULL_FLAGS,
     LEVELS,
@@ -94,12 +107,15 @@ from .flags import (
     sub_indices,
 )
 from .full import full_checks
+from .model_state import check_batch_dependence, check_state, nonfinite_during_attacks
 from .probe import _sign_test, gan_probe
 
 __all__ = [
     "ALL_FLAGS",
     "CHEAP_FLAGS",
     "FLAG_ADV_ABOVE_CLEAN",
+    "FLAG_BATCH_DEPENDENT",
+    "FLAG_STATEFUL",
     "FLAG_CURVE_NOT_MONOTONE",
     "FLAG_GAN_WEAKER",
     "FLAG_GRADIENTS",
@@ -133,6 +149,9 @@ def run_sanity(
     num_classes: Optional[int] = None,
     adversarial: Optional[Dict[str, torch.Tensor]] = None,
     correct_counts: Optional[Tuple[int, int]] = None,
+    fixture: str = "robust_model",
+    record: Any = None,
+    min_batch: int = 1,
 ) -> List[dict]:
     """Run the sanity checks of ``level`` and return the flags raised.
 
@@ -145,8 +164,9 @@ def run_sanity(
     itself when ``attacks`` holds neither ``pgd`` nor an APGD variant) is compared against
     the strongest gradient attack configured; when it holds ``gan``, the probe of
     :func:`gan_probe` runs (at every level but off) and its numbers are put in
-    ``ctx.facts["probe"]``. ``correct_counts`` (clean and adversarial correct counts on
-    the full batch), when the caller has them, spares two forward passes.
+    ``ctx.facts["probe"]``. ``correct_counts`` (clean and adversarial correct counts) spare
+    two forward passes. ``fixture`` names the model; ``record``: what the model guard saw
+    (:class:`~pytest_advrobust.calls.CallRecord`); ``min_batch``: the least batch it takes.
     """
     if level not in LEVELS:
         raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -158,39 +178,49 @@ def run_sanity(
     xs, ys = x[idx].detach(), y[idx].detach()
     flags: List[Optional[dict]] = []
     has_grad = True  # no samples: nothing says the gradient is missing
-    if n:
-        found, has_grad, width = _model_checks(model, xs, ys)
+    if n:  # the model itself, then what the attacks made of it
+        found, has_grad, width = _model_checks(model, xs, ys, fixture)
+        found.extend(_call_checks(model, xs, fixture, record, min_batch, found, n))
         num_classes = width if num_classes is None else num_classes
-        if x_adv is not None:
-            found.append(check_adv_above_clean(model, x, y, x_adv, cfg.batch_size, correct_counts))
         flags.extend(found)
+        if x_adv is not None:
+            flags.append(check_adv_above_clean(model, x, y, x_adv, cfg.batch_size, correct_counts))
     flags.append(check_curve(curve, n))
     if n and has_grad and adversarial and "gan" in adversarial:
         probe, found_gan = gan_probe(model, x, y, adversarial["gan"], cfg, ctx)
         ctx.facts["probe"] = probe
         flags.append(found_gan)
-    # Gradient attacks cannot run without an input gradient; the gradients flag says so.
-    if level == "full" and n and has_grad:
+    if level == "full" and n and has_grad:  # gradient attacks need an input gradient
         evaluated = _under_test(adversarial, x_adv, attacks, idx)
-        flags.extend(
-            full_checks(
-                model, xs, ys, cfg, ctx, int(num_classes or 2), evaluated, configured=attacks
-            )
-        )
+        k = int(num_classes or 2)
+        flags.extend(full_checks(model, xs, ys, cfg, ctx, k, evaluated, configured=attacks))
     return [f for f in flags if f]
 
 
 def _model_checks(
-    model: Callable, xs: torch.Tensor, ys: torch.Tensor
+    model: Callable, xs: torch.Tensor, ys: torch.Tensor, fixture: str
 ) -> Tuple[List[Optional[dict]], bool, Optional[int]]:
     """The ``probabilities``, ``gradients`` and ``nondeterministic`` checks on the
     sub-batch: ``(flags or None, whether an input gradient exists, output width)``."""
+    from ..calls import find_guard
+
     with torch.no_grad():
         first = model(xs)
-    grad_flag, has_grad = check_gradients(model, xs, ys)
+    guard = find_guard(model)
+    with guard.raw_gradients() if guard is not None else contextlib.nullcontext():
+        grad_flag, has_grad = check_gradients(model, xs, ys, fixture)
     found = [check_probabilities(first), grad_flag, check_nondeterministic(model, xs, first)]
     width = int(first.shape[1]) if first.dim() == 2 else None
     return found, has_grad, width
+
+
+def _call_checks(model, xs, fixture: str, record: Any, min_batch: int, found, n: int) -> List:
+    """``batch_dependent``, ``stateful`` and, unless the clean inputs already raised it,
+    ``gradients`` from what the model guard saw during the attacks."""
+    out = [check_batch_dependence(model, xs, fixture, min_batch), check_state(record, fixture)]
+    if not any(f and f["flag"] == FLAG_GRADIENTS for f in found):
+        out.append(nonfinite_during_attacks(record, fixture, n))
+    return out
 
 
 def _under_test(

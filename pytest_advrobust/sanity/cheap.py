@@ -46,8 +46,12 @@ def check_probabilities(out: torch.Tensor) -> Optional[dict]:
     return None
 
 
-def check_gradients(model: Callable, xs: torch.Tensor, ys: torch.Tensor) -> tuple:
-    """(flag or None, whether the input gradient exists at all)."""
+def check_gradients(
+    model: Callable, xs: torch.Tensor, ys: torch.Tensor, fixture: str = "robust_model"
+) -> tuple:
+    """(flag or None, whether the input gradient exists at all) at the clean inputs ``xs``;
+    the message names the model's ``fixture``."""
+    whose = f"the model from fixture {fixture!r}"
     n = xs.shape[0]
     if n == 0:
         return None, True
@@ -59,18 +63,7 @@ def check_gradients(model: Callable, xs: torch.Tensor, ys: torch.Tensor) -> tupl
             loss = F.cross_entropy(out.float(), ys, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
     if grad is None:
-        return (
-            make_flag(
-                FLAG_GRADIENTS,
-                f"The model's output has no gradient with respect to its input on {n} samples "
-                f"(the input is detached, or the model is not differentiable).",
-                "Gradient attacks cannot move at all, so their robust accuracy means nothing "
-                "(gradient masking by obfuscated gradients); keep the forward pass "
-                "differentiable (no .detach(), numpy or integer casts on the input) or "
-                "evaluate with a gradient-free attack such as gan.",
-            ),
-            False,
-        )
+        return _no_gradient(whose, n), False
     flat = grad.detach().reshape(n, -1)
     nonfinite = ~torch.isfinite(flat).all(dim=1)
     zero = (flat == 0).all(dim=1)
@@ -80,8 +73,9 @@ def check_gradients(model: Callable, xs: torch.Tensor, ys: torch.Tensor) -> tupl
         return (
             make_flag(
                 FLAG_GRADIENTS,
-                f"The input gradient of the cross-entropy contains NaN or inf for "
-                f"{int(nonfinite.sum())} of {n} samples ({pct(share_nonfinite)}).",
+                f"The input gradient of the cross-entropy of {whose} contains NaN or inf for "
+                f"{int(nonfinite.sum())} of {n} samples ({pct(share_nonfinite)}) at their "
+                "clean inputs.",
                 "Gradient attacks cannot follow a NaN or infinite gradient, so those samples "
                 "look robust when they are not (exploding or shattered gradients); look for "
                 "sqrt, log or division at 0 in the forward pass and make it numerically safe.",
@@ -92,8 +86,9 @@ def check_gradients(model: Callable, xs: torch.Tensor, ys: torch.Tensor) -> tupl
         return (
             make_flag(
                 FLAG_GRADIENTS,
-                f"The input gradient of the cross-entropy is exactly zero for {int(zero.sum())} "
-                f"of {n} samples ({pct(share_zero)}, more than {pct(ZERO_GRAD_SHARE)}).",
+                f"The input gradient of the cross-entropy of {whose} is exactly zero for "
+                f"{int(zero.sum())} of {n} samples ({pct(share_zero)}, more than "
+                f"{pct(ZERO_GRAD_SHARE)}).",
                 "This suggests gradient masking (a non-differentiable step such as rounding or "
                 "quantisation, or saturated outputs), so gradient attacks cannot move; replace "
                 "the step by a differentiable approximation for evaluation (BPDA) or rely on a "
@@ -102,6 +97,18 @@ def check_gradients(model: Callable, xs: torch.Tensor, ys: torch.Tensor) -> tupl
             True,
         )
     return None, True
+
+
+def _no_gradient(whose: str, n: int) -> dict:
+    return make_flag(
+        FLAG_GRADIENTS,
+        f"The output of {whose} has no gradient with respect to its input on {n} samples "
+        f"(the input is detached, or the model is not differentiable).",
+        "Gradient attacks cannot move at all, so their robust accuracy means nothing "
+        "(gradient masking by obfuscated gradients); keep the forward pass "
+        "differentiable (no .detach(), numpy or integer casts on the input) or "
+        "evaluate with a gradient-free attack such as gan.",
+    )
 
 
 @torch.no_grad()

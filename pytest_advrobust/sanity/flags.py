@@ -16,6 +16,8 @@ STRONG = ("autoattack-lite", "apgd-t", "apgd")  # compared as the reference, not
 FLAG_LARGE_EPS = "large_eps"
 FLAG_NOT_CONVERGED = "not_converged"
 FLAG_GAN_WEAKER = "gan_weaker_than_pgd"
+FLAG_STATEFUL = "stateful"
+FLAG_BATCH_DEPENDENT = "batch_dependent"
 
 CHEAP_FLAGS = (
     FLAG_PROBABILITIES,
@@ -24,6 +26,8 @@ CHEAP_FLAGS = (
     FLAG_ADV_ABOVE_CLEAN,
     FLAG_CURVE_NOT_MONOTONE,
     FLAG_GAN_WEAKER,
+    FLAG_STATEFUL,
+    FLAG_BATCH_DEPENDENT,
 )
 FULL_FLAGS = (FLAG_WEAK_BEATS_STRONG, FLAG_LARGE_EPS, FLAG_NOT_CONVERGED)
 ALL_FLAGS = CHEAP_FLAGS + FULL_FLAGS
@@ -39,6 +43,12 @@ PROB_TOL = 1e-3
 ZERO_GRAD_SHARE = 0.5
 #: Outputs of two identical forward passes may differ by ``atol + rtol * |out|``.
 DETERMINISM_TOL = 1e-5
+#: Outputs of one sample in batches of different sizes may differ by ``tol * (1 + max |out|)``
+#: of its row: kernels chosen by batch size (TF32 on a GPU, float16) round differently, while
+#: batch statistics move logits by far more.
+BATCH_TOL = 5e-3
+#: The small batch size the ``batch_dependent`` check compares with one whole batch.
+SMALL_BATCH = 8
 #: Accuracy differences (and curve rises) at or below this are noise.
 ACC_TOL = 0.01
 #: Multiplier on eps for the large-eps check when inputs are unbounded.
