@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator
 
 import torch
 
-__all__ = ["QueryCount", "counted", "counting"]
+__all__ = ["QueryCount", "counted", "counting", "uncounted"]
 
 
 @dataclass
@@ -94,3 +94,11 @@ def counted(attack: Callable, model: Any, *args, **kwargs):
     with counting(model) as (m, count):
         out = attack(m, *args, **kwargs)
     return out, count
+
+
+def uncounted(model: Any) -> Any:
+    """The model inside any counting wrapper (itself when it is not wrapped): what cache
+    keys and digests are computed on, so that counting never changes them."""
+    while isinstance(model, _CountingCallable):
+        model = model._model
+    return model
