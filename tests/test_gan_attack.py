@@ -94,8 +94,9 @@ def test_the_cascade_is_bounded_beats_its_start_and_counts_every_pass(problem, s
         passes[:, 1].sum()
     )
     stages = cascade["stages"]
+    assert set(stages) == {"start", "untargeted", "targeted"}
     assert (
-        stages["clean"]["forward_per_sample"] == 1 and stages["clean"]["backward_per_sample"] == 0
+        stages["start"]["forward_per_sample"] == 1 and stages["start"]["backward_per_sample"] == 0
     )
     assert sum(s["forward_per_sample"] for s in stages.values()) == pytest.approx(
         int(passes[:, 0].sum()) / x.shape[0]
@@ -104,17 +105,21 @@ def test_the_cascade_is_bounded_beats_its_start_and_counts_every_pass(problem, s
 
 def test_a_sample_leaves_at_its_first_success(problem, small_gan):
     model, x, y = problem
+    xs, ys = digits_tensors(1400)
+    xs, ys = xs[1000:], ys[1000:]  # samples the model never saw: some it gets wrong
     ctx = _ctx(x, y)
-    gan_mod.gan_attack(model, x, y, AttackConfig(eps=EPS), ctx)
+    gan_mod.gan_attack(model, xs, ys, AttackConfig(eps=0.1), ctx)
     passes = ctx.facts["cascade_passes"]
     with torch.no_grad():
-        wrong = model(x).argmax(1) != y
-        gen, _ = gan_mod.obtain_generator(model, AttackConfig(eps=EPS), _ctx(x, y))
-        by_generator = (model(gen(x, EPS)).argmax(1) != y) & ~wrong
-    # wrong already: one forward; fooled by the generator: two forwards, no gradient
-    assert bool((passes[wrong] == torch.tensor([1, 0])).all())
-    assert bool((passes[by_generator] == torch.tensor([2, 0])).all())
-    assert bool((passes[~wrong & ~by_generator, 1] > 0).all())
+        wrong = model(xs).argmax(1) != ys
+        gen, _ = gan_mod.obtain_generator(model, AttackConfig(eps=0.1), _ctx(x, y))
+        by_generator = model(gen(xs, 0.1)).argmax(1) != ys
+    # fooled by the generator: one forward, no gradient; wrong already (and not fooled by
+    # it): one more forward and backward, at the clean input; the others: more
+    assert int(by_generator.sum()) > 0 and int((wrong & ~by_generator).sum()) > 0
+    assert bool((passes[by_generator] == torch.tensor([1, 0])).all())
+    assert bool((passes[wrong & ~by_generator] == torch.tensor([2, 1])).all())
+    assert bool((passes[~wrong & ~by_generator, 1] > 1).all())
 
 
 def test_one_generator_serves_every_eps_of_a_sweep(problem, small_gan):

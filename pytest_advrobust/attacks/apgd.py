@@ -141,8 +141,11 @@ def _improve(st: _State, loss: torch.Tensor, grad: torch.Tensor, margin: torch.T
     st.margin_best = torch.where(better, margin, st.margin_best)
 
 
-def _start(model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Callable, tally):
-    """The state at the (bounded) start point, and a :class:`KeepWorst` holding it."""
+def _start(
+    model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Callable, tally, on_start
+):
+    """The state at the (bounded) start point, and a :class:`KeepWorst` holding it;
+    ``on_start(logits)`` (when given) sees the logits there."""
     st = _State()
     st.idx = torch.arange(x.shape[0], device=x.device)
     st.x0, st.y, st.t = x, y, target
@@ -150,6 +153,8 @@ def _start(model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Callab
     st.x_old = st.x
     best = KeepWorst(st.x)
     logits, st.loss, st.grad = _evaluate(model, st, loss_fn, tally)
+    if on_start is not None:
+        on_start(logits)
     standing = logits.argmax(dim=1) == st.y  # the samples _record keeps
     margin = margins(logits, st.y)[standing]
     _record(st, best, logits, st.loss)
@@ -172,18 +177,19 @@ def _apgd_run(
     cfg: AttackConfig,
     loss_fn: Callable,
     tally: Optional[Callable] = None,
+    on_start: Optional[Callable] = None,
 ):
     """One APGD run on a batch; return (x_result, fooled, loss at x_result, margin there).
 
     ``margin`` (float32 (n,)) is ``z_y - max_{j != y} z_j`` at ``x_result`` for the
     samples not fooled, and negative for the fooled ones. ``tally(idx)`` is called
     before every forward and backward pass with the indices (into ``x``) of the
-    samples it takes.
+    samples it takes; ``on_start(logits)`` sees the logits at the start point.
     """
     n_iter = max(int(cfg.steps), 1)
     window, min_window = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1)
     shrink = max(int(0.03 * n_iter), 1)
-    st, best = _start(model, x, y, target, start, cfg, loss_fn, tally)
+    st, best = _start(model, x, y, target, start, cfg, loss_fn, tally, on_start)
     since = 0
     for i in range(n_iter):
         if st.idx.numel() == 0:

@@ -66,6 +66,7 @@ def train_facts(result: TrainResult, ident: PriorIdentity, reason: str, budget: 
         "seconds": float(result.seconds),
         "device": result.device,
         "holdout_success": float(result.holdout_success),
+        "holdout_accuracy": float(result.holdout_accuracy),
         "success_curve": [[float(e), float(s)] for e, s in result.success_curve],
         "key": ident.key,
         "trained_against": ident.model_digest,

@@ -103,6 +103,13 @@ class Holdout:
         self.forward, self.backward = n, 0
         self.eps_range = cfg.eps_range
 
+    def accuracy(self) -> float:
+        """The frozen model's clean accuracy on the held-out samples (every rank's)."""
+        n_c, n_all = int(self.correct.sum()), int(self.correct.numel())
+        if self.sync.active:
+            n_c, n_all = self.sync.sum_ints([n_c, n_all])
+        return n_c / n_all if n_all else 0.0
+
     def success(self, gen: nn.Module) -> float:
         """The mean attack success of ``gen`` (rank 0's weights on every rank) over
         :data:`STOP_POINTS` budgets."""

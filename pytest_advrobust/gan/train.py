@@ -70,7 +70,8 @@ class TrainResult:
     ``world_size`` is the number of processes that trained together and
     ``rank_samples`` the number of training samples each of them processed.
     ``success_curve`` is the kept generator's held-out success at budgets spread
-    over ``eps_range`` (``[[eps, success], ...]``).
+    over ``eps_range`` (``[[eps, success], ...]``); ``holdout_accuracy`` the model's clean
+    accuracy on the held-out split.
     ``forward_samples``/``backward_samples`` count the model's forward and
     backward passes in samples (this rank's, held-out evaluations included).
     """
@@ -86,6 +87,7 @@ class TrainResult:
     world_size: int = 1
     rank_samples: List[int] = field(default_factory=list)
     success_curve: List[List[float]] = field(default_factory=list)
+    holdout_accuracy: float = float("nan")
     forward_samples: int = 0
     backward_samples: int = 0
 
@@ -232,6 +234,7 @@ def _result(run: TrainingRun) -> TrainResult:
         world_size=run.sync.world,
         rank_samples=rank_samples,
         success_curve=curve,
+        holdout_accuracy=run.hold.accuracy(),
         forward_samples=run.hold.forward + run.samples,
         backward_samples=run.hold.backward + run.samples,
     )

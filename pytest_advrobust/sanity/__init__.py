@@ -36,7 +36,7 @@ over the evaluation batch plus a few passes on a sub-batch of at most
     Whenever the ``gan`` attack was evaluated: the strength check
     (:mod:`.strength`) runs a stronger reference (targeted APGD, then the
     gradient-free Square Attack) on a seeded random subset of the samples the
-    attack left standing, within half of the attack's own passes, and the flag
+    attack left standing, within a quarter of the attack's own passes, and the flag
     is raised when the reference fools clearly more of them than a gap of half
     a point allows (an exact one-sided binomial test, p < 0.05). Its numbers
     (and the control: the same cascade from the clean input) go to the
@@ -147,9 +147,7 @@ def run_sanity(
     ``ctx.facts["strength_check_cost"]``. ``correct_counts`` (clean and adversarial correct
     counts on the full batch), when the caller has them, spares two forward passes.
     """
-    if level not in LEVELS:
-        raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
-    if level == "off":
+    if _level(level) == "off":
         return []
     attacks = [attacks] if isinstance(attacks, str) else list(attacks)
     n = x.shape[0]
@@ -177,6 +175,12 @@ def run_sanity(
             )
         )
     return [f for f in flags if f]
+
+
+def _level(level: str) -> str:
+    if level not in LEVELS:
+        raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
+    return level
 
 
 def _model_checks(
