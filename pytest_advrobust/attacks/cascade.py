@@ -162,7 +162,8 @@ class Cascade:
         self.ranked[idx] = others.argsort(dim=1, descending=True)
         wrong = z.argmax(dim=1) != self.y[idx]
         self.clean_wrong[idx] = wrong
-        self.best.offer(idx[wrong], self.x[idx][wrong], wrong[wrong], -margins(z, self.y[idx])[wrong])
+        loss = -margins(z, self.y[idx])
+        self.best.offer(idx[wrong], self.x[idx][wrong], wrong[wrong], loss[wrong])
 
     def _run(self, stage: str, target: Optional[int], start, loss_fn, iterations: int):
         """One APGD run of ``iterations`` on every sample still standing, in chunks; returns
