@@ -81,11 +81,11 @@ def _attack(name, fn, model, x, y, cfg, ctx, device):
     }
 
 
-def measure(name, work, device, batch):
+def measure(name, work, device, batch, gan_steps=None, n=None):
     model, (xtr, ytr), (xte, yte), _ = panel.ROWS[name](work)
     model = model.to(device).requires_grad_(False)
-    x, y = xte.to(device), yte.to(device)
-    cfg = AttackConfig(eps=0.1, batch_size=batch)
+    x, y = xte[:n].to(device), yte[:n].to(device)
+    cfg = AttackConfig(eps=0.1, batch_size=batch, gan_steps=gan_steps)
     cache = work / f"gan_cache_device_{name}_{torch.device(device).type}"
     shutil.rmtree(cache, ignore_errors=True)
     gan_mod.clear_memo()
@@ -159,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     p.add_argument("--batch-size", type=int, default=None, help="default: 256 CPU, 4096 CUDA")
     p.add_argument("--table", type=Path, default=None)
+    p.add_argument("--gan-steps", type=int, default=None, help="default: the plugin's budget")
+    p.add_argument("--n", type=int, default=None, help="test images (default: all 10,000)")
     args = p.parse_args(argv)
     if args.table:
         print(table(args.table))
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
     batch = args.batch_size or (4096 if cuda else 256)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in [r for r in args.rows.split(",") if r]:
-        row = measure(name, args.work_dir, args.device, batch)
+        row = measure(name, args.work_dir, args.device, batch, args.gan_steps, args.n)
         print(json.dumps(row), flush=True)
         with args.out.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
