@@ -1,22 +1,25 @@
-"""Baselines: save today's robustness numbers, fail a later run that falls below them.
+"""Baselines: save today's robustness numbers and verdicts, fail a later run that falls below.
 
 A baseline file is JSON meant to be committed next to the tests::
 
     {
       "environment": {...fingerprint of the run that last wrote the file...},
-      "schema_version": 1,
+      "schema_version": 2,
       "tests": {
         "tests/test_robust.py::test_pgd": {
           "adversarial_accuracy": 0.75, "clean_accuracy": 0.91, "gap": 0.16,
           "attack": "pgd", "eps": 0.1, "norm": "linf", "n": 512, "seed": 0,
-          "settings": {...}, "environment": {...}
+          "settings": {...}, "environment": {...},
+          "samples": {...each sample's id and verdicts, see sample_record...}
         }
       }
     }
 
 Keys are sorted and the file is indented, so a change to it reads well in a
 diff. It is written to a temporary file in the same folder and renamed into
-place, so a reader never sees half a file.
+place, so a reader never sees half a file. Files of schema 1 (no ``samples``)
+still load; their entries are compared by the absolute rule
+(:mod:`.comparison`), and the next save writes schema 2.
 
 This module is imported when the plugin loads: it must not import torch at
 module level (``environment_fingerprint``, from :mod:`.fingerprint`, imports it
@@ -26,12 +29,13 @@ when called).
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
 
+from .comparison import SLACK, Comparison, compare  # noqa: F401  (the rule, re-exported)
+from .comparison_text import attack_change, generator_facts  # noqa: F401
 from .errors import AdvRobustError
 from .fingerprint import environment_fingerprint, fingerprint_differences  # noqa: F401
 from .jsonfiles import UnreadableJson, read_json
@@ -39,16 +43,16 @@ from .parsing import is_number
 from .report import atomic_write_text
 from .settings import MISSING_POLICIES  # noqa: F401  (what a test without an entry does)
 
-SCHEMA_VERSION = 1
+#: The schema this version writes; it reads every schema in :data:`READABLE_SCHEMAS`.
+SCHEMA_VERSION = 2
+#: Schema 1: no per-sample verdicts (compared by the absolute rule).
+READABLE_SCHEMAS = (1, 2)
 
 #: The command-line option that names the baseline file.
 BASELINE_OPTION = "--advrobust-baseline"
 
 #: The command-line option that records the baseline (named in hints only).
 SAVE_OPTION = "--advrobust-save-baseline"
-
-#: Slack added to the tolerance so that float noise never flips a verdict.
-SLACK = 1e-9
 
 #: Report fields copied into a baseline entry (``environment`` is added).
 ENTRY_FIELDS = (
@@ -61,13 +65,8 @@ ENTRY_FIELDS = (
     "n",
     "seed",
     "settings",
+    "samples",
 )
-
-#: Fields whose difference between baseline and current run makes the
-#: comparison one of different experiments; shown in the message.
-_SETTING_FIELDS = ("attack", "norm", "eps", "n", "seed")
-#: Settings (of the report's ``settings``) that change the attack's strength.
-_ATTACK_SETTINGS = ("steps", "step_size", "restarts", "random_start", "targets", "refine")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -95,7 +94,8 @@ _PROBLEMS = {
 def load_baseline(path: PathLike) -> Optional[Dict[str, Any]]:
     """Read a baseline file; ``None`` when there is none yet.
 
-    Returns ``{"schema_version": 1, "environment": {...}, "tests": {nodeid: entry}}``.
+    Returns ``{"schema_version": N, "environment": {...}, "tests": {nodeid: entry}}``
+    (``N`` as read: 1 or 2).
     A file that is not valid JSON, has an unknown ``schema_version`` or whose
     entries lack a numeric ``adversarial_accuracy`` raises
     :class:`~pytest_advrobust.errors.AdvRobustError` naming the file.
@@ -114,13 +114,13 @@ def _validate(path: Path, data: Any) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise _damaged(path, "does not hold a JSON object")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS:
         if version is None:
             raise _damaged(path, "has no schema_version")
+        readable = " and ".join(str(v) for v in READABLE_SCHEMAS)
         raise _damaged(
             path,
-            f"has schema_version {version!r}, which this plugin cannot read "
-            f"(it reads {SCHEMA_VERSION})",
+            f"has schema_version {version!r}, which this plugin cannot read (it reads {readable})",
         )
     tests = data.get("tests", {})
     if not isinstance(tests, dict):
@@ -133,127 +133,7 @@ def _validate(path: Path, data: Any) -> Dict[str, Any]:
     environment = data.get("environment") or {}
     if not isinstance(environment, dict):
         raise _damaged(path, "has an 'environment' field that is not an object")
-    return {"schema_version": SCHEMA_VERSION, "environment": environment, "tests": tests}
-
-
-# --------------------------------------------------------------------------
-# comparing
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One test's adversarial accuracy against its baseline entry.
-
-    ``status`` is one of ``"ok"``, ``"regressed"``, ``"missing"``, ``"improved"``
-    and ``"attack_changed"``. ``delta`` is ``current - baseline`` (negative when robustness fell);
-    ``baseline`` and ``delta`` are ``None`` when the entry is missing.
-    ``mismatches`` lists settings that differ from the ones the baseline was
-    recorded with (``"eps 0.1 -> 0.2"``); they are noted in ``message`` but do
-    not change ``status``.
-    """
-
-    status: str
-    baseline: Optional[float]
-    current: float
-    delta: Optional[float]
-    tolerance: float
-    message: str
-    mismatches: List[str] = field(default_factory=list)
-
-    @property
-    def regressed(self) -> bool:
-        return self.status == "regressed"
-
-    def to_report(self) -> Dict[str, Any]:
-        """The ``baseline`` field of the report dict."""
-        return {
-            "adversarial_accuracy": self.baseline,
-            "delta": self.delta,
-            "tolerance": self.tolerance,
-            "status": self.status,
-        }
-
-
-def _settings_mismatches(entry: Mapping[str, Any], report: Mapping[str, Any]) -> List[str]:
-    out = []
-    for key in _SETTING_FIELDS:
-        if key not in entry or key not in report:
-            continue
-        old, new = entry[key], report[key]
-        if is_number(old) and is_number(new):
-            same = math.isclose(float(old), float(new), rel_tol=1e-9, abs_tol=1e-12)
-        else:
-            same = old == new
-        if not same:
-            out.append(f"{key} {old} -> {new}")
-    old_s, new_s = entry.get("settings") or {}, report.get("settings") or {}
-    for key in _ATTACK_SETTINGS:  # what makes the attack stronger or weaker
-        if key in old_s and key in new_s and old_s[key] != new_s[key]:
-            out.append(f"{key} {old_s[key]} -> {new_s[key]}")
-    return out
-
-
-def _verdict(
-    entry: Mapping[str, Any], report: Mapping[str, Any], base: float, delta: float, tol: float
-) -> Tuple[str, str]:
-    """``(status, message)`` of the current adversarial accuracy, ``base + delta``."""
-    current = float(report["adversarial_accuracy"])
-    numbers = (
-        f"(baseline {base:.3f} -> current {current:.3f}, delta {delta:+.3f}, tolerance {tol:.3f})"
-    )
-    if current < base - tol - SLACK:
-        fell = f"adversarial accuracy fell {-delta:.3f} below baseline {numbers}"
-        changed = _attack_change(entry, report)
-        if not changed:
-            return "regressed", fell
-        return "attack_changed", (
-            f"{fell}, but {changed}: the fall may be the attack's, not the model's; "
-            f'check with attack="pgd" and save the baseline again ({SAVE_OPTION})'
-        )
-    if current > base + tol + SLACK:
-        return "improved", (
-            f"adversarial accuracy rose {delta:.3f} above baseline {numbers}; "
-            "save the baseline again to lock in the gain"
-        )
-    return "ok", f"adversarial accuracy within tolerance of baseline {numbers}"
-
-
-def compare(
-    entry: Optional[Mapping[str, Any]], report: Mapping[str, Any], tolerance: float
-) -> Comparison:
-    """Compare one test's report with its baseline entry.
-
-    ``regressed`` when the current adversarial accuracy is more than
-    ``tolerance`` below the baseline, ``improved`` when it is more than
-    ``tolerance`` above it, ``ok`` in between, ``missing`` when ``entry`` is
-    ``None``; ``attack_changed`` instead of ``regressed`` when the GAN attack
-    is not the one the baseline was recorded with. Raises :class:`ValueError`
-    for a negative tolerance or a report without a numeric adversarial accuracy.
-    """
-    tolerance = float(tolerance)
-    if not math.isfinite(tolerance) or tolerance < 0:
-        raise ValueError(f"baseline tolerance must be a number >= 0, got {tolerance!r}")
-    current = report.get("adversarial_accuracy")
-    if not is_number(current):
-        raise ValueError(
-            f"report for {report.get('nodeid', '?')} has no numeric adversarial_accuracy to compare"
-        )
-    current = float(current)
-    if entry is None:
-        message = f"no baseline entry for this test (current adversarial accuracy {current:.3f})"
-        return Comparison("missing", None, current, None, tolerance, message)
-
-    base = float(entry["adversarial_accuracy"])
-    delta = current - base
-    if abs(delta) < SLACK:
-        delta = 0.0  # no "-0.000" in messages for float noise
-    status, message = _verdict(entry, report, base, delta, tolerance)
-    mismatches = _settings_mismatches(entry, report)
-    if mismatches:
-        message += (
-            f"; note: the baseline was recorded with other settings ({', '.join(mismatches)})"
-        )
-    return Comparison(status, base, current, delta, tolerance, message, mismatches)
+    return {"schema_version": version, "environment": environment, "tests": tests}
 
 
 # --------------------------------------------------------------------------
@@ -268,39 +148,6 @@ class SaveResult:
     written: List[str]
     kept: List[str]
     pruned: List[str]
-
-
-def generator_facts(training: Any) -> Optional[Dict[str, Any]]:
-    """What a baseline entry records about a GAN attack's generator (``None`` without one).
-
-    ``key`` (model, data and settings), ``attack_id`` (settings and version only),
-    how it was trained (``mode``, ``steps``) and its one-shot success on the evaluation
-    samples (``generator_success``).
-    """
-    if not isinstance(training, Mapping):
-        return None
-    reuse = training.get("reuse") if isinstance(training.get("reuse"), Mapping) else {}
-    return {
-        "key": training.get("key"),
-        "attack_id": training.get("attack_id"),
-        "mode": training.get("trained_mode", training.get("mode")),
-        "steps": training.get("steps"),
-        "generator_success": reuse.get("success"),
-    }
-
-
-def _attack_change(entry: Mapping[str, Any], report: Mapping[str, Any]) -> Optional[str]:
-    """Why the attack of ``report`` is not the one the baseline was recorded with, or ``None``."""
-    old = entry.get("generator")
-    new = generator_facts(report.get("training"))
-    if not isinstance(old, Mapping) or new is None:
-        return None
-    if old.get("attack_id") and new.get("attack_id") and old["attack_id"] != new["attack_id"]:
-        return (
-            f"the GAN attack changed (generator settings or version {old['attack_id'][:12]} -> "
-            f"{new['attack_id'][:12]}, {old.get('steps')} -> {new.get('steps')} steps)"
-        )
-    return None
 
 
 def entry_from_report(report: Mapping[str, Any], environment: Mapping[str, Any]) -> Dict[str, Any]:

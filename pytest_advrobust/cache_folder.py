@@ -45,6 +45,6 @@ def open_cache_folder(
     return None, (
         f"GAN cache folder {where} cannot be written ({reason}): "
         "generators are kept in memory for this session and not "
-        "cached; point --advrobust-cache-dir or $ADVROBUST_CACHE_DIR "
-        "at a writable folder to keep them"
+        "cached, and evaluations are not stored for reuse; point --advrobust-cache-dir "
+        "or $ADVROBUST_CACHE_DIR at a writable folder to keep them"
     )

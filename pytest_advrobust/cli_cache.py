@@ -41,7 +41,9 @@ def add_parser(commands: Any) -> None:
     actions.add_parser("list", parents=[shared], help="list cached generators")
     info = actions.add_parser("info", parents=[shared], help="show one cached generator")
     info.add_argument("key", metavar="KEY", help="the entry's key, or a unique prefix of it")
-    actions.add_parser("clear", parents=[shared], help="remove every cached generator")
+    actions.add_parser(
+        "clear", parents=[shared], help="remove every cached generator and stored evaluation"
+    )
     prune = actions.add_parser(
         "prune", parents=[shared], help="remove damaged, old or surplus cached generators"
     )
@@ -74,6 +76,14 @@ def _open_cache(root: Path) -> Any:
     return GanCache(root, warn=lambda message: err(f"warning: {message}"))
 
 
+def _evaluations(root: Path) -> Any:
+    """The store of evaluations inside the cache folder, or ``None`` when there is none."""
+    from .paths import EVALUATIONS_FOLDER
+
+    folder = root / EVALUATIONS_FOLDER
+    return _open_cache(folder) if folder.is_dir() else None
+
+
 def _entries(count: int) -> str:
     return "entry" if count == 1 else "entries"
 
@@ -88,6 +98,7 @@ def _list(cache: Any, root: Path, args: argparse.Namespace) -> int:
     entries = sorted(cache.entries(), key=lambda e: (-sort_time(e.created), str(e.key)))
     if not entries:
         out(f"no cache entries in {root}")
+        _stored_line(root)
         return 0
     from .tables import text_table
 
@@ -101,10 +112,24 @@ def _list(cache: Any, root: Path, args: argparse.Namespace) -> int:
             f"or run `{PROG} cache prune`)"
         )
     out(summary)
+    _stored_line(root)
     stats = _stats(cache)
     if stats:
         out("events: " + ", ".join(f"{kind} {count}" for kind, count in sorted(stats.items())))
     return 0
+
+
+def _stored_line(root: Path) -> None:
+    """How many evaluations the cache folder stores, and their size."""
+    from .cache_view import size_text
+
+    stored = _evaluations(root)
+    if stored is not None:
+        kept = stored.entries()
+        out(
+            f"{len(kept)} stored evaluations, {size_text(sum(e.size for e in kept))} in "
+            f"{stored.root} (reused while the model, data and settings are unchanged)"
+        )
 
 
 def _find_entry(entries: List[Any], key: str) -> Tuple[Optional[Any], List[Any]]:
@@ -153,13 +178,19 @@ def _remove(cache: Any, root: Path, args: argparse.Namespace) -> int:
     if cache is None:
         out(f"nothing to {verb}: {root} does not exist")
         return 0
+    stored = _evaluations(root)
     if verb == "clear":
         removed = cache.clear()
         out(f"removed {removed} {_entries(removed)} from {root}")
+        if stored is not None:
+            out(f"removed {stored.clear()} stored evaluations from {stored.root}")
         return 0
     keys = cache.prune(keep=args.keep, older_than_days=args.older_than)
     out_lines(f"removed {key}" for key in keys)
     out(f"pruned {len(keys)} {_entries(len(keys))} from {root}")
+    if stored is not None:  # the same rules, counted apart from the generators
+        gone = stored.prune(keep=args.keep, older_than_days=args.older_than)
+        out(f"pruned {len(gone)} stored evaluations from {stored.root}")
     return 0
 
 

@@ -1,7 +1,9 @@
 """``advrobust compare`` and ``advrobust history``: saved JSON reports side by side.
 
 ``compare OLD.json NEW.json`` exits 1 when a test's adversarial accuracy fell
-by more than the tolerance (the baseline rule of :func:`.baseline.compare`),
+by more than the tolerance and beyond noise (the gate's rule,
+:func:`.comparison.compare`: the exact paired test on the samples both files
+share, or the absolute rule for files without per-sample verdicts),
 ``history`` prints each test across reports; both exit 2 on a file they
 cannot use. Either file may be a JSON report or a baseline file
 (:func:`.jsonfiles.load_results`).
@@ -15,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from .cli_output import err, out, out_lines
 from .jsonfiles import InputError, load_results
-from .parsing import is_number, non_negative_float
+from .parsing import is_number, non_negative_float, significance_level
 from .tables import text_table
 
 __all__ = ["add_parsers", "run_compare", "run_history"]
@@ -45,6 +47,14 @@ def add_parsers(commands: Any) -> None:
         default=tolerance,
         help=f"allowed drop in adversarial accuracy (default {tolerance})",
     )
+    significance = DEFAULTS["significance"]
+    comp.add_argument(
+        "--significance",
+        type=significance_level,
+        default=significance,
+        help="one-sided level at which the exact paired test must find a fall real "
+        f"(default {significance})",
+    )
     hist = commands.add_parser(
         "history",
         help="adversarial accuracy of each test across JSON reports",
@@ -62,34 +72,58 @@ def add_parsers(commands: Any) -> None:
     hist.add_argument("--baseline", metavar="PATH", help=base_help)
 
 
+#: The columns of ``compare``: per test both accuracies, the change, and the paired test.
+HEADER = ["TEST", "OLD", "NEW", "DELTA", "FOOLED", "ROBUST", "SHARED", "95% CI", "P", "STATUS"]
+
+
+def _paired_cells(paired: Optional[Dict[str, Any]]) -> List[str]:
+    """FOOLED, ROBUST, SHARED, 95% CI and P of a paired comparison (``-`` under the
+    absolute rule). P is the one-sided p-value of a fall."""
+    if not paired:
+        return ["-"] * 5
+    lo, hi = paired["delta_ci"]
+    p = paired["p_fall"]
+    return [
+        str(paired["newly_fooled"]),
+        str(paired["newly_robust"]),
+        str(paired["shared"]),
+        f"[{lo:+.3f}, {hi:+.3f}]",
+        "<0.001" if p < 0.001 else f"{p:.3f}",
+    ]
+
+
 class _Tally:
     """The rows of ``compare`` and what they add up to."""
 
-    def __init__(self, tolerance: float):
+    def __init__(self, tolerance: float, significance: float):
         self.tolerance = tolerance
-        self.rows = [["TEST", "OLD", "NEW", "DELTA", "STATUS"]]
+        self.significance = significance
+        self.rows = [list(HEADER)]
         self.regressions: List[tuple] = []
         self.notes: List[str] = []
+        self.absolute: Dict[str, List[str]] = {}  # why the absolute rule judged: tests
         self.counts = {"compared": 0, "only_old": 0, "only_new": 0, "no_result": 0}
 
     def add(self, nodeid: str, before: Optional[dict], after: Optional[dict]) -> None:
         cells = [
             f"{r['adversarial_accuracy']:.3f}" if _has_number(r) else "-" for r in (before, after)
         ]
-        delta, status = "-", self._status(before, after)
+        delta, status, paired = "-", self._status(before, after), ["-"] * 5
         if status is None:
-            from .baseline import compare
+            from .comparison import compare
 
-            result = compare(before, after, self.tolerance)
+            result = compare(before, after, self.tolerance, self.significance)
             self.counts["compared"] += 1
-            delta = f"{result.delta:+.3f}"
-            status = "REGRESSED" if result.status == "regressed" else result.status
-            if result.status == "regressed":
+            delta, paired = f"{result.delta:+.3f}", _paired_cells(result.paired)
+            status = result.status.upper() if result.fails else result.status
+            if result.fails:
                 self.regressions.append((nodeid, result.message))
+            if result.note:
+                self.absolute.setdefault(result.note, []).append(nodeid)
             if result.mismatches:
                 settings = ", ".join(result.mismatches)
                 self.notes.append(f"{nodeid}: compared across different settings ({settings})")
-        self.rows.append([nodeid, *cells, delta, status])
+        self.rows.append([nodeid, *cells, delta, *paired, status])
 
     def _status(self, before: Optional[dict], after: Optional[dict]) -> Optional[str]:
         """The status of a test that cannot be compared, else ``None``."""
@@ -129,16 +163,19 @@ def run_compare(args: argparse.Namespace) -> int:
     except InputError as exc:
         err(str(exc))
         return 2
-    tally = _Tally(args.tolerance)
+    tally = _Tally(args.tolerance, args.significance)
     for nodeid in sorted(set(old) | set(new)):
         tally.add(nodeid, old.get(nodeid), new.get(nodeid))
     if len(tally.rows) == 1:
         out(f"no tests in {args.old} or {args.new}")
     else:
-        out_lines(text_table(tally.rows, right=(1, 2, 3)))
+        out_lines(text_table(tally.rows, right=(1, 2, 3, 4, 5, 6, 8)))
     differences = fingerprint_differences(old_env, new_env) if (old_env and new_env) else []
     if differences:
         tally.notes.append("environments differ: " + "; ".join(differences))
+    for why, nodeids in tally.absolute.items():
+        tests = "1 test" if len(nodeids) == 1 else f"{len(nodeids)} tests"
+        tally.notes.append(f"{tests} judged by the absolute rule: {why} ({', '.join(nodeids)})")
     out_lines(f"note: {note}" for note in tally.notes)
     tail, regressions = tally.tail(args.old, args.new), tally.regressions
     if not regressions:

@@ -17,6 +17,7 @@ import torch
 from .attacks import get_attack
 from .attacks.counting import counted
 from .data import Split
+from .evaluation_store import stored_or_computed
 from .gradcheck import require_input_gradient
 from .metrics import Predictions, merge_worst_case, predict, summarize
 from .model import borrowed
@@ -57,7 +58,10 @@ def run_evaluation(
     evaluations of a session). Torch's global random state is seeded from
     ``settings.seed`` for the evaluation and given back unchanged afterwards, so
     the tests that run later see the random state they would have seen without
-    this one.
+    this one. With a ``cache_dir``, an evaluation of the same model, data and
+    settings stored by an earlier run is read back instead of computed
+    (:mod:`.evaluation_store`; the outcome's ``reused`` says so), and a computed one
+    is stored.
     """
     if "generated" in settings.attacks:
         from .generated.evaluation import run_generated
@@ -67,11 +71,15 @@ def run_evaluation(
     device, split = prepare(
         model, data, settings, train_data, store=kit.store, need_train=needs_training_data(settings)
     )
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(settings.seed)
-        with borrowed(model, device) as m:
-            return _evaluate(_start(m, device, split, settings, kit))
+
+    def compute() -> Outcome:
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(settings.seed)
+            with borrowed(model, device) as m:
+                return _evaluate(_start(m, device, split, settings, kit))
+
+    return stored_or_computed(compute, model, split, settings, device, kit)
 
 
 @dataclass

@@ -62,6 +62,8 @@ def gate_checks(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> L
         s.min_clean_accuracy,
         s.model,
         s.data,
+        labels=outcome.y.tolist(),
+        predictions=clean.pred.tolist(),
     )
     if session.save_baseline or session.compare:
         stuck = stuck_baseline_warning(
@@ -83,11 +85,11 @@ def compare_with_baseline(
 
     baseline = session.load_baseline() or {"tests": {}}
     entry = baseline.get("tests", {}).get(item.nodeid)
-    cmp = compare(entry, rep, settings.tolerance)
+    cmp = compare(entry, rep, settings.tolerance, settings.significance)
     rep["baseline"] = cmp.to_report()
-    if cmp.status in ("regressed", "attack_changed"):  # a fall never passes unnoticed
+    if cmp.fails:  # a fall beyond tolerance and noise never passes unnoticed
         return [cmp.message]
-    if cmp.mismatches and cmp.status in ("ok", "improved"):
+    if cmp.mismatches and cmp.status in ("ok", "improved", "not_significant"):
         # a weaker attack than the baseline's (fgsm for pgd, fewer steps) would pass here
         warn(
             f"{item.nodeid}: compared with a baseline recorded with other settings "

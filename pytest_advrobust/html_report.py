@@ -7,7 +7,9 @@ Each robust test gets
 * a ``robustness`` column in the results table: verdict, gap and threshold;
 * an HTML extra (``pytest_html.extras.html``) with the numbers (clean and
   adversarial accuracy with their 95% intervals, gap, threshold, baseline
-  delta, verdict) and the gallery and, for sweeps, the curve as
+  delta, verdict; under ``--advrobust-compare`` the samples that changed since
+  the baseline, with the paired test's interval and p-value) and the gallery,
+  the gallery of the newly fooled samples and, for sweeps, the curve as
   ``data:image/png;base64`` images inside the HTML itself, so that the file
   stands alone with or without ``--self-contained-html``.
 """
@@ -22,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from .errors import MissingPackage
-from .report import eps_cell
+from .report import baseline_text, eps_cell
 
 __all__ = ["HtmlHooks", "numbers_html", "report_of"]
 
@@ -46,9 +48,33 @@ def _interval(ci: Any) -> str:
 def _baseline(rep: Dict[str, Any]) -> str:
     base = rep.get("baseline") or {}
     if base.get("delta") is not None:
-        text = f"{base['delta']:+.3f} (baseline {_f(base.get('adversarial_accuracy'))})"
-        return text + (" REGRESSED" if base.get("status") == "regressed" else "")
+        return f"{baseline_text(base)} (baseline {_f(base.get('adversarial_accuracy'))})"
     return str(base.get("status") or "-")
+
+
+def _paired_rows(rep: Dict[str, Any]) -> List[tuple]:
+    """The paired comparison's counts, interval and p-value, and the changed samples."""
+    from .comparison_text import p_text, sample_list
+
+    paired = (rep.get("baseline") or {}).get("paired")
+    if not isinstance(paired, dict):
+        return []
+    lo, hi = paired["delta_ci"]
+    rows = [
+        (
+            "samples that changed",
+            f"{paired['newly_fooled']} newly fooled, {paired['newly_robust']} newly robust of "
+            f"{paired['shared']} shared; change {paired['delta']:+.3f}, 95% CI "
+            f"[{lo:+.3f}, {hi:+.3f}]; fall {p_text(paired['p_fall'])}",
+        )
+    ]
+    for key, label in (
+        ("newly_fooled_samples", "newly fooled"),
+        ("newly_robust_samples", "newly robust"),
+    ):
+        if paired.get(key):
+            rows.append((label, sample_list(paired[key])))
+    return rows
 
 
 def numbers_html(rep: Dict[str, Any]) -> str:
@@ -66,6 +92,7 @@ def numbers_html(rep: Dict[str, Any]) -> str:
         ("gap" + (" (relative)" if rep.get("metric") == "relative" else ""), _f(rep["gap"])),
         ("threshold", _f(rep["threshold"])),
         ("baseline delta", _baseline(rep)),
+        *_paired_rows(rep),
         ("attack success rate", _f(rep.get("attack_success_rate"))),
     ]
     if rep.get("sanity"):
@@ -98,7 +125,7 @@ class HtmlHooks:
 
     def _pictures(self, item: pytest.Item, rep: Dict[str, Any]) -> List[str]:
         from .images import png_bytes
-        from .pictures import curve_of, gallery_of
+        from .pictures import curve_of, gallery_of, newly_fooled_of
 
         outcome = self.outcome_of(item)
         if outcome is None:
@@ -109,6 +136,12 @@ class HtmlHooks:
             if gallery is None
             else [_img(png_bytes(gallery), f"adversarial gallery of {item.nodeid}")]
         )
+        fooled = (
+            None if outcome.generated is not None else newly_fooled_of(item.nodeid, outcome, rep)
+        )
+        if fooled is not None:
+            alt = f"samples newly fooled since the baseline in {item.nodeid}"
+            out.append(_img(png_bytes(fooled), alt))
         try:
             fig = curve_of(item.nodeid, rep)
         except MissingPackage as exc:

@@ -13,7 +13,11 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
-__all__ = ["InputError", "UnreadableJson", "load_results", "read_json"]
+__all__ = ["InputError", "READABLE", "UnreadableJson", "load_results", "read_json"]
+
+#: Schema versions :func:`load_results` reads: JSON reports (a list of tests) at 1,
+#: baseline files (tests by node id) at 1 (no per-sample verdicts) or 2.
+READABLE = {"report": (1,), "baseline": (1, 2)}
 
 
 class UnreadableJson(Exception):
@@ -99,9 +103,11 @@ def load_results(path: str) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Any]]:
             "(no 'tests' field)"
         )
     version = data.get("schema_version", 1)
-    if version != 1:
+    readable = READABLE["baseline" if isinstance(data["tests"], dict) else "report"]
+    if version not in readable:
         raise InputError(
-            f"cannot read {path}: schema_version {version!r} is not one this version reads (1)"
+            f"cannot read {path}: schema_version {version!r} is not one this version reads "
+            f"({' or '.join(map(str, readable))})"
         )
     environment = data.get("environment") if isinstance(data.get("environment"), dict) else {}
     return _results(path, data["tests"]), environment

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from .report import COLUMNS, atomic_write_text, eps_cell, fmt3
+from .comparison import FAILING
+from .report import COLUMNS, atomic_write_text, baseline_text, eps_cell, fmt3
 from .tables import markdown_cell, markdown_lines
 
 __all__ = [
@@ -31,11 +32,29 @@ _HEADER = ["verdict", *COLUMNS, "baseline delta"]
 
 def _baseline(rep: Dict[str, Any]) -> str:
     base = rep.get("baseline") or {}
-    if base.get("delta") is not None:
-        return f"{base['delta']:+.3f}" + (
-            " **regressed**" if base.get("status") == "regressed" else ""
+    text = baseline_text(base)
+    return f"**{text}**" if base.get("status") in FAILING else text
+
+
+def _changed_samples(reports: List[Dict[str, Any]]) -> List[str]:
+    """Under the table: per compared test with samples newly fooled, the counts, the
+    paired test and the first ids (``#position (id)``)."""
+    from .comparison_text import p_text, sample_list
+
+    lines = []
+    for rep in reports:
+        paired = (rep.get("baseline") or {}).get("paired")
+        if not isinstance(paired, dict) or not paired.get("newly_fooled"):
+            continue
+        lo, hi = paired["delta_ci"]
+        lines.append(
+            f"- `{markdown_cell(rep['nodeid'])}`: {paired['newly_fooled']} newly fooled, "
+            f"{paired['newly_robust']} newly robust of {paired['shared']} shared samples "
+            f"(change {paired['delta']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}], fall "
+            f"{p_text(paired['p_fall'])}); newly fooled: "
+            f"{markdown_cell(sample_list(paired['newly_fooled_samples']))}"
         )
-    return str(base.get("status") or "-")
+    return ["", "**Samples that changed since the baseline**", "", *lines] if lines else []
 
 
 def _row(rep: Dict[str, Any]) -> List[str]:
@@ -63,6 +82,8 @@ def markdown_table(
     """A Markdown section: a heading, a count line and one table row per test.
 
     Failing tests come first, then passing ones, each group in node id order.
+    Compared tests with samples newly fooled since the baseline are listed under the
+    table with the paired test's numbers and the first ids.
     ``without_numbers`` names robust tests that errored before any numbers
     (a bad fixture, say): they are listed under the count, never left out.
     """
@@ -74,6 +95,7 @@ def markdown_table(
         f"{len(ordered)} robust tests, {failed} failed, {len(ordered) - failed} passed.",
         "",
         *markdown_lines([_HEADER] + [_row(rep) for rep in ordered]),
+        *_changed_samples(ordered),
     ]
     errored = sorted(without_numbers)
     if errored:

@@ -191,6 +191,13 @@ def _preprocessing(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
     return {arg: (parts[0], parts[1])}
 
 
+def _significance(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
+    out = _number(arg, value)
+    if not 0.0 < out < 1.0:
+        raise _bad(arg, value, "must lie strictly between 0 and 1 (a significance level, 0.05)")
+    return {arg: out}
+
+
 def _channel_axis(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
     if value is not None and _int(arg, value, -64) == 0:
         raise _bad(
@@ -220,6 +227,7 @@ ARGUMENTS: Dict[str, Tuple[Optional[str], Check]] = {
     "preprocessing": ("None", _preprocessing),
     "refine": ("0", _integer(0)),
     "tolerance": ("None", _in_range(0.0, 1.0)),
+    "significance": ("None", _significance),
     "sanity": ("None", _choice(SANITY_LEVELS)),
     "threshold_eps": ("None", _threshold_eps),
     "batch_size": ("None", _integer(1)),

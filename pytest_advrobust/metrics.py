@@ -7,7 +7,6 @@ numbers follow from it deterministically.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Tuple
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import AdvRobustError
+from .intervals import wilson_interval
 from .model import check_logits
 
 __all__ = [
@@ -26,8 +26,6 @@ __all__ = [
     "summarize",
     "wilson_interval",
 ]
-
-Z95 = 1.959963984540054
 
 
 @dataclass
@@ -85,17 +83,6 @@ def merge_worst_case(
         x_best[take_dev] = x_adv[take_dev]
         pred[take], loss[take], correct[take] = p.pred[take], p.loss[take], p.correct[take]
     return x_best, Predictions(pred=pred, loss=loss, correct=correct, num_classes=best.num_classes)
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> Tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n (95% by default)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def gap_of(clean: float, adv: float, metric: str) -> float:

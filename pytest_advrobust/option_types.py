@@ -12,7 +12,7 @@ import argparse
 import math
 from typing import Any, Callable, Sequence
 
-from .parsing import integer, number, real
+from .parsing import integer, number, real, significance_level
 
 DEFAULT_EPS = {"linf": 0.1, "l2": 0.5}
 SANITY_LEVELS = ("off", "cheap", "full")
@@ -34,6 +34,7 @@ __all__ = [
     "positive_int_type",
     "preprocessing_type",
     "seed_type",
+    "significance_type",
     "unit_float_type",
 ]
 
@@ -50,6 +51,7 @@ def device_type(value: str) -> str:
 seed_type = integer(0)
 positive_int_type = integer(1)
 unit_float_type = real(0.0, 1.0)
+significance_type = significance_level
 
 
 def positive_float_type(value: str) -> float:

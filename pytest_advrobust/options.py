@@ -29,6 +29,8 @@ VALUE_HELP = {
     "batch_size": "batch size for attacks and evaluation (default 256)",
     "sanity": "sanity checks against gradient masking: off, cheap (default), full",
     "tolerance": "largest allowed fall of adversarial accuracy below the baseline (default 0.02)",
+    "significance": "one-sided significance level at which the exact paired test must find "
+    "a fall beyond the tolerance real before --advrobust-compare fails a test (default 0.05)",
     "missing_baseline": "what a test without a baseline entry does under "
     "--advrobust-compare: fail, warn (default), skip",
     "threads": "torch threads while attacking and training (default: torch's own "
@@ -70,7 +72,13 @@ SWITCHES = (
         "GAN cache folder (default .pytest_cache/d/advrobust, or $ADVROBUST_CACHE_DIR)",
         "GAN cache folder",
     ),
-    ("--advrobust-retrain", None, "train generators even when the cache holds them", None),
+    (
+        "--advrobust-retrain",
+        None,
+        "train generators even when the cache holds them, and evaluate again instead of "
+        "reusing a stored evaluation",
+        None,
+    ),
     (
         "--advrobust-baseline",
         "PATH",
@@ -80,7 +88,8 @@ SWITCHES = (
     (
         "--advrobust-compare",
         None,
-        "fail tests whose adversarial accuracy fell below the baseline by more than the tolerance",
+        "fail tests whose adversarial accuracy fell below the baseline by more than the "
+        "tolerance, beyond noise by an exact paired test of the samples that changed",
         "compare against the baseline",
     ),
     ("--advrobust-strict", None, "turn sanity flags into test errors", "sanity flags fail tests"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -42,6 +43,10 @@ class Outcome:
     # attack="generated": which real samples the validity judge accepts (bool, (N,)); the
     # real accuracy of the gap is measured on them.
     real_valid: Optional[torch.Tensor] = None
+    # the evaluation samples' positions in the data fixture (int64, (N,))
+    indices: Optional[torch.Tensor] = None
+    # the numbers were read from a stored evaluation of the same model, data and settings
+    reused: bool = False
 
     @classmethod
     def of_split(cls, settings: RobustSettings, split: Any, device: Any, **fields: Any) -> Outcome:
@@ -52,6 +57,7 @@ class Outcome:
             y=split.y,
             device=str(device),
             train_is_eval=split.train_is_eval,
+            indices=split.eval_indices,
             **fields,
         )
 
@@ -68,6 +74,28 @@ class Outcome:
                 trained_mode=training.get("trained_mode", training.get("mode")),
             )
         return dataclasses.replace(self, settings=settings, training=training)
+
+    def sample_record(self) -> Optional[Dict[str, Any]]:
+        """Each evaluated sample's id and its clean and robust verdicts at the headline eps,
+        in the JSON form of :mod:`.sample_record`; ``None`` for ``attack="generated"``,
+        whose adversarial samples are not perturbed copies of the evaluated ones."""
+        from .sample_record import ID_BYTES, SampleRecord, encode
+
+        if self.generated is not None:
+            return None
+        n = int(self.x.shape[0])
+        x = self.x.detach().to("cpu").contiguous().reshape(n, -1)
+        head = f"{str(x.dtype).replace('torch.', '')}:{list(self.x.shape[1:])}".encode()
+        rows = x.view(torch.uint8).numpy() if x.numel() else [b""] * n
+        ids = []
+        for label, row in zip(self.y.tolist(), rows):
+            h = hashlib.sha256(b"advrobust-sample\0" + head + int(label).to_bytes(8, "little"))
+            h.update(bytes(row))
+            ids.append(h.digest()[:ID_BYTES].hex())
+        index = self.indices.tolist() if self.indices is not None else list(range(n))
+        return encode(
+            SampleRecord(ids, index, self.clean.correct.tolist(), self.adv.correct.tolist())
+        )
 
     def kept_in_memory(self) -> None:
         """Mark the generator's training facts as not cached (the cache folder could not

@@ -74,3 +74,13 @@ def real(minimum: float, maximum: Optional[float] = None) -> Callable[[str], flo
 
 non_negative_int = integer(0)
 non_negative_float = real(0.0)
+
+
+def significance_level(text: str) -> float:
+    """A significance level: a number strictly between 0 and 1 (``0.05``)."""
+    value = number(text)
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a significance level strictly between 0 and 1, such as 0.05"
+        )
+    return value

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 ENV_CACHE_DIR = "ADVROBUST_CACHE_DIR"
+#: The folder of stored evaluations inside the cache folder (see ``evaluation_store``).
+EVALUATIONS_FOLDER = "evaluations"
 
-__all__ = ["ENV_CACHE_DIR", "resolve_cache_dir", "unwritable_reason"]
+__all__ = ["ENV_CACHE_DIR", "EVALUATIONS_FOLDER", "resolve_cache_dir", "unwritable_reason"]
 
 
 def resolve_cache_dir(

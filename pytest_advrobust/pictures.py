@@ -14,10 +14,21 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .errors import MissingPackage
 
-__all__ = ["GALLERY_SAMPLES", "curve_of", "gallery_of", "gallery_title", "write_pictures"]
+__all__ = [
+    "GALLERY_SAMPLES",
+    "NEWLY_FOOLED_SAMPLES",
+    "curve_of",
+    "gallery_of",
+    "gallery_title",
+    "newly_fooled_of",
+    "newly_fooled_rows",
+    "write_pictures",
+]
 
 #: Samples (columns) in a gallery.
 GALLERY_SAMPLES = 8
+#: Most samples (columns) in the gallery of the samples newly fooled since the baseline.
+NEWLY_FOOLED_SAMPLES = 16
 
 
 def gallery_title(nodeid: str, rep: Dict[str, Any]) -> str:
@@ -62,6 +73,46 @@ def gallery_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     )
 
 
+def newly_fooled_rows(outcome: Any, rep: Dict[str, Any]) -> List[int]:
+    """Rows of ``outcome`` (evaluation order) holding the samples the baseline comparison
+    found newly fooled; empty without a paired comparison."""
+    paired = (rep.get("baseline") or {}).get("paired")
+    if not isinstance(paired, dict) or outcome.indices is None:
+        return []
+    wanted = {int(s["index"]) for s in paired.get("newly_fooled_samples") or ()}
+    return [row for row, index in enumerate(outcome.indices.tolist()) if index in wanted]
+
+
+def newly_fooled_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
+    """A PIL image of the samples robust in the baseline and fooled now (clean,
+    adversarial, amplified perturbation, with labels and predictions), in the order the
+    failure message lists their ids; ``None`` when there are none."""
+    from .images import gallery_image
+    from .layout import channels_first
+
+    rows = newly_fooled_rows(outcome, rep)
+    if not rows:
+        return None
+    shown = rows[:NEWLY_FOOLED_SAMPLES]
+    paired = rep["baseline"]["paired"]
+    more = f", first {len(shown)} shown" if len(shown) < len(rows) else ""
+    title = (
+        f"newly fooled since the baseline: {len(rows)} of {paired['shared']} shared "
+        f"samples{more} | {nodeid}"
+    )
+    x, x_adv = (channels_first(t, outcome.settings) for t in (outcome.x, outcome.x_adv))
+    return gallery_image(
+        x[shown],
+        x_adv[shown],
+        outcome.y[shown],
+        outcome.clean.pred[shown],
+        outcome.adv.pred[shown],
+        class_names=outcome.class_names,
+        title=title,
+        max_images=len(shown),
+    )
+
+
 def curve_of(nodeid: str, rep: Dict[str, Any]):
     """The matplotlib figure of a sweep's curve, or ``None`` for a single eps.
 
@@ -80,7 +131,8 @@ def write_pictures(
     rep: Dict[str, Any],
     missing: Callable[[MissingPackage], None],
 ) -> List[str]:
-    """Write ``<stem>.png`` (and ``<stem>-curve.png``) into ``folder``; return the paths.
+    """Write ``<stem>.png`` (and ``<stem>-newly-fooled.png``, the samples newly fooled since
+    the baseline, and ``<stem>-curve.png``) into ``folder``; return the paths.
 
     A curve that needs a missing package is left out and ``missing`` is told."""
     from .images import safe_filename
@@ -93,6 +145,11 @@ def write_pictures(
         suffix = "-generated-wrong" if outcome.generated is not None else ""
         path = folder / f"{stem}{suffix}.png"
         gallery.save(path, format="PNG")
+        paths.append(str(path))
+    fooled = None if outcome.generated is not None else newly_fooled_of(nodeid, outcome, rep)
+    if fooled is not None:
+        path = folder / f"{stem}-newly-fooled.png"
+        fooled.save(path, format="PNG")
         paths.append(str(path))
     fig = _curve_or_none(nodeid, rep, missing)
     if fig is not None:

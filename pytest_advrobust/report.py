@@ -28,6 +28,7 @@ __all__ = [
     "summary_lines",
     "write_json_report",
     "atomic_write_text",
+    "baseline_text",
     "junit_properties",
 ]
 
@@ -70,6 +71,8 @@ def build_report(nodeid: str, outcome: Any) -> Dict[str, Any]:
         "curve": [_curve_point(p, outcome) for p in outcome.curve] if outcome.curve else None,
         "baseline": None,
         "verdict": "fail" if failing else "pass",
+        "samples": outcome.sample_record(),
+        "reused": bool(getattr(outcome, "reused", False)),
     }
     if getattr(outcome, "generated", None) is not None:  # attack="generated"
         rep["generated"] = outcome.generated
@@ -150,17 +153,10 @@ def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
     rows = [[*COLUMNS, "baseline", "verdict", "generator"]]
     for rep in sorted(reports, key=lambda r: r["nodeid"]):
         lo, hi = rep["adversarial_ci"]
-        base = rep.get("baseline") or {}
-        if base.get("delta") is not None:
-            btxt = f"{base['delta']:+.3f}"
-            if base.get("status") == "regressed":
-                btxt += " REGRESSED"
-        elif base.get("status"):
-            btxt = base["status"]
-        else:
-            btxt = "-"
+        btxt = baseline_text(rep.get("baseline"))
         gen = _generator_cell(rep.get("training"))
         flags = f" ({len(rep['sanity'])} flags)" if rep.get("sanity") else ""
+        flags += ", reused" if rep.get("reused") else ""
         what = rep["attack"] + " " + rep["norm"]
         if rep.get("generated"):
             what = f"generated {rep['generated']['accepted']}/{rep['generated']['drawn']} valid"
@@ -180,6 +176,32 @@ def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
             ]
         )
     return text_table(rows, rule=True)
+
+
+#: How a comparison's status reads after its delta (``ok`` says nothing).
+_STATUS_WORDS = {
+    "regressed": "REGRESSED",
+    "attack_changed": "ATTACK CHANGED",
+    "nondeterministic": "NOISY MODEL",
+    "not_significant": "within noise",
+    "improved": "improved",
+}
+
+
+def baseline_text(base: Optional[Dict[str, Any]]) -> str:
+    """``-0.031 (16 fooled, 0 robust) REGRESSED``: the comparison with the baseline in one
+    cell (the paired counts when the paired rule judged it); ``-`` without one."""
+    base = base or {}
+    if base.get("delta") is None:
+        return str(base.get("status") or "-")
+    text = f"{base['delta']:+.3f}"
+    paired = base.get("paired")
+    if isinstance(paired, dict):
+        text += f" ({paired['newly_fooled']} fooled, {paired['newly_robust']} robust)"
+    elif base.get("rule") == "absolute":
+        text += " (absolute rule)"
+    word = _STATUS_WORDS.get(str(base.get("status")))
+    return f"{text} {word}" if word else text
 
 
 def _generator_cell(tr: Optional[Dict[str, Any]]) -> str:

@@ -231,7 +231,7 @@ class AdvRobustSession:
                 settings,
                 train_data=train,
                 quiet=quiet(self.config),
-                **self._tools(need_train),
+                **self._tools(),
             )
         if self.cache_note:
             outcome.kept_in_memory()

@@ -30,6 +30,7 @@ from .option_types import (
     positive_int_type,
     preprocessing_type,
     seed_type,
+    significance_type,
     unit_float_type,
 )
 
@@ -40,6 +41,7 @@ DEFAULTS: Dict[str, Any] = {
     "batch_size": 256,
     "sanity": "cheap",
     "tolerance": 0.02,
+    "significance": 0.05,
     "missing_baseline": "warn",
     "model_fixture": "robust_model",
     "data_fixture": "robust_data",
@@ -55,6 +57,11 @@ VALUE_OPTIONS = {
     "batch_size": ("--advrobust-batch-size", "advrobust_batch_size", positive_int_type),
     "sanity": ("--advrobust-sanity", "advrobust_sanity", choice_type(SANITY_LEVELS)),
     "tolerance": ("--advrobust-tolerance", "advrobust_tolerance", unit_float_type),
+    "significance": (
+        "--advrobust-significance",
+        "advrobust_significance",
+        significance_type,
+    ),
     "missing_baseline": (
         "--advrobust-missing-baseline",
         "advrobust_missing_baseline",
@@ -132,6 +139,7 @@ class RobustSettings:
     preprocessing: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
     refine: int = 0
     tolerance: float = 0.02
+    significance: float = 0.05  # one-sided level of the paired test of a fall
     sanity: str = "cheap"
     threshold_eps: Optional[float] = None
     batch_size: int = 256
@@ -166,7 +174,7 @@ class RobustSettings:
         """What decides the numbers and flags (the threshold and tolerance do not;
         threshold_eps picks the headline eps and sanity the checks that run)."""
         d = asdict(self)
-        for k in ("threshold", "tolerance", "min_clean_accuracy"):
+        for k in ("threshold", "tolerance", "significance", "min_clean_accuracy"):
             d.pop(k)
         return tuple(sorted((k, repr(v)) for k, v in d.items()))
 
@@ -190,6 +198,7 @@ def base_settings(values: Mapping[str, Any]) -> RobustSettings:
         batch_size=int(values.get("batch_size", DEFAULTS["batch_size"])),
         sanity=values.get("sanity", DEFAULTS["sanity"]),
         tolerance=float(values.get("tolerance", DEFAULTS["tolerance"])),
+        significance=float(values.get("significance", DEFAULTS["significance"])),
         model=values.get("model_fixture", DEFAULTS["model_fixture"]),
         data=values.get("data_fixture", DEFAULTS["data_fixture"]),
         train_data=values.get("train_data_fixture", DEFAULTS["train_data_fixture"]),

@@ -62,7 +62,7 @@ def test_round_trip(tmp_path):
     assert result.kept == [] and result.pruned == []
 
     loaded = bl.load_baseline(path)
-    assert loaded["schema_version"] == 1
+    assert loaded["schema_version"] == 2
     assert loaded["environment"] == ENV
     entry = loaded["tests"]["t.py::a"]
     assert set(entry) == {
@@ -76,6 +76,7 @@ def test_round_trip(tmp_path):
         "seed",
         "settings",
         "environment",
+        "samples",
     }
     assert entry["adversarial_accuracy"] == 0.75
     assert entry["clean_accuracy"] == 0.9
@@ -116,6 +117,12 @@ def entry(adv):
     }
 
 
+OLD_FORMAT = (
+    "; judged by the absolute rule: the baseline entry has no per-sample verdicts (it was "
+    "saved by an older version); save the baseline again to compare sample by sample"
+)
+
+
 def test_compare_ok_within_tolerance():
     c = bl.compare(entry(0.75), report("t", adv=0.74), 0.02)
     assert c.status == "ok" and not c.regressed
@@ -128,6 +135,10 @@ def test_compare_ok_within_tolerance():
         "delta": c.delta,
         "tolerance": 0.02,
         "status": "ok",
+        "rule": "absolute",
+        "significance": 0.05,
+        "paired": None,
+        "note": OLD_FORMAT.split(": ", 1)[1],
     }
 
 
@@ -137,7 +148,7 @@ def test_compare_regressed_message_carries_every_number():
     assert c.delta == pytest.approx(-0.081)
     assert c.message == (
         "adversarial accuracy fell 0.081 below baseline "
-        "(baseline 0.750 -> current 0.669, delta -0.081, tolerance 0.020)"
+        "(baseline 0.750 -> current 0.669, delta -0.081, tolerance 0.020)" + OLD_FORMAT
     )
 
 
@@ -288,7 +299,10 @@ def test_save_creates_parent_folder(tmp_path):
         ("", "is empty"),
         ("[1, 2]", "JSON object"),
         ('{"tests": {}}', "no schema_version"),
-        ('{"schema_version": 7, "tests": {}}', "schema_version 7"),
+        (
+            '{"schema_version": 7, "tests": {}}',
+            "schema_version 7, which this plugin cannot read (it reads 1 and 2)",
+        ),
         ('{"schema_version": 1, "tests": []}', "'tests'"),
         ('{"schema_version": 1, "tests": {"t::a": {"adversarial_accuracy": "high"}}}', "t::a"),
     ],

@@ -38,6 +38,10 @@ from typing import Any, Dict, List
 
 import pytest
 from _support import BLOBS_CONFTEST
+from scipy.stats import binomtest
+
+from pytest_advrobust.intervals import paired_difference_interval
+from pytest_advrobust.sample_record import decode, encode
 
 TOLERANCE = 0.02
 BASELINE = "advrobust-baseline.json"
@@ -121,7 +125,10 @@ GAMMA = "test_gamma.py::test_new"
 DELTA = "test_delta.py::test_newer"
 EPSILON = "test_epsilon.py::test_newest"
 HEALTHY = ALPHA + [BETA]  # the tests of S1
-LOWERED_BY = 0.04  # the hand edit of LINF's entry before S2
+# The hand edit of LINF's entry before S2: this many of its robust samples marked fooled
+# (and its accuracy lowered to match), so that the healthy model has "improved".
+LOWERED = 5
+LOWERED_BY = LOWERED / 120
 
 MODES = {"no-n": [], "n0": ["-n", "0"], "n2": ["-n", "2"]}  # test id -> xdist arguments
 STEPS = ("S1", "S2", "S3", "S4", "S5")
@@ -139,8 +146,11 @@ S2_ARGS = (
     "--advrobust-save-baseline=new",
 )
 
-# hypothesis' plugin costs a second per process and plays no part here
+# hypothesis' plugin costs a second per process and plays no part here; every step
+# evaluates (--advrobust-retrain: no stored evaluation is reused), so that steps and xdist
+# modes with different histories compare like for like
 COMMON = [
+    "--advrobust-retrain",
     "-p",
     "no:cacheprovider",
     "-p",
@@ -315,6 +325,10 @@ def play(repo: Path, mode: str, upto: int = len(STEPS)) -> Story:
     doc["tests"][LINF]["adversarial_accuracy"] = round(
         doc["tests"][LINF]["adversarial_accuracy"] - LOWERED_BY, 6
     )
+    rec = decode(doc["tests"][LINF]["samples"])
+    robust = [i for i, r in enumerate(rec.robust) if r][:LOWERED]
+    rec.robust[:] = [r and i not in robust for i, r in enumerate(rec.robust)]
+    doc["tests"][LINF]["samples"] = encode(rec)
     story.baseline_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     story.edited = doc
     if not step("S2", *S2_ARGS):
@@ -399,11 +413,30 @@ def verdict(run: Run, nodeid: str) -> tuple:
     return cell(row, "baseline"), cell(row, "verdict")
 
 
-def regression_text(base: float, current: float) -> str:
-    delta = current - base
+def changed(old: Dict[str, Any], new: Dict[str, Any]) -> tuple:
+    """(newly fooled positions, newly robust count) between two per-sample records (the
+    same samples in the same order here)."""
+    a, b = decode(old["samples"]), decode(new["samples"])
+    assert a.ids == b.ids
+    fooled = [i for i in range(len(a)) if a.robust[i] and not b.robust[i]]
+    return fooled, sum(1 for i in range(len(a)) if b.robust[i] and not a.robust[i])
+
+
+def regression_text(old: Dict[str, Any], new: Dict[str, Any]) -> str:
+    """The gate's message for a fall from the entry or report ``old`` to the report ``new``,
+    rebuilt from the two records: counts, Tango's interval, the exact binomial test."""
+    fooled, back = changed(old, new)
+    rec, n = decode(new["samples"]), new["n"]
+    k, base = len(fooled), sum(decode(old["samples"]).robust)
+    lo, hi = paired_difference_interval(base - k, back, k, n - base - back)
+    p = binomtest(k, k + back, 0.5, alternative="greater").pvalue
+    ptext = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    ids = ", ".join(f"#{rec.index[i]} ({rec.ids[i][:8]})" for i in fooled[:5])
+    more = f" and {k - 5} more" if k > 5 else ""
     return (
-        f"adversarial accuracy fell {-delta:.3f} below baseline (baseline {base:.3f} -> "
-        f"current {current:.3f}, delta {delta:+.3f}, tolerance {TOLERANCE:.3f})"
+        f"adversarial accuracy fell {(k - back) / n:.3f} ({k} newly fooled, {back} newly robust "
+        f"of {n}; 95% CI [{-hi:.3f}, {-lo:.3f}], {ptext}) > tolerance {TOLERANCE:.3f} (baseline "
+        f"{base / n:.3f} -> current {(base - k + back) / n:.3f}); newly fooled: {ids}{more}"
     )
 
 
@@ -436,13 +469,16 @@ def test_save_compare_degrade_update(story):
     assert s2.ret == 0, s2
     assert s2.outcome("passed") == 2 and s2.outcome("failed") == 0
     lowered = story.edited["tests"][LINF]["adversarial_accuracy"]
-    assert verdict(s2, LINF) == (f"+{LOWERED_BY:.3f}", "PASS")
-    assert story.report("S2", LINF)["baseline"] == {
+    assert verdict(s2, LINF) == (f"+{LOWERED_BY:.3f} (0 fooled, {LOWERED} robust) improved", "PASS")
+    base2 = story.report("S2", LINF)["baseline"]
+    assert {k: base2[k] for k in ("adversarial_accuracy", "tolerance", "status", "rule")} == {
         "adversarial_accuracy": lowered,
-        "delta": pytest.approx(LOWERED_BY, abs=1e-6),
         "tolerance": TOLERANCE,
         "status": "improved",
+        "rule": "paired",
     }
+    assert base2["delta"] == pytest.approx(LOWERED_BY, abs=1e-6)
+    assert base2["paired"]["p_rise"] == pytest.approx(0.5**LOWERED)
 
     # S3: the degraded model fails the gate, each message with every number
     assert s3.ret == 1, s3
@@ -454,15 +490,16 @@ def test_save_compare_degrade_update(story):
         current = rep["adversarial_accuracy"]
         assert current < base - 0.05, (nodeid, base, current)  # well beyond the tolerance
         assert rep["clean_accuracy"] == 1.0  # the attack, not the clean accuracy, moved
-        assert s3.failure(nodeid.split("::")[1]) == regression_text(base, current), s3
+        text = regression_text(compared_with[nodeid], rep)
+        assert s3.failure(nodeid.split("::")[1]) == text, s3
         assert f"FAILED {nodeid} - Failed: adversarial accuracy fell" in s3.out
-        assert verdict(s3, nodeid) == (f"{current - base:+.3f} REGRESSED", "FAIL")
-        assert rep["baseline"] == {
-            "adversarial_accuracy": base,
-            "delta": pytest.approx(current - base, abs=1e-9),
-            "tolerance": TOLERANCE,
-            "status": "regressed",
-        }
+        fooled, back = changed(compared_with[nodeid], rep)
+        cell_text = f"{current - base:+.3f} ({len(fooled)} fooled, {back} robust) REGRESSED"
+        assert verdict(s3, nodeid) == (cell_text, "FAIL")
+        assert rep["baseline"]["adversarial_accuracy"] == base
+        assert rep["baseline"]["delta"] == pytest.approx(current - base, abs=1e-6)
+        assert (rep["baseline"]["status"], rep["baseline"]["rule"]) == ("regressed", "paired")
+        assert rep["baseline"]["paired"]["newly_fooled"] == len(fooled)
         assert rep["verdict"] == "fail"
 
     if "S4" not in story.runs:  # the short story (see UPTO)
@@ -478,7 +515,7 @@ def test_save_compare_degrade_update(story):
     assert s5.ret == 0, s5
     assert s5.outcome("failed") == 0 and s5.outcome("passed") == 7
     for nodeid in updated:
-        assert verdict(s5, nodeid) == ("+0.000", "PASS")
+        assert verdict(s5, nodeid) == ("+0.000 (0 fooled, 0 robust)", "PASS")
         assert story.report("S5", nodeid)["baseline"]["status"] == "ok"
         assert story.report("S5", nodeid)["baseline"]["delta"] == 0.0
     # compare runs leave the file alone
@@ -490,7 +527,15 @@ def test_save_compare_degrade_update(story):
 
 
 def test_missing_entry_under_each_policy(story):
-    not_compared = {"adversarial_accuracy": None, "delta": None, "tolerance": TOLERANCE}
+    not_compared = {
+        "adversarial_accuracy": None,
+        "delta": None,
+        "tolerance": TOLERANCE,
+        "rule": None,
+        "significance": 0.05,
+        "paired": None,
+        "note": None,
+    }
 
     # warn: the test passes, one warning names it, the row and the report say "missing"
     s2 = story.runs["S2"]
@@ -604,7 +649,7 @@ def test_without_the_xdist_plugin_and_with_a_baseline_path(story_of, tmp_path):
     )
     ref = plain.runs["S2"]
     assert run.ret == ref.ret == 0, run
-    assert "gw0" not in run.out and "workers" not in run.out
+    assert not re.search(r"\[gw\d+\]", run.out) and "workers" not in run.out
     assert sorted(run.rows.values()) == sorted(ref.rows.values()), run
     assert comparable(json.loads((repo / "S2.json").read_text())) == comparable(plain.reports["S2"])
     assert json.loads((repo / "ci" / "gate.json").read_text()) == plain.files["S2"]
@@ -631,8 +676,8 @@ def test_advrobust_compare_on_real_reports(story_of):
     assert "3 regressions beyond tolerance 0.020 (3 compared, 2 only in " in worse.stdout
     for nodeid in HEALTHY:
         assert re.search(rf"^{re.escape(nodeid)}\s.*REGRESSED$", worse.stdout, re.M), worse
-        base, current = plain.adv("S1", nodeid), plain.adv("S3", nodeid)
-        assert f"  {nodeid}: {regression_text(base, current)}" in worse.stdout, worse
+        text = regression_text(plain.report("S1", nodeid), plain.report("S3", nodeid))
+        assert f"  {nodeid}: {text}" in worse.stdout, worse
     for nodeid in (GAMMA, DELTA):
         assert re.search(rf"^{re.escape(nodeid)}\s.*only in NEW$", worse.stdout, re.M), worse
 

@@ -43,6 +43,8 @@ def test_an_unknown_argument_names_every_known_one():
         ("metric", "ratio", "must be 'absolute' or 'relative'"),
         ("sanity", "some", "must be one of off, cheap, full"),
         ("tolerance", -0.1, "must lie in [0, 1]"),
+        ("significance", 1.0, "must lie strictly between 0 and 1"),
+        ("significance", "0.05", "is not a number"),
         ("validity", 1.0, "must lie in [0.5, 1)"),
         ("model", "not a name", "must be the name of a fixture"),
         ("bounds", (1, 0), "must have low < high"),

@@ -215,6 +215,7 @@ def test_bad_input_errors_the_test_with_one_sentence(blobs_repo):
         (["--advrobust-eps=0"], "--advrobust-eps"),
         (["--advrobust-device=tpu"], "--advrobust-device"),
         (["--advrobust-sanity=max"], "--advrobust-sanity"),
+        (["--advrobust-significance=0"], "--advrobust-significance"),
     ],
 )
 def test_a_bad_option_value_stops_the_run_naming_the_option(pytester, args, word):
@@ -242,8 +243,12 @@ def test_same_seed_gives_identical_reports(blobs_repo):
     )
     docs = []
     for i in range(2):
-        run(
-            blobs_repo, "--advrobust", f"--advrobust-json=r{i}.json", "--advrobust-seed=3"
+        run(  # evaluated both times (--advrobust-retrain), not read back from the store
+            blobs_repo,
+            "--advrobust",
+            f"--advrobust-json=r{i}.json",
+            "--advrobust-seed=3",
+            "--advrobust-retrain",
         ).assert_outcomes(passed=1)
         doc = json.loads((blobs_repo.path / f"r{i}.json").read_text())
         for rep in doc["tests"]:  # wall time is the one number the seed cannot fix

@@ -115,8 +115,8 @@ def test_html_report_carries_numbers_and_embedded_pictures(blobs_repo, self_cont
 def test_without_pytest_html_nothing_changes(blobs_repo):
     pytest.importorskip("pytest_html")
     blobs_repo.makepyfile(test_r=ROBUST_TESTS)
-    plain = run(blobs_repo, "--advrobust")
-    off = run(blobs_repo, "--advrobust", "-p", "no:html")
+    plain = run(blobs_repo, "--advrobust", "--advrobust-retrain")  # evaluated, not reused
+    off = run(blobs_repo, "--advrobust", "--advrobust-retrain", "-p", "no:html")
     off.assert_outcomes(passed=3, failed=1)
     assert advrobust_section(off.stdout.str()) == advrobust_section(plain.stdout.str())
     assert "html report" not in off.stdout.str()

@@ -109,6 +109,24 @@ class GanCache(CacheStore):
                 return key, hit[0], hit[1]
         return None
 
+    def keep_newest(self, family: str, keep: int) -> List[str]:
+        """Remove all but the ``keep`` newest entries of ``family``; return the removed keys.
+
+        An entry whose lock another process holds is left alone.
+        """
+        candidates = sorted(self._family_candidates(family, None), key=lambda c: (-c[0], c[1]))
+        removed = []
+        for _created, key, _path in candidates[max(0, int(keep)) :]:
+            lock = self._try_lock(key)
+            if lock is None:
+                continue
+            try:
+                if self.remove(key):
+                    removed.append(key)
+            finally:
+                lock.release()
+        return removed
+
     # listing ---------------------------------------------------------------
 
     def _judge(self, key: str, path: Path) -> Tuple[Any, Optional[str]]:

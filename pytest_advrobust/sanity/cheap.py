@@ -130,7 +130,7 @@ def check_nondeterministic(
     if a.dim() == 2:
         changed = int((a.argmax(dim=1) != b.argmax(dim=1)).sum())
     max_diff = float(torch.nan_to_num(diff, nan=float("inf")).max())
-    return make_flag(
+    flag = make_flag(
         FLAG_NONDETERMINISTIC,
         f"Two forward passes on the same inputs differ for {int(rows.sum())} of "
         f"{xs.shape[0]} samples (largest difference {max_diff:.3g}, above "
@@ -140,6 +140,9 @@ def check_nondeterministic(
         "randomness (stochastic gradients); make evaluation deterministic, or attack "
         "the expectation over the randomness (EOT) before trusting the numbers.",
     )
+    # the spread a baseline comparison names: predictions the repeat changed, of how many
+    flag.update(changed=changed, checked=int(xs.shape[0]))
+    return flag
 
 
 def check_adv_above_clean(
