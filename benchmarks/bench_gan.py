@@ -1,274 +1,179 @@
-"""Benchmark: the cached AdvGAN generator against PGD-40 on Fashion-MNIST.
+"""Benchmark: the default attack on a whole test set, on the CPU or a GPU.
 
-Setting (see the reference figures of the project): the small CNN
-(conv32-conv64-maxpool-fc128-fc10, Adam 1e-3, batch 128, 2 epochs, seed 0),
-L-inf eps 0.1, evaluation on the first 1,000 test images, generator trained
-on the 60,000 training images. Printed side by side:
+For each Fashion-MNIST row of the panel (``bench_gan_panel.py``: the reference CNN, its
+adversarially trained twin, the BatchNorm CNN; weights from the same work folder): the
+generator is trained cold on the 60,000 training images on ``--device`` (timed), then on
+all 10,000 test images, in one process, one after the other:
 
-* clean accuracy;
-* PGD-40 (step 0.01, no random start): a plain loop without early stop, and
-  the plugin's ``pgd`` (which stops attacking samples once they are fooled);
-* GAN training: seconds and steps;
-* the cached generator (loaded back from the cache, no PGD refinement):
-  adversarial accuracy and seconds;
-* the per-image speed ratio of PGD-40 (plain loop) to the generator.
+* the default attack (the generator, then the cascade) from the cache just written;
+* the plugin's PGD-40 (exact early stops);
+* the generator alone.
+
+Printed per row, and appended as one JSON line to ``--out``: the training's steps and
+seconds, and per attack its robust accuracy, seconds and model passes per image (forward /
+backward). Run it once with ``--device cpu`` and once with ``--device cuda`` on the same work
+folder to read the GPU-vs-CPU ratio (``--table`` prints both side by side).
 
 Usage::
 
-    python benchmarks/bench_gan.py --work-dir /tmp/advrobust-bench [--retrain] \
-        [--device cuda] [--threads 2]
-
-The trained CNN and the GAN cache live in ``--work-dir``; reruns load the CNN
-and retrain the generator only with ``--retrain`` (otherwise a cached
-generator is reused and its recorded training time is shown).
+    python benchmarks/bench_gan.py --device cuda --out .bench/gpu.jsonl
+    python benchmarks/bench_gan.py --device cpu --rows fashion_cnn --out .bench/gpu.jsonl
+    python benchmarks/bench_gan.py --table .bench/gpu.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
-from bench_pgd import plain_pgd  # noqa: E402
-from fashion import DEFAULT_ROOT, load_split, trained_cnn  # noqa: E402
+import bench_gan_panel as panel  # noqa: E402
 
-from pytest_advrobust.attacks import gan as gan_attack_mod  # noqa: E402
-from pytest_advrobust.attacks.base import AttackConfig, AttackContext, perturbation_norms  # noqa: E402
+from pytest_advrobust.attacks import gan as gan_mod  # noqa: E402
+from pytest_advrobust.attacks.base import AttackConfig, AttackContext  # noqa: E402
+from pytest_advrobust.attacks.counting import counted  # noqa: E402
 from pytest_advrobust.attacks.gradient import pgd  # noqa: E402
-from pytest_advrobust.cache import GanCache  # noqa: E402
 
-EPS = 0.1
-STEP = 0.01
-STEPS = 40
-BATCH = 250
+ROWS = ("fashion_cnn", "fashion_adv", "fashion_bn")
 
 
-def bench_gan_config(
-    cfg: AttackConfig, n_train: int, max_seconds: float, max_steps: int, precision: str = "bf16"
-):
-    """The benchmark's GAN settings: the defaults with a longer budget."""
-    base = gan_attack_mod.default_gan_config(cfg, n_train)
-    return base.replace(
-        max_steps=max_steps,
-        max_seconds=max_seconds,
-        eval_every=max(50, max_steps // 20),
-        patience=max_steps,
-        precision=precision,
-    )
-
-
-def sync(device):
+def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
-def accuracy(model, x, y, device) -> float:
-    with torch.no_grad():
-        correct = 0
-        for s in range(0, x.shape[0], BATCH):
-            correct += int(
-                (model(x[s : s + BATCH].to(device)).argmax(1).cpu() == y[s : s + BATCH]).sum()
-            )
-    return correct / x.shape[0]
-
-
-def timed(fn, device):
-    sync(device)
+def _timed(device, fn):
+    _sync(device)
     t0 = time.perf_counter()
     out = fn()
-    sync(device)
+    _sync(device)
     return out, time.perf_counter() - t0
+
+
+def _acc(model, x, y):
+    with torch.no_grad():
+        return sum(
+            int((model(x[s : s + 2048]).argmax(1) == y[s : s + 2048]).sum())
+            for s in range(0, x.shape[0], 2048)
+        ) / max(x.shape[0], 1)
+
+
+def _attack(name, fn, model, x, y, cfg, ctx, device):
+    (x_adv, count), seconds = _timed(device, lambda: counted(fn, model, x, y, cfg, ctx))
+    tf, tb, _ = ctx.facts.pop("training_passes", (0, 0, 0.0))
+    n = x.shape[0]
+    return {
+        "attack": name,
+        "robust_accuracy": _acc(model, x_adv, y),
+        "seconds": seconds,
+        "forward_per_sample": (count.forward - tf) / n,
+        "backward_per_sample": (count.backward - tb) / n,
+    }
+
+
+def measure(name, work, device, batch, gan_steps=None, n=None):
+    model, (xtr, ytr), (xte, yte), _ = panel.ROWS[name](work)
+    model = model.to(device).requires_grad_(False)
+    x, y = xte[:n].to(device), yte[:n].to(device)
+    cfg = AttackConfig(eps=0.1, batch_size=batch, gan_steps=gan_steps)
+    cache = work / f"gan_cache_device_{name}_{torch.device(device).type}"
+    shutil.rmtree(cache, ignore_errors=True)
+    gan_mod.clear_memo()
+    ctx = AttackContext(device=device, train_x=xtr, train_y=ytr, cache_dir=cache, quiet=True)
+    (gen, facts), train_seconds = _timed(device, lambda: gan_mod.obtain_generator(model, cfg, ctx))
+    gan_mod.clear_memo()  # the attack below loads the entry, as the next CI job would
+
+    def alone(m, x_, y_, c, _ctx):
+        with torch.no_grad():
+            return torch.cat([gen(x_[s : s + batch], c.eps) for s in range(0, x_.shape[0], batch)])
+
+    warm_ctx = _ctx(device, xtr, ytr, cache)
+    runs = [
+        _attack("default", gan_mod.gan_attack, model, x, y, cfg, warm_ctx, device),
+        _attack("pgd40", pgd, model, x, y, cfg, AttackContext(device=device), device),
+        _attack("generator_alone", alone, model, x, y, cfg, AttackContext(device=device), device),
+    ]
+    return {
+        "row": name,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "torch": torch.__version__,
+        "n": int(x.shape[0]),
+        "clean": _acc(model, x, y),
+        "training": {
+            "steps": facts["steps"],
+            "seconds": train_seconds,
+            "holdout_success": facts["holdout_success"],
+        },
+        "attacks": runs,
+    }
+
+
+def _ctx(device, xtr, ytr, cache):
+    return AttackContext(device=device, train_x=xtr, train_y=ytr, cache_dir=cache, quiet=True)
+
+
+def _device_name(device):
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine()
+
+
+def table(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = [
+        "| row | device | training steps (s) | default: robust acc, s, fwd/bwd per image | "
+        "PGD-40: robust acc, s, fwd/bwd | generator alone: robust acc, s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        a = {run["attack"]: run for run in r["attacks"]}
+        d, p, g = a["default"], a["pgd40"], a["generator_alone"]
+        out.append(
+            f"| {r['row']} | {r['device_name']} | {r['training']['steps']} "
+            f"({r['training']['seconds']:.1f}) | {d['robust_accuracy']:.4f}, {d['seconds']:.2f}, "
+            f"{d['forward_per_sample']:.1f}/{d['backward_per_sample']:.1f} | "
+            f"{p['robust_accuracy']:.4f}, {p['seconds']:.2f}, "
+            f"{p['forward_per_sample']:.1f}/{p['backward_per_sample']:.1f} | "
+            f"{g['robust_accuracy']:.4f}, {g['seconds']:.3f} |"
+        )
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--work-dir", type=Path, required=True, help="folder for the CNN weights and the GAN cache"
-    )
-    p.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_ROOT, help="Fashion-MNIST IDX .gz folder"
-    )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (1 avoids oversubscription stalls on a busy machine)",
-    )
-    p.add_argument("--n-eval", type=int, default=1000, help="first N test images to evaluate on")
-    p.add_argument("--gan-seconds", type=float, default=720.0, help="GAN training time budget (s)")
-    p.add_argument("--gan-steps", type=int, default=2000, help="GAN training step budget")
-    p.add_argument(
-        "--precision",
-        default="bf16",
-        choices=("auto", "bf16", "fp32"),
-        help="GAN training precision (bf16 is native on this benchmark's CPU)",
-    )
-    p.add_argument(
-        "--plugin-defaults",
-        action="store_true",
-        help="train with exactly the plugin's default GAN settings (ignores --gan-steps, "
-        "--gan-seconds and --precision)",
-    )
-    p.add_argument(
-        "--retrain", action="store_true", help="train the generator even if it is cached"
-    )
-    p.add_argument(
-        "--skip-pgd", action="store_true", help="skip both PGD runs (for quick GAN experiments)"
-    )
-    p.add_argument(
-        "--json", type=Path, default=None, help="also write the numbers to this JSON file"
-    )
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--work-dir", type=Path, default=Path(".bench"))
+    p.add_argument("--out", type=Path, default=Path(".bench/device.jsonl"))
+    p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 256 CPU, 4096 CUDA")
+    p.add_argument("--table", type=Path, default=None)
+    p.add_argument("--gan-steps", type=int, default=None, help="default: the plugin's budget")
+    p.add_argument("--n", type=int, default=None, help="test images (default: all 10,000)")
     args = p.parse_args(argv)
-
+    if args.table:
+        print(table(args.table))
+        return 0
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    work = args.work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    x_train, y_train = load_split("train", args.data_dir)
-    x_test, y_test = load_split("test", args.data_dir)
-    x_eval, y_eval = x_test[: args.n_eval], y_test[: args.n_eval]
-
-    model = trained_cnn(x_train, y_train, work).to(device).eval().requires_grad_(False)
-    xe, ye = x_eval.to(device), y_eval.to(device)
-    rows = {}
-    rows["clean_accuracy"] = accuracy(model, x_eval, y_eval, device)
-
-    cfg = AttackConfig(
-        eps=EPS,
-        norm="linf",
-        steps=STEPS,
-        step_size=STEP,
-        random_start=False,
-        bounds=(0.0, 1.0),
-        seed=0,
-        batch_size=BATCH,
-    )
-    if not args.skip_pgd:
-
-        def run_plain():
-            return torch.cat(
-                [
-                    plain_pgd(model, xe[s : s + BATCH], ye[s : s + BATCH], EPS, STEP, STEPS)
-                    for s in range(0, xe.shape[0], BATCH)
-                ]
-            )
-
-        adv, secs = timed(run_plain, device)
-        rows["pgd40_plain"] = {
-            "adversarial_accuracy": accuracy(model, adv.cpu(), y_eval, device),
-            "seconds": secs,
-        }
-        adv, secs = timed(lambda: pgd(model, xe, ye, cfg, AttackContext(device=device)), device)
-        rows["pgd40_ours"] = {
-            "adversarial_accuracy": accuracy(model, adv.cpu(), y_eval, device),
-            "seconds": secs,
-        }
-
-    # GAN: train (or reuse) through the cache, then load it back as a fresh process would.
-    cache_dir = work / "gan-cache"
-    if args.plugin_defaults:
-        gcfg = gan_attack_mod.default_gan_config(cfg, x_train.shape[0])
-    else:
-        gcfg = bench_gan_config(
-            cfg, x_train.shape[0], args.gan_seconds, args.gan_steps, args.precision
-        )
-    ctx = AttackContext(
-        device=device,
-        train_x=x_train,
-        train_y=y_train,
-        cache_dir=cache_dir,
-        retrain=args.retrain,
-        progress=lambda s: print(s, flush=True),
-    )
-    _, facts = gan_attack_mod.obtain_generator(model, cfg, ctx, gan_cfg=gcfg)
-    meta = GanCache(cache_dir).load(facts["key"])[1]
-    rows["gan_training"] = {
-        "mode": facts["mode"],
-        "steps": meta["steps"],
-        "seconds": meta["seconds"],
-        "device": meta["device"],
-        "holdout_success": meta["holdout_success"],
-        "settings": gcfg.to_dict(),
-    }
-    gan_attack_mod.clear_memo()
-    (gen, hit), load_secs = timed(
-        lambda: gan_attack_mod.obtain_generator(
-            model,
-            cfg,
-            AttackContext(device=device, train_x=x_train, train_y=y_train, cache_dir=cache_dir),
-            gan_cfg=gcfg,
-        ),
-        device,
-    )
-    assert hit["mode"] == "cached" and hit["steps"] == 0, hit
-
-    def generate():
-        with torch.no_grad():
-            return torch.cat([gen(xe[s : s + BATCH]) for s in range(0, xe.shape[0], BATCH)])
-
-    generate()  # warm-up (allocator, kernels)
-    gen_secs = []
-    for _ in range(5):
-        adv, secs = timed(generate, device)
-        gen_secs.append(secs)
-    gen_secs.sort()
-    worst = float(perturbation_norms(xe, adv, "linf").max())
-    assert worst <= EPS + 1e-6 and float(adv.min()) >= 0 and float(adv.max()) <= 1
-    rows["gan_cached"] = {
-        "adversarial_accuracy": accuracy(model, adv.cpu(), y_eval, device),
-        "seconds": gen_secs[len(gen_secs) // 2],
-        "load_seconds": load_secs,
-        "max_linf": worst,
-    }
-
-    n = xe.shape[0]
-    print()
-    print(
-        f"Fashion-MNIST, small CNN, L-inf eps {EPS}, first {n} test images, device {device}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
-    print(f"{'what':44s} {'accuracy':>9s} {'seconds':>9s} {'ms/image':>9s}")
-    print(f"{'clean':44s} {rows['clean_accuracy']:9.1%}")
-    for name, label in (
-        ("pgd40_plain", "PGD-40, plain loop (no early stop)"),
-        ("pgd40_ours", "PGD-40, attacks.gradient.pgd (early stop)"),
-    ):
-        if name in rows:
-            r = rows[name]
-            print(
-                f"{label:44s} {r['adversarial_accuracy']:9.1%} {r['seconds']:9.2f} "
-                f"{1000 * r['seconds'] / n:9.3f}"
-            )
-    t = rows["gan_training"]
-    print(
-        f"{'GAN training (' + t['device'] + ', ' + str(t['steps']) + ' steps)':44s} "
-        f"{'':9s} {t['seconds']:9.1f}   held-out success {t['holdout_success']:.3f}"
-        + ("  [reused from cache]" if t["mode"] == "cached" else "")
-    )
-    g = rows["gan_cached"]
-    print(
-        f"{'cached generator (median of 5, no refine)':44s} {g['adversarial_accuracy']:9.1%} "
-        f"{g['seconds']:9.3f} {1000 * g['seconds'] / n:9.3f}"
-    )
-    if "pgd40_plain" in rows:
-        ratio = rows["pgd40_plain"]["seconds"] / g["seconds"]
-        rows["speed_ratio_pgd40_over_generator"] = ratio
-        gap = g["adversarial_accuracy"] - rows["pgd40_plain"]["adversarial_accuracy"]
-        rows["accuracy_gap_points"] = 100 * gap
-        print(f"per-image speed ratio PGD-40 / generator: {ratio:.1f}x (target >= 25x)")
-        print(
-            f"generator minus PGD-40 adversarial accuracy: {100 * gap:+.1f} points (target <= +3.0)"
-        )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2, sort_keys=True))
+    cuda = torch.device(args.device).type == "cuda"
+    batch = args.batch_size or (4096 if cuda else 256)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name in [r for r in args.rows.split(",") if r]:
+        row = measure(name, args.work_dir, args.device, batch, args.gan_steps, args.n)
+        print(json.dumps(row), flush=True)
+        with args.out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
     return 0
 
 

@@ -1,25 +1,33 @@
-"""Benchmark: the default GAN attack against the plugin's PGD-40 on a panel of models.
+"""Benchmark: the default ``gan`` attack against PGD-40 and APGD-T on a panel of models.
 
-Each row: a model, its training split (the generator's training data) and
-512 evaluation samples drawn with seed 0 from its test split (the plugin's
-default ``n``). Printed and appended as one JSON line per row to ``--out``:
+Per row: a model (version N), its training split (the generator's training data), its test
+split, and version N+1 (N trained one more epoch). The generator is trained once, on
+version N, and cached. Three cells per row, each attacked by the plugin's own code:
 
-* clean accuracy, PGD-40 and GAN adversarial accuracy (the plugin's ``pgd``
-  and ``gan`` attacks, plugin defaults: L-inf eps 0.1 in [0, 1], or the row's
-  own norm and eps) and ``gan - pgd`` in points;
-* the cold training (empty cache): steps (both stages), seconds, and model
-  passes per evaluation sample;
-* the model fine-tuned one more epoch, and the warm start from the cold
-  generator's cache entry: steps, seconds, GAN and PGD-40 on that model;
-* evaluation passes per sample of the trained generator (model forwards);
-* for ``--speed`` on a row, the warm-cache generator on the whole test split
-  against PGD-40 on it, timed in the same run (the ratio, not absolute time).
+* ``eval``: the evaluation samples (512 drawn with seed 0 from the test split; half the test
+  split where it holds fewer than 1,024);
+* ``other``: as many other test samples, which no setting was looked at on;
+* ``next``: version N+1 on the evaluation samples, attacked with version N's cached
+  generator as the plugin would use it (the retrain rule decides; its decision is printed).
+
+In every cell: clean accuracy; PGD-40 (the plugin's ``pgd``: step 2.5 eps / 40, exact early
+stops) and APGD-T (9 targets, 100 iterations, AutoAttack's schedule) robust accuracy with
+their model passes per sample (forward / backward, counted by
+:func:`pytest_advrobust.attacks.counting.counted`); the default attack's robust accuracy and
+passes (the one-time generator training apart), with its strength check's passes added, the
+check's verdict, the generator-alone accuracy and the same cascade started from the clean
+input (the control). Plugin defaults: L-inf eps 0.1 in [0, 1] unless the row says otherwise.
 
 Usage (one torch thread; rows can be run one at a time and appended)::
 
     python benchmarks/bench_gan_panel.py --rows digits_cnn,digits_mlp --out .bench/panel.jsonl
-    python benchmarks/bench_gan_panel.py --rows fashion_cnn --speed --out .bench/panel.jsonl
-    python benchmarks/bench_gan_panel.py --table .bench/panel.jsonl   # markdown table
+    python benchmarks/bench_gan_panel.py --table .bench/panel.jsonl          # markdown tables
+    python benchmarks/bench_gan_panel.py --per-commit --out .bench/commit.jsonl
+
+``--per-commit`` times one robust test per attack through the plugin's evaluation (512 samples,
+cheap sanity checks) on the Fashion-MNIST reference CNN and its fine-tuned twin with a warm
+generator cache, interleaved, and prints the ratio of the default test's seconds to the PGD-40
+test's.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,7 +50,10 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "examples" / "digits"))
 
 from pytest_advrobust.attacks import gan as gan_mod  # noqa: E402
+from pytest_advrobust.attacks.apgd import apgd_t  # noqa: E402
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext  # noqa: E402
+from pytest_advrobust.attacks.cascade import DEFAULT_BUDGET, Cascade  # noqa: E402
+from pytest_advrobust.attacks.counting import counted  # noqa: E402
 from pytest_advrobust.attacks.gradient import pgd  # noqa: E402
 
 N_EVAL = 512
@@ -214,6 +226,52 @@ def row_fashion_adv(work):
     return m, tr, te, {}
 
 
+def row_fashion_bn(work):
+    """Not used to choose any setting: a BatchNorm CNN with average pooling, another seed."""
+    tr, te = _fashion()
+
+    def build():
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 10),
+        )
+
+    m = _cached(
+        work,
+        "fashion_bn",
+        build,
+        lambda m: _fit(m, tr[0][:20000], tr[1][:20000], 1, lr=1e-3, seed=5, batch=128),
+    )
+    return m, tr, te, {}
+
+
+def row_digits_gelu(work):
+    """Not used to choose any setting: a deeper GELU MLP with dropout (off in eval mode)."""
+    (xtr, ytr), (xte, yte) = _digits()
+
+    def build():
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, 96),
+            nn.GELU(),
+            nn.Dropout(0.2),
+            nn.Linear(96, 96),
+            nn.GELU(),
+            nn.Linear(96, 10),
+        )
+
+    m = _cached(work, "digits_gelu", build, lambda m: _fit(m, xtr, ytr, 40, lr=1e-3, seed=11))
+    return m, (xtr, ytr), (xte, yte), {}
+
+
 ROWS = {
     "digits_cnn": row_digits_cnn,
     "digits_mlp": row_digits_mlp,
@@ -224,7 +282,12 @@ ROWS = {
     "tabular_linf": row_tabular_linf,
     "fashion_cnn": row_fashion_cnn,
     "fashion_adv": row_fashion_adv,
+    "fashion_bn": row_fashion_bn,
+    "digits_gelu": row_digits_gelu,
 }
+#: Rows whose cells were looked at while the cascade's budget was chosen (their ``eval`` cells).
+TUNED_ON = ("digits_cnn", "digits_bn", "fashion_cnn", "fashion_adv")
+
 #: The one-epoch fine-tune per row: training samples used (fashion: the first 20,000), learning
 #: rate, and the adversarial eps of the row's own recipe (adversarially trained rows keep it).
 FINETUNE = {
@@ -246,100 +309,244 @@ def _acc(model, x, y):
         )
 
 
-def _timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+def _passes(count, n, fwd=0, bwd=0):
+    return round((count.forward - fwd) / n, 2), round((count.backward - bwd) / n, 2)
 
 
-def measure(name, work, speed=False):
+def _reference(attack, model, x, y, cfg):
+    x_adv, count = counted(attack, model, x, y, cfg, AttackContext())
+    fwd, bwd = _passes(count, x.shape[0])
+    return {"acc": _acc(model, x_adv, y), "fwd": fwd, "bwd": bwd, "seconds": count.seconds}
+
+
+def _default_attack(model, x, y, cfg, ctx, n_classes):
+    """The gan attack as the plugin runs it, its strength check, and the clean-start control."""
+    from pytest_advrobust.sanity import GanRecord, strength_check
+
+    x_adv, count = counted(gan_mod.gan_attack, model, x, y, cfg, ctx)
+    tf, tb, tsec = ctx.facts.get("training_passes", (0, 0, 0.0))
+    n = x.shape[0]
+    fwd, bwd = _passes(count, n, tf, tb)
+    with torch.no_grad():
+        clean_ok = torch.cat(
+            [model(x[s : s + 512]).argmax(1) == y[s : s + 512] for s in range(0, n, 512)]
+        )
+        adv_ok = torch.cat(
+            [model(x_adv[s : s + 512]).argmax(1) == y[s : s + 512] for s in range(0, n, 512)]
+        )
+    record = GanRecord(
+        x_adv, clean_ok, clean_ok & adv_ok, ctx.facts["cascade_passes"], DEFAULT_BUDGET
+    )
+    check, flag, cost = strength_check(model, x, y, record, cfg, "cheap", n_classes)
+    out = {
+        "acc": _acc(model, x_adv, y),
+        "fwd": fwd,
+        "bwd": bwd,
+        "seconds": count.seconds - tsec,
+        "check_fwd": round(cost["forward_per_sample"], 2),
+        "check_bwd": round(cost["backward_per_sample"], 2),
+        "check": {
+            k: check[k]
+            for k in ("checked", "standing", "reference", "extra_successes", "p_value", "weaker")
+        },
+        "control": check["control"],
+        "generator_alone": ctx.facts["cascade"]["generator_alone_accuracy"],
+        "reuse": ctx.facts["training"]["reuse"]["decision"],
+        "stages": ctx.facts["cascade"]["stages"],
+    }
+    return out
+
+
+def _clean_start(model, x, y, cfg):
+    def run(m, x, y):
+        cas = Cascade(m, x, y, cfg, DEFAULT_BUDGET)
+        cas.gradient_stages()
+        return cas.x_adv
+
+    x_adv, count = counted(run, model, x, y)
+    fwd, bwd = _passes(count, x.shape[0])
+    return {"acc": _acc(model, x_adv, y), "fwd": fwd, "bwd": bwd, "seconds": count.seconds}
+
+
+def _cell(model, x, y, cfg, ctx, n_classes):
+    apgdt_cfg = AttackConfig(
+        eps=cfg.eps, norm=cfg.norm, bounds=cfg.bounds, steps=100, targets=9, seed=cfg.seed
+    )
+    return {
+        "n": int(x.shape[0]),
+        "clean": _acc(model, x, y),
+        "pgd40": _reference(pgd, model, x, y, cfg),
+        "apgdt": _reference(apgd_t, model, x, y, apgdt_cfg),
+        "gan": _default_attack(model, x, y, cfg, ctx, n_classes),
+        "clean_start": _clean_start(model, x, y, cfg),
+    }
+
+
+def measure(name, work):
     model, (xtr, ytr), (xte, yte), extra = ROWS[name](work)
     model.requires_grad_(False)
     g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(xte.shape[0], generator=g)[:N_EVAL]
-    x, y = xte[idx], yte[idx]
+    n = min(N_EVAL, xte.shape[0] // 2)
+    perm = torch.randperm(xte.shape[0], generator=g)
+    x, y = xte[perm[:n]], yte[perm[:n]]
+    xo, yo = xte[perm[n : 2 * n]], yte[perm[n : 2 * n]]
     cfg = AttackConfig(
         eps=extra.get("eps", 0.1),
         norm=extra.get("norm", "linf"),
         bounds=extra.get("bounds", (0.0, 1.0)),
     )
+    with torch.no_grad():
+        n_classes = int(model(x[:2]).shape[1])
     cache = work / f"gan_cache_{name}"
     shutil.rmtree(cache, ignore_errors=True)
-    gan_mod.clear_memo()
 
-    def gan(m):
-        ctx = AttackContext(train_x=xtr, train_y=ytr, cache_dir=cache, quiet=True)
-        x_adv, sec = _timed(lambda: gan_mod.gan_attack(m, x, y, cfg, ctx))
-        return _acc(m, x_adv, y), ctx.facts["training"], sec
+    def ctx():
+        gan_mod.clear_memo()  # every cell a new process: only the disk cache remains
+        return AttackContext(train_x=xtr, train_y=ytr, cache_dir=cache, quiet=True)
 
-    row = {"row": name, "norm": cfg.norm, "eps": cfg.eps, "n": N_EVAL, "clean": _acc(model, x, y)}
-    row["pgd40"] = _acc(model, pgd(model, x, y, cfg, AttackContext()), y)
-    row["gan"], cold, _ = gan(model)
-    row["diff_points"] = 100 * (row["gan"] - row["pgd40"])
-    row["cold"] = {k: cold[k] for k in ("steps", "train_steps", "fit_steps", "seconds", "cost")}
-    row["eval_forward_per_sample"] = cold["eval_forward_per_sample"]
-    # One more epoch of training, then the warm start from the cold entry of the family.
+    first = ctx()
+    t0 = time.perf_counter()
+    gen, facts = gan_mod.obtain_generator(model, cfg, first)
+    row = {
+        "row": name,
+        "norm": cfg.norm,
+        "eps": cfg.eps,
+        "tuned_on": name in TUNED_ON,
+        "generator": {
+            "mode": facts["mode"],
+            "steps": facts["steps"],
+            "seconds": round(time.perf_counter() - t0, 1),
+            "forward_passes": facts["cost"]["forward_passes"],
+            "backward_passes": facts["cost"]["backward_passes"],
+            "holdout_success": facts["holdout_success"],
+        },
+        "cells": {},
+    }
+    row["cells"]["eval"] = _cell(model, x, y, cfg, ctx(), n_classes)
+    row["cells"]["other"] = _cell(model, xo, yo, cfg, ctx(), n_classes)
     n_ft, lr, adv = FINETUNE.get(name, (None, 2e-4, 0.0))
     n_ft = n_ft or xtr.shape[0]
     tuned = _fit(model.requires_grad_(True), xtr[:n_ft], ytr[:n_ft], 1, lr=lr, seed=1, adv_eps=adv)
     tuned.requires_grad_(False)
-    gan_mod.clear_memo()
-    row["tuned_pgd40"] = _acc(tuned, pgd(tuned, x, y, cfg, AttackContext()), y)
-    row["tuned_gan"], warm, _ = gan(tuned)
-    row["tuned_diff_points"] = 100 * (row["tuned_gan"] - row["tuned_pgd40"])
-    row["warm"] = {k: warm[k] for k in ("mode", "steps", "seconds", "cost")}
-    row["warm_step_share"] = warm["steps"] / max(1, cold["steps"])
-    if speed:  # the pair just fitted to the tuned model is in this process's memo
-        row["speed"] = _speed(tuned, xte, yte, cfg, gan)
+    row["cells"]["next"] = _cell(tuned, x, y, cfg, ctx(), n_classes)
     return row
 
 
-def _speed(model, xte, yte, cfg, gan):
-    """The cached pair (the default attack, best of both) vs PGD-40 on the whole test split."""
-    from pytest_advrobust.attacks.gan import _best_of
-    from pytest_advrobust.attacks.gan_fit import _MEMO as FIT
+# ----------------------------------------------------------------------------- per commit
+def per_commit(work, repeats=3):
+    """Seconds of one default test and one PGD-40 test through the plugin's evaluation, on the
+    Fashion-MNIST reference CNN and its fine-tuned twin, with a warm generator cache."""
+    from pytest_advrobust.evaluation import run_evaluation
+    from pytest_advrobust.settings import RobustSettings
 
-    heads = [v[0] for v in list(FIT.values())[-2:]]  # the last pair fitted (to ``model``)
-
-    def run_gan():
-        return torch.cat(
-            [
-                _best_of(model, heads, xte[s : s + 256], yte[s : s + 256], cfg)
-                for s in range(0, xte.shape[0], 256)
-            ]
+    model, (xtr, ytr), (xte, yte), _ = ROWS["fashion_cnn"](work)
+    n_ft, lr, adv = FINETUNE["fashion_cnn"]
+    twin = _fit(
+        ROWS["fashion_cnn"](work)[0].requires_grad_(True), xtr[:n_ft], ytr[:n_ft], 1, lr=lr, seed=1
+    )
+    cache = work / "gan_cache_per_commit"
+    tools = {"cache_dir": cache, "quiet": True}
+    gan, pgd_ = (RobustSettings(threshold=1.0, attacks=(a,)) for a in ("gan", "pgd"))
+    gan_mod.clear_memo()
+    run_evaluation(model, (xte, yte), gan, train_data=(xtr, ytr), **tools)  # warms the cache
+    out = []
+    for label, m in (("fashion_cnn", model), ("fashion_cnn_tuned", twin)):
+        times = {"gan": [], "pgd": []}
+        for _ in range(repeats):
+            for attack, settings in (("gan", gan), ("pgd", pgd_)):
+                gan_mod.clear_memo()  # a new CI job: the generator comes from the disk cache
+                t0 = time.perf_counter()
+                res = run_evaluation(m, (xte, yte), settings, train_data=(xtr, ytr), **tools)
+                times[attack].append(time.perf_counter() - t0)
+                if attack == "gan":
+                    mode = res.training["mode"]
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out.append(
+            {
+                "model": label,
+                "gan_seconds": med["gan"],
+                "pgd40_seconds": med["pgd"],
+                "ratio": med["gan"] / med["pgd"],
+                "generator": mode,
+                "repeats": repeats,
+            }
         )
+    return out
 
-    adv_g, t_gan = _timed(run_gan)
-    adv_p, t_pgd = _timed(lambda: pgd(model, xte, yte, cfg, AttackContext()))
-    return {
-        "n": int(xte.shape[0]),
-        "gan_seconds": t_gan,
-        "pgd40_seconds": t_pgd,
-        "ratio": t_pgd / t_gan,
-        "gan_acc": _acc(model, adv_g, yte),
-        "pgd40_acc": _acc(model, adv_p, yte),
-    }
+
+# ----------------------------------------------------------------------------- tables
+def _pts(a, b):
+    return 100 * (a - b)
 
 
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "cells" in r]
     out = [
-        "| model | clean | PGD-40 | GAN | GAN - PGD (points) | cold steps (s) | "
-        "train passes/sample | warm steps (s), share | tuned: PGD-40 / GAN | eval passes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | cell | n | clean | PGD-40 | APGD-T | default | default - APGD-T (points) | "
+        "generator alone | clean start | passes fwd/bwd: PGD-40 | default | default + check | "
+        "check flag | retrain rule |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
-        c, w = r["cold"], r["warm"]
-        out.append(
-            f"| {r['row']} ({r['norm']} {r['eps']:g}) | {r['clean']:.3f} | {r['pgd40']:.3f} | "
-            f"{r['gan']:.3f} | {r['diff_points']:+.1f} | {c['steps']} ({c['seconds']:.1f}) | "
-            f"{c['cost']['forward_per_sample']:.0f} fwd / "
-            f"{c['cost']['backward_per_sample']:.0f} bwd | "
-            f"{w['steps']} ({w['seconds']:.1f}), {100 * r['warm_step_share']:.0f}% | "
-            f"{r['tuned_pgd40']:.3f} / {r['tuned_gan']:.3f} ({r['tuned_diff_points']:+.1f}) | "
-            f"{r['eval_forward_per_sample']} |"
-        )
+        for cell_name, c in r["cells"].items():
+            gp, g = c["pgd40"], c["gan"]
+            name = f"{r['row']} ({r['norm']} {r['eps']:g})" + (" *" if r["tuned_on"] else "")
+            out.append(
+                f"| {name} | {cell_name} | {c['n']} | {c['clean']:.3f} | {gp['acc']:.3f} | "
+                f"{c['apgdt']['acc']:.3f} | {g['acc']:.3f} | "
+                f"{_pts(g['acc'], c['apgdt']['acc']):+.1f} | {g['generator_alone']:.3f} | "
+                f"{c['clean_start']['acc']:.3f} | {gp['fwd']:.1f}/{gp['bwd']:.1f} | "
+                f"{g['fwd']:.1f}/{g['bwd']:.1f} | "
+                f"{g['fwd'] + g['check_fwd']:.1f}/{g['bwd'] + g['check_bwd']:.1f} | "
+                f"{'FLAG' if g['check']['weaker'] else '-'} | {g['reuse']} |"
+            )
     return "\n".join(out)
+
+
+def contribution(path: Path) -> str:
+    """Per row and cell: the default attack beside the same cascade from the clean input."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = [
+        "| model | cell | generator success | default: robust acc, passes fwd/bwd | "
+        "clean start: robust acc, passes fwd/bwd | passes saved by the generator |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in [r for r in rows if "cells" in r]:
+        for cell_name, c in r["cells"].items():
+            g, k = c["gan"], c["clean_start"]
+            used, base = g["fwd"] + g["bwd"], k["fwd"] + k["bwd"]
+            saved = 100 * (1 - used / base) if base else 0.0
+            success = 1 - g["generator_alone"] / max(c["clean"], 1e-9)
+            out.append(
+                f"| {r['row']} | {cell_name} | {success:.2f} | "
+                f"{g['acc']:.3f}, {g['fwd']:.1f}/{g['bwd']:.1f} | "
+                f"{k['acc']:.3f}, {k['fwd']:.1f}/{k['bwd']:.1f} | {saved:+.0f}% |"
+            )
+    return "\n".join(out)
+
+
+def criteria(path: Path) -> str:
+    """Each cell against the bars: at most 0.5 points above APGD-T; passes (forward and backward)
+    at most PGD-40's, and at most 1.25 times with the check."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines, ok = [], True
+    for r in [r for r in rows if "cells" in r]:
+        for cell_name, c in r["cells"].items():
+            g, p = c["gan"], c["pgd40"]
+            strong = _pts(g["acc"], c["apgdt"]["acc"]) <= 0.5 + 1e-9
+            cheap = g["fwd"] <= p["fwd"] and g["bwd"] <= p["bwd"]
+            checked = (
+                g["fwd"] + g["check_fwd"] <= 1.25 * p["fwd"]
+                and g["bwd"] + g["check_bwd"] <= 1.25 * p["bwd"]
+            )
+            ok &= strong and cheap and checked
+            if not (strong and cheap and checked):
+                lines.append(
+                    f"{r['row']}/{cell_name}: strong={strong} cheap={cheap} with-check={checked}"
+                )
+    lines.append("every cell meets the bars" if ok else "some cells miss a bar")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -350,22 +557,31 @@ def main(argv=None) -> int:
         "--out", type=Path, default=Path(".bench/panel.jsonl"), help="JSON lines, appended"
     )
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--speed", action="store_true", help="also time the whole test split")
+    p.add_argument("--per-commit", action="store_true", help="time the tests through the plugin")
     p.add_argument(
         "--table", type=Path, default=None, help="print the markdown table of a results file"
     )
     args = p.parse_args(argv)
     if args.table:
         print(table(args.table))
+        print()
+        print(contribution(args.table))
+        print()
+        print(criteria(args.table))
         return 0
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    for name in [r for r in args.rows.split(",") if r]:
-        if name not in ROWS:
-            p.error(f"--rows: unknown row {name!r}; choose from {', '.join(ROWS)}")
-        row = measure(name, args.work_dir, speed=args.speed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.per_commit:
+        results = per_commit(args.work_dir)
+    else:
+        names = [r for r in args.rows.split(",") if r]
+        for name in names:
+            if name not in ROWS:
+                p.error(f"--rows: unknown row {name!r}; choose from {', '.join(ROWS)}")
+        results = (measure(name, args.work_dir) for name in names)
+    for row in results:
         print(json.dumps(row), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
     return 0

@@ -43,11 +43,17 @@ def attack_text(meta: Mapping[str, Any]) -> str:
     if not isinstance(gan, Mapping):
         return "?"
     parts = ["gan", str(gan.get("norm", "?"))]
-    if isinstance(gan.get("eps"), (int, float)):
+    er = gan.get("eps_range")
+    if isinstance(er, (list, tuple)) and len(er) == 2:
+        parts.append(f"eps {er[0]:.3g}-{er[1]:.3g}")
+    elif isinstance(gan.get("eps"), (int, float)):
         parts.append(f"eps={gan['eps']:g}")
-    steps, budget = meta.get("steps"), gan.get("max_steps")
+    steps = meta.get("steps")
+    budget = meta.get("budget", gan.get("max_steps"))
     if isinstance(steps, int):
         parts.append(f"{steps}/{budget} steps" if isinstance(budget, int) else f"{steps} steps")
+    if meta.get("mode") == "warm":
+        parts.append("(retrained)")
     return " ".join(parts)
 
 

@@ -162,19 +162,18 @@ def generator_facts(training: Any) -> Optional[Dict[str, Any]]:
     """What a baseline entry records about a GAN attack's generator (``None`` without one).
 
     ``key`` (model, data and settings), ``attack_id`` (settings and version only),
-    how it was trained (``mode``, ``steps``) and its strength on the probe.
+    how it was trained (``mode``, ``steps``) and its one-shot success on the evaluation
+    samples (``generator_success``).
     """
     if not isinstance(training, Mapping):
         return None
-    probe = training.get("probe") if isinstance(training.get("probe"), Mapping) else {}
+    reuse = training.get("reuse") if isinstance(training.get("reuse"), Mapping) else {}
     return {
         "key": training.get("key"),
         "attack_id": training.get("attack_id"),
         "mode": training.get("trained_mode", training.get("mode")),
         "steps": training.get("steps"),
-        "eval_success": training.get("eval_success"),
-        "probe_gan_success": probe.get("gan_success"),
-        "probe_pgd_success": probe.get("pgd_success"),
+        "generator_success": reuse.get("success"),
     }
 
 

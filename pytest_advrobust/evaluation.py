@@ -108,8 +108,11 @@ class _Evaluation:
     x_work: torch.Tensor
     train_x: Optional[torch.Tensor]
     beat: Any  # the heartbeat: progress lines of long stages
-    cost: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    cost: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     training: Optional[Dict[str, Any]] = None
+    gan: Optional[Dict[str, Any]] = None  # the cascade's facts, then the strength check's
+    gan_passes: Optional[torch.Tensor] = None  # (N, 2) passes per sample of the gan attack
+    gan_robust: Optional[torch.Tensor] = None  # (N,) bool: the samples it left standing
 
 
 class _Worst(NamedTuple):
@@ -168,6 +171,7 @@ def _evaluate(ev: _Evaluation) -> Outcome:
         numbers=numbers,
         curve=curve,
         training=ev.training,
+        gan=ev.gan,
         sanity=flags,
         class_names=ev.split.class_names,
         cost=ev.cost,
@@ -199,7 +203,7 @@ def _attack(ev: _Evaluation, name: str, eps: float, cfg) -> Tuple[torch.Tensor, 
     x_adv, count = counted(attack, ev.net_work, ev.x_work, ev.y, cfg, ctx)
     headline = math.isclose(eps, ev.settings.main_eps)
     if headline:
-        ev.cost[name] = count.per_sample(ev.x.shape[0])
+        ev.cost.update(_attack_cost(name, count, ctx.facts, ev.x.shape[0]))
     guard = find_guard(ev.net)
     check_bound(name, ev.x_work, x_adv, cfg, guard.record if guard else None, ev.settings.model)
     # then the bound holds after rounding to the input dtype, to the last bit
@@ -212,7 +216,26 @@ def _attack(ev: _Evaluation, name: str, eps: float, cfg) -> Tuple[torch.Tensor, 
         ev.training = dict(ctx.facts["training"])
         if ev.split.train_is_eval:
             ev.training["trained_on_eval"] = True
+    if "cascade" in ctx.facts and headline:
+        ev.gan, ev.gan_passes = dict(ctx.facts["cascade"]), ctx.facts["cascade_passes"]
+        ev.gan_robust = ev.clean.correct & preds.correct
     return x_adv, preds
+
+
+def _attack_cost(name: str, count, facts: Dict[str, Any], n: int) -> Dict[str, Dict[str, Any]]:
+    """``cost`` entries of one attack call: its own passes per sample (and, for the ``gan``
+    attack, per stage) and, apart, the passes it spent training a generator."""
+    trained = facts.get("training_passes")
+    if trained is None:
+        return {name: count.per_sample(n)}
+    fwd, bwd, seconds = trained
+    count.forward, count.backward = count.forward - fwd, count.backward - bwd
+    count.seconds = max(count.seconds - seconds, 0.0)
+    own = count.per_sample(n)
+    if "cascade" in facts:
+        own["stages"] = facts["cascade"]["stages"]
+    training = {"forward_passes": int(fwd), "backward_passes": int(bwd), "seconds": seconds}
+    return {name: own, f"{name}_training": training}
 
 
 def _sanity(ev: _Evaluation, main: _Worst, curve: Optional[List[Dict[str, Any]]]) -> List:
@@ -233,12 +256,13 @@ def _sanity_flags(ev: _Evaluation, main: _Worst, curve, ctx, guard, level: str) 
     from .sanity import run_sanity
 
     settings = ev.settings
+    cfg = settings.attack_config(settings.main_eps)
     flags = run_sanity(
         ev.net_work,
         ev.x_work,
         ev.y,
         main.raw_x_adv.to(ev.x_work.dtype),
-        settings.attack_config(settings.main_eps),
+        cfg,
         ctx,
         attacks=list(settings.attacks),
         level=level,
@@ -249,7 +273,37 @@ def _sanity_flags(ev: _Evaluation, main: _Worst, curve, ctx, guard, level: str) 
         fixture=settings.model,
         record=guard.record if guard is not None else None,
         min_batch=guard.min_batch if guard is not None else 1,
+        gan=_gan_record(ev, main),
     )
-    if "probe" in ctx.facts and ev.training is not None:
-        ev.training["probe"] = ctx.facts["probe"]  # PGD against the GAN on a seeded probe
+    if "strength_check" in ctx.facts:
+        ev.gan = dict(ev.gan or {}, strength_check=ctx.facts["strength_check"])
+        ev.cost["strength_check"] = ctx.facts["strength_check_cost"]
+        if ctx.facts["strength_check"]["weaker"]:
+            _retrain_after_check(ev, cfg)
     return flags
+
+
+def _gan_record(ev: _Evaluation, main: _Worst):
+    """What the ``gan`` attack left at the headline eps, for its strength check."""
+    if ev.gan_passes is None or "gan" not in main.per_attack:
+        return None
+    from .attacks.cascade import CascadeBudget
+    from .sanity import GanRecord
+
+    dev = ev.y.device
+    x_gan = main.per_attack["gan"].to(ev.x_work.dtype)
+    budget = CascadeBudget(**ev.gan["budget"])
+    return GanRecord(x_gan, ev.clean.correct.to(dev), ev.gan_robust.to(dev), ev.gan_passes, budget)
+
+
+def _retrain_after_check(ev: _Evaluation, cfg) -> None:
+    """The strength check found the ``gan`` attack weak: train its generator further now, for
+    the runs to come (this run's numbers stay those measured)."""
+    from .attacks.gan import retrain_generator
+
+    ctx = ev.tools.attack_context(ev.device, ev.train_x, ev.split.train_y)
+    facts = retrain_generator(
+        ev.net_work, cfg, ctx, "the strength check found the attack weaker than its reference"
+    )
+    if ev.training is not None:
+        ev.training["retrained_after_check"] = facts

@@ -54,7 +54,7 @@ _TENSORS = (
     "adv_loss",
     "adv_correct",
 )
-_META = ("numbers", "curve", "training", "sanity", "cost", "class_names", "device")
+_META = ("numbers", "curve", "training", "gan", "sanity", "cost", "class_names", "device")
 
 
 def _attack_parts(names) -> Dict[str, Any]:

@@ -29,6 +29,9 @@ class Outcome:
     curve: Optional[List[Dict[str, Any]]]
     training: Optional[Dict[str, Any]]
     sanity: List[Dict[str, str]] = field(default_factory=list)
+    # attack="gan": the cascade (budget, generator-alone accuracy, passes per stage) and
+    # its strength check (with the clean-start control)
+    gan: Optional[Dict[str, Any]] = None
     device: str = "cpu"
     train_is_eval: bool = False
     class_names: Optional[List[str]] = None

@@ -65,6 +65,7 @@ def build_report(nodeid: str, outcome: Any) -> Dict[str, Any]:
         "per_class": num["per_class"],
         "attack_success_rate": _r(num["attack_success_rate"]),
         "training": outcome.training,
+        "gan": getattr(outcome, "gan", None),
         "cost": dict(getattr(outcome, "cost", None) or {}),
         "sanity": list(outcome.sanity),
         "curve": [_curve_point(p, outcome) for p in outcome.curve] if outcome.curve else None,
@@ -204,22 +205,20 @@ def baseline_text(base: Optional[Dict[str, Any]]) -> str:
 
 
 def _generator_cell(tr: Optional[Dict[str, Any]]) -> str:
-    """``cold 437 steps 53.2s, 178/176 passes`` (training cost: model passes per sample)."""
+    """``cold 600 steps 53.2s`` or ``cached (cold 600 steps 53.2s), kept``: how the
+    generator was obtained, and whether a reused one was kept or retrained."""
     if not tr:
         return "-"
     mode = str(tr.get("mode", "?"))
     trained = f"{tr.get('steps', 0)} steps {float(tr.get('seconds', 0) or 0):.1f}s"
-    cost = tr.get("cost")
-    if isinstance(cost, dict) and cost.get("forward_per_sample") is not None:
-        trained += (
-            f", {float(cost['forward_per_sample']):.0f}/"
-            f"{float(cost.get('backward_per_sample') or 0):.0f} passes"
-        )
     cache = f", {tr['cache']}" if tr.get("cache") else ""
+    reuse = tr.get("reuse") if isinstance(tr.get("reuse"), dict) else {}
+    decision = reuse.get("decision")
+    said = f", {decision}" if decision in ("kept", "retrained") else ""
     if mode in ("cached", "memory"):
         if tr.get("trained_mode"):
-            return f"{mode} ({tr['trained_mode']} {trained}){cache}"
-        return mode + cache
+            return f"{mode} ({tr['trained_mode']} {trained}){cache}{said}"
+        return mode + cache + said
     out = f"{mode} {trained}{cache}"
     return out + " CUT SHORT" if tr.get("cut_short") else out
 

@@ -13,7 +13,7 @@ from pytest_advrobust import cli, distributed
 from pytest_advrobust.cache import GanCache
 
 # More models: one whose weights depend on the rank (its ranks cannot agree on one generator),
-# and one slightly changed model (same family: a warm start from the first one's generator).
+# and one slightly changed model (same family: it reuses the first one's generator).
 MORE_MODELS = textwrap.dedent(
     """
     import os
@@ -103,7 +103,7 @@ def test_torchrun_warm_trains_with_two_ranks_and_the_plugin_loads_the_entry(repo
     cache_dir = repo.path / "gan-cache"
     warm, out = _torchrun_warm(repo, cache_dir, "test_robust.py::test_gan")
     assert warm.ret == 0, out
-    assert "advrobust warm: eps=0.1: cold" in out
+    assert "advrobust warm: gan: cold" in out
     assert out.count("test session starts") == 1, out  # only rank 0 prints pytest's output
 
     cache = GanCache(cache_dir)
@@ -125,35 +125,38 @@ def test_torchrun_warm_trains_with_two_ranks_and_the_plugin_loads_the_entry(repo
     )
     result.assert_outcomes(passed=1)
     (test,) = json.loads((repo.path / "r.json").read_text())["tests"]
-    # The first stage of the gradient-fed generator is the warmed entry; what depends on the
-    # evaluation samples (the fitting, the second generator) is added by the run.
-    head = test["training"]["heads"][0]
-    assert head["train_steps"] == 0 and head["fit_steps"] > 0
-    assert cache.stats()["hit"] == 1
+    training = test["training"]  # the warmed generator, trained by both ranks, as it was
+    assert training["mode"] == "cached" and training["trained_mode"] == "cold"
+    assert training["reuse"]["decision"] == "kept" and training["same_model"]
+    assert cache.stats() == {"train": 1, "hit": 1}
 
 
 @needs_gloo
-def test_torchrun_warm_hits_warm_starts_and_stops_cleanly_when_ranks_disagree(repo):
+def test_torchrun_warm_hits_retrains_and_stops_cleanly_when_ranks_disagree(repo):
     cache_dir = repo.path / "gan-cache"
     # An entry trained by one process ...
     seeded = _pytest(repo, cache_dir, "--advrobust-warm", "test_robust.py::test_gan")
     seeded.assert_outcomes(skipped=1)
     cache = GanCache(cache_dir)
-    # one process warms what the attack loads: two generators, trained and then fitted
-    assert cache.stats() == {"train": 4}
+    assert cache.stats() == {"train": 1}
+    (entry,) = cache.entries()
+    assert "distributed" not in entry.meta
 
-    # ... is a hit for two ranks; the changed model warm-starts from it; the rank-dependent
-    # model errors on every rank (no hang) and the run goes on.
+    # ... is a hit for two ranks, also for the changed model of the same family; the
+    # rank-dependent model errors on every rank (no hang) and the run goes on.
     warm, out = _torchrun_warm(repo, cache_dir, "test_robust.py")
     assert warm.ret == 1, out
-    assert "advrobust warm: eps=0.1: cached" in out, out
-    assert "advrobust warm: eps=0.1: warm" in out, out
+    assert out.count("advrobust warm: gan: cached") == 2, out
     assert "rank(s) 1 computed another cache key than rank 0" in out
-    assert cache.stats() == {"train": 4, "hit": 1, "warm": 1}
-    by_mode = {e.meta["mode"]: e.meta for e in cache.entries()}
-    assert set(by_mode) == {"cold", "warm"}
-    assert "distributed" not in by_mode["cold"]
-    assert by_mode["warm"]["distributed"]["world_size"] == 2
+    assert cache.stats() == {"train": 1, "hit": 1}  # the second use comes from the memo
+
+    # --advrobust-retrain: both ranks train the entry further from rank 0's weights
+    again, out = _torchrun_warm(repo, cache_dir, "--advrobust-retrain", "test_robust.py::test_gan")
+    assert again.ret == 0, out
+    assert "advrobust warm: gan: warm" in out, out
+    (entry,) = cache.entries()
+    assert entry.meta["mode"] == "warm" and entry.meta["distributed"]["world_size"] == 2
+    assert cache.stats() == {"train": 1, "hit": 1, "warm": 1}
 
 
 # ---------------------------------------------------------------- one process: nothing changes
@@ -186,7 +189,11 @@ def test_train_generator_distributed_needs_a_process_group():
     x, y = torch.rand(8, 4), torch.arange(8) % 2
     with pytest.raises(RuntimeError, match="init_from_env"):
         train_generator(
-            torch.nn.Linear(4, 2), x, y, GanConfig(eps=0.1, max_steps=1), distributed=True
+            torch.nn.Linear(4, 2),
+            x,
+            y,
+            GanConfig(eps_range=(0.05, 0.2), max_steps=1),
+            distributed=True,
         )
 
 

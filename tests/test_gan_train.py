@@ -1,4 +1,5 @@
-"""AdvGAN training on a tiny problem: success, determinism, model restored, warm start."""
+"""AdvGAN training on a tiny problem: success over the eps range, determinism, model restored,
+warm start, progress."""
 
 import json
 
@@ -34,7 +35,7 @@ def problem():
 
 def _cfg(**kw):
     base = dict(
-        eps=EPS,
+        eps_range=(EPS / 2, EPS * 2),
         max_steps=60,
         batch_size=32,
         lr=3e-3,
@@ -53,14 +54,33 @@ def test_training_fools_a_small_classifier(problem):
     lines = []
     res = train_generator(model, x, y, _cfg(), "cpu", progress=lines.append)
     assert res.mode == "cold" and res.device == "cpu" and 0 < res.steps <= 60
-    assert res.holdout_success >= 0.8, res.history
+    assert res.holdout_success >= 0.5, res.history
     assert not res.generator.training
-    with torch.no_grad():
-        x_adv = res.generator(x)
-        fooled = (model(x_adv).argmax(1) != y)[model(x).argmax(1) == y].float().mean()
-    assert float(fooled) >= 0.75
-    assert float(perturbation_norms(x, x_adv, "linf").max()) <= EPS + 1e-6
+    fooled = []
+    for eps in (EPS / 2, EPS, EPS * 2):  # one generator serves every eps of its range
+        with torch.no_grad():
+            x_adv = res.generator(x, eps)
+            fooled.append(
+                float((model(x_adv).argmax(1) != y)[model(x).argmax(1) == y].float().mean())
+            )
+        assert float(perturbation_norms(x, x_adv, "linf").max()) <= eps + 1e-6
+    assert fooled[0] < fooled[1] < fooled[2] and fooled[1] >= 0.6, fooled
+    # the recorded curve: success at budgets spread over the range, rising with eps
+    eps_points = [e for e, _ in res.success_curve]
+    assert len(eps_points) == 7 and EPS / 2 < eps_points[0] < eps_points[-1] < EPS * 2
+    assert res.success_curve[-1][1] > res.success_curve[0][1]
     assert 2 <= len(lines) <= 10 and all("\n" not in line for line in lines)
+
+
+def test_a_long_training_reports_progress_at_least_every_heartbeat(problem, monkeypatch):
+    from pytest_advrobust.gan import training_run
+
+    model, x, y = problem
+    monkeypatch.setattr(training_run, "HEARTBEAT_SECONDS", 0.0)  # every step is overdue
+    lines = []
+    train_generator(model, x, y, _cfg(max_steps=12, eval_every=100), "cpu", progress=lines.append)
+    steps = [line for line in lines if line.startswith("advrobust gan: step ")]
+    assert len(steps) >= 11, lines
 
 
 def test_same_seed_gives_bit_identical_weights(problem):
@@ -127,12 +147,12 @@ def test_model_flags_are_restored_when_the_model_raises(problem):
 
 def test_warm_start_reaches_the_target_in_fewer_steps(problem):
     model, x, y = problem
-    cfg = _cfg(max_steps=200, target_success=0.9, eval_every=5)
+    cfg = _cfg(max_steps=200, target_success=0.7, eval_every=5)
     cold = train_generator(model, x, y, cfg)
     assert cold.stop_reason == "target" and cold.mode == "cold"
     changed = _classifier(x, y, seed=0, steps=170)  # the same model, trained a little longer
     warm = train_generator(changed, x, y, cfg, init_state=cold.generator.state_dict())
-    assert warm.mode == "warm" and warm.holdout_success >= 0.9
+    assert warm.mode == "warm" and warm.holdout_success >= 0.7
     assert warm.steps < cold.steps, (warm.history, cold.history)
 
 
@@ -140,18 +160,20 @@ def test_flat_features_and_l2(problem):
     model, x, y = problem
     flat_model = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), model)
     xf = x.view(x.shape[0], -1)
-    res = train_generator(flat_model, xf, y, _cfg(norm="l2", eps=1.5, bounds=None, max_steps=40))
+    cfg = _cfg(norm="l2", eps_range=(0.75, 3.0), bounds=None, max_steps=40)
+    res = train_generator(flat_model, xf, y, cfg)
     assert res.generator.arch["kind"] == "mlp" and res.holdout_success > 0.3
     with torch.no_grad():
-        assert float(perturbation_norms(xf, res.generator(xf), "l2").max()) <= 1.5 * (1 + 1e-5)
+        assert float(perturbation_norms(xf, res.generator(xf, 1.5), "l2").max()) <= 1.5 * (1 + 1e-5)
 
 
 def test_config_is_json_and_validated():
     cfg = _cfg()
     d = json.loads(json.dumps(cfg.to_dict()))
-    assert d["eps"] == EPS and d["bounds"] == [0.0, 1.0]
+    assert d["eps_range"] == [EPS / 2, EPS * 2] and d["bounds"] == [0.0, 1.0]
     for bad, word in [
-        (dict(eps=-1.0), "eps"),
+        (dict(eps_range=(-1.0, 1.0)), "eps_range"),
+        (dict(eps_range=(0.3, 0.1)), "eps_range"),
         (dict(norm="l1"), "norm"),
         (dict(max_steps=0), "max_steps"),
         (dict(bounds=(1, 0)), "bounds"),

@@ -121,18 +121,23 @@ def test_pick_samples_prefers_what_the_attack_turned():
     assert images.pick_samples(clean, adv, 2) == [2, 4]
 
 
-def test_readme_documents_every_json_field():
-    from pytest_advrobust.report import build_report  # noqa: F401  (the fields' source)
+def test_readme_documents_every_json_field(blobs_repo):
+    blobs_repo.makepyfile(
+        test_j="""
+        import pytest
 
+        @pytest.mark.robust(threshold=1.0, eps=0.1, n_samples=60, attack="pgd", steps=3)
+        def test_pgd(): pass
+    """
+    )
+    run(blobs_repo, "--advrobust", "--advrobust-json=r.json").assert_outcomes(passed=1)
+    (test,) = json.loads((blobs_repo.path / "r.json").read_text())["tests"]
     text = (ROOT / "README.md").read_text()
     section = text[text.index("### JSON report fields") :]
     section = section[: section.index("\n## ", 1) if "\n## " in section else len(section)]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
-    source = (ROOT / "pytest_advrobust" / "report.py").read_text()
-    body = source[source.index("rep: Dict[str, Any] = {") : source.index("return rep")]
-    fields = set(re.findall(r'^\s+"([a-z_]+)":', body, flags=re.M)) | {"images"}
-    assert fields - documented == set()
-    for word in ("per_class", "adversarial_loss", "first misclassif"):
+    assert set(test) - documented == set()
+    for word in ("per_class", "adversarial_loss", "first misclassif", "strength_check"):
         assert word in section
 
 
@@ -254,9 +259,10 @@ def test_cache_list_names_the_users_model_and_finds_pytests_folder(blobs_repo):
             text=True,
         )
         assert out.returncode == 0, out.stderr
-        # two generators, each trained and then fitted to the evaluation samples
-        assert "4 entries, " in out.stdout and str(folder) in out.stdout, out.stdout
-        for row in out.stdout.splitlines()[1:5]:
-            assert "NearestCentre" in row and "Preprocessed" not in row, row
-            assert re.search(r"gan linf eps=0\.1 \d+/20 steps", row), row
-            assert re.search(r"\d\.\d{3} held-out success", row), row
+        # one generator for the model's family, one row, steps within the budget
+        assert "1 entry, " in out.stdout and str(folder) in out.stdout, out.stdout
+        (row,) = out.stdout.splitlines()[1:2]
+        assert "NearestCentre" in row and "Preprocessed" not in row, row
+        steps = re.search(r"gan linf eps 0\.00781-0\.5 (\d+)/20 steps", row)
+        assert steps and 0 < int(steps.group(1)) <= 20, row
+        assert re.search(r"\d\.\d{3} held-out success", row), row

@@ -31,6 +31,7 @@ from .steps import (
     batch_slices,
     cross_entropy,
     loss_gradient,
+    margins,
     ranked_wrong_classes,
     shape_documented,
 )
@@ -73,6 +74,7 @@ class _State:
         "x_best",
         "grad_best",
         "loss_best",
+        "margin_best",
         "step",
         "rises",
         "best_at_check",
@@ -90,7 +92,11 @@ class _State:
                 setattr(self, f, v[mask])
 
 
-def _evaluate(model: Model, st: _State, loss_fn: Callable):
+def _evaluate(model: Model, st: _State, loss_fn: Callable, tally: Optional[Callable] = None):
+    """``(logits, loss, grad)`` at the samples' current points; ``tally(idx)`` is told which
+    samples (indices into the run's batch) took this forward and backward pass."""
+    if tally is not None:
+        tally(st.idx)
     return loss_gradient(model, st.x, st.y, loss_fn, st.t, "apgd")
 
 
@@ -123,27 +129,37 @@ def _checkpoint(st: _State, window: int) -> None:
         st.grad = torch.where(per_sample(reduce, st.x), st.grad_best, st.grad)
 
 
-def _improve(st: _State, loss: torch.Tensor, grad: torch.Tensor) -> None:
-    """Count loss rises and keep each sample's point of highest loss (the restart point)."""
+def _improve(st: _State, loss: torch.Tensor, grad: torch.Tensor, margin: torch.Tensor) -> None:
+    """Count loss rises and keep each sample's point of highest loss (the restart point),
+    with the margin ``z_y - max_{j != y} z_j`` there."""
     st.rises = st.rises + (loss > st.loss).float()
     st.loss, st.grad = loss, grad
     better = loss > st.loss_best
     st.x_best = torch.where(per_sample(better, st.x), st.x, st.x_best)
     st.grad_best = torch.where(per_sample(better, st.x), grad, st.grad_best)
     st.loss_best = torch.where(better, loss, st.loss_best)
+    st.margin_best = torch.where(better, margin, st.margin_best)
 
 
-def _start(model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Callable):
-    """The state at the (bounded) start point, and a :class:`KeepWorst` holding it."""
+def _start(
+    model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Callable, tally, on_start
+):
+    """The state at the (bounded) start point, and a :class:`KeepWorst` holding it;
+    ``on_start(logits)`` (when given) sees the logits there."""
     st = _State()
     st.idx = torch.arange(x.shape[0], device=x.device)
     st.x0, st.y, st.t = x, y, target
     st.x = bound(x, start, cfg.eps, cfg.norm, cfg.bounds).detach()
     st.x_old = st.x
     best = KeepWorst(st.x)
-    logits, st.loss, st.grad = _evaluate(model, st, loss_fn)
+    logits, st.loss, st.grad = _evaluate(model, st, loss_fn, tally)
+    if on_start is not None:
+        on_start(logits)
+    standing = logits.argmax(dim=1) == st.y  # the samples _record keeps
+    margin = margins(logits, st.y)[standing]
     _record(st, best, logits, st.loss)
     st.x_best, st.grad_best, st.loss_best = st.x, st.grad, st.loss
+    st.margin_best = margin
     n = st.x.shape[0]
     st.step = torch.full((n,) + (1,) * (x.dim() - 1), 2.0 * cfg.eps, device=x.device, dtype=x.dtype)
     st.rises = torch.zeros(n, device=x.device)
@@ -152,26 +168,44 @@ def _start(model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Callab
     return st, best
 
 
-def _apgd_run(model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Callable):
-    """One APGD run on a batch; return (x_result, fooled, loss at x_result)."""
+def _apgd_run(
+    model: Model,
+    x,
+    y,
+    target,
+    start,
+    cfg: AttackConfig,
+    loss_fn: Callable,
+    tally: Optional[Callable] = None,
+    on_start: Optional[Callable] = None,
+):
+    """One APGD run on a batch; return (x_result, fooled, loss at x_result, margin there).
+
+    ``margin`` (float32 (n,)) is ``z_y - max_{j != y} z_j`` at ``x_result`` for the
+    samples not fooled, and negative for the fooled ones. ``tally(idx)`` is called
+    before every forward and backward pass with the indices (into ``x``) of the
+    samples it takes; ``on_start(logits)`` sees the logits at the start point.
+    """
     n_iter = max(int(cfg.steps), 1)
     window, min_window = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1)
     shrink = max(int(0.03 * n_iter), 1)
-    st, best = _start(model, x, y, target, start, cfg, loss_fn)
+    st, best = _start(model, x, y, target, start, cfg, loss_fn, tally, on_start)
     since = 0
     for i in range(n_iter):
         if st.idx.numel() == 0:
             break
         _move(st, cfg.eps, cfg.norm, cfg.bounds, MOMENTUM if i > 0 else 1.0)
-        logits, loss, grad = _evaluate(model, st, loss_fn)
-        _improve(st, loss, grad)
+        logits, loss, grad = _evaluate(model, st, loss_fn, tally)
+        _improve(st, loss, grad, margins(logits, st.y))
         _record(st, best, logits, loss)
         since += 1
         if since == window:
             _checkpoint(st, window)
             since, window = 0, max(window - shrink, min_window)
     best.offer(st.idx, st.x_best, torch.zeros_like(st.idx, dtype=torch.bool), st.loss_best)
-    return best.x, best.fooled, best.loss
+    margin = torch.full((x.shape[0],), -1.0, device=x.device)
+    margin[st.idx] = st.margin_best
+    return best.x, best.fooled, best.loss, margin
 
 
 def _attack(model: Model, x, y, cfg: AttackConfig, n_targets: int) -> torch.Tensor:
@@ -190,7 +224,7 @@ def _attack(model: Model, x, y, cfg: AttackConfig, n_targets: int) -> torch.Tens
             start = xb[idx] + cfg.eps * unit_noise(xb[idx].shape, cfg.norm, gen).to(xb)
             target = ranked[idx, t] if t is not None else None
             loss_fn = cross_entropy if t is None else dlr_targeted_loss
-            best.offer(idx, *_apgd_run(model, xb[idx], yb[idx], target, start, cfg, loss_fn))
+            best.offer(idx, *_apgd_run(model, xb[idx], yb[idx], target, start, cfg, loss_fn)[:3])
         result[sl] = best.x
     return result
 

@@ -26,7 +26,7 @@ import torch
 
 from ..precision import InputCast
 
-__all__ = ["QueryCount", "counted", "counting"]
+__all__ = ["QueryCount", "counted", "counting", "uncounted"]
 
 
 @dataclass
@@ -121,3 +121,11 @@ def counted(attack: Callable, model: Any, *args, **kwargs):
     with counting(model) as (m, count):
         out = attack(m, *args, **kwargs)
     return out, count
+
+
+def uncounted(model: Any) -> Any:
+    """The model inside any counting wrapper (itself when it is not wrapped): what cache
+    keys and digests are computed on, so that counting never changes them."""
+    while isinstance(model, (_CountedModule, _CountedCallable)):
+        model = model.inner if isinstance(model, _CountedModule) else model._model
+    return model

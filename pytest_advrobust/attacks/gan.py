@@ -1,86 +1,114 @@
-"""The ``gan`` attack: two generators fitted to the evaluation inputs, best of both per sample.
+"""The ``gan`` attack: an amortised generator as the start of a short gradient cascade.
 
-:func:`gan_attack` gets the pair from :func:`.gan_fit.fitted_heads` (each head
-trained on the training split by :func:`obtain_generator` below, then
-fine-tuned on the evaluation inputs) and keeps, per sample, the output that
-fools the model: one forward and one backward pass for the input gradient's
-direction, then one forward pass per head. ``cfg.refine > 0`` adds that many
-PGD steps started at the generators' output.
+1. **The prior.** An AdvGAN-style generator (Xiao et al., IJCAI 2018), conditioned
+   on eps, trained once per model family on the training split
+   (:func:`obtain_generator`; :mod:`pytest_advrobust.gan.acquire`) and reused
+   unchanged on the next commits' models. It costs no model pass to apply.
+2. **The cascade** (:class:`.cascade.Cascade`): the clean logits, the generator's
+   output, then on the samples still standing only a short APGD-CE stage started
+   at that output and a short targeted-APGD stage against the most likely wrong
+   classes. Per sample the first success, else the point of lowest margin.
+3. **Retraining on evidence.** When the generator was trained against other
+   weights (an earlier commit) and its one-shot success on this model falls
+   clearly below what it reached when it was trained (:func:`reuse_decision`),
+   it is trained further (warm start) before the gradient stages, and the
+   report says why. ``--advrobust-retrain`` retrains it on request; the strength
+   check of the sanity stage can ask for it too.
 
-:func:`obtain_generator` checks the training data, derives the GAN settings
-and the generator's key (:mod:`pytest_advrobust.gan.keys`) and hands over to
-:mod:`pytest_advrobust.gan.acquire` (one process: the memo, the disk cache
-under a per-key lock, a warm start from the newest generator of the same
-family, or a cold training) or, under ``torchrun``, to
-:mod:`pytest_advrobust.gan.acquire_ranks` (rank 0 looks up, all ranks train
-together).
+The report's ``training`` field holds the generator's facts (how it was obtained,
+its training cost, the reuse decision); ``ctx.facts["cascade"]`` the cascade's
+(the generator-alone accuracy and each stage's passes per sample), and
+``ctx.facts["cascade_passes"]`` the passes of every sample (an ``(N, 2)`` int64
+tensor: forward, backward).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-import torch.nn as nn
 
 from ..gan import acquire, acquire_ranks
-from ..gan.keys import FORMAT_VERSION, generator_id, user_model_class
+from ..gan.holdout import success_at
+from ..gan.keys import FORMAT_VERSION, PriorIdentity, generator_id, hash_parts
 from ..gan.networks import Generator
 from ..gan.train import GanConfig
-from ..model import frozen
-from .base import AttackConfig, AttackContext, Model, bound
+from .base import AttackConfig, AttackContext, Model
+from .cascade import DEFAULT_BUDGET, Cascade, CascadeBudget
+from .counting import counting, uncounted
 
 __all__ = [
     "FORMAT_VERSION",
-    "FittedPair",
+    "RETRAIN_ALPHA",
+    "RETRAIN_DROP",
+    "attack_id",
     "clear_memo",
+    "default_eps_range",
     "default_gan_config",
     "gan_attack",
     "identity",
     "obtain_generator",
-    "user_model_class",
+    "retrain_generator",
+    "reuse_decision",
 ]
 
 name = "gan"
+
+#: A reused generator is retrained when its one-shot success fell by more than this ...
+RETRAIN_DROP = 0.10
+#: ... and a one-sided exact binomial test says so at this level.
+RETRAIN_ALPHA = 0.01
 
 
 def clear_memo() -> None:
     """Forget the generators (and data digests) memoised in this process; the disk cache stays."""
     from ..gan import keys
-    from .gan_fit import clear_memo as clear_fitted
 
     acquire.clear_memo()
     keys.clear_digests()
-    clear_fitted()
 
 
-def default_gan_config(cfg: AttackConfig, n_train: int) -> GanConfig:
-    """GAN settings for an attack config and a training set of ``n_train`` samples.
+def default_eps_range(norm: str, bounds, train_x: torch.Tensor) -> Tuple[float, float]:
+    """The budgets one generator is trained for: six octaves of a scale of the data.
 
-    Budgets are counted in steps and do not depend on the data set's size:
-    300 generator steps on the training split (batch 64, smaller below 1,024
-    samples; evaluations every 50 steps) and then up to 200 fine-tuning
-    passes over the evaluation inputs (:mod:`pytest_advrobust.gan.transductive`,
-    fitting the weights and one remembered offset per input, Adam lr 0.1;
-    stopping after 40 passes without a better one); a warm start runs only the
-    fine-tuning, with 15% of both budgets together (75 steps). No discriminator (``gan_weight=0``):
-    on every model we measured it only weakened the attack. The generator
-    takes the input gradient's direction as a second input (``grad_input``):
-    evaluation costs one forward and one backward pass of the model per
-    sample, then the generator's forward. ``cfg.gan_steps``
-    (``--advrobust-gan-steps``) replaces the step budget of both stages
-    (the fine-tuning gets at most 200). ``cfg.gan_seconds`` is a safety net
-    only (default one hour): when it cuts a training short the result is
-    marked ``cut_short`` and a warning says so.
+    The scale is the width of ``bounds`` (for unbounded features the mean standard
+    deviation of a feature of ``train_x``), times ``sqrt(D)`` for L2 (``D`` values per
+    sample). L-inf: ``(scale / 128, scale / 2)`` (``[0.0078, 0.5]`` on ``[0, 1]``
+    pixels, which holds 8/255 and 0.3); L2: ``(scale / 256, scale / 4)``.
     """
-    n_train = int(n_train)
+    if bounds is not None:
+        width = float(bounds[1]) - float(bounds[0])
+    else:
+        flat = train_x.detach().reshape(train_x.shape[0], -1).double()
+        width = float(flat.std(dim=0).mean()) if flat.shape[0] > 1 else 1.0
+        width = width if math.isfinite(width) and width > 0 else 1.0
+    if norm == "linf":
+        return width / 128, width / 2
+    scale = width * math.sqrt(train_x[0].numel())
+    return scale / 256, scale / 4
+
+
+def default_gan_config(cfg: AttackConfig, train_x: torch.Tensor) -> GanConfig:
+    """GAN settings for an attack config and its training samples ``train_x``.
+
+    Budgets are counted in steps and do not depend on the data set's size or on
+    ``cfg.eps`` (one generator serves every eps of :func:`default_eps_range`): 600
+    generator steps (batch 64, smaller below 1,024 samples; a held-out evaluation
+    every 50 steps, stopping after 4 without progress), C&W margin loss, no
+    discriminator (``gan_weight=0``: on every model we measured it only weakened the
+    attack). A retraining on evidence runs a quarter of the budget from the cached
+    weights. ``cfg.gan_steps`` (``--advrobust-gan-steps``) replaces the step budget;
+    ``cfg.gan_seconds`` is a safety net only (default one hour): when it cuts a
+    training short the result is marked ``cut_short`` and a warning says so.
+    """
+    n_train = int(train_x.shape[0])
     batch = 64 if n_train >= 1024 else max(8, min(64, n_train // 8))
-    max_steps = 300 if cfg.gan_steps is None else int(cfg.gan_steps)
-    fit_steps = 200 if cfg.gan_steps is None else min(200, int(cfg.gan_steps))
+    max_steps = 600 if cfg.gan_steps is None else int(cfg.gan_steps)
     max_seconds = float(cfg.gan_seconds) if cfg.gan_seconds is not None else 3600.0
     return GanConfig(
-        eps=float(cfg.eps),
+        eps_range=default_eps_range(cfg.norm, cfg.bounds, train_x),
         norm=cfg.norm,
         bounds=tuple(cfg.bounds) if cfg.bounds is not None else None,
         seed=int(cfg.seed),
@@ -91,21 +119,23 @@ def default_gan_config(cfg: AttackConfig, n_train: int) -> GanConfig:
         eval_every=max(10, min(50, max_steps)),
         patience=4,
         gan_weight=0.0,
-        fit_steps=fit_steps,
-        fit_memory_lr=0.1,
-        warm_fraction=0.15,
-        grad_input=True,
+        warm_fraction=0.25,
     )
 
 
-# --------------------------------------------------------------------------- obtaining a generator
+def attack_id(gcfg: GanConfig, ident: PriorIdentity, budget: CascadeBudget) -> str:
+    """What the attack is, whatever the model: format, GAN settings, architecture, budget."""
+    return hash_parts(
+        {"format": FORMAT_VERSION, "gan": gcfg.to_dict(), "arch": ident.arch, **budget.to_dict()}
+    )
+
+
+# --------------------------------------------------------------------------- the generator
 def identity(
     model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optional[GanConfig] = None
 ):
-    """``(train_x, train_y, gan_cfg, arch, parts, key, family)`` of the generator for ``model``.
+    """``(train_x, train_y, gan_cfg, ident)`` of the generator for ``model``.
 
-    ``key`` hashes ``parts`` (model weights, training data, settings, architecture);
-    ``family`` the same without the model weights (:func:`pytest_advrobust.gan.keys.generator_id`).
     Raises ``ValueError`` when ``ctx`` has no usable training data.
     """
     train_x, train_y = ctx.train_x, ctx.train_y
@@ -121,120 +151,154 @@ def identity(
         )
     if train_x.shape[0] < 2:
         raise ValueError("the gan attack needs at least 2 training samples")
-    gcfg = gan_cfg if gan_cfg is not None else default_gan_config(cfg, train_x.shape[0])
-    arch, parts, key, family = generator_id(model, train_x, train_y, gcfg, ctx.device)
-    return train_x, train_y, gcfg, arch, parts, key, family
+    gcfg = gan_cfg if gan_cfg is not None else default_gan_config(cfg, train_x)
+    ident = generator_id(uncounted(model), train_x, train_y, gcfg, ctx.device)
+    return train_x, train_y, gcfg, ident
 
 
 def obtain_generator(
     model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optional[GanConfig] = None
 ) -> Tuple[Generator, Dict[str, Any]]:
-    """The generator for ``model`` trained on ``ctx.train_x``/``ctx.train_y``; how it was obtained.
+    """The generator for ``model``'s family trained on ``ctx.train_x``/``ctx.train_y``.
 
-    Returns ``(generator, facts)``: the generator in eval mode on
-    ``ctx.device`` and ``{"mode": "cold"|"warm"|"cached", "steps", "seconds",
-    "device", "holdout_success", "key", ...}``. ``gan_cfg`` overrides the
-    settings derived from ``cfg`` by :func:`default_gan_config`.
+    Returns ``(generator, facts)``: the generator in eval mode on ``ctx.device`` and
+    how it was obtained (:mod:`pytest_advrobust.gan.acquire`). Under torchrun every
+    rank trains together (:mod:`pytest_advrobust.gan.acquire_ranks`).
     """
+    train_x, train_y, gcfg, ident = identity(model, cfg, ctx, gan_cfg)
+    return _obtain(model, train_x, train_y, gcfg, ctx, ident)
+
+
+def _obtain(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, ident: PriorIdentity):
     from .. import distributed
 
-    train_x, train_y, gcfg, *ident = identity(model, cfg, ctx, gan_cfg)
     how = acquire_ranks if distributed.is_distributed() else acquire
-    return how.obtain(model, train_x, train_y, gcfg, ctx, tuple(ident))
+    gen, facts = how.obtain(model, train_x, train_y, gcfg, ctx, ident)
+    return gen, dict(facts, same_model=facts.get("trained_against") == ident.model_digest)
+
+
+def reuse_decision(
+    facts: Dict[str, Any], ident: PriorIdentity, success: float, n: int, eps: float
+) -> Dict[str, Any]:
+    """Whether a generator obtained with ``facts`` may stay as it is for this model.
+
+    ``success``: the share of the ``n`` evaluation samples the model misclassifies at the
+    generator's output at ``eps`` (its one-shot success, clean errors included). A
+    generator trained now, or trained against these very weights, stays. One trained
+    against other weights is retrained when ``success`` lies more than
+    :data:`RETRAIN_DROP` below what it reached on its held-out split when it was trained,
+    ``expected = (1 - a) + a * s`` (``a``: the model's held-out clean accuracy, ``s``: the
+    generator's held-out success at ``eps``, read from ``success_curve``), and a one-sided
+    exact binomial test puts that at p < :data:`RETRAIN_ALPHA`. Returns ``{"decision":
+    "trained"|"kept"|"retrain", "reason", "success", "expected", "p_value"}`` (the last
+    two where a test was made).
+    """
+    out: Dict[str, Any] = {"success": success}
+    if facts.get("mode") in ("cold", "warm"):
+        return dict(out, decision="trained", reason=str(facts.get("reason", "")))
+    if facts.get("trained_against") == ident.model_digest:
+        return dict(out, decision="kept", reason="trained against these very weights")
+    curve, acc = facts.get("success_curve") or [], facts.get("holdout_accuracy")
+    if not curve or n == 0 or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+        return dict(out, decision="kept", reason="nothing to compare its success with")
+    from scipy.stats import binom
+
+    expected = (1 - acc) + acc * success_at(curve, eps)
+    floor = max(expected - RETRAIN_DROP, 0.0)
+    k = int(round(success * n))
+    p = float(binom.cdf(k, n, floor)) if floor > 0 else 1.0
+    out.update(expected=expected, p_value=p)
+    said = (
+        f"its one-shot success on this model is {success:.3f} on {n} samples against "
+        f"{expected:.3f} when it was trained (p={p:.2g} for a fall of more than {RETRAIN_DROP})"
+    )
+    if success < floor and p < RETRAIN_ALPHA:
+        return dict(out, decision="retrain", reason=f"trained against other weights, and {said}")
+    return dict(out, decision="kept", reason=f"trained against other weights; {said}")
 
 
 # --------------------------------------------------------------------------- the attack
+def _generate(gen: Generator, x: torch.Tensor, eps: float, batch_size: int) -> torch.Tensor:
+    out = torch.empty_like(x)
+    with torch.no_grad():
+        for s in range(0, x.shape[0], max(1, int(batch_size))):
+            out[s : s + batch_size] = gen(x[s : s + batch_size], eps).to(x)
+    return out
+
+
+def _train_counted(fn, model, ctx: AttackContext):
+    """``fn(model)`` with its model passes and seconds added to
+    ``ctx.facts["training_passes"]`` (``(forward, backward, seconds)``)."""
+    with counting(model) as (m, count):
+        out = fn(m)
+    f, b, sec = ctx.facts.get("training_passes", (0, 0, 0.0))
+    ctx.facts["training_passes"] = (f + count.forward, b + count.backward, sec + count.seconds)
+    return out
+
+
+def retrain_generator(model: Model, cfg: AttackConfig, ctx: AttackContext, reason: str) -> Dict:
+    """Train the generator of ``model``'s family further (a warm start) and replace its cache
+    entry, for ``reason`` (one sentence); returns the training's facts."""
+    train_x, train_y, gcfg, ident = identity(model, cfg, ctx)
+    gen, _ = _obtain(model, train_x, train_y, gcfg, ctx, ident)
+    return acquire.retrain(model, train_x, train_y, gcfg, ctx, ident, gen, reason)[1]
+
+
 def gan_attack(
     model: Model, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext
 ) -> torch.Tensor:
-    """Adversarial inputs from the (cached or freshly trained) generators, optionally PGD-refined.
+    """Adversarial inputs from the generator prior and the cascade after it.
 
-    ``x``: ``(N, *sample_shape)`` on ``ctx.device``; ``y``: ``(N,)``. Returns
-    ``x_adv`` with the shape and dtype of ``x``, within ``cfg.eps`` in
-    ``cfg.norm`` and inside ``cfg.bounds``. ``ctx.facts["training"]`` gets
-    how the generator was obtained. Without ``ctx.train_x`` the generator is
-    trained on ``x, y`` themselves.
+    ``x``: ``(N, *sample_shape)`` float on ``ctx.device``, inside ``cfg.bounds``; ``y``:
+    ``(N,)`` int64. Returns ``x_adv`` with the shape and dtype of ``x``, within
+    ``cfg.eps`` in ``cfg.norm`` and inside ``cfg.bounds``. Without ``ctx.train_x`` the
+    generator is trained on ``x, y`` themselves. ``cfg.refine > 0`` adds that many PGD
+    steps from the cascade's result. Fills ``ctx.facts`` (see the module docstring);
+    model passes spent training the generator go to ``ctx.facts["training_passes"]``.
+    Raises ValueError when the generator's sample shape differs from ``x``'s.
     """
     if ctx.train_x is None or ctx.train_y is None:
         ctx = dataclasses.replace(ctx, train_x=x.detach().cpu(), train_y=y.detach().cpu())
-    from .gan_fit import fitted_heads
-
-    heads, facts = fitted_heads(model, x, y, cfg, ctx)
-    ctx.facts["training"] = facts
-    for gen in heads:
-        if tuple(x.shape[1:]) != gen.sample_shape:
-            raise ValueError(
-                f"the generator was trained on samples of shape {gen.sample_shape}, "
-                f"but the evaluation inputs have shape {tuple(x.shape[1:])}"
-            )
-    out = torch.empty_like(x)
-    bs = max(1, int(cfg.batch_size))
-    for s in range(0, x.shape[0], bs):
-        out[s : s + bs] = _best_of(model, heads, x[s : s + bs], y[s : s + bs], cfg)
+    train_x, train_y, gcfg, ident = identity(model, cfg, ctx)
+    gen, facts = _train_counted(
+        lambda m: _obtain(m, train_x, train_y, gcfg, ctx, ident), model, ctx
+    )
+    if tuple(x.shape[1:]) != gen.sample_shape:
+        raise ValueError(
+            f"the generator was trained on samples of shape {gen.sample_shape}, "
+            f"but the evaluation inputs have shape {tuple(x.shape[1:])}"
+        )
+    cascade = Cascade(model, x, y, cfg, DEFAULT_BUDGET)
+    success = cascade.start(_generate(gen, x, cfg.eps, cfg.batch_size))
+    reuse = reuse_decision(facts, ident, success, int(x.shape[0]), cfg.eps)
+    if reuse["decision"] == "retrain":
+        gen, facts = _train_counted(
+            lambda m: acquire.retrain(m, train_x, train_y, gcfg, ctx, ident, gen, reuse["reason"]),
+            model,
+            ctx,
+        )
+        again = cascade.start(_generate(gen, x, cfg.eps, cfg.batch_size))
+        reuse.update(decision="retrained", success_after=again)
+    cascade.gradient_stages()
+    out = cascade.x_adv
     if cfg.refine > 0:
         from .gradient import pgd_from
 
         out = pgd_from(model, x, y, out, cfg, ctx)
+    n = max(int(x.shape[0]), 1)
+    ctx.facts["training"] = dict(
+        facts, reuse=reuse, attack_id=attack_id(gcfg, ident, DEFAULT_BUDGET)
+    )
+    ctx.facts["cascade"] = {
+        "budget": DEFAULT_BUDGET.to_dict(),
+        "generator_success": success,
+        "generator_alone_accuracy": cascade.generator_alone_robust() / n,
+        "stages": cascade.tally.per_sample(n),
+    }
+    ctx.facts["cascade_passes"] = torch.stack(
+        [cascade.tally.forward, cascade.tally.backward], dim=1
+    ).cpu()
     return out
 
 
-def _best_of(
-    model: Model, heads, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig
-) -> torch.Tensor:
-    """Per sample, the first head's output that the model misclassifies, else the lowest margin.
-
-    Costs one forward and one backward pass (the gradient direction) and one
-    forward pass per head.
-    """
-    from ..gan.networks import input_direction
-    from ..gan.train import margin
-
-    direction = None
-    if any(h.grad_input for h in heads):
-        direction = input_direction(model, x, y, cfg.norm)
-    best, best_m = None, None
-    with torch.no_grad():
-        for h in heads:
-            cand = bound(
-                x, h(x, direction if h.grad_input else None), cfg.eps, cfg.norm, cfg.bounds
-            )
-            m = margin(model(cand), y)
-            m = torch.where(m < 0, torch.full_like(m, -1.0), m)  # fooled is fooled: first one wins
-            if best is None:
-                best, best_m = cand, m
-            else:
-                take = m < best_m
-                best = torch.where(take.view(-1, *([1] * (x.dim() - 1))), cand, best)
-                best_m = torch.minimum(best_m, m)
-    return best
-
-
 gan_attack.name = "gan"  # type: ignore[attr-defined]
-
-
-class FittedPair(nn.Module):
-    """The default attack's two fitted generators as one module (the ``gan_generator`` fixture).
-
-    ``pair(x)`` with ``x`` of shape ``(N, *sample_shape)`` returns ``x_adv`` of the shape and
-    dtype of ``x``, inside ``cfg.eps`` (``cfg.norm``) and ``cfg.bounds``: per sample, the first
-    generator's output that ``model`` misclassifies, else the one of lowest margin, at the
-    labels ``y`` (``(N,)``) or, without them, at the model's own predicted labels. On the
-    evaluation samples the pair was fitted to, with their labels, it is exactly the ``gan``
-    attack's output (before any ``refine`` steps). Costs one forward and one backward pass
-    of the model (the gradient direction) and one forward pass per generator, plus one
-    forward without ``y``.
-    """
-
-    def __init__(self, heads, model: Model, cfg: AttackConfig):
-        super().__init__()
-        self.heads = nn.ModuleList(heads)
-        object.__setattr__(self, "_model", model)  # not a submodule: never saved or moved
-        object.__setattr__(self, "_cfg", cfg)
-
-    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        model = self._model
-        with frozen(model):
-            if y is None:
-                with torch.no_grad():
-                    y = model(x).argmax(1)
-            return _best_of(model, list(self.heads), x, y, self._cfg)

@@ -25,6 +25,7 @@ def look_up(
     *,
     retrain: bool = False,
     warm: bool = True,
+    record: bool = True,
 ):
     """``(hit, warm)`` for ``key``; call it under ``cache.lock(key)``.
 
@@ -34,7 +35,8 @@ def look_up(
     facts)`` of a usable entry, recorded as a ``"hit"`` event, or ``None``;
     ``warm``: ``(warm_key, network)`` of the newest usable entry of
     ``family`` when there is no hit (and ``warm`` is true), or ``None``. With
-    ``retrain`` both are ``None``.
+    ``retrain`` both are ``None``. ``record=False`` loads without recording a hit (the
+    entry is read to be trained further, not used).
     """
     if retrain:
         return None, None
@@ -43,7 +45,8 @@ def look_up(
     if loaded is not None:
         net = rebuild(loaded[0], f"cache entry {key}")
         if net is not None:
-            cache.record_event("hit", key)
+            if record:
+                cache.record_event("hit", key)
             return (net, hit_facts(loaded[1], time.perf_counter() - t0)), None
     found = cache.find_warm_start(family, exclude_key=key) if warm else None
     if found is not None:

@@ -1,12 +1,20 @@
-"""Obtaining a generator in one process: this process's memo, the disk cache, or training.
+"""Obtaining the generator prior in one process: this process's memo, the disk cache, training.
 
-:func:`look_up` is the one cache look-up, used by a single process
-(:func:`obtain`), by rank 0 under torchrun (:mod:`.acquire_ranks`) and by the
-fitting of generators to the evaluation inputs: under the key's lock it loads
-the entry (a hit), or else finds the newest entry of the same family to
-warm-start from. Facts (the report's ``training`` field) say how a generator
-was obtained; a cache hit reports the facts of the training that produced
-the entry, marked ``cached``.
+One generator serves a model family (:mod:`.keys`): the next commit's model finds
+the entry its predecessor trained and reuses it unchanged. :func:`obtain` is the
+one path: the memo, else the cache entry under the key's lock (a hit), else a
+cold training that is stored. :func:`retrain` trains an existing generator
+further (a warm start with ``warm_fraction`` of the budget) and replaces the
+entry; it runs only on evidence (the attack's one-shot success fell, the
+strength check found the attack weak, or ``--advrobust-retrain``), and the
+facts say why.
+
+Facts (the report's ``training`` field) say how the generator was obtained:
+``mode`` (``cold``, ``warm``: trained now; ``cached``: loaded, with
+``trained_mode``), ``steps`` and ``budget``, ``seconds``, ``holdout_success``
+and ``success_curve`` (held-out success at budgets over the eps range, against
+the model it was trained on), ``trained_against`` (that model's weights digest),
+``reason`` (why it was trained) and ``cost`` (the training's model passes).
 
 ``ctx`` is the attack context (:class:`pytest_advrobust.attacks.base.AttackContext`):
 ``device``, ``cache_dir``, ``retrain``, ``warn``, ``progress`` and ``quiet`` are read.
@@ -14,19 +22,23 @@ the entry, marked ``cached``.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .keys import FORMAT_VERSION
+from .keys import FORMAT_VERSION, PriorIdentity
 from .networks import Generator, generator_from_arch
-from .train import GanConfig, train_generator
+from .train import GanConfig, TrainResult, train_generator
 
-__all__ = ["MEMO", "clear_memo", "look_up", "obtain", "rebuild", "store", "train"]
+__all__ = ["MEMO", "clear_memo", "look_up", "obtain", "rebuild", "retrain", "store_trained"]
 
 #: Generators obtained in this process, by key: ``(generator, facts)``.
 MEMO: Dict[str, Tuple[Generator, Dict[str, Any]]] = {}
+
+COLD_REASON = "no cached generator for this model family, data and settings"
+ASKED_REASON = "--advrobust-retrain"
 
 
 def clear_memo() -> None:
@@ -44,37 +56,36 @@ def warn(ctx: Any, msg: str) -> None:
         ctx.warn(msg)
 
 
-def train_facts(result, key: str) -> Dict[str, Any]:
-    """How a generator was trained on the training split (counts of model passes in samples)."""
+def train_facts(result: TrainResult, ident: PriorIdentity, reason: str, budget: int) -> Dict:
+    """How a generator was trained (model passes counted in samples, per training sample)."""
+    n = max(int(result.forward_samples), 0)
     return {
         "mode": result.mode,
         "steps": int(result.steps),
+        "budget": int(budget),
         "seconds": float(result.seconds),
         "device": result.device,
         "holdout_success": float(result.holdout_success),
-        "key": key,
-        "forward_samples": int(result.forward_samples),
-        "backward_samples": int(result.backward_samples),
+        "holdout_accuracy": float(result.holdout_accuracy),
+        "success_curve": [[float(e), float(s)] for e, s in result.success_curve],
+        "key": ident.key,
+        "trained_against": ident.model_digest,
+        "reason": reason,
+        "stop_reason": result.stop_reason,
         "cut_short": result.stop_reason == "max_seconds",
+        "cost": {
+            "forward_passes": n,
+            "backward_passes": int(result.backward_samples),
+            "seconds": float(result.seconds),
+        },
     }
 
 
-def hit_facts(key: str, meta: Any, ctx: Any, seconds: float) -> Dict[str, Any]:
+def hit_facts(key: str, meta: Any, seconds: float) -> Dict[str, Any]:
     """A cache hit reports the facts of the training that produced the entry."""
     meta = meta if isinstance(meta, dict) else {}
-    if isinstance(meta.get("facts"), dict):
-        facts = meta["facts"]
-        return dict(
-            facts, mode="cached", trained_mode=facts.get("mode"), load_seconds=seconds, key=key
-        )
-    return {
-        "mode": "cached",
-        "steps": 0,
-        "seconds": seconds,
-        "device": str(meta.get("device", ctx.device)),
-        "holdout_success": float(meta.get("holdout_success", float("nan"))),
-        "key": key,
-    }
+    facts = meta.get("facts") if isinstance(meta.get("facts"), dict) else {}
+    return dict(facts, mode="cached", trained_mode=facts.get("mode"), load_seconds=seconds, key=key)
 
 
 def rebuild(
@@ -95,46 +106,45 @@ def rebuild(
     return gen.eval()
 
 
-def look_up(cache, key: str, family: str, arch: Dict[str, Any], ctx: Any):
-    """:func:`pytest_advrobust.cache.protocol.look_up` for generators of ``arch``
-    (call under ``cache.lock(key)``): ``(hit, warm)``, ``hit`` a ``(generator, facts)``,
-    ``warm`` a ``(warm_key, generator)``."""
+def look_up(cache, ident: PriorIdentity, ctx: Any):
+    """The entry of ``ident.key`` as ``(generator, facts)``, or ``None`` (call under
+    ``cache.lock(ident.key)``; :func:`pytest_advrobust.cache.protocol.look_up`). Under
+    ``ctx.retrain`` the entry is read to be trained further, and no hit is recorded."""
     from ..cache import protocol
 
-    return protocol.look_up(
+    hit, _ = protocol.look_up(
         cache,
-        key,
-        family,
-        lambda state, what: rebuild(arch, state, ctx, what),
-        lambda meta, seconds: hit_facts(key, meta, ctx, seconds),
-        retrain=ctx.retrain,
+        ident.key,
+        ident.key,
+        lambda state, what: rebuild(ident.arch, state, ctx, what),
+        lambda meta, seconds: hit_facts(ident.key, meta, seconds),
+        warm=False,
+        record=not ctx.retrain,
     )
+    return hit
 
 
-def store(cache, ctx: Any, key: str, state, meta: Dict[str, Any], mode: str, done="trained"):
-    """Store ``state`` under ``key`` (:func:`pytest_advrobust.cache.protocol.store`);
-    ``done``: what was done to the generator, and is done again next run if storing fails."""
+def store_trained(cache, ctx: Any, ident: PriorIdentity, gcfg: GanConfig, result, facts) -> None:
+    """Store a trained generator (the bare network's weights) with its facts, replacing any
+    entry of its key; a full or read-only disk costs one warning."""
     from ..cache import protocol
 
-    protocol.store(cache, key, state, meta, mode, ctx.warn, (f"{done} generator", done))
-
-
-def store_trained(cache, ctx, key, family, arch, gcfg: GanConfig, parts, result) -> None:
-    """Store a freshly trained generator (the bare network's weights) with its facts."""
     meta = {
         "format": FORMAT_VERSION,
-        "family": family,
-        "arch": arch,
+        "family": ident.key,
+        "arch": ident.arch,
         "gan": gcfg.to_dict(),
-        "model_class": parts["model_class"],
+        "model_class": ident.parts["model_class"],
+        "user_model_class": ident.parts.get("user_model_class", ident.parts["model_class"]),
         "mode": result.mode,
         "steps": int(result.steps),
-        "user_model_class": parts.get("user_model_class", parts["model_class"]),
+        "budget": int(facts["budget"]),
         "seconds": float(result.seconds),
         "device": result.device,
         "holdout_success": float(result.holdout_success),
+        "trained_against": ident.model_digest,
         "created": time.time(),
-        "facts": train_facts(result, key),
+        "facts": facts,
     }
     if getattr(result, "world_size", 1) > 1:
         from .. import distributed
@@ -146,12 +156,19 @@ def store_trained(cache, ctx, key, family, arch, gcfg: GanConfig, parts, result)
         }
     gen = getattr(result.generator, "module", result.generator)  # never a wrapper's prefixed names
     state = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
-    store(cache, ctx, key, state, meta, result.mode)
+    protocol.store(
+        cache, ident.key, state, meta, result.mode, ctx.warn, ("trained generator", "trained")
+    )
+
+
+def warm_budget(gcfg: GanConfig) -> int:
+    """Steps of a warm start: ``warm_fraction`` of the cold budget, at least one."""
+    return max(1, int(math.ceil(gcfg.max_steps * gcfg.warm_fraction)))
 
 
 def train(
     model, train_x, train_y, gcfg: GanConfig, ctx, init_state=None, distributed=False, show=True
-):
+) -> TrainResult:
     """Train on the training split (all ranks together with ``distributed``); ``show``:
     report progress to ``ctx.progress`` (unless ``ctx.quiet``)."""
     progress = None if ctx.quiet or not show else ctx.progress
@@ -167,31 +184,66 @@ def train(
     )
 
 
-def obtain(model, train_x, train_y, gcfg: GanConfig, ctx, ident) -> Tuple[Generator, Dict]:
-    """In one process: the memo, else the cache (hit or warm start), else a cold training.
+def _trained(model, train_x, train_y, gcfg, ctx, ident, init: Optional[Generator], reason: str):
+    """Train (warm from ``init`` when given), store when there is a cache; ``(gen, facts)``."""
+    state = init.state_dict() if init is not None else None
+    if init is not None and ctx.progress is not None and not ctx.quiet:
+        ctx.progress(f"advrobust gan: retraining the generator {ident.key[:12]}: {reason}")
+    result = train(model, train_x, train_y, gcfg, ctx, init_state=state)
+    budget = warm_budget(gcfg) if init is not None else gcfg.max_steps
+    facts = train_facts(result, ident, reason, budget)
+    if ctx.cache_dir is not None:
+        from ..cache import GanCache
 
-    ``ident``: ``(arch, parts, key, family)`` from :func:`.keys.generator_id`.
+        store_trained(GanCache(ctx.cache_dir, warn=ctx.warn), ctx, ident, gcfg, result, facts)
+    return result.generator, facts
+
+
+def obtain(
+    model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity
+) -> Tuple[Generator, Dict[str, Any]]:
+    """In one process: the memo, else the cache entry, else a cold training (stored).
+
+    With ``ctx.retrain`` the generator is trained once per session, warm-started from
+    the entry it replaces when there is one.
     """
-    arch, parts, key, family = ident
-    memo = MEMO.get(key)
+    memo = MEMO.get(ident.key)
     if memo is not None and (not ctx.retrain or memo[1]["mode"] in ("cold", "warm")):
         return memo[0].to(ctx.device).eval(), memo_facts(memo[1])
     if ctx.cache_dir is None:
-        result = train(model, train_x, train_y, gcfg, ctx)
-        gen, facts = result.generator, train_facts(result, key)
+        init = memo[0] if memo is not None else None
+        gen, facts = _trained(
+            model, train_x, train_y, gcfg, ctx, ident, init, ASKED_REASON if init else COLD_REASON
+        )
     else:
         from ..cache import GanCache
 
         cache = GanCache(ctx.cache_dir, warn=ctx.warn)
-        with cache.lock(key):
-            hit, warm = look_up(cache, key, family, arch, ctx)
-            if hit is not None:
+        with cache.lock(ident.key):
+            hit = look_up(cache, ident, ctx)
+            if hit is not None and not ctx.retrain:
                 gen, facts = hit
             else:
-                init = warm[1].state_dict() if warm is not None else None
-                result = train(model, train_x, train_y, gcfg, ctx, init_state=init)
-                store_trained(cache, ctx, key, family, arch, gcfg, parts, result)
-                gen, facts = result.generator, train_facts(result, key)
+                init = hit[0] if hit is not None else (memo[0] if memo is not None else None)
+                reason = ASKED_REASON if init is not None else COLD_REASON
+                gen, facts = _trained(model, train_x, train_y, gcfg, ctx, ident, init, reason)
     gen = gen.to(ctx.device).eval()
-    MEMO[key] = (gen, dict(facts))
+    MEMO[ident.key] = (gen, dict(facts))
     return gen, facts
+
+
+def retrain(
+    model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity, gen, reason: str
+) -> Tuple[Generator, Dict[str, Any]]:
+    """Train ``gen`` further against ``model`` (a warm start) and replace its entry;
+    ``reason`` (one sentence) is kept in the facts."""
+    if ctx.cache_dir is None:
+        new, facts = _trained(model, train_x, train_y, gcfg, ctx, ident, gen, reason)
+    else:
+        from ..cache import GanCache
+
+        with GanCache(ctx.cache_dir, warn=ctx.warn).lock(ident.key):
+            new, facts = _trained(model, train_x, train_y, gcfg, ctx, ident, gen, reason)
+    new = new.to(ctx.device).eval()
+    MEMO[ident.key] = (new, dict(facts))
+    return new, facts

@@ -1,13 +1,13 @@
 """Obtaining a generator under torchrun: every rank calls :func:`obtain` with the same arguments.
 
-The ranks first check that they computed the same key, each on a device of
-its own. Rank 0 alone takes the cache lock and looks the key up with the
-same :func:`.acquire.look_up` a single process uses, then broadcasts the
-decision: a hit is broadcast to the other ranks; a miss is trained by all
-ranks together (DistributedDataParallel, warm-started on every rank from
-rank 0's family entry) and stored by rank 0. A closing collective follows,
-so that the entry is stored before any rank goes on and all ranks fail
-together. Every rank returns the same generator, and the entry is exactly
+The ranks first check that they computed the same key and hold the same model
+weights, each on a device of its own. Rank 0 alone takes the cache lock and
+looks the key up with the same :func:`.acquire.look_up` a single process uses,
+then broadcasts the decision: a hit is broadcast to the other ranks; a miss
+(or ``--advrobust-retrain``, warm-started on every rank from rank 0's entry) is
+trained by all ranks together (DistributedDataParallel) and stored by rank 0.
+A closing collective follows, so that the entry is stored before any rank goes
+on and all ranks fail together. Every rank returns the same generator, and the entry is exactly
 the one a single process would load.
 """
 
@@ -19,14 +19,28 @@ from typing import Any, Dict, Optional, Tuple
 
 from .. import distributed
 from ..errors import AdvRobustError
-from .acquire import MEMO, look_up, memo_facts, rebuild, store_trained, train, train_facts
+from .acquire import (
+    ASKED_REASON,
+    COLD_REASON,
+    MEMO,
+    look_up,
+    memo_facts,
+    rebuild,
+    store_trained,
+    train,
+    train_facts,
+    warm_budget,
+)
+from .keys import PriorIdentity
 from .train import GanConfig, _resolve_device
 
 __all__ = ["obtain"]
 
 
 def _check_ranks_agree(key: str, device: Any) -> None:
-    """Every rank must train the same generator, each on a device of its own type and index."""
+    """Every rank must train the same generator, each on a device of its own type and index.
+
+    ``key``: the generator's key with the model's weights digest."""
     dev = _resolve_device(device)
     everyone = distributed.all_gather_object((key, socket.gethostname(), dev.type, dev.index))
     differ = [r for r, (k, _, _, _) in enumerate(everyone) if k != everyone[0][0]]
@@ -34,8 +48,8 @@ def _check_ranks_agree(key: str, device: Any) -> None:
         ranks = ", ".join(map(str, differ))
         raise AdvRobustError(
             f"under torchrun every rank must train the same GAN generator, but rank(s) {ranks} "
-            "computed another cache key than rank 0: the model's weights, the GAN training data "
-            "or the settings "
+            "computed another cache key than rank 0 or hold other model weights: the model, the "
+            "GAN training data or the settings "
             "differ between ranks (build and seed them the same way on every rank)"
         )
     types = sorted({t for _, _, t, _ in everyone})
@@ -57,10 +71,10 @@ def _check_ranks_agree(key: str, device: Any) -> None:
             seen[(host, index)] = r
 
 
-def obtain(model, train_x, train_y, gcfg: GanConfig, ctx, ident):
+def obtain(model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity):
     """:func:`.acquire.obtain` on every rank of the process group (same calls, same order)."""
-    arch, parts, key, family = ident
-    _check_ranks_agree(key, ctx.device)
+    key = ident.key
+    _check_ranks_agree(f"{key}:{ident.model_digest}", ctx.device)
     memo = MEMO.get(key)
     usable = memo is not None and (not ctx.retrain or memo[1]["mode"] in ("cold", "warm"))
     if distributed.all_true(usable):
@@ -71,11 +85,11 @@ def obtain(model, train_x, train_y, gcfg: GanConfig, ctx, ident):
         if not use_cache:
             lead = distributed.rank() == 0
             result = train(model, train_x, train_y, gcfg, ctx, distributed=True, show=lead)
-            gen, facts = result.generator, train_facts(result, key)
+            gen, facts = result.generator, train_facts(result, ident, COLD_REASON, gcfg.max_steps)
         elif distributed.rank() == 0:
             gen, facts = _lead(model, train_x, train_y, gcfg, ctx, ident)
         else:
-            gen, facts = _follow(model, train_x, train_y, gcfg, ctx, key, arch)
+            gen, facts = _follow(model, train_x, train_y, gcfg, ctx, ident)
     except Exception as exc:  # reach the closing collective anyway, so that no rank is left waiting
         error = exc
     everyone_ok = distributed.all_true(error is None)
@@ -98,42 +112,53 @@ def _lead(model, train_x, train_y, gcfg: GanConfig, ctx, ident):
     """
     from ..cache import GanCache
 
-    arch, parts, key, family = ident
     cache = GanCache(ctx.cache_dir, warn=ctx.warn)
     with contextlib.ExitStack() as locked:
         try:
-            locked.enter_context(cache.lock(key))
-            hit, warm = look_up(cache, key, family, arch, ctx)
+            locked.enter_context(cache.lock(ident.key))
+            hit = look_up(cache, ident, ctx)
         except Exception as exc:  # let the other ranks stop too instead of waiting
             distributed.broadcast_object(
                 {"action": "error", "message": f"{type(exc).__name__}: {exc}"}
             )
             raise
-        if hit is not None:
+        if hit is not None and not ctx.retrain:
             distributed.broadcast_object({"action": "hit", "facts": hit[1]})
             distributed.broadcast_state(hit[0].state_dict())
             return hit
-        distributed.broadcast_object({"action": "train"})
-        init = warm[1].state_dict() if warm is not None else None
+        init = hit[0].state_dict() if hit is not None else None
+        distributed.broadcast_object({"action": "train", "warm": init is not None})
+        if init is not None:
+            distributed.broadcast_state(init)
         result = train(model, train_x, train_y, gcfg, ctx, init_state=init, distributed=True)
-        store_trained(cache, ctx, key, family, arch, gcfg, parts, result)
-        return result.generator, train_facts(result, key)
+        facts = _facts(result, ident, gcfg, init is not None)
+        store_trained(cache, ctx, ident, gcfg, result, facts)
+        return result.generator, facts
 
 
-def _follow(model, train_x, train_y, gcfg: GanConfig, ctx, key: str, arch: Dict[str, Any]):
+def _facts(result, ident: PriorIdentity, gcfg: GanConfig, warm: bool):
+    reason, budget = (ASKED_REASON, warm_budget(gcfg)) if warm else (COLD_REASON, gcfg.max_steps)
+    return train_facts(result, ident, reason, budget)
+
+
+def _follow(model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity):
     """Ranks other than 0: do what rank 0 decided."""
+    key = ident.key
     decision = distributed.broadcast_object(None)
     action = decision.get("action") if isinstance(decision, dict) else None
     if action == "hit":
         state = distributed.broadcast_state(None)
-        gen = rebuild(arch, state, ctx, f"cache entry {key} from rank 0")
+        gen = rebuild(ident.arch, state, ctx, f"cache entry {key} from rank 0")
         if gen is None:  # cannot happen: rank 0 rebuilt the same architecture from it
             raise RuntimeError(
                 f"the cache entry {key} broadcast by rank 0 does not fit this rank's generator"
             )
         return gen, dict(decision["facts"])
     if action == "train":
-        result = train(model, train_x, train_y, gcfg, ctx, distributed=True, show=False)
-        return result.generator, train_facts(result, key)
+        init = distributed.broadcast_state(None) if decision.get("warm") else None
+        result = train(
+            model, train_x, train_y, gcfg, ctx, init_state=init, distributed=True, show=False
+        )
+        return result.generator, _facts(result, ident, gcfg, init is not None)
     message = decision.get("message") if isinstance(decision, dict) else repr(decision)
     raise RuntimeError(f"rank 0 could not look up GAN cache entry {key}: {message}")

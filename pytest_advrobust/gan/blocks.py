@@ -37,13 +37,17 @@ def _check_shape(sample_shape: Any) -> Tuple[int, ...]:
     return shape
 
 
-def _check_eps_norm_bounds(eps: Any, norm: Any, bounds: Any) -> Tuple[float, str, Bounds]:
+def _check_eps_range(eps_range: Any) -> Tuple[float, float]:
     try:
-        eps_f = float(eps)
+        lo, hi = (float(e) for e in eps_range)
     except (TypeError, ValueError):
-        raise ValueError(f"eps must be a positive number, got {eps!r}") from None
-    if not math.isfinite(eps_f) or eps_f <= 0:
-        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+        raise ValueError(f"eps_range must be a pair (low, high), got {eps_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        raise ValueError(f"eps_range must be finite with 0 < low <= high, got {eps_range!r}")
+    return lo, hi
+
+
+def _check_norm_bounds(norm: Any, bounds: Any) -> Tuple[str, Bounds]:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if bounds is not None:
@@ -54,7 +58,7 @@ def _check_eps_norm_bounds(eps: Any, norm: Any, bounds: Any) -> Tuple[float, str
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"bounds must be a finite pair with low < high, got {bounds!r}")
         bounds = (lo, hi)
-    return eps_f, norm, bounds
+    return norm, bounds
 
 
 def _default_down(h: int, w: int) -> int:

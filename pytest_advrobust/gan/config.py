@@ -21,9 +21,12 @@ __all__ = ["GanConfig"]
 class GanConfig:
     """Settings of one AdvGAN training; :meth:`to_dict` is part of the cache key.
 
-    eps, norm, bounds: the perturbation budget the generator is built with.
+    eps_range, norm, bounds: the budgets (input units, ``(low, high)``) the generator is
+      trained for, each training sample drawing its eps log-uniformly from the range;
+      the norm and the valid input range.
     seed: initialisation, the held-out split and the batch order.
-    max_steps, max_seconds: budget (``warm_fraction`` of it for warm starts).
+    max_steps, max_seconds: budget (``warm_fraction`` of it for warm starts, the
+      retraining of a cached generator on evidence).
     batch_size, lr, lr_final: Adam with a cosine decay from ``lr`` to
       ``lr * lr_final`` over the step budget; the discriminator uses ``lr`` too.
     adv_weight, gan_weight, kappa: loss weights and C&W confidence margin.
@@ -38,17 +41,9 @@ class GanConfig:
       also uses bfloat16 on CPUs with native support (AVX512-BF16 or AMX),
       which pays off for long trainings; ``"fp32"`` always uses float32.
       Held-out evaluation is always float32.
-    fit_steps, fit_patience, fit_lr, fit_kappa, fit_memory_lr: the fine-tuning
-      on the evaluation inputs (:mod:`.transductive`); ``fit_steps=0`` skips
-      it; ``fit_memory_lr`` is the learning rate of the per-input offsets
-      (``0``: the weights only).
-      :func:`train_generator` itself does not use them.
-    grad_input: the generator also takes the input gradient's direction
-      (:func:`.networks.input_direction`; one more forward and backward pass
-      of the model per sample).
     """
 
-    eps: float
+    eps_range: Tuple[float, float]
     norm: str = "linf"
     bounds: Optional[Tuple[float, float]] = (0.0, 1.0)
     seed: int = 0
@@ -69,19 +64,20 @@ class GanConfig:
     width: Optional[int] = None
     n_res: Optional[int] = None
     precision: str = "auto"
-    fit_steps: int = 0
-    fit_patience: int = 40
-    fit_lr: float = 3e-3
-    fit_kappa: float = 0.5
-    fit_memory_lr: float = 0.0
-    grad_input: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, what: str) -> None:
             raise ValueError(f"GanConfig.{name} must be {what}, got {getattr(self, name)!r}")
 
-        if not _is_number(self.eps) or not math.isfinite(self.eps) or self.eps <= 0:
-            bad("eps", "a positive finite number")
+        er = self.eps_range
+        if (
+            not isinstance(er, (tuple, list))
+            or len(er) != 2
+            or not all(_is_number(e) and math.isfinite(e) for e in er)
+            or not 0 < er[0] <= er[1]
+        ):
+            bad("eps_range", "a pair (low, high) with 0 < low <= high")
+        object.__setattr__(self, "eps_range", (float(er[0]), float(er[1])))
         if self.norm not in NORMS:
             bad("norm", f"one of {NORMS}")
         if self.bounds is not None:
@@ -121,19 +117,6 @@ class GanConfig:
             bad("width", "None or an integer >= 2")
         if self.n_res is not None and (not _is_int(self.n_res) or self.n_res < 0):
             bad("n_res", "None or a non-negative integer")
-        if not _is_int(self.fit_steps) or self.fit_steps < 0:
-            bad("fit_steps", "a non-negative integer")
-        if not _is_int(self.fit_patience) or self.fit_patience < 1:
-            bad("fit_patience", "a positive integer")
-        for name in ("fit_lr", "fit_kappa"):
-            v = getattr(self, name)
-            if not _is_number(v) or not math.isfinite(v) or v <= 0:
-                bad(name, "a positive number")
-        v = self.fit_memory_lr
-        if not _is_number(v) or not math.isfinite(v) or v < 0:
-            bad("fit_memory_lr", "a non-negative number")
-        if not isinstance(self.grad_input, bool):
-            bad("grad_input", "True or False")
         if self.precision not in ("auto", "bf16", "fp32"):
             bad("precision", "'auto', 'bf16' or 'fp32'")
 
@@ -141,12 +124,13 @@ class GanConfig:
         """A JSON-able dict of every field (``bounds`` as a list)."""
         d = dataclasses.asdict(self)
         d["bounds"] = list(self.bounds) if self.bounds is not None else None
+        d["eps_range"] = list(self.eps_range)
         return d
 
     def generator_args(self) -> Dict[str, Any]:
         """The arguments of :func:`.networks.build_generator` these settings fix (all but the
         sample shape)."""
-        names = ("eps", "norm", "bounds", "width", "n_res", "grad_input")
+        names = ("norm", "bounds", "eps_range", "width", "n_res")
         return {name: getattr(self, name) for name in names}
 
     def replace(self, **changes: Any) -> "GanConfig":

@@ -3,7 +3,10 @@
 :func:`split` draws the held-out samples once from a generator seeded with
 ``cfg.seed``; :class:`Holdout` measures the attack success on them (the share
 of correctly classified held-out samples that the generator's output fools,
-the share of all of them when none is classified correctly); :class:`EarlyStop`
+the share of all of them when none is classified correctly), averaged over a
+few budgets of the generator's eps range, and records the finished
+generator's success at budgets spread over the range (:func:`success_at`
+reads it at any eps); :class:`EarlyStop`
 keeps the best state by that measure and counts the evaluations since it
 improved. Several processes: each rank evaluates its own share of the
 held-out samples and the counts are summed
@@ -13,7 +16,8 @@ same number.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import math
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,12 +25,35 @@ import torch.nn as nn
 from ..distributed import TrainingSync
 from ..model import check_logits
 from .config import GanConfig
-from .networks import input_direction
 
 __all__ = ["EarlyStop", "Holdout", "split"]
 
 #: Held-out samples per forward pass.
 EVAL_BATCH = 1024
+#: Budgets of ``eps_range`` the early stopping averages the success over (log-spaced).
+STOP_POINTS = 3
+#: Budgets of ``eps_range`` the finished generator's success is recorded at.
+CURVE_POINTS = 7
+
+
+def eps_grid(eps_range: Sequence[float], k: int) -> List[float]:
+    """``k`` log-spaced budgets inside ``eps_range``, at the centres of ``k`` equal parts of
+    its logarithm (one point: the geometric middle)."""
+    lo, hi = (math.log(float(e)) for e in eps_range)
+    return [math.exp(lo + (hi - lo) * (i + 0.5) / k) for i in range(k)]
+
+
+def success_at(curve: Sequence[Sequence[float]], eps: float) -> float:
+    """The success of a recorded ``curve`` (``[[eps, success], ...]``, eps ascending) at
+    ``eps``, interpolated linearly in ``log(eps)`` and held constant beyond its ends."""
+    pts = sorted((float(e), float(s)) for e, s in curve)
+    if eps <= pts[0][0]:
+        return pts[0][1]
+    for (e0, s0), (e1, s1) in zip(pts, pts[1:]):
+        if eps <= e1:
+            t = (math.log(eps) - math.log(e0)) / max(math.log(e1) - math.log(e0), 1e-12)
+            return s0 + t * (s1 - s0)
+    return pts[-1][1]
 
 
 def split(n: int, cfg: GanConfig, sync: TrainingSync) -> Tuple[torch.Tensor, torch.Tensor, int]:
@@ -63,9 +90,9 @@ class Holdout:
 
     ``x``: the held-out inputs (on the training data's device), ``y``: their
     labels (CPU), ``correct``: where the model classifies them correctly.
-    With ``cfg.grad_input`` their input directions are computed once (the
-    model is frozen and the inputs fixed). ``forward``/``backward`` count the
-    model's passes in samples.
+    :meth:`success` is the mean attack success over :data:`STOP_POINTS` budgets of
+    ``cfg.eps_range``; :meth:`curve` the success at :data:`CURVE_POINTS` budgets.
+    ``forward``/``backward`` count the model's passes in samples.
     """
 
     def __init__(self, model: Any, x_src, y, hold_idx, cfg: GanConfig, dev, sync, mem_fmt):
@@ -74,36 +101,39 @@ class Holdout:
         n = int(self.x.shape[0])
         self.correct = _predict(model, self.x, dev) == self.y
         self.forward, self.backward = n, 0
-        self.directions: Optional[torch.Tensor] = None
-        if cfg.grad_input:
-            self.directions = torch.cat(
-                [
-                    input_direction(
-                        model,
-                        self.x[s : s + EVAL_BATCH].to(dev),
-                        self.y[s : s + EVAL_BATCH].to(dev),
-                        cfg.norm,
-                    )
-                    for s in range(0, n, EVAL_BATCH)
-                ]
-            )
-            self.forward += n
-            self.backward += n
+        self.eps_range = cfg.eps_range
+
+    def accuracy(self) -> float:
+        """The frozen model's clean accuracy on the held-out samples (every rank's)."""
+        n_c, n_all = int(self.correct.sum()), int(self.correct.numel())
+        if self.sync.active:
+            n_c, n_all = self.sync.sum_ints([n_c, n_all])
+        return n_c / n_all if n_all else 0.0
 
     def success(self, gen: nn.Module) -> float:
-        """The attack success of ``gen`` (rank 0's weights on every rank) on this split."""
-        self.forward += int(self.x.shape[0])
+        """The mean attack success of ``gen`` (rank 0's weights on every rank) over
+        :data:`STOP_POINTS` budgets."""
+        points = self.curve(gen, STOP_POINTS)
+        return sum(s for _, s in points) / len(points)
+
+    def curve(self, gen: nn.Module, k: int = CURVE_POINTS) -> List[List[float]]:
+        """``[[eps, success], ...]`` of ``gen`` at ``k`` log-spaced budgets of the range."""
         self.sync.sync_module(gen)  # identical weights and batch-norm statistics on every rank
+        was_training = gen.training
         gen.eval()
+        out = [[e, self._success_at(gen, e)] for e in eps_grid(self.eps_range, k)]
+        gen.train(was_training)
+        return out
+
+    def _success_at(self, gen: nn.Module, eps: float) -> float:
+        self.forward += int(self.x.shape[0])
         preds = []
         with torch.no_grad():
             for s in range(0, self.x.shape[0], EVAL_BATCH):
                 xb = self.x[s : s + EVAL_BATCH].to(self.dev, non_blocking=True)
-                db = self.directions[s : s + EVAL_BATCH] if self.directions is not None else None
                 if self.x.dim() == 4:
                     xb = xb.contiguous(memory_format=self.mem_fmt)
-                preds.append(self.model(gen(xb, db)).float().argmax(dim=1).cpu())
-        gen.train()
+                preds.append(self.model(gen(xb, eps)).float().argmax(dim=1).cpu())
         fooled = (torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)) != self.y
         return self._share(fooled)
 

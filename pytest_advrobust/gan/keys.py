@@ -1,10 +1,12 @@
-"""What identifies a generator: its cache key and its family.
+"""What identifies a generator: its cache key (the model's family) and the model it met.
 
-A generator's *key* hashes the model (class, parameter layout and weights),
-the training data, the GAN settings, the generator architecture and
-:data:`FORMAT_VERSION`; its *family* is the same without the model's
-weights, so the previous commit's generator for the same test is found as a
-warm start.
+A generator's *key* hashes the model's family (its class and its parameter
+and buffer layout, not its weights), the training data, the GAN settings,
+the generator architecture and :data:`FORMAT_VERSION`. The next commit's
+model, with other weights, finds the same entry and reuses it; the digest of
+the weights it was trained against is recorded beside it
+(:attr:`PriorIdentity.model_digest`), so that the attack can tell a reuse on
+another model from a reload on the same one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import weakref
+from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
 import torch
@@ -23,6 +26,7 @@ from .networks import build_generator
 
 __all__ = [
     "FORMAT_VERSION",
+    "PriorIdentity",
     "arch_for",
     "data_digest",
     "generator_id",
@@ -32,7 +36,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the meaning of a cached generator changes (networks, training, key).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 _DATA_DIGESTS: Dict[Tuple[int, int], Tuple[Any, Any, Tuple, str]] = {}
 
@@ -108,28 +112,35 @@ def arch_for(sample_shape, gcfg: GanConfig) -> Dict[str, Any]:
         return build_generator(sample_shape, **gcfg.generator_args()).arch
 
 
+@dataclass(frozen=True)
+class PriorIdentity:
+    """Who a generator is: ``key`` (its cache key: the model's family, data, settings,
+    architecture), ``arch`` (:attr:`.networks.Generator.arch`), ``parts`` (what ``key``
+    hashes, plus ``user_model_class`` for ``advrobust cache list``) and ``model_digest``
+    (the weights of the model it is obtained for; recorded, not keyed)."""
+
+    key: str
+    arch: Dict[str, Any]
+    parts: Dict[str, Any]
+    model_digest: str
+
+
 def generator_id(
     model: Any, train_x: torch.Tensor, train_y: torch.Tensor, gcfg: GanConfig, device: Any
-) -> Tuple[Dict[str, Any], Dict[str, Any], str, str]:
-    """``(arch, parts, key, family)`` of the generator ``gcfg`` trains for ``model``.
-
-    ``key`` hashes ``parts`` (model weights, training data, settings,
-    architecture); ``family`` the same without the model weights. ``parts``
-    also carries ``user_model_class`` (shown by ``advrobust cache list``, not keyed).
-    """
+) -> PriorIdentity:
+    """The :class:`PriorIdentity` of the generator ``gcfg`` trains for ``model`` on
+    ``(train_x, train_y)`` (``(N, *sample_shape)``, ``(N,)``)."""
     arch = arch_for(tuple(train_x.shape[1:]), gcfg)
     with frozen(model):
         model_digest = _model_digest(model, train_x, device)
-    family_parts = {
+    parts = {
         "format": FORMAT_VERSION,
-        "model_class": qualname(model),
+        "model_class": user_model_class(model),
         "model_layout": _layout_digest(model),
         "data": data_digest(train_x, train_y),
         "gan": gcfg.to_dict(),
         "arch": arch,
     }
-    parts = dict(family_parts, model=model_digest)
     key = hash_parts(parts)
-    family = hash_parts(family_parts)
     parts["user_model_class"] = user_model_class(model)
-    return arch, parts, key, family
+    return PriorIdentity(key, arch, parts, model_digest)

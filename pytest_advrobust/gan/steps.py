@@ -1,5 +1,8 @@
 """One AdvGAN training step: the generator's, then the discriminator's.
 
+Each sample of a batch gets its own budget, drawn log-uniformly from
+``cfg.eps_range``, so that one generator learns every eps of the range.
+
 The generator minimises ``adv_weight * mean(max(margin, -kappa)) + gan_weight
 * mean((D(x_adv) - 1) ** 2)`` (:func:`margin`: the Carlini-Wagner margin
 against the frozen model, Carlini & Wagner 2017), the discriminator the
@@ -15,7 +18,6 @@ from typing import Tuple
 
 import torch
 
-from .networks import input_direction
 from .training_run import TrainingRun
 
 __all__ = ["margin", "train_step"]
@@ -29,35 +31,44 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - other
 
 
-def _next_batch(run: TrainingRun) -> Tuple[torch.Tensor, torch.Tensor, float]:
-    """This rank's next inputs and labels on the device, and its share of the global batch."""
+def _log_uniform(u: torch.Tensor, eps_range) -> torch.Tensor:
+    """Uniform draws ``u`` in [0, 1) mapped log-uniformly onto ``eps_range``."""
+    lo, hi = (math.log(e) for e in eps_range)
+    return torch.exp(lo + (hi - lo) * u)
+
+
+def _next_batch(run: TrainingRun) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """This rank's next inputs, labels and budgets (eps per sample, drawn log-uniformly from
+    ``eps_range``) on the device, and its share of the global batch."""
     if run.pos + run.batch > run.order.numel():
         perm = torch.randperm(run.train_idx.numel(), generator=run.g_order)
         run.order, run.pos = run.train_idx[perm], 0
     idx = run.order[run.pos : run.pos + run.batch]
     run.pos += run.batch
+    eps = _log_uniform(torch.rand(idx.numel(), generator=run.g_eps), run.cfg.eps_range)
     share, sync = 1.0, run.sync
     if sync.active:  # this rank's slice; its loss weighted so that the DDP mean is the global mean
         n_global = idx.numel()
         idx = idx.tensor_split(sync.world)[sync.rank]
+        eps = eps.tensor_split(sync.world)[sync.rank]
         share = idx.numel() * sync.world / n_global
     run.samples += idx.numel()
     xb = run.x_src[idx.to(run.x_src.device)].to(run.dev, non_blocking=True)
     yb = run.y_src[idx.to(run.y_src.device)].to(run.dev, non_blocking=True)
     if run.image:
         xb = xb.contiguous(memory_format=run.mem_fmt)
-    return xb, yb, share
+    return xb, yb, eps.to(run.dev), share
 
 
 def train_step(run: TrainingRun) -> None:
     """One training step: the generator, then the discriminator, then the finiteness check."""
-    xb, yb, share = _next_batch(run)
+    xb, yb, eps, share = _next_batch(run)
     lr = run.lr_at(run.step)
     for opt in (run.opt_g, run.opt_d):
         if opt is not None:
             for group in opt.param_groups:
                 group["lr"] = lr
-    loss, x_adv = _generator_step(run, xb, yb, share)
+    loss, x_adv = _generator_step(run, xb, yb, eps, share)
     if run.disc is not None:
         _discriminator_step(run, xb, x_adv.detach(), share)
     bad, sync = not bool(torch.isfinite(loss.detach())), run.sync
@@ -71,17 +82,15 @@ def train_step(run: TrainingRun) -> None:
     run.step += 1
 
 
-def _generator_step(run: TrainingRun, xb, yb, share: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def _generator_step(
+    run: TrainingRun, xb, yb, eps, share: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The generator's step (the discriminator frozen meanwhile); ``(loss, x_adv)``."""
     cfg, disc = run.cfg, run.disc
     if disc is not None:
         disc.requires_grad_(False)
-    db = None
-    if cfg.grad_input:
-        db = input_direction(run.model, xb, yb, cfg.norm)
-        run.samples_grad += xb.shape[0]
     with run.autocast():
-        x_adv = run.gen_step(xb, db) if db is not None else run.gen_step(xb)
+        x_adv = run.gen_step(xb, eps)
         loss = cfg.adv_weight * margin(run.model(x_adv), yb).clamp(min=-cfg.kappa).mean()
         if disc is not None:  # the bare discriminator: its DDP wrapper reduces only in its step
             loss = loss + cfg.gan_weight * ((disc(x_adv).float() - 1) ** 2).mean()

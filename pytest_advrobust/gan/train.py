@@ -1,7 +1,9 @@
 """AdvGAN training (Xiao et al., 2018) against a frozen classifier.
 
-The generator ``G`` maps ``x`` to a bounded ``x_adv`` (see
-:mod:`.networks`). Each step minimises
+The generator ``G`` maps ``x`` and a budget ``eps`` to a bounded ``x_adv``
+(see :mod:`.networks`); each training sample draws its eps log-uniformly
+from ``cfg.eps_range``, so that one generator serves every eps of the
+range. Each step minimises
 
     adv_weight * mean(max(Z_y(x_adv) - max_{j != y} Z_j(x_adv), -kappa))
   + gan_weight * mean((D(x_adv) - 1) ** 2)
@@ -11,9 +13,9 @@ loss), while the discriminator ``D`` minimises the least-squares loss
 ``mean((D(x) - 1) ** 2) + mean(D(x_adv) ** 2)``. All losses are means, so the
 weights do not depend on the batch size. A held-out split measures the
 attack success (the share of correctly classified held-out samples that the
-generator's output fools); the best state by that measure is kept and
-training stops after ``patience`` evaluations without improvement, at
-``target_success``, or at ``max_steps`` / ``max_seconds``.
+generator's output fools, averaged over a few budgets of the range); the best
+state by that measure is kept and training stops after ``patience`` evaluations
+without improvement, at ``target_success``, or at ``max_steps`` / ``max_seconds``.
 
 Reproducibility: weights are initialised and batches drawn from generators
 seeded with ``seed``; on the CPU the same inputs and seed give bit-identical
@@ -67,6 +69,9 @@ class TrainResult:
     ``"warm"``; ``history`` lists ``(step, held-out success)`` per evaluation.
     ``world_size`` is the number of processes that trained together and
     ``rank_samples`` the number of training samples each of them processed.
+    ``success_curve`` is the kept generator's held-out success at budgets spread
+    over ``eps_range`` (``[[eps, success], ...]``); ``holdout_accuracy`` the model's clean
+    accuracy on the held-out split.
     ``forward_samples``/``backward_samples`` count the model's forward and
     backward passes in samples (this rank's, held-out evaluations included).
     """
@@ -81,6 +86,8 @@ class TrainResult:
     history: List[Tuple[int, float]] = field(default_factory=list)
     world_size: int = 1
     rank_samples: List[int] = field(default_factory=list)
+    success_curve: List[List[float]] = field(default_factory=list)
+    holdout_accuracy: float = float("nan")
     forward_samples: int = 0
     backward_samples: int = 0
 
@@ -111,7 +118,8 @@ def train_generator(
     ``cfg.bounds``, ``y``: ``(N,)`` integer labels; any device (batches are
     moved to ``device``). ``init_state``: a generator state dict to start
     from (a warm start: ``mode="warm"``, ``warm_fraction`` of the budget).
-    ``progress``: called with at most ~10 one-line messages (on rank 0 only).
+    ``progress``: called with one-line messages (on rank 0 only): the start, about every
+    eighth of the budget, at least every 30 seconds, and the end.
     ``distributed``: train with every rank of the process group that
     :func:`pytest_advrobust.distributed.init_from_env` set up (every rank
     must call this with the same model, data and settings); ``None`` (the
@@ -173,6 +181,8 @@ def _loop(run: TrainingRun) -> None:
         train_step(run)
         if run.step % cfg.eval_every == 0 or run.step == run.budget_steps:
             _evaluate(run)
+        elif run.say.due():
+            run.say(f"step {run.step}/{run.budget_steps}, {run.elapsed():.0f} s")
     if run.stop.history[-1][0] != run.step:  # stopped between evaluations (time budget)
         run.stop.record(run.step, run.hold.success(run.gen), run.gen)
 
@@ -205,6 +215,7 @@ def _result(run: TrainingRun) -> TrainResult:
         gen = gen.to(run.dev, memory_format=run.mem_fmt)
     gen.load_state_dict(stop.best_state)
     gen.eval()
+    curve = run.hold.curve(gen)
     rank_samples = run.sync.per_rank(run.samples)
     seconds = run.elapsed()
     run.say(
@@ -222,6 +233,8 @@ def _result(run: TrainingRun) -> TrainResult:
         history=stop.history,
         world_size=run.sync.world,
         rank_samples=rank_samples,
-        forward_samples=run.hold.forward + run.samples + run.samples_grad,
-        backward_samples=run.hold.backward + run.samples + run.samples_grad,
+        success_curve=curve,
+        holdout_accuracy=run.hold.accuracy(),
+        forward_samples=run.hold.forward + run.samples,
+        backward_samples=run.hold.backward + run.samples,
     )

@@ -34,7 +34,8 @@ __all__ = [
 CUDA_BATCH_FACTOR = 4
 #: Keep the training set on the GPU when it is smaller than this many bytes.
 _DEVICE_DATA_LIMIT = 2 * 1024**3
-_MAX_PROGRESS_LINES = 10
+#: Longest silence, in seconds, of a training that reports progress.
+HEARTBEAT_SECONDS = 30.0
 
 
 class TrainingRun:
@@ -42,9 +43,8 @@ class TrainingRun:
 
     ``gen``/``disc`` are the networks, ``gen_step``/``disc_step`` what the
     training steps call (the networks themselves, or their DDP wrappers);
-    ``step``, ``reason`` (why the training stopped), ``samples`` and
-    ``samples_grad`` (this rank's training samples, and those that also took
-    an input direction), ``order``/``pos`` (the shuffled training indices and
+    ``step``, ``reason`` (why the training stopped), ``samples`` (this rank's
+    training samples), ``order``/``pos`` (the shuffled training indices and
     the next one to use) and ``clock_up`` (rank 0's clock ran out) change as it
     goes.
     """
@@ -53,7 +53,7 @@ class TrainingRun:
         self.t0 = time.perf_counter()
         self.model, self.cfg, self.dev, self.sync = model, cfg, dev, sync
         self.say = _Progress(progress if sync.rank == 0 else None)
-        self.step, self.reason, self.samples, self.samples_grad = 0, "max_steps", 0, 0
+        self.step, self.reason, self.samples = 0, "max_steps", 0
         self.order, self.pos, self.next_report = torch.empty(0, dtype=torch.long), 0, 1
         self.clock_up = False
 
@@ -129,6 +129,7 @@ def setup_optimisers(run: TrainingRun) -> None:
         run.opt_d = torch.optim.Adam(run.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     run.lr_at = _cosine(cfg.lr, cfg.lr * cfg.lr_final, run.budget_steps)
     run.g_order = torch.Generator().manual_seed(cfg.seed + 2)
+    run.g_eps = torch.Generator().manual_seed(cfg.seed + 3)
 
 
 def _bf16_autocast(dev: torch.device):
@@ -158,14 +159,18 @@ def _cosine(lr0: float, lr1: float, total: int) -> Callable[[int], float]:
 
 
 class _Progress:
-    """Forwards at most ``_MAX_PROGRESS_LINES`` messages to ``progress``."""
+    """Forwards messages to ``progress`` as ``advrobust gan: ...`` lines and remembers when
+    the last one went out (:meth:`due`: :data:`HEARTBEAT_SECONDS` of silence)."""
 
     def __init__(self, progress: Optional[Callable[[str], None]]):
         self.progress = progress
-        self.count = 0
+        self.last = time.perf_counter()
+
+    def due(self) -> bool:
+        return self.progress is not None and time.perf_counter() - self.last >= HEARTBEAT_SECONDS
 
     def __call__(self, msg: str) -> None:
-        if self.progress is None or self.count >= _MAX_PROGRESS_LINES:
+        if self.progress is None:
             return
-        self.count += 1
+        self.last = time.perf_counter()
         self.progress(f"advrobust gan: {msg}")

@@ -42,14 +42,15 @@ over the evaluation batch plus a few passes on a sub-batch of at most
     model *more* accurate.
 ``curve_not_monotone``
     In an eps sweep, adversarial accuracy rises as eps grows.
-``gan_weaker_than_pgd``
-    Whenever the ``gan`` attack was evaluated: the plugin's PGD (the
-    configured steps, 40 by default) also runs on a seeded probe of
-    :data:`PROBE_SIZE` evaluation samples (:func:`gan_probe`), and the flag
-    is raised when PGD fools more of the probe's correctly classified samples
-    than the generator beyond sampling noise (a one-sided exact sign test on
-    the samples only one of the two fools, p < :data:`PROBE_ALPHA`). The
-    probe's numbers go to the report's ``training.probe``.
+``gan_weaker_than_reference``
+    Whenever the ``gan`` attack was evaluated: the strength check
+    (:mod:`.strength`) runs a stronger reference (targeted APGD, then the
+    gradient-free Square Attack) on a seeded random subset of the samples the
+    attack left standing, within a quarter of the attack's own passes, and the flag
+    is raised when the reference fools clearly more of them than a gap of half
+    a point allows (an exact one-sided binomial test, p < 0.05). Its numbers
+    (and the control: the same cascade from the clean input) go to the
+    report's ``gan.strength_check``.
 
 Full checks (``level="full"``, in addition) run extra attacks on the same
 sub-batch, about six PGD runs of the configured steps in all (PGD, FGSM, noise,
@@ -101,14 +102,12 @@ from .flags import (
     FLAG_WEAK_BEATS_STRONG,
     FULL_FLAGS,
     LEVELS,
-    PROBE_ALPHA,
-    PROBE_SIZE,
     STRONG,
     sub_indices,
 )
 from .full import full_checks
 from .model_state import check_batch_dependence, check_state, nonfinite_during_attacks
-from .probe import _sign_test, gan_probe
+from .strength import GanRecord, strength_check
 
 __all__ = [
     "ALL_FLAGS",
@@ -126,11 +125,9 @@ __all__ = [
     "FLAG_WEAK_BEATS_STRONG",
     "FULL_FLAGS",
     "LEVELS",
-    "PROBE_ALPHA",
-    "PROBE_SIZE",
-    "_sign_test",
+    "GanRecord",
     "check_curve",
-    "gan_probe",
+    "strength_check",
     "run_sanity",
 ]
 
@@ -152,6 +149,7 @@ def run_sanity(
     fixture: str = "robust_model",
     record: Any = None,
     min_batch: int = 1,
+    gan: Optional[GanRecord] = None,
 ) -> List[dict]:
     """Run the sanity checks of ``level`` and return the flags raised.
 
@@ -162,15 +160,15 @@ def run_sanity(
     output. ``adversarial`` optionally maps single attack names to their own adversarial
     batch (same samples as ``x``); at level full each non-PGD attack in it (or ``x_adv``
     itself when ``attacks`` holds neither ``pgd`` nor an APGD variant) is compared against
-    the strongest gradient attack configured; when it holds ``gan``, the probe of
-    :func:`gan_probe` runs (at every level but off) and its numbers are put in
-    ``ctx.facts["probe"]``. ``correct_counts`` (clean and adversarial correct counts) spare
-    two forward passes. ``fixture`` names the model; ``record``: what the model guard saw
-    (:class:`~pytest_advrobust.calls.CallRecord`); ``min_batch``: the least batch it takes.
+    the strongest gradient attack configured. ``gan`` (what the ``gan`` attack left)
+    runs its strength check (:func:`.strength.strength_check`, at every level but off);
+    its record goes to ``ctx.facts["strength_check"]`` and its cost to
+    ``ctx.facts["strength_check_cost"]``. ``correct_counts`` (clean and adversarial correct
+    counts) spare two forward passes. ``fixture`` names the model; ``record``: what the model
+    guard saw (:class:`~pytest_advrobust.calls.CallRecord`); ``min_batch``: the least batch it
+    takes.
     """
-    if level not in LEVELS:
-        raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
-    if level == "off":
+    if _level(level) == "off":
         return []
     attacks = [attacks] if isinstance(attacks, str) else list(attacks)
     n = x.shape[0]
@@ -186,15 +184,21 @@ def run_sanity(
         if x_adv is not None:
             flags.append(check_adv_above_clean(model, x, y, x_adv, cfg.batch_size, correct_counts))
     flags.append(check_curve(curve, n))
-    if n and has_grad and adversarial and "gan" in adversarial:
-        probe, found_gan = gan_probe(model, x, y, adversarial["gan"], cfg, ctx)
-        ctx.facts["probe"] = probe
+    if n and gan is not None:
+        check, found_gan, cost = strength_check(model, x, y, gan, cfg, level, int(num_classes or 2))
+        ctx.facts["strength_check"], ctx.facts["strength_check_cost"] = check, cost
         flags.append(found_gan)
     if level == "full" and n and has_grad:  # gradient attacks need an input gradient
         evaluated = _under_test(adversarial, x_adv, attacks, idx)
         k = int(num_classes or 2)
         flags.extend(full_checks(model, xs, ys, cfg, ctx, k, evaluated, configured=attacks))
     return [f for f in flags if f]
+
+
+def _level(level: str) -> str:
+    if level not in LEVELS:
+        raise ValueError(f"sanity level must be one of {', '.join(LEVELS)}, not {level!r}")
+    return level
 
 
 def _model_checks(

@@ -15,7 +15,7 @@ FLAG_WEAK_BEATS_STRONG = "weak_beats_strong"
 STRONG = ("autoattack-lite", "apgd-t", "apgd")  # compared as the reference, not as weak
 FLAG_LARGE_EPS = "large_eps"
 FLAG_NOT_CONVERGED = "not_converged"
-FLAG_GAN_WEAKER = "gan_weaker_than_pgd"
+FLAG_GAN_WEAKER = "gan_weaker_than_reference"
 FLAG_STATEFUL = "stateful"
 FLAG_BATCH_DEPENDENT = "batch_dependent"
 
@@ -55,10 +55,6 @@ ACC_TOL = 0.01
 LARGE_EPS_FACTOR = 100.0
 #: Fewest PGD steps the large-eps check uses.
 LARGE_EPS_MIN_STEPS = 10
-#: Samples in the seeded probe on which PGD checks the GAN attack.
-PROBE_SIZE = 64
-#: Significance level of the probe's sign test.
-PROBE_ALPHA = 0.05
 
 
 def make_flag(flag: str, message: str, suggests: str) -> dict:
