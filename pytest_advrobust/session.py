@@ -230,7 +230,7 @@ class AdvRobustSession:
                 settings,
                 train_data=train,
                 quiet=quiet(self.config),
-                **self._tools(need_train, request.node.nodeid),
+                **self._tools(True, request.node.nodeid),
             )
         if self.cache_note:
             outcome.kept_in_memory()

@@ -135,4 +135,6 @@ def test_adoption_of_a_timm_and_a_torchvision_model(pytester):
         assert gan["settings"]["preprocessing"] is not None
         for rep in (gan, pgd):
             assert rep["adversarial_accuracy"] <= rep["clean_accuracy"]
-        assert gan["training"]["mode"] == "cold" and gan["cost"]["gan"]["forward_per_sample"] > 3
+        # the generator was trained for this model family, and every sample met the model
+        assert gan["training"]["mode"] == "cold" and gan["cost"]["gan"]["forward_per_sample"] >= 1
+        assert set(gan["gan"]["stages"]) == {"start", "untargeted", "targeted"}

@@ -520,7 +520,7 @@ def test_a_fall_of_a_random_model_names_its_noise(tmp_path):
         TESTS.replace("n_samples=300", "n_samples=300, model='noisy_model'")
     )
     assert pytest_run(tmp_path, "--advrobust-save-baseline").ret == 0
-    run = pytest_run(tmp_path, "--advrobust-compare", WEIGHT_NOISE="0.05")
+    run = pytest_run(tmp_path, "--advrobust-compare", WEIGHT_NOISE="0.1")
     assert run.ret == 1, run
     rep = run.reports[NODE]
     flag = next(f for f in rep["sanity"] if f["flag"] == "nondeterministic")

@@ -185,14 +185,19 @@ def run_sanity(
             flags.append(check_adv_above_clean(model, x, y, x_adv, cfg.batch_size, correct_counts))
     flags.append(check_curve(curve, n))
     if n and gan is not None:
-        check, found_gan, cost = strength_check(model, x, y, gan, cfg, level, int(num_classes or 2))
-        ctx.facts["strength_check"], ctx.facts["strength_check_cost"] = check, cost
-        flags.append(found_gan)
+        flags.append(_strength(model, x, y, gan, cfg, ctx, level, int(num_classes or 2)))
     if level == "full" and n and has_grad:  # gradient attacks need an input gradient
         evaluated = _under_test(adversarial, x_adv, attacks, idx)
         k = int(num_classes or 2)
         flags.extend(full_checks(model, xs, ys, cfg, ctx, k, evaluated, configured=attacks))
     return [f for f in flags if f]
+
+
+def _strength(model, x, y, gan: GanRecord, cfg, ctx, level: str, classes: int) -> Optional[dict]:
+    """The ``gan`` attack's strength check; its record and cost go to ``ctx.facts``."""
+    check, flag, cost = strength_check(model, x, y, gan, cfg, level, classes)
+    ctx.facts["strength_check"], ctx.facts["strength_check_cost"] = check, cost
+    return flag
 
 
 def _level(level: str) -> str:
