@@ -437,7 +437,7 @@ def per_commit(work, repeats=3):
     """Seconds of one default test and one PGD-40 test through the plugin's evaluation, on the
     Fashion-MNIST reference CNN and its fine-tuned twin, with a warm generator cache."""
     from pytest_advrobust.evaluation import run_evaluation
-    from pytest_advrobust.settings import RobustSettings
+    from pytest_advrobust.settings.robust import RobustSettings
 
     model, (xtr, ytr), (xte, yte), _ = ROWS["fashion_cnn"](work)
     n_ft, lr, adv = FINETUNE["fashion_cnn"]

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytest_advrobust.comparison import FAILING, compare  # noqa: E402
 from pytest_advrobust.evaluation import run_evaluation  # noqa: E402
-from pytest_advrobust.settings import RobustSettings  # noqa: E402
+from pytest_advrobust.settings.robust import RobustSettings  # noqa: E402
 
 #: name -> (hidden units, epochs, learning rate)
 RECIPES = {"converged": (256, 30, 1e-3), "short": (64, 15, 3e-3)}

@@ -39,9 +39,9 @@ from .comparison_text import attack_change, generator_facts  # noqa: F401
 from .errors import AdvRobustError
 from .fingerprint import environment_fingerprint, fingerprint_differences  # noqa: F401
 from .jsonfiles import UnreadableJson, read_json
-from .parsing import is_number
 from .report import atomic_write_text
-from .settings import MISSING_POLICIES  # noqa: F401  (what a test without an entry does)
+from .settings.parsing import is_number
+from .settings.robust import MISSING_POLICIES  # noqa: F401  (what a test without an entry does)
 
 #: The schema this version writes; it reads every schema in :data:`READABLE_SCHEMAS`.
 SCHEMA_VERSION = 2

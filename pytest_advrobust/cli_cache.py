@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .cli_output import PROG, err, out, out_lines
-from .parsing import non_negative_float, non_negative_int
+from .settings.parsing import non_negative_float, non_negative_int
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(commands: Any) -> None:
     """The ``cache`` sub-command and its actions, on ``commands`` (argparse sub-parsers)."""
-    from .paths import ENV_CACHE_DIR
+    from .settings.cache_folder import ENV_CACHE_DIR
 
     folder_help = f"the cache folder (default: ${ENV_CACHE_DIR}, else ./.pytest_cache/d/advrobust)"
     # --cache-dir is accepted before or after the action; SUPPRESS keeps the
@@ -93,7 +93,7 @@ def _open_cache(root: Path) -> Any:
 
 def _evaluations(root: Path) -> Any:
     """The store of evaluations inside the cache folder, or ``None`` when there is none."""
-    from .paths import EVALUATIONS_FOLDER
+    from .settings.cache_folder import EVALUATIONS_FOLDER
 
     folder = root / EVALUATIONS_FOLDER
     return _open_cache(folder) if folder.is_dir() else None

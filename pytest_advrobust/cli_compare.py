@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from .cli_output import err, out, out_lines
 from .jsonfiles import InputError, load_results
-from .parsing import is_number, non_negative_float, significance_level
+from .settings.parsing import is_number, non_negative_float, significance_level
 from .tables import text_table
 
 __all__ = ["add_parsers", "run_compare", "run_history"]
@@ -27,7 +27,7 @@ Results = Dict[str, Dict[str, Any]]
 
 def add_parsers(commands: Any) -> None:
     """The ``compare`` and ``history`` sub-commands, on ``commands`` (argparse sub-parsers)."""
-    from .settings import DEFAULTS
+    from .settings.robust import DEFAULTS
 
     comp = commands.add_parser(
         "compare",

@@ -31,8 +31,8 @@ from .comparison_text import (
     settings_mismatches,
 )
 from .paired import PairedTest, paired_test
-from .parsing import is_number
 from .sample_record import decode
+from .settings.parsing import is_number
 
 __all__ = ["DEFAULT_SIGNIFICANCE", "FAILING", "SLACK", "Comparison", "compare"]
 

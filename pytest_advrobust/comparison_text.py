@@ -10,8 +10,8 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .paired import PairedTest
-from .parsing import is_number
 from .sample_record import SampleRecord, short_id
+from .settings.parsing import is_number
 
 __all__ = [
     "SHOWN_IDS",

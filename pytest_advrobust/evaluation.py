@@ -34,7 +34,7 @@ from .preparation import (
 )
 from .rows import same_samples
 from .run_tools import RunTools
-from .settings import RobustSettings
+from .settings.robust import RobustSettings
 
 __all__ = [
     "Outcome",

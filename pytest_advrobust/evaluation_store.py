@@ -35,7 +35,7 @@ from . import __version__
 from .attack_version import ATTACK_VERSION
 from .metrics import Predictions
 from .outcome import Outcome
-from .paths import EVALUATIONS_FOLDER
+from .settings.cache_folder import EVALUATIONS_FOLDER
 
 __all__ = ["EVALUATIONS", "evaluation_key", "stored_or_computed"]
 

@@ -14,7 +14,7 @@ import pytest
 
 from .errors import warn
 from .report import build_report, failure_message, junit_properties
-from .settings import RobustSettings
+from .settings.robust import RobustSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import AdvRobustSession

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import pytest
 
 from .errors import AdvRobustError
-from .settings import DEFAULTS, MARKER_HELP, VALUE_OPTIONS, resolve_value
+from .settings.robust import DEFAULTS, MARKER_HELP, VALUE_OPTIONS, resolve_value
 
 GROUP = ("advrobust", "adversarial robustness tests (pytest-advrobust)")
 

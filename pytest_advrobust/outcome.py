@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .metrics import Predictions
-from .settings import RobustSettings
+from .settings.robust import RobustSettings
 
 __all__ = ["Outcome"]
 

@@ -18,7 +18,7 @@ from .errors import AdvRobustError
 from .geometry import perturbation_norms
 from .model import Preprocessed, resolve_device
 from .precision import model_dtype
-from .settings import RobustSettings
+from .settings.robust import RobustSettings
 
 __all__ = [
     "NO_TRAINING_DATA",

@@ -21,7 +21,7 @@ import pytest
 from . import __version__
 from .errors import AdvRobustError, warn
 from .options import flag, path_option, read_values
-from .settings import RobustSettings, base_settings, resolve_settings
+from .settings.robust import RobustSettings, base_settings, resolve_settings
 from .terminal import lock_wait_lines, progress_writer, quiet, terminal_line
 from .user_fixtures import ROBUST_FIXTURES, SKIP_REASON, fail_cleanly, is_robust, user_objects
 
@@ -63,7 +63,7 @@ class AdvRobustSession:
     @classmethod
     def from_config(cls, config: pytest.Config) -> AdvRobustSession:
         """Read the options; nothing here touches the disk or imports torch."""
-        from .cache_folder import choose_cache_dir
+        from .settings.cache_folder import choose_cache_dir
 
         values = read_values(config)
         # A run without --advrobust must not depend on a writable checkout: the cache
@@ -112,7 +112,7 @@ class AdvRobustSession:
     def cache_folder(self) -> Optional[Path]:
         """The GAN cache folder, made and probed on first use; ``None`` when it cannot be
         written (then generators live in memory for the session, with one warning)."""
-        from .cache_folder import open_cache_folder
+        from .settings.cache_folder import open_cache_folder
 
         if self.cache_checked:
             return self.cache_dir

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from .model import borrowed
 from .preparation import prepare, with_preprocessing
 from .run_tools import RunTools
-from .settings import RobustSettings
+from .settings.robust import RobustSettings
 
 __all__ = ["generator_for", "warm_generators"]
 

@@ -12,7 +12,7 @@ from pytest_advrobust.data import load_idx_dataset, read_idx, split_data, to_ten
 from pytest_advrobust.errors import AdvRobustError
 from pytest_advrobust.evaluation import run_evaluation
 from pytest_advrobust.model import Preprocessed, borrowed, check_logits
-from pytest_advrobust.settings import RobustSettings
+from pytest_advrobust.settings.robust import RobustSettings
 
 X = torch.rand(50, 1, 4, 4)
 Y = torch.arange(50) % 3

@@ -21,7 +21,7 @@ from pytest_advrobust.cache import GanCache
 from pytest_advrobust.code_digest import code_digest
 from pytest_advrobust.evaluation import run_evaluation
 from pytest_advrobust.evaluation_store import EVALUATIONS, KEEP_PER_TEST
-from pytest_advrobust.settings import RobustSettings
+from pytest_advrobust.settings.robust import RobustSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

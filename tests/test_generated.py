@@ -24,7 +24,7 @@ from pytest_advrobust.generated.evaluation import (
 from pytest_advrobust.generated.training import default_config, train_generator
 from pytest_advrobust.metrics import Predictions, wilson_interval
 from pytest_advrobust.report import build_report
-from pytest_advrobust.settings import RobustSettings, from_marker
+from pytest_advrobust.settings.robust import RobustSettings, from_marker
 
 DIGITS_CONFTEST = textwrap.dedent(
     """

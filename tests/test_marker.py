@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from pytest_advrobust import marker, options
+from pytest_advrobust import options
 from pytest_advrobust.errors import AdvRobustError
-from pytest_advrobust.settings import MARKER_ARGS, RobustSettings, from_marker
+from pytest_advrobust.settings import marker
+from pytest_advrobust.settings.robust import MARKER_ARGS, RobustSettings, from_marker
 
 
 def test_the_marker_help_lists_every_marker_argument():

@@ -338,7 +338,7 @@ def _loader_accuracy(model, loader):
 def test_clean_accuracy_equals_iterating_the_loader(kind, n, batch, drop_last, seed):
     from pytest_advrobust.evaluation import run_evaluation
     from pytest_advrobust.loading import seeded_loader
-    from pytest_advrobust.settings import RobustSettings
+    from pytest_advrobust.settings.robust import RobustSettings
 
     g = torch.Generator().manual_seed(seed)
     x, w = torch.rand(n, 8, generator=g), torch.randn(8, 3, generator=g)

@@ -14,7 +14,8 @@ from typing import Optional
 
 import pytest
 
-from pytest_advrobust import jsonfiles, parsing, tables
+from pytest_advrobust import jsonfiles, tables
+from pytest_advrobust.settings import parsing
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ Intended use by a caller that trains::
 
 from __future__ import annotations
 
-from ..paths import ENV_CACHE_DIR, resolve_cache_dir
+from ..settings.cache_folder import ENV_CACHE_DIR, resolve_cache_dir
 from .keys import FORMAT_VERSION, canonical_key, digest_module, digest_tensors
 from .maintenance import EntryInfo, GanCache
 from .store import CacheWarning

@@ -16,9 +16,9 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-from .errors import AdvRobustError
+from ..errors import AdvRobustError
 from .marker import MARKER_ARGS, MARKER_HELP, from_marker
-from .option_types import (
+from .values import (
     DEFAULT_EPS,
     MISSING_POLICIES,
     SANITY_LEVELS,
@@ -175,7 +175,7 @@ class RobustSettings:
 
     def attack_config(self, eps: float):
         """The :class:`~.attacks.base.AttackConfig` of these settings at ``eps``."""
-        from .attacks.base import AttackConfig
+        from ..attacks.base import AttackConfig
 
         return AttackConfig(eps=float(eps), **{f: getattr(self, f) for f in ATTACK_FIELDS})
 

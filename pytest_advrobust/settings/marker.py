@@ -15,11 +15,11 @@ import numbers
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-from .errors import AdvRobustError
-from .option_types import DEFAULT_EPS, METRICS, NORMS, SANITY_LEVELS
+from ..errors import AdvRobustError
+from .values import DEFAULT_EPS, METRICS, NORMS, SANITY_LEVELS
 
 if TYPE_CHECKING:
-    from .settings import RobustSettings
+    from .robust import RobustSettings
 
 __all__ = ["ARGUMENTS", "MARKER_ARGS", "MARKER_HELP", "from_marker"]
 
@@ -100,7 +100,7 @@ def _threshold(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
 
 
 def _known_attacks() -> Sequence[str]:
-    from .attacks import available
+    from ..attacks import available
 
     return list(available())
 
