@@ -12,7 +12,7 @@ process under cProfile (the warm run: generator loaded from the cache) and
 prints, from that one profile:
 
 * the warm run's total time;
-* the time inside :func:`pytest_advrobust.data.to_tensor_pair` (every
+* the time inside :func:`pytest_advrobust.inputs.data.to_tensor_pair` (every
   conversion of a fixture value, the user's ``__getitem__`` included) and its
   share of the total;
 * how many times ``__getitem__`` ran.
@@ -46,7 +46,7 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, {bench!r})
 from fashion import DEFAULT_ROOT, load_split, trained_cnn  # noqa: E402
-from pytest_advrobust.data import read_idx  # noqa: E402
+from pytest_advrobust.inputs.data import read_idx  # noqa: E402
 
 CALLS = [0]
 
@@ -162,7 +162,8 @@ def main(argv=None) -> int:
     convert = sum(
         v[3]
         for k, v in stats.stats.items()  # cProfile counts recursion once
-        if k[2] == "to_tensor_pair" and k[0].endswith(os.path.join("pytest_advrobust", "data.py"))
+        if k[2] == "to_tensor_pair"
+        and k[0].endswith(os.path.join("pytest_advrobust", "inputs", "data.py"))
     )
     calls = sys.modules["conftest"].CALLS[0]
     print(

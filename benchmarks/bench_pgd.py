@@ -57,7 +57,7 @@ sys.path.insert(0, str(HERE))
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext  # noqa: E402
 from pytest_advrobust.attacks.counting import counting  # noqa: E402
 from pytest_advrobust.attacks.gradient import pgd  # noqa: E402
-from pytest_advrobust.data import load_idx_dataset  # noqa: E402
+from pytest_advrobust.inputs.data import load_idx_dataset  # noqa: E402
 
 FASHION_ROOT = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 

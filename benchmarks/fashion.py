@@ -21,7 +21,7 @@ DEFAULT_ROOT = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fas
 
 def load_split(split: str, root: Path = DEFAULT_ROOT) -> Tuple["torch.Tensor", "torch.Tensor"]:
     """``split`` "train" or "test" -> (x float32 (N, 1, 28, 28) in [0, 1], y int64 (N,))."""
-    from pytest_advrobust.data import load_idx_dataset
+    from pytest_advrobust.inputs.data import load_idx_dataset
 
     return load_idx_dataset(root, split)
 

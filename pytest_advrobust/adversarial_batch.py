@@ -6,9 +6,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .calls import guarded, probe_min_batch
+from .inputs.calls import guarded, probe_min_batch
+from .inputs.model import Preprocessed, borrowed, resolve_device
 from .metrics import predict, summarize
-from .model import Preprocessed, borrowed, resolve_device
 
 __all__ = ["AdversarialBatch"]
 
@@ -71,7 +71,7 @@ class AdversarialBatch:
         extras = self._outcome.extras
         if extras is None:
             return x
-        from .rows import tag
+        from .inputs.rows import tag
 
         return tag(x, torch.arange(x.shape[0]), extras)
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def current_environment(values: Dict[str, Any]) -> Dict[str, Any]:
     """The fingerprint (versions, device, seed) of the environment this run measures in."""
     from .baseline import environment_fingerprint
-    from .model import resolve_device
+    from .inputs.model import resolve_device
 
     try:
         device = str(resolve_device(values["device"]))

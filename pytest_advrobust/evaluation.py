@@ -16,15 +16,13 @@ import torch
 
 from .attacks import get_attack
 from .attacks.counting import counted
-from .calls import find_guard, probe_min_batch
-from .data import Split
 from .evaluation_store import stored_or_computed
-from .gradcheck import require_input_gradient
-from .metrics import Predictions, merge_worst_case, predict, summarize
-from .model import borrowed
-from .outcome import Outcome
-from .precision import into_dtype, working_copy
-from .preparation import (
+from .inputs.calls import find_guard, probe_min_batch
+from .inputs.data import Split
+from .inputs.gradcheck import require_input_gradient
+from .inputs.model import borrowed
+from .inputs.precision import into_dtype, working_copy
+from .inputs.prepare import (
     check_bound,
     needs_training_data,
     prepare,
@@ -32,7 +30,9 @@ from .preparation import (
     torch_threads,
     with_preprocessing,
 )
-from .rows import same_samples
+from .inputs.rows import same_samples
+from .metrics import Predictions, merge_worst_case, predict, summarize
+from .outcome import Outcome
 from .run_tools import RunTools
 from .settings.robust import RobustSettings
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import AdvRobustError
+from .inputs.model import check_logits
 from .intervals import wilson_interval
-from .model import check_logits
 
 __all__ = [
     "Predictions",

@@ -55,7 +55,7 @@ class Outcome:
     def of_split(cls, settings: RobustSettings, split: Any, device: Any, **fields: Any) -> Outcome:
         """An outcome on the evaluation samples of ``split`` (a :class:`~.data.Split`);
         its tensors are plain (not tagged with their samples)."""
-        from .rows import plain
+        from .inputs.rows import plain
 
         if "x_adv" in fields:
             fields["x_adv"] = plain(fields["x_adv"])

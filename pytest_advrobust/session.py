@@ -127,7 +127,7 @@ class AdvRobustSession:
     def session_data(self) -> Any:
         """Fixture values converted to tensors once per session."""
         if self.store is None:
-            from .loading import SessionData
+            from .inputs.loaders import SessionData
 
             self.store = SessionData()
         return self.store
@@ -189,7 +189,7 @@ class AdvRobustSession:
 
     def _running(self) -> Any:
         """Torch's threads as asked, and waits for a cache lock that say who holds it."""
-        from .preparation import torch_threads
+        from .inputs.prepare import torch_threads
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch_threads(self.values["threads"]))
@@ -215,7 +215,7 @@ class AdvRobustSession:
     def outcome(self, request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
         """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
         from .evaluation import run_evaluation
-        from .preparation import needs_training_data
+        from .inputs.prepare import needs_training_data
 
         need_train = needs_training_data(settings)
         model, data, train = user_objects(request, settings, need_train)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Dict, List
 
-from .model import borrowed
-from .preparation import prepare, with_preprocessing
+from .inputs.model import borrowed
+from .inputs.prepare import prepare, with_preprocessing
 from .run_tools import RunTools
 from .settings.robust import RobustSettings
 
@@ -17,8 +17,8 @@ __all__ = ["generator_for", "warm_generators"]
 def _attack_inputs(model, split, settings: RobustSettings, device):
     """``(net, x, x_work, y)`` as the evaluation hands them to the ``gan`` attack: the model with
     its preprocessing, checked for an input gradient; float32 copies of low-precision data."""
-    from .gradcheck import require_input_gradient
-    from .precision import working_copy
+    from .inputs.gradcheck import require_input_gradient
+    from .inputs.precision import working_copy
 
     with borrowed(model, device) as m:
         net = with_preprocessing(m, settings, device)

@@ -628,7 +628,7 @@ def test_a_guarded_model_grows_its_smallest_batch_without_a_probe():
     # gan_generator and `advrobust warm` call the model without the evaluation's probe
     import torch
 
-    from pytest_advrobust.calls import guarded
+    from pytest_advrobust.inputs.calls import guarded
 
     class BatchStats(torch.nn.Module):
         def __init__(self):

@@ -337,7 +337,7 @@ def _loader_accuracy(model, loader):
 )
 def test_clean_accuracy_equals_iterating_the_loader(kind, n, batch, drop_last, seed):
     from pytest_advrobust.evaluation import run_evaluation
-    from pytest_advrobust.loading import seeded_loader
+    from pytest_advrobust.inputs.loaders import seeded_loader
     from pytest_advrobust.settings.robust import RobustSettings
 
     g = torch.Generator().manual_seed(seed)
@@ -442,7 +442,7 @@ def test_low_precision_models_keep_the_bound_in_the_input_dtype(pytester):
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("linf", 0.03), ("l2", 0.5)])
 def test_into_dtype_keeps_every_perturbation_inside_after_rounding(dtype, norm, eps):
     from pytest_advrobust.attacks.base import bound
-    from pytest_advrobust.precision import into_dtype
+    from pytest_advrobust.inputs.precision import into_dtype
 
     g = torch.Generator().manual_seed(3)
     x = torch.rand(256, 3, 5, 5, generator=g).to(dtype)
@@ -461,7 +461,7 @@ def test_float32_results_read_inside_eps_however_the_size_is_computed(norm, eps)
     """x + delta rounds in float32; the bound must hold for ``(x_adv - x).abs().max() <= eps``
     computed in float32 and compared as a Python float, as a user writes it."""
     from pytest_advrobust.attacks.base import bound
-    from pytest_advrobust.precision import into_dtype
+    from pytest_advrobust.inputs.precision import into_dtype
 
     g = torch.Generator().manual_seed(5)
     x = torch.rand(512, 64, generator=g)

@@ -90,7 +90,7 @@ def test_curve_marks_failures_on_the_gap_at_judged_eps_only():
 def test_gallery_takes_class_names_from_the_data():
     from torch.utils.data import DataLoader, Subset, TensorDataset
 
-    from pytest_advrobust.data import split_data
+    from pytest_advrobust.inputs.data import split_data
 
     class Named(TensorDataset):
         classes = ["cat", "dog", "emu"]

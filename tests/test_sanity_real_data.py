@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext
 from pytest_advrobust.attacks.gradient import pgd
-from pytest_advrobust.data import load_idx_dataset
+from pytest_advrobust.inputs.data import load_idx_dataset
 from pytest_advrobust.sanity import run_sanity
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

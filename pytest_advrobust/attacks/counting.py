@@ -9,7 +9,7 @@ that the JSON report shows under ``cost`` (adv-lib counts queries the same way).
 
 Counting wraps the model callable and never registers module hooks, so
 scripted, traced and compiled models and ``DataParallel`` are counted alike.
-A model that the plugin already guards (:mod:`pytest_advrobust.calls`) is
+A model that the plugin already guards (:mod:`pytest_advrobust.inputs.calls`) is
 counted by its guard and handed over as it is, so that what an attack sees of
 the model (for instance the cache key of a generator) does not depend on
 whether it is being counted.
@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator
 
 import torch
 
-from ..precision import InputCast
+from ..inputs.precision import InputCast
 
 __all__ = ["QueryCount", "counted", "counting", "uncounted"]
 
@@ -96,7 +96,7 @@ def counting(model: Any) -> Iterator[tuple]:
     counts); any other model comes back wrapped (an ``nn.Module`` in an
     ``nn.Module`` whose ``inner`` it is). The user's model is never changed.
     """
-    from ..calls import find_guard
+    from ..inputs.calls import find_guard
 
     count = QueryCount()
     start = time.perf_counter()

@@ -91,7 +91,7 @@ def loss_gradient(
     with torch.enable_grad():
         logits = model(xg)
         if not logits.requires_grad:  # forward under no_grad, detached, argmax, ...
-            from ..gradcheck import missing_gradient_error
+            from ..inputs.gradcheck import missing_gradient_error
 
             raise missing_gradient_error(
                 attack, None, "the output does not depend on the input through autograd"

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..distributed import TrainingSync
-from ..model import check_logits
+from ..inputs.model import check_logits
 from .config import GanConfig
 
 __all__ = ["EarlyStop", "Holdout", "split"]

@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 
-from ..model import Preprocessed, frozen
+from ..inputs.model import Preprocessed, frozen
 from .config import GanConfig
 from .networks import build_generator
 
@@ -56,7 +56,7 @@ def qualname(obj: Any) -> str:
 def user_model_class(model: Any) -> str:
     """The qualified class name of the user's own model inside the plugin's wrappers
     (preprocessing, dtype cast), as ``advrobust cache list`` shows it."""
-    from ..precision import InputCast
+    from ..inputs.precision import InputCast
 
     while isinstance(model, (Preprocessed, InputCast)):
         model = model.inner

@@ -50,7 +50,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..distributed import TrainingSync, is_distributed
-from ..model import frozen
+from ..inputs.model import frozen
 from . import holdout
 from .config import GanConfig
 from .networks import Generator

@@ -37,10 +37,10 @@ from typing import Any, Dict, NamedTuple, Tuple
 import torch
 
 from ..errors import AdvRobustError
+from ..inputs.model import borrowed
+from ..inputs.prepare import prepare, with_preprocessing
 from ..metrics import Predictions, accuracy_numbers, gap_of, predict, wilson_interval
-from ..model import borrowed
 from ..outcome import Outcome
-from ..preparation import prepare, with_preprocessing
 from ..run_tools import RunTools
 from .store import obtain
 from .training import default_config

@@ -24,7 +24,7 @@ over the evaluation batch plus a few passes on a sub-batch of at most
 ``gradients``
     The input gradient of the cross-entropy is all zero for more than half of
     the samples, contains NaN or inf (at the clean inputs, or at any input an
-    attack computed it at: the model guard of :mod:`pytest_advrobust.calls`
+    attack computed it at: the model guard of :mod:`pytest_advrobust.inputs.calls`
     records those and sets them to 0), or does not exist at all. The message
     names the model's fixture and the share of samples affected.
 ``nondeterministic``
@@ -165,8 +165,8 @@ def run_sanity(
     its record goes to ``ctx.facts["strength_check"]`` and its cost to
     ``ctx.facts["strength_check_cost"]``. ``correct_counts`` (clean and adversarial correct
     counts) spare two forward passes. ``fixture`` names the model; ``record``: what the model
-    guard saw (:class:`~pytest_advrobust.calls.CallRecord`); ``min_batch``: the least batch it
-    takes.
+    guard saw (:class:`~pytest_advrobust.inputs.calls.CallRecord`); ``min_batch``: the least
+    batch it takes.
     """
     if _level(level) == "off":
         return []
@@ -211,7 +211,7 @@ def _model_checks(
 ) -> Tuple[List[Optional[dict]], bool, Optional[int]]:
     """The ``probabilities``, ``gradients`` and ``nondeterministic`` checks on the
     sub-batch: ``(flags or None, whether an input gradient exists, output width)``."""
-    from ..calls import find_guard
+    from ..inputs.calls import find_guard
 
     with torch.no_grad():
         first = model(xs)

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import AdvRobustError
+from ..errors import AdvRobustError
 
 __all__ = [
     "GRADIENT_ATTACKS",

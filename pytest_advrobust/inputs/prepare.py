@@ -13,12 +13,12 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ..errors import AdvRobustError
+from ..geometry import perturbation_norms
+from ..settings.robust import RobustSettings
 from .data import Split, check_inputs, split_data, to_tensor_pair
-from .errors import AdvRobustError
-from .geometry import perturbation_norms
 from .model import Preprocessed, resolve_device
 from .precision import model_dtype
-from .settings.robust import RobustSettings
 
 __all__ = [
     "NO_TRAINING_DATA",
@@ -134,7 +134,7 @@ def prepare(
 ):
     """Check the model, choose the device, split and check the data.
 
-    ``store`` (a :class:`~pytest_advrobust.loading.SessionData`) remembers the
+    ``store`` (a :class:`~pytest_advrobust.inputs.loaders.SessionData`) remembers the
     conversions for the session; with ``need_train=False`` no training
     samples are loaded (``split.train_x`` is ``None``). Samples with several
     inputs come back as the perturbed input, tagged with its samples
@@ -183,8 +183,8 @@ def choose_inputs(split: Split, settings: RobustSettings) -> None:
     """Samples with several inputs: keep the one the attack perturbs (``attack_input``) as
     ``split.x`` (and ``split.train_x``), tagged with its samples and the other inputs
     (:mod:`.rows`, :mod:`.inputs`); one input per sample: check ``attack_input`` fits."""
-    from .inputs import Extras, Inputs, choose, join_tables
     from .rows import tag
+    from .several import Extras, Inputs, choose, join_tables
 
     x, tx = split.x, split.train_x
     if not isinstance(x, Inputs):

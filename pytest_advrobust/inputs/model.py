@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .errors import AdvRobustError
+from ..errors import AdvRobustError
 
 __all__ = ["borrowed", "frozen", "Preprocessed", "check_logits", "resolve_device"]
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 from torch import nn
 
-from .geometry import clip_bounds, per_sample, perturbation_norms, project
+from ..geometry import clip_bounds, per_sample, perturbation_norms, project
 
 __all__ = [
     "LOW_PRECISION",
@@ -42,7 +42,7 @@ class InputCast(nn.Module):
     """``model(x.to(dtype))``: the model keeps getting inputs of its own dtype.
 
     Also the base of the plugin's other module wrappers (the call guard of
-    :mod:`pytest_advrobust.calls`, the pass counter): each keeps the user's
+    :mod:`pytest_advrobust.inputs.calls`, the pass counter): each keeps the user's
     model as ``inner``, so the class of the user's own model is found inside
     them. ``dtype=None`` casts nothing.
     """

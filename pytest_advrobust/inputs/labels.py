@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import AdvRobustError
+from ..errors import AdvRobustError
 
 __all__ = ["label_tensor", "labels"]
 

@@ -71,7 +71,7 @@ class SessionData:
     """Conversions of fixture values to ``(x, y)`` tensors, remembered for a session.
 
     ``convert(data, fixture, indices, seed, tick)`` returns what
-    :func:`pytest_advrobust.data.to_tensor_pair` returns, computing it once per
+    :func:`pytest_advrobust.inputs.data.to_tensor_pair` returns, computing it once per
     (value, fixture name, indices, seed). ``conversions`` counts the
     conversions that actually ran.
     """

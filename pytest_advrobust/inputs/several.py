@@ -10,7 +10,7 @@ default the first floating-point tensor); eps, ``bounds`` and
 ``preprocessing`` apply to it alone. :func:`choose` splits an
 :class:`Inputs` into that tensor and :class:`Extras`, the other slots of
 every sample, which the model wrapper puts back around the perturbed input
-of each call (see :mod:`pytest_advrobust.rows`).
+of each call (see :mod:`pytest_advrobust.inputs.rows`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import AdvRobustError
+from ..errors import AdvRobustError
 
 __all__ = ["Extras", "Inputs", "choose", "is_several", "join_tables"]
 

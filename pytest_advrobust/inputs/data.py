@@ -9,10 +9,10 @@ Accepted forms (the ``robust_data`` fixture may return any of them):
   a label key (``label``, ``labels``, ``target``, ``targets``, ``y``) whose
   other tensor entries are the inputs;
 * a ``DataLoader``, evaluated on what it yields: iterated once, in the order
-  the evaluation seed fixes (see :mod:`pytest_advrobust.loading`);
+  the evaluation seed fixes (see :mod:`pytest_advrobust.inputs.loaders`);
 * an iterable of ``(x_batch, y_batch)`` pairs.
 
-Several inputs come back as :class:`~pytest_advrobust.inputs.Inputs`, one
+Several inputs come back as :class:`~pytest_advrobust.inputs.several.Inputs`, one
 tensor per input. Labels must be class indices; anything else (strings,
 objects) is one sentence saying how to map them.
 """
@@ -25,11 +25,11 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import AdvRobustError
+from ..errors import AdvRobustError
 from .idx import load_idx_dataset, read_idx
-from .inputs import Inputs, is_several
 from .labels import label_tensor as _label_tensor
 from .labels import labels as _labels
+from .several import Inputs, is_several
 
 __all__ = [
     "Split",
@@ -183,7 +183,7 @@ def to_tensor_pair(
 ) -> Tuple[Batch, torch.Tensor]:
     """Turn the user's data into ``(x, y)`` CPU tensors (optionally only ``indices``).
 
-    ``x`` is one tensor, or :class:`~pytest_advrobust.inputs.Inputs` when each
+    ``x`` is one tensor, or :class:`~pytest_advrobust.inputs.several.Inputs` when each
     sample has several inputs. A ``DataLoader`` is iterated with its order
     seeded by ``seed``; ``indices`` then index what it yielded. ``tick(k)`` is
     called after each ``k`` samples read (progress).
@@ -203,7 +203,7 @@ def to_tensor_pair(
             f"fixture {fixture!r} gave inputs without labels; return an (x, y) pair"
         )
     if isinstance(data, DataLoader):
-        from .loading import loader_batches
+        from .loaders import loader_batches
 
         return _from_batches(loader_batches(data, seed), fixture, indices, tick)
     if _is_map_dataset(data) and not isinstance(data, IterableDataset):

@@ -5,8 +5,8 @@ every attack, the sanity checks and the clean predictions share what it does
 on each call:
 
 * **several inputs**: a batch of the perturbed input that knows its samples
-  (:mod:`pytest_advrobust.rows`) is handed to the model with the other inputs
-  of those samples (:mod:`pytest_advrobust.inputs`);
+  (:mod:`pytest_advrobust.inputs.rows`) is handed to the model with the other inputs
+  of those samples (:mod:`pytest_advrobust.inputs.several`);
 * **the smallest batch the model takes**: a batch smaller than
   ``min_batch`` (found by :func:`probe_min_batch`; a BatchNorm
   without running statistics needs 2) is padded with earlier samples, and
@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from .errors import AdvRobustError, ModelError
+from ..errors import AdvRobustError, ModelError
 from .precision import InputCast
 from .rows import Tagged, plain, rows_of
 
