@@ -8,7 +8,7 @@ import torch
 
 from .inputs.calls import guarded, probe_min_batch
 from .inputs.model import Preprocessed, borrowed, resolve_device
-from .metrics import predict, summarize
+from .metrics.accuracy import predict, summarize
 
 __all__ = ["AdversarialBatch"]
 

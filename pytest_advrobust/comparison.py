@@ -30,8 +30,8 @@ from .comparison_text import (
     samples_json,
     settings_mismatches,
 )
+from .metrics.record import decode
 from .paired import PairedTest, paired_test
-from .sample_record import decode
 from .settings.parsing import is_number
 
 __all__ = ["DEFAULT_SIGNIFICANCE", "FAILING", "SLACK", "Comparison", "compare"]

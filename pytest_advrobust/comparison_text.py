@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .metrics.record import SampleRecord, short_id
 from .paired import PairedTest
-from .sample_record import SampleRecord, short_id
 from .settings.parsing import is_number
 
 __all__ = [

@@ -31,7 +31,7 @@ from .inputs.prepare import (
     with_preprocessing,
 )
 from .inputs.rows import same_samples
-from .metrics import Predictions, merge_worst_case, predict, summarize
+from .metrics.accuracy import Predictions, merge_worst_case, predict, summarize
 from .outcome import Outcome
 from .run_tools import RunTools
 from .settings.robust import RobustSettings

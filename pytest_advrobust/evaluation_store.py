@@ -33,7 +33,7 @@ import torch
 
 from . import __version__
 from .attack_version import ATTACK_VERSION
-from .metrics import Predictions
+from .metrics.accuracy import Predictions
 from .outcome import Outcome
 from .settings.cache_folder import EVALUATIONS_FOLDER
 

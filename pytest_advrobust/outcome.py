@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .metrics import Predictions
+from .metrics.accuracy import Predictions
 from .settings.robust import RobustSettings
 
 __all__ = ["Outcome"]
@@ -88,7 +88,7 @@ class Outcome:
         """Each evaluated sample's id and its clean and robust verdicts at the headline eps,
         in the JSON form of :mod:`.sample_record`; ``None`` for ``attack="generated"``,
         whose adversarial samples are not perturbed copies of the evaluated ones."""
-        from .sample_record import ID_BYTES, SampleRecord, encode
+        from .metrics.record import ID_BYTES, SampleRecord, encode
 
         if self.generated is not None:
             return None

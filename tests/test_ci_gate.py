@@ -40,8 +40,8 @@ import pytest
 from _support import BLOBS_CONFTEST
 from scipy.stats import binomtest
 
-from pytest_advrobust.intervals import paired_difference_interval
-from pytest_advrobust.sample_record import decode, encode
+from pytest_advrobust.metrics.intervals import paired_difference_interval
+from pytest_advrobust.metrics.record import decode, encode
 
 TOLERANCE = 0.02
 BASELINE = "advrobust-baseline.json"

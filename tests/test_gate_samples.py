@@ -35,7 +35,7 @@ import pytest
 from _support import BLOBS_CONFTEST
 
 from pytest_advrobust.comparison_text import p_text
-from pytest_advrobust.sample_record import decode
+from pytest_advrobust.metrics.record import decode
 
 Image = pytest.importorskip("PIL.Image")
 

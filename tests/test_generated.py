@@ -22,7 +22,7 @@ from pytest_advrobust.generated.evaluation import (
     run_generated,
 )
 from pytest_advrobust.generated.training import default_config, train_generator
-from pytest_advrobust.metrics import Predictions, wilson_interval
+from pytest_advrobust.metrics.accuracy import Predictions, wilson_interval
 from pytest_advrobust.report import build_report
 from pytest_advrobust.settings.robust import RobustSettings, from_marker
 

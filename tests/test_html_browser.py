@@ -164,7 +164,7 @@ def embedded(text: str, alt_prefix: str) -> np.ndarray:
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_chromium_shows_the_samples_a_failing_compare_lost(tmp_path):
     from pytest_advrobust import images
-    from pytest_advrobust.sample_record import SampleRecord, decode, encode
+    from pytest_advrobust.metrics.record import SampleRecord, decode, encode
 
     saved = digits_run(tmp_path, "--advrobust-save-baseline")
     assert saved.returncode == 0, saved.stdout[-3000:] + saved.stderr[-2000:]

@@ -15,14 +15,14 @@ import re
 import pytest
 
 from pytest_advrobust import comparison
-from pytest_advrobust.intervals import (
+from pytest_advrobust.metrics.intervals import (
     Z95,
     _restricted_p21,
     paired_difference_interval,
     tango_score,
 )
+from pytest_advrobust.metrics.record import SampleRecord, decode, encode
 from pytest_advrobust.paired import paired_test
-from pytest_advrobust.sample_record import SampleRecord, decode, encode
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 

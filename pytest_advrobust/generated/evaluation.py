@@ -39,7 +39,7 @@ import torch
 from ..errors import AdvRobustError
 from ..inputs.model import borrowed
 from ..inputs.prepare import prepare, with_preprocessing
-from ..metrics import Predictions, accuracy_numbers, gap_of, predict, wilson_interval
+from ..metrics.accuracy import Predictions, accuracy_numbers, gap_of, predict, wilson_interval
 from ..outcome import Outcome
 from ..run_tools import RunTools
 from .store import obtain

@@ -13,8 +13,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from .errors import AdvRobustError
-from .inputs.model import check_logits
+from ..errors import AdvRobustError
+from ..inputs.model import check_logits
 from .intervals import wilson_interval
 
 __all__ = [
