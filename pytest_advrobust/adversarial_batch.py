@@ -95,7 +95,7 @@ class AdversarialBatch:
             x_adv = self._tagged(self.x_adv).to(device)
             adv = predict(net, x_adv, self.y_adv.to(device), bs, s.model)
         if self._outcome.generated is not None:
-            from .generated.evaluation import real_and_generated_numbers
+            from .conditional.evaluation import real_and_generated_numbers
 
             return real_and_generated_numbers(
                 self.y, clean, self.y_adv, adv, s.metric, self.real_valid

@@ -2,7 +2,7 @@
 
 Everything after ``warm`` goes to ``pytest --advrobust --advrobust-warm``.
 Under ``torchrun`` (``$WORLD_SIZE`` > 1) the ranks join one process group
-(:mod:`pytest_advrobust.distributed`) before they run pytest; each generator
+(:mod:`pytest_advrobust.gan.distributed`) before they run pytest; each generator
 is then trained by all ranks together and stored by rank 0. Rank 0 prints
 pytest's output; the other ranks write theirs to a temporary log, whose end is
 printed only when that rank's exit status differs from rank 0's.
@@ -30,7 +30,7 @@ def run(pytest_args: Sequence[str]) -> int:
     non-zero status of any rank, the same on every rank)."""
     import pytest
 
-    from . import distributed
+    from .gan import distributed
 
     args = list(pytest_args)
     if args and args[0] == "--":
@@ -83,7 +83,7 @@ def _warm_distributed(args: List[str]) -> int:
     """``warm`` on one rank of a ``torchrun`` launch: same pytest run, trained together."""
     import pytest
 
-    from . import distributed
+    from .gan import distributed
 
     try:
         distributed.init_from_env()

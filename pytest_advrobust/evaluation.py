@@ -66,7 +66,7 @@ def run_evaluation(
     is stored.
     """
     if "generated" in settings.attacks:
-        from .generated.evaluation import run_generated
+        from .conditional.evaluation import run_generated
 
         return run_generated(model, data, settings, train_data=train_data, **tools)
     kit = RunTools(**tools)

@@ -47,7 +47,7 @@ def gallery_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     from .layout import channels_first
 
     if outcome.generated is not None:
-        from .generated.gallery import wrong_gallery_image
+        from .reports.generated_gallery import wrong_gallery_image
 
         return wrong_gallery_image(
             channels_first(outcome.x_adv, outcome.settings),

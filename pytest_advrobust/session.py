@@ -269,7 +269,7 @@ class AdvRobustSession:
         """The ``gan_generator`` (or, with ``conditional``, ``conditional_generator``)
         fixture's value: trained, or read from the cache."""
         if conditional:
-            from .generated.fixture import conditional_generator_for as look_up
+            from .conditional.fixture import conditional_generator_for as look_up
         else:
             from .warm import generator_for as look_up
         try:

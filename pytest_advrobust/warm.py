@@ -72,7 +72,7 @@ def warm_generators(
 
     ``tools``: the keyword arguments of :class:`~.run_tools.RunTools`."""
     if "generated" in settings.attacks:
-        from .generated.fixture import warm_sample_generator
+        from .conditional.fixture import warm_sample_generator
 
         return warm_sample_generator(model, data, settings, train_data=train_data, **tools)
     if "gan" not in settings.attacks:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from _support import LEAN
 
-from pytest_advrobust import cli, distributed
+from pytest_advrobust import cli
 from pytest_advrobust.cache import GanCache
+from pytest_advrobust.gan import distributed
 
 # More models: one whose weights depend on the rank (its ranks cannot agree on one generator),
 # and one slightly changed model (same family: it reuses the first one's generator).

@@ -13,15 +13,15 @@ import torch
 from _support import digits_mlp, digits_tensors
 
 from pytest_advrobust.cache import GanCache
-from pytest_advrobust.errors import AdvRobustError
-from pytest_advrobust.generated import store
-from pytest_advrobust.generated.evaluation import (
+from pytest_advrobust.conditional import store
+from pytest_advrobust.conditional.evaluation import (
     check_training_data,
     obtain_networks,
     real_and_generated_numbers,
     run_generated,
 )
-from pytest_advrobust.generated.training import default_config, train_generator
+from pytest_advrobust.conditional.training import default_config, train_generator
+from pytest_advrobust.errors import AdvRobustError
 from pytest_advrobust.metrics.accuracy import Predictions, wilson_interval
 from pytest_advrobust.report import build_report
 from pytest_advrobust.settings.robust import RobustSettings, from_marker

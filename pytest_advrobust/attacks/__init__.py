@@ -18,7 +18,7 @@ _BUILTIN = {
     "apgd": ("pytest_advrobust.attacks.apgd", "apgd"),
     "apgd-t": ("pytest_advrobust.attacks.apgd", "apgd_t"),
     "autoattack-lite": ("pytest_advrobust.attacks.apgd", "autoattack_lite"),
-    "generated": ("pytest_advrobust.generated.evaluation", "generated_attack"),
+    "generated": ("pytest_advrobust.conditional.evaluation", "generated_attack"),
 }
 # Gradient attacks from strongest to weakest (AttackBench ranks targeted APGD
 # first among L-inf attacks); the sanity checks compare against the first one

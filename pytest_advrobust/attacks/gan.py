@@ -170,7 +170,7 @@ def obtain_generator(
 
 
 def _obtain(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, ident: PriorIdentity):
-    from .. import distributed
+    from ..gan import distributed
 
     how = acquire_ranks if distributed.is_distributed() else acquire
     gen, facts = how.obtain(model, train_x, train_y, gcfg, ctx, ident)

@@ -147,7 +147,7 @@ def store_trained(cache, ctx: Any, ident: PriorIdentity, gcfg: GanConfig, result
         "facts": facts,
     }
     if getattr(result, "world_size", 1) > 1:
-        from .. import distributed
+        from . import distributed
 
         meta["distributed"] = {
             "world_size": int(result.world_size),

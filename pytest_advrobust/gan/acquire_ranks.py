@@ -17,8 +17,8 @@ import contextlib
 import socket
 from typing import Any, Dict, Optional, Tuple
 
-from .. import distributed
 from ..errors import AdvRobustError
+from . import distributed
 from .acquire import (
     ASKED_REASON,
     COLD_REASON,

@@ -10,7 +10,7 @@ reads it at any eps); :class:`EarlyStop`
 keeps the best state by that measure and counts the evaluations since it
 improved. Several processes: each rank evaluates its own share of the
 held-out samples and the counts are summed
-(:class:`pytest_advrobust.distributed.TrainingSync`), so every rank gets the
+(:class:`pytest_advrobust.gan.distributed.TrainingSync`), so every rank gets the
 same number.
 """
 
@@ -22,9 +22,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..distributed import TrainingSync
 from ..inputs.model import check_logits
 from .config import GanConfig
+from .distributed import TrainingSync
 
 __all__ = ["EarlyStop", "Holdout", "split"]
 

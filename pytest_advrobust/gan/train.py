@@ -22,7 +22,7 @@ seeded with ``seed``; on the CPU the same inputs and seed give bit-identical
 weights (unless ``max_seconds`` cuts the training short).
 
 Several processes (``advrobust warm`` under ``torchrun``, see
-:mod:`pytest_advrobust.distributed`): the generator and discriminator are
+:mod:`pytest_advrobust.gan.distributed`): the generator and discriminator are
 wrapped in DistributedDataParallel. Every rank draws the same global batch
 from the same seeded generator and trains on its own contiguous 1/W slice of
 it, with its loss weighted by the slice's share, so the all-reduced gradient
@@ -38,7 +38,7 @@ settings (and so the cache key) do not depend on the number of processes.
 Where each part lives: the settings in :mod:`.config`, the state of one
 training and its set-up in :mod:`.training_run`, one step in :mod:`.steps`, the
 held-out split, evaluation and early stopping in :mod:`.holdout`, the
-collectives in :class:`pytest_advrobust.distributed.TrainingSync`; this module
+collectives in :class:`pytest_advrobust.gan.distributed.TrainingSync`; this module
 runs the loop and hands back the result.
 """
 
@@ -49,10 +49,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..distributed import TrainingSync, is_distributed
 from ..inputs.model import frozen
 from . import holdout
 from .config import GanConfig
+from .distributed import TrainingSync, is_distributed
 from .networks import Generator
 from .steps import margin, train_step
 from .training_run import TrainingRun, seeded_networks, setup_data, setup_networks, setup_optimisers
@@ -121,7 +121,7 @@ def train_generator(
     ``progress``: called with one-line messages (on rank 0 only): the start, about every
     eighth of the budget, at least every 30 seconds, and the end.
     ``distributed``: train with every rank of the process group that
-    :func:`pytest_advrobust.distributed.init_from_env` set up (every rank
+    :func:`pytest_advrobust.gan.distributed.init_from_env` set up (every rank
     must call this with the same model, data and settings); ``None`` (the
     default) does so whenever that group has more than one process. In
     distributed mode ``init_state`` and the warm/cold decision are rank 0's.

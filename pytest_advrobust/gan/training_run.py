@@ -16,9 +16,9 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from ..distributed import TrainingSync
 from . import holdout
 from .config import GanConfig
+from .distributed import TrainingSync
 from .networks import build_discriminator, build_generator
 
 __all__ = [

@@ -286,7 +286,7 @@ class TrainingSync:
         if active:
             if not is_distributed():
                 raise RuntimeError(
-                    "distributed training needs pytest_advrobust.distributed.init_from_env() "
+                    "distributed training needs pytest_advrobust.gan.distributed.init_from_env() "
                     "to have joined a process group of more than one process"
                 )
             self.active, self.dist = True, _dist()

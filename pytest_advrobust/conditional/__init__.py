@@ -10,6 +10,7 @@ the intended class with at least the ``validity`` confidence.
 
 Modules: :mod:`.networks` (generator, discriminator, reference classifier),
 :mod:`.training` (seeded, step-budgeted training), :mod:`.store` (the cache),
-:mod:`.evaluation` (sampling, validity, the numbers), :mod:`.gallery` (PNG).
+:mod:`.evaluation` (sampling, validity, the numbers); its gallery is drawn by
+:mod:`pytest_advrobust.reports.generated_gallery`.
 Nothing here is imported when the plugin loads.
 """
