@@ -436,7 +436,7 @@ def measure(name, work):
 def per_commit(work, repeats=3):
     """Seconds of one default test and one PGD-40 test through the plugin's evaluation, on the
     Fashion-MNIST reference CNN and its fine-tuned twin, with a warm generator cache."""
-    from pytest_advrobust.evaluation import run_evaluation
+    from pytest_advrobust.evaluation.run import run_evaluation
     from pytest_advrobust.settings.robust import RobustSettings
 
     model, (xtr, ytr), (xte, yte), _ = ROWS["fashion_cnn"](work)

@@ -48,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytest_advrobust.comparison import FAILING, compare  # noqa: E402
-from pytest_advrobust.evaluation import run_evaluation  # noqa: E402
+from pytest_advrobust.evaluation.run import run_evaluation  # noqa: E402
 from pytest_advrobust.settings.robust import RobustSettings  # noqa: E402
 
 #: name -> (hidden units, epochs, learning rate)

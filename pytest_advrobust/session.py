@@ -214,7 +214,7 @@ class AdvRobustSession:
 
     def outcome(self, request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
         """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
-        from .evaluation import run_evaluation
+        from .evaluation.run import run_evaluation
         from .inputs.prepare import needs_training_data
 
         need_train = needs_training_data(settings)
@@ -239,7 +239,7 @@ class AdvRobustSession:
 
     def _warm_only(self, request: pytest.FixtureRequest, settings: RobustSettings) -> None:
         """``--advrobust-warm``: obtain the generators this test needs, then skip it."""
-        from .warm import warm_generators
+        from .evaluation.warm import warm_generators
 
         model, data, train = user_objects(request, settings)
         with self._running():
@@ -271,7 +271,7 @@ class AdvRobustSession:
         if conditional:
             from .conditional.fixture import conditional_generator_for as look_up
         else:
-            from .warm import generator_for as look_up
+            from .evaluation.warm import generator_for as look_up
         try:
             settings = self.settings_for(request, require_threshold=False)
             model, data, train = user_objects(request, settings)

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from pytest_advrobust.errors import AdvRobustError
-from pytest_advrobust.evaluation import run_evaluation
+from pytest_advrobust.evaluation.run import run_evaluation
 from pytest_advrobust.inputs.data import load_idx_dataset, read_idx, split_data, to_tensor_pair
 from pytest_advrobust.inputs.model import Preprocessed, borrowed, check_logits
 from pytest_advrobust.settings.robust import RobustSettings

@@ -18,9 +18,9 @@ import torch
 from _support import digits_mlp, digits_tensors
 
 from pytest_advrobust.cache import GanCache
-from pytest_advrobust.code_digest import code_digest
-from pytest_advrobust.evaluation import run_evaluation
-from pytest_advrobust.evaluation_store import EVALUATIONS, KEEP_PER_TEST
+from pytest_advrobust.evaluation.code_digest import code_digest
+from pytest_advrobust.evaluation.run import run_evaluation
+from pytest_advrobust.evaluation.store import EVALUATIONS, KEEP_PER_TEST
 from pytest_advrobust.settings.robust import RobustSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -118,7 +118,7 @@ class Net(torch.nn.Module):
 
 def digest_in_subprocess(folder: Path, hash_seed: str) -> str:
     code = "import sys; sys.path.insert(0, '.'); import netmod; "
-    code += "from pytest_advrobust.code_digest import code_digest; "
+    code += "from pytest_advrobust.evaluation.code_digest import code_digest; "
     code += "print(code_digest(netmod.Net()))"
     env = dict(os.environ, PYTHONHASHSEED=hash_seed)
     out = subprocess.run(

@@ -336,7 +336,7 @@ def _loader_accuracy(model, loader):
     seed=st.integers(0, 5),
 )
 def test_clean_accuracy_equals_iterating_the_loader(kind, n, batch, drop_last, seed):
-    from pytest_advrobust.evaluation import run_evaluation
+    from pytest_advrobust.evaluation.run import run_evaluation
     from pytest_advrobust.inputs.loaders import seeded_loader
     from pytest_advrobust.settings.robust import RobustSettings
 

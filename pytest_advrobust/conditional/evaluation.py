@@ -37,11 +37,11 @@ from typing import Any, Dict, NamedTuple, Tuple
 import torch
 
 from ..errors import AdvRobustError
+from ..evaluation.outcome import Outcome
+from ..evaluation.run_tools import RunTools
 from ..inputs.model import borrowed
 from ..inputs.prepare import prepare, with_preprocessing
 from ..metrics.accuracy import Predictions, accuracy_numbers, gap_of, predict, wilson_interval
-from ..outcome import Outcome
-from ..run_tools import RunTools
 from .store import obtain
 from .training import default_config
 

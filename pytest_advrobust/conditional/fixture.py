@@ -10,7 +10,7 @@ __all__ = ["conditional_generator_for", "warm_sample_generator"]
 def _networks(model: Any, data: Any, settings, train_data: Any, store: Any = None, **kwargs):
     import torch
 
-    from ..evaluation import prepare
+    from ..evaluation.run import prepare
 
     device, split = prepare(model, data, settings, train_data, store=store)
     train_fixture = settings.train_data if train_data is not None else settings.data

@@ -21,7 +21,7 @@ in the data fixture as the plugin reads it: what a reviewer looks up.
 
 This module does not import torch: the ``advrobust compare`` command reads
 records from JSON files. The ids are computed where the tensors are
-(:meth:`~pytest_advrobust.outcome.Outcome.sample_record`).
+(:meth:`~pytest_advrobust.evaluation.outcome.Outcome.sample_record`).
 """
 
 from __future__ import annotations

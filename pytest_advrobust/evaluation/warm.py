@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Dict, List
 
-from .inputs.model import borrowed
-from .inputs.prepare import prepare, with_preprocessing
+from ..inputs.model import borrowed
+from ..inputs.prepare import prepare, with_preprocessing
+from ..settings.robust import RobustSettings
 from .run_tools import RunTools
-from .settings.robust import RobustSettings
 
 __all__ = ["generator_for", "warm_generators"]
 
@@ -17,8 +17,8 @@ __all__ = ["generator_for", "warm_generators"]
 def _attack_inputs(model, split, settings: RobustSettings, device):
     """``(net, x, x_work, y)`` as the evaluation hands them to the ``gan`` attack: the model with
     its preprocessing, checked for an input gradient; float32 copies of low-precision data."""
-    from .inputs.gradcheck import require_input_gradient
-    from .inputs.precision import working_copy
+    from ..inputs.gradcheck import require_input_gradient
+    from ..inputs.precision import working_copy
 
     with borrowed(model, device) as m:
         net = with_preprocessing(m, settings, device)
@@ -36,7 +36,7 @@ def _train_x(split, x, x_work):
 
 
 def _obtain(model, split, settings: RobustSettings, eps: float, device, tools: RunTools):
-    from .attacks.gan import obtain_generator
+    from ..attacks.gan import obtain_generator
 
     with _attack_inputs(model, split, settings, device) as (net, x, x_work, y):
         train_x, train_y = _train_x(split, x, x_work), split.train_y
@@ -72,7 +72,7 @@ def warm_generators(
 
     ``tools``: the keyword arguments of :class:`~.run_tools.RunTools`."""
     if "generated" in settings.attacks:
-        from .conditional.fixture import warm_sample_generator
+        from ..conditional.fixture import warm_sample_generator
 
         return warm_sample_generator(model, data, settings, train_data=train_data, **tools)
     if "gan" not in settings.attacks:

@@ -31,11 +31,11 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from . import __version__
+from .. import __version__
+from ..metrics.accuracy import Predictions
+from ..settings.cache_folder import EVALUATIONS_FOLDER
 from .attack_version import ATTACK_VERSION
-from .metrics.accuracy import Predictions
 from .outcome import Outcome
-from .settings.cache_folder import EVALUATIONS_FOLDER
 
 __all__ = ["EVALUATIONS", "evaluation_key", "stored_or_computed"]
 
@@ -60,7 +60,7 @@ _META = ("numbers", "curve", "training", "gan", "sanity", "cost", "class_names",
 def _attack_parts(names) -> Dict[str, Any]:
     """How each attack is identified: built-ins by the attack version, custom ones by
     their name, qualified name and code."""
-    from .attacks import _BUILTIN, get_attack
+    from ..attacks import _BUILTIN, get_attack
     from .code_digest import code_digest
 
     parts: Dict[str, Any] = {}
@@ -81,7 +81,7 @@ def evaluation_key(
 
     The family is the key without the model: the same test's evaluations of other
     models (earlier commits), of which the store keeps only the newest few."""
-    from .cache.keys import canonical_key, digest_module, digest_tensors
+    from ..cache.keys import canonical_key, digest_module, digest_tensors
     from .code_digest import code_digest
 
     try:
@@ -171,7 +171,7 @@ def stored_or_computed(
     if keys is None:
         return compute()
     key, family = keys
-    from .cache import GanCache
+    from ..cache import GanCache
 
     cache = GanCache(tools.cache_dir / EVALUATIONS, warn=tools.warn)
     with cache.lock(key):

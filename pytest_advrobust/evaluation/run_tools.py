@@ -44,7 +44,7 @@ class RunTools:
 
     def attack_context(self, device: Any, train_x: Any, train_y: Any, **fields: Any):
         """An :class:`~.attacks.base.AttackContext` with these tools (``fields`` override)."""
-        from .attacks.base import AttackContext
+        from ..attacks.base import AttackContext
 
         tools = dict(
             cache_dir=self.cache_dir,

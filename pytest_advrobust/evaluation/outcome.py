@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .metrics.accuracy import Predictions
-from .settings.robust import RobustSettings
+from ..metrics.accuracy import Predictions
+from ..settings.robust import RobustSettings
 
 __all__ = ["Outcome"]
 
@@ -55,7 +55,7 @@ class Outcome:
     def of_split(cls, settings: RobustSettings, split: Any, device: Any, **fields: Any) -> Outcome:
         """An outcome on the evaluation samples of ``split`` (a :class:`~.data.Split`);
         its tensors are plain (not tagged with their samples)."""
-        from .inputs.rows import plain
+        from ..inputs.rows import plain
 
         if "x_adv" in fields:
             fields["x_adv"] = plain(fields["x_adv"])
@@ -88,7 +88,7 @@ class Outcome:
         """Each evaluated sample's id and its clean and robust verdicts at the headline eps,
         in the JSON form of :mod:`.sample_record`; ``None`` for ``attack="generated"``,
         whose adversarial samples are not perturbed copies of the evaluated ones."""
-        from .metrics.record import ID_BYTES, SampleRecord, encode
+        from ..metrics.record import ID_BYTES, SampleRecord, encode
 
         if self.generated is not None:
             return None

@@ -14,15 +14,14 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from .attacks import get_attack
-from .attacks.counting import counted
-from .evaluation_store import stored_or_computed
-from .inputs.calls import find_guard, probe_min_batch
-from .inputs.data import Split
-from .inputs.gradcheck import require_input_gradient
-from .inputs.model import borrowed
-from .inputs.precision import into_dtype, working_copy
-from .inputs.prepare import (
+from ..attacks import get_attack
+from ..attacks.counting import counted
+from ..inputs.calls import find_guard, probe_min_batch
+from ..inputs.data import Split
+from ..inputs.gradcheck import require_input_gradient
+from ..inputs.model import borrowed
+from ..inputs.precision import into_dtype, working_copy
+from ..inputs.prepare import (
     check_bound,
     needs_training_data,
     prepare,
@@ -30,11 +29,12 @@ from .inputs.prepare import (
     torch_threads,
     with_preprocessing,
 )
-from .inputs.rows import same_samples
-from .metrics.accuracy import Predictions, merge_worst_case, predict, summarize
+from ..inputs.rows import same_samples
+from ..metrics.accuracy import Predictions, merge_worst_case, predict, summarize
+from ..settings.robust import RobustSettings
 from .outcome import Outcome
 from .run_tools import RunTools
-from .settings.robust import RobustSettings
+from .store import stored_or_computed
 
 __all__ = [
     "Outcome",
@@ -66,7 +66,7 @@ def run_evaluation(
     is stored.
     """
     if "generated" in settings.attacks:
-        from .conditional.evaluation import run_generated
+        from ..conditional.evaluation import run_generated
 
         return run_generated(model, data, settings, train_data=train_data, **tools)
     kit = RunTools(**tools)
@@ -253,7 +253,7 @@ def _sanity(ev: _Evaluation, main: _Worst, curve: Optional[List[Dict[str, Any]]]
 
 
 def _sanity_flags(ev: _Evaluation, main: _Worst, curve, ctx, guard, level: str) -> List:
-    from .sanity import run_sanity
+    from ..sanity import run_sanity
 
     settings = ev.settings
     cfg = settings.attack_config(settings.main_eps)
@@ -287,8 +287,8 @@ def _gan_record(ev: _Evaluation, main: _Worst):
     """What the ``gan`` attack left at the headline eps, for its strength check."""
     if ev.gan_passes is None or "gan" not in main.per_attack:
         return None
-    from .attacks.cascade import CascadeBudget
-    from .sanity import GanRecord
+    from ..attacks.cascade import CascadeBudget
+    from ..sanity import GanRecord
 
     dev = ev.y.device
     x_gan = main.per_attack["gan"].to(ev.x_work.dtype)
@@ -299,7 +299,7 @@ def _gan_record(ev: _Evaluation, main: _Worst):
 def _retrain_after_check(ev: _Evaluation, cfg) -> None:
     """The strength check found the ``gan`` attack weak: train its generator further now, for
     the runs to come (this run's numbers stay those measured)."""
-    from .attacks.gan import retrain_generator
+    from ..attacks.gan import retrain_generator
 
     ctx = ev.tools.attack_context(ev.device, ev.train_x, ev.split.train_y)
     facts = retrain_generator(
