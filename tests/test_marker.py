@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from pytest_advrobust import options
 from pytest_advrobust.errors import AdvRobustError
+from pytest_advrobust.plugin import options
 from pytest_advrobust.settings import marker
 from pytest_advrobust.settings.robust import MARKER_ARGS, RobustSettings, from_marker
 

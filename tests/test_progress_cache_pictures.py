@@ -308,7 +308,7 @@ def test_history_draws_the_failing_floor_and_no_floor_below_zero(pytester):
 
 def test_html_cell_gives_the_reason_beside_fail(blobs_repo):
     pytest.importorskip("pytest_html")
-    from pytest_advrobust.html_report import verdict_cell
+    from pytest_advrobust.plugin.html_report import verdict_cell
 
     blobs_repo.makepyfile(
         test_h="""

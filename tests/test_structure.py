@@ -22,20 +22,20 @@ MAX_FUNCTION_LINES = 60
 MODULE_DEBT: dict = {}
 FUNCTION_DEBT: dict = {}
 #: Option tables and check catalogues: long by nature, exempt from the function limit.
-TABLES = {"options.py:add_options", "plugin.py:pytest_addoption"}
+TABLES = {"plugin/options.py:add_options", "plugin/__init__.py:pytest_addoption"}
 
 #: Modules that import pytest because a pytest type or pytest itself is the point:
 #: hooks, the session behind them, the pytest-html hooks, the CLI that runs pytest
 #: (``advrobust warm``), and pytest's own rootdir rules.
 PYTEST_USERS = {
-    "plugin.py",
-    "session.py",
-    "gate.py",
-    "options.py",
-    "baseline_run.py",
-    "terminal.py",
-    "user_fixtures.py",
-    "html_report.py",
+    "plugin/__init__.py",
+    "plugin/session.py",
+    "plugin/judge.py",
+    "plugin/options.py",
+    "plugin/baseline_run.py",
+    "plugin/terminal.py",
+    "plugin/user_fixtures.py",
+    "plugin/html_report.py",
     "cli_warm.py",
     "rootdir.py",
 }

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import pytest
 
-from .errors import warn
-from .report import build_report, failure_message, junit_properties
-from .settings.robust import RobustSettings
+from ..errors import warn
+from ..report import build_report, failure_message, junit_properties
+from ..settings.robust import RobustSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import AdvRobustSession
@@ -38,7 +38,7 @@ def judge(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> Optiona
     if session.compare:
         problems += compare_with_baseline(session, item, rep, outcome.settings)
     if session.images_dir is not None:
-        from .pictures import write_pictures
+        from ..pictures import write_pictures
 
         rep["images"] = write_pictures(
             session.images_dir, item.nodeid, outcome, rep, session.missing_package
@@ -53,7 +53,7 @@ def judge(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> Optiona
 
 def gate_checks(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> List[str]:
     """Clean accuracy at chance fails the test; a baseline that cannot fall warns."""
-    from .gatechecks import clean_accuracy_problem, stuck_baseline_warning
+    from ..gatechecks import clean_accuracy_problem, stuck_baseline_warning
 
     s, clean = outcome.settings, outcome.clean
     problem = clean_accuracy_problem(
@@ -82,7 +82,7 @@ def compare_with_baseline(
     session: AdvRobustSession, item: pytest.Item, rep: Dict[str, Any], settings: RobustSettings
 ) -> List[str]:
     """Record the baseline comparison in ``rep``; the problems it raises for the verdict."""
-    from .baseline import compare
+    from ..baseline import compare
 
     baseline = session.load_baseline() or {"tests": {}}
     entry = baseline.get("tests", {}).get(item.nodeid)

@@ -6,9 +6,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .inputs.calls import guarded, probe_min_batch
-from .inputs.model import Preprocessed, borrowed, resolve_device
-from .metrics.accuracy import predict, summarize
+from ..inputs.calls import guarded, probe_min_batch
+from ..inputs.model import Preprocessed, borrowed, resolve_device
+from ..metrics.accuracy import predict, summarize
 
 __all__ = ["AdversarialBatch"]
 
@@ -71,7 +71,7 @@ class AdversarialBatch:
         extras = self._outcome.extras
         if extras is None:
             return x
-        from .inputs.rows import tag
+        from ..inputs.rows import tag
 
         return tag(x, torch.arange(x.shape[0]), extras)
 
@@ -95,7 +95,7 @@ class AdversarialBatch:
             x_adv = self._tagged(self.x_adv).to(device)
             adv = predict(net, x_adv, self.y_adv.to(device), bs, s.model)
         if self._outcome.generated is not None:
-            from .conditional.evaluation import real_and_generated_numbers
+            from ..conditional.evaluation import real_and_generated_numbers
 
             return real_and_generated_numbers(
                 self.y, clean, self.y_adv, adv, s.metric, self.real_valid

@@ -61,6 +61,6 @@ def terminal_line(config: pytest.Config) -> Callable[[str], None]:
 def lock_wait_lines(config: pytest.Config, every: float) -> Any:
     """A context in which waiting for another process's cache lock prints, every ``every``
     seconds, who holds it (where progress lines go)."""
-    from .cache.locks import lock_waits
+    from ..cache.locks import lock_waits
 
     return lock_waits(progress_writer(config), every)

@@ -1,8 +1,9 @@
-"""pytest hooks of pytest-advrobust: each hands off to the run's AdvRobustSession.
+"""pytest hooks of pytest-advrobust (the ``pytest11`` entry point): each hands off to the
+run's AdvRobustSession.
 
-The session (``session.py``) is made in ``pytest_configure`` and kept in
-``config.stash``; options are declared in ``options.py``, the verdict of a test is
-given in ``gate.py``. Nothing heavy (torch) is imported until a robust test runs.
+The session (:mod:`.session`) is made in ``pytest_configure`` and kept in
+``config.stash``; options are declared in :mod:`.options`, the verdict of a test is
+given in :mod:`.judge`. Nothing heavy (torch) is imported until a robust test runs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, List
 
 import pytest
 
-from .errors import AdvRobustWarning
+from ..errors import AdvRobustWarning
 from .options import MARKER_LINE, add_options, check_path_values
 from .session import ROBUST_FIXTURES, SKIP_REASON, AdvRobustSession
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from .errors import AdvRobustError
-from .settings.robust import RobustSettings
+from ..errors import AdvRobustError
+from ..settings.robust import RobustSettings
 
 ROBUST_FIXTURES = ("adversarial_batch", "gan_generator", "conditional_generator")
 SKIP_REASON = "robustness test: pass --advrobust to run it"

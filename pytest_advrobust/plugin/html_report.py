@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from .errors import MissingPackage
-from .report import baseline_text, eps_cell
+from ..errors import MissingPackage
+from ..report import baseline_text, eps_cell
 
 __all__ = ["HtmlHooks", "numbers_html", "report_of", "verdict_cell"]
 
@@ -54,7 +54,7 @@ def _baseline(rep: Dict[str, Any]) -> str:
 
 def _paired_rows(rep: Dict[str, Any]) -> List[tuple]:
     """The paired comparison's counts, interval and p-value, and the changed samples."""
-    from .comparison_text import p_text, sample_list
+    from ..comparison_text import p_text, sample_list
 
     paired = (rep.get("baseline") or {}).get("paired")
     if not isinstance(paired, dict):
@@ -138,8 +138,8 @@ class HtmlHooks:
         self.missing = missing
 
     def _pictures(self, item: pytest.Item, rep: Dict[str, Any]) -> List[str]:
-        from .images import png_bytes
-        from .pictures import curve_of, gallery_of, newly_fooled_of
+        from ..images import png_bytes
+        from ..pictures import curve_of, gallery_of, newly_fooled_of
 
         outcome = self.outcome_of(item)
         if outcome is None:

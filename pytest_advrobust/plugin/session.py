@@ -18,10 +18,10 @@ from typing import Any, Dict, Generator, List, Optional, Set
 
 import pytest
 
-from . import __version__
-from .errors import AdvRobustError, warn
+from .. import __version__
+from ..errors import AdvRobustError, warn
+from ..settings.robust import RobustSettings, base_settings, resolve_settings
 from .options import flag, path_option, read_values
-from .settings.robust import RobustSettings, base_settings, resolve_settings
 from .terminal import lock_wait_lines, progress_writer, quiet, terminal_line
 from .user_fixtures import ROBUST_FIXTURES, SKIP_REASON, fail_cleanly, is_robust, user_objects
 
@@ -63,7 +63,7 @@ class AdvRobustSession:
     @classmethod
     def from_config(cls, config: pytest.Config) -> AdvRobustSession:
         """Read the options; nothing here touches the disk or imports torch."""
-        from .settings.cache_folder import choose_cache_dir
+        from ..settings.cache_folder import choose_cache_dir
 
         values = read_values(config)
         # A run without --advrobust must not depend on a writable checkout: the cache
@@ -100,7 +100,7 @@ class AdvRobustSession:
 
     def register_attacks(self) -> None:
         """Let other plugins add attacks (the pytest_advrobust_register_attacks hook)."""
-        from .attacks import register_attack
+        from ..attacks import register_attack
 
         self.config.hook.pytest_advrobust_register_attacks(register=register_attack)
 
@@ -112,7 +112,7 @@ class AdvRobustSession:
     def cache_folder(self) -> Optional[Path]:
         """The GAN cache folder, made and probed on first use; ``None`` when it cannot be
         written (then generators live in memory for the session, with one warning)."""
-        from .settings.cache_folder import open_cache_folder
+        from ..settings.cache_folder import open_cache_folder
 
         if self.cache_checked:
             return self.cache_dir
@@ -127,14 +127,14 @@ class AdvRobustSession:
     def session_data(self) -> Any:
         """Fixture values converted to tensors once per session."""
         if self.store is None:
-            from .inputs.loaders import SessionData
+            from ..inputs.loaders import SessionData
 
             self.store = SessionData()
         return self.store
 
     def load_baseline(self) -> Any:
         """The baseline file, read once (``None`` when there is none)."""
-        from .baseline import load_baseline
+        from ..baseline import load_baseline
 
         if not self.baseline_loaded:
             self.baseline = load_baseline(self.baseline_path)
@@ -189,7 +189,7 @@ class AdvRobustSession:
 
     def _running(self) -> Any:
         """Torch's threads as asked, and waits for a cache lock that say who holds it."""
-        from .inputs.prepare import torch_threads
+        from ..inputs.prepare import torch_threads
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch_threads(self.values["threads"]))
@@ -214,8 +214,8 @@ class AdvRobustSession:
 
     def outcome(self, request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
         """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
-        from .evaluation.run import run_evaluation
-        from .inputs.prepare import needs_training_data
+        from ..evaluation.run import run_evaluation
+        from ..inputs.prepare import needs_training_data
 
         need_train = needs_training_data(settings)
         model, data, train = user_objects(request, settings, need_train)
@@ -239,7 +239,7 @@ class AdvRobustSession:
 
     def _warm_only(self, request: pytest.FixtureRequest, settings: RobustSettings) -> None:
         """``--advrobust-warm``: obtain the generators this test needs, then skip it."""
-        from .evaluation.warm import warm_generators
+        from ..evaluation.warm import warm_generators
 
         model, data, train = user_objects(request, settings)
         with self._running():
@@ -255,8 +255,8 @@ class AdvRobustSession:
 
     def adversarial_batch(self, request: pytest.FixtureRequest, outcome: Any) -> Any:
         """The ``adversarial_batch`` fixture's value (``outcome``: the gate's, if any)."""
+        from ..report import build_report
         from .adversarial_batch import AdversarialBatch
-        from .report import build_report
 
         try:
             settings = self.settings_for(request, require_threshold=False)
@@ -269,9 +269,9 @@ class AdvRobustSession:
         """The ``gan_generator`` (or, with ``conditional``, ``conditional_generator``)
         fixture's value: trained, or read from the cache."""
         if conditional:
-            from .conditional.fixture import conditional_generator_for as look_up
+            from ..conditional.fixture import conditional_generator_for as look_up
         else:
-            from .evaluation.warm import generator_for as look_up
+            from ..evaluation.warm import generator_for as look_up
         try:
             settings = self.settings_for(request, require_threshold=False)
             model, data, train = user_objects(request, settings)
@@ -285,7 +285,7 @@ class AdvRobustSession:
 
     def judged_call(self, item: pytest.Item, outcome: Any) -> Generator[None, Any, Any]:
         """The body of the ``pytest_runtest_call`` wrapper: run the test, then judge it."""
-        from .gate import judge
+        from .judge import judge
 
         if outcome is None:
             return (yield)
@@ -347,8 +347,8 @@ class AdvRobustSession:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _write_json(self) -> None:
+        from ..report import write_json_report
         from .baseline_run import current_environment
-        from .report import write_json_report
 
         write_json_report(
             self.json_path,
@@ -359,14 +359,14 @@ class AdvRobustSession:
         self.notes.append(f"JSON report written to {self.json_path}")
 
     def _write_markdown(self) -> None:
-        from .markdown import write_run_summary
+        from ..markdown import write_run_summary
 
         for path in write_run_summary(self.markdown_path, self.reports, self.errored):
             self.notes.append(f"Markdown summary written to {path}")
 
     def terminal_summary(self, terminalreporter: Any) -> None:
         """The ``advrobust`` section: one line per robust test, then the notes."""
-        from .report import summary_lines
+        from ..report import summary_lines
 
         if not self.enabled or not (self.reports or self.notes):
             return
