@@ -5,7 +5,7 @@ The gate compares a test's evaluation with its baseline entry. Two rules, side b
 * **paired** (the gate's rule): on the samples both evaluations share, fail when the fall
   of adversarial accuracy exceeds ``--tolerance`` and the one-sided exact test on the
   samples whose verdict flipped finds it real at ``--significance``
-  (:func:`pytest_advrobust.comparison.compare` with per-sample records);
+  (:func:`pytest_advrobust.gate.comparison.compare` with per-sample records);
 * **absolute** (the rule before): fail when the adversarial accuracy fell by more than
   ``--tolerance`` (the same function on entries without per-sample records).
 
@@ -47,8 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_advrobust.comparison import FAILING, compare  # noqa: E402
 from pytest_advrobust.evaluation.run import run_evaluation  # noqa: E402
+from pytest_advrobust.gate.comparison import FAILING, compare  # noqa: E402
 from pytest_advrobust.settings.robust import RobustSettings  # noqa: E402
 
 #: name -> (hidden units, epochs, learning rate)

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
 
-from .comparison import SLACK, Comparison, compare  # noqa: F401  (the rule, re-exported)
-from .comparison_text import attack_change, generator_facts  # noqa: F401
 from .errors import AdvRobustError
-from .fingerprint import environment_fingerprint, fingerprint_differences  # noqa: F401
+from .gate.comparison import SLACK, Comparison, compare  # noqa: F401  (the rule, re-exported)
+from .gate.comparison_text import attack_change, generator_facts  # noqa: F401
+from .gate.fingerprint import environment_fingerprint, fingerprint_differences  # noqa: F401
 from .jsonfiles import UnreadableJson, read_json
 from .report import atomic_write_text
 from .settings.parsing import is_number

@@ -110,7 +110,7 @@ class _Tally:
         ]
         delta, status, paired = "-", self._status(before, after), ["-"] * 5
         if status is None:
-            from .comparison import compare
+            from .gate.comparison import compare
 
             result = compare(before, after, self.tolerance, self.significance)
             self.counts["compared"] += 1
@@ -155,7 +155,7 @@ def _has_number(result: Optional[Dict[str, Any]]) -> bool:
 
 def run_compare(args: argparse.Namespace) -> int:
     """``advrobust compare``; returns the exit status."""
-    from .fingerprint import fingerprint_differences
+    from .gate.fingerprint import fingerprint_differences
 
     try:
         old, old_env = load_results(args.old)

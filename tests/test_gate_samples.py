@@ -34,7 +34,7 @@ from typing import Any, Dict
 import pytest
 from _support import BLOBS_CONFTEST
 
-from pytest_advrobust.comparison_text import p_text
+from pytest_advrobust.gate.comparison_text import p_text
 from pytest_advrobust.metrics.record import decode
 
 Image = pytest.importorskip("PIL.Image")
@@ -340,7 +340,7 @@ def test_an_edited_data_set_compares_its_shared_samples(story):
 
 def rep_message(story: Story, step: str) -> str:
     """The comparison's sentence as the run shows it (failure or summary row)."""
-    from pytest_advrobust.comparison import compare
+    from pytest_advrobust.gate.comparison import compare
 
     rep = story.rep(step)
     return compare(story.baseline["tests"][NODE], rep, 0.02).message

@@ -14,7 +14,8 @@ import re
 
 import pytest
 
-from pytest_advrobust import comparison
+from pytest_advrobust.gate import comparison
+from pytest_advrobust.gate.paired import paired_test
 from pytest_advrobust.metrics.intervals import (
     Z95,
     _restricted_p21,
@@ -22,7 +23,6 @@ from pytest_advrobust.metrics.intervals import (
     tango_score,
 )
 from pytest_advrobust.metrics.record import SampleRecord, decode, encode
-from pytest_advrobust.paired import paired_test
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 

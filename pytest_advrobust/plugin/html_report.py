@@ -54,7 +54,7 @@ def _baseline(rep: Dict[str, Any]) -> str:
 
 def _paired_rows(rep: Dict[str, Any]) -> List[tuple]:
     """The paired comparison's counts, interval and p-value, and the changed samples."""
-    from ..comparison_text import p_text, sample_list
+    from ..gate.comparison_text import p_text, sample_list
 
     paired = (rep.get("baseline") or {}).get("paired")
     if not isinstance(paired, dict):

@@ -53,7 +53,7 @@ def judge(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> Optiona
 
 def gate_checks(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> List[str]:
     """Clean accuracy at chance fails the test; a baseline that cannot fall warns."""
-    from ..gatechecks import clean_accuracy_problem, stuck_baseline_warning
+    from ..gate.checks import clean_accuracy_problem, stuck_baseline_warning
 
     s, clean = outcome.settings, outcome.clean
     problem = clean_accuracy_problem(

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional, Sequence, Tuple
 
-from .metrics.intervals import wilson_interval
+from ..metrics.intervals import wilson_interval
 
 __all__ = ["chance_levels", "clean_accuracy_problem", "stuck_baseline_warning"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .metrics.record import SampleRecord, short_id
+from ..metrics.record import SampleRecord, short_id
+from ..settings.parsing import is_number
 from .paired import PairedTest
-from .settings.parsing import is_number
 
 __all__ = [
     "SHOWN_IDS",

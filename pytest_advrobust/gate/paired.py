@@ -24,8 +24,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
-from .metrics.intervals import paired_difference_interval
-from .metrics.record import SampleRecord
+from ..metrics.intervals import paired_difference_interval
+from ..metrics.record import SampleRecord
 
 __all__ = ["PairedTest", "paired_test"]
 

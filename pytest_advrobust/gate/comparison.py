@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from ..metrics.record import decode
+from ..settings.parsing import is_number
 from .comparison_text import (
     absolute_verdict,
     attack_change,
@@ -30,9 +32,7 @@ from .comparison_text import (
     samples_json,
     settings_mismatches,
 )
-from .metrics.record import decode
 from .paired import PairedTest, paired_test
-from .settings.parsing import is_number
 
 __all__ = ["DEFAULT_SIGNIFICANCE", "FAILING", "SLACK", "Comparison", "compare"]
 
