@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.fashion import load_split, small_cnn
 from pytest_advrobust.evaluation.run import run_evaluation
-from pytest_advrobust.report import build_report
+from pytest_advrobust.reports.report import build_report
 from pytest_advrobust.settings.robust import RobustSettings
 
 THRESHOLD = 0.10

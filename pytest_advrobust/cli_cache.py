@@ -115,7 +115,7 @@ def _list(cache: Any, root: Path, args: argparse.Namespace) -> int:
         out(f"no cache entries in {root}")
         _stored_line(root)
         return 0
-    from .tables import text_table
+    from .reports.tables import text_table
 
     out_lines(text_table([header()] + [entry_row(e) for e in entries], right=(5,)))
     total = sum(e.size for e in entries if isinstance(e.size, (int, float)))

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .cli_output import err, out, out_lines
-from .jsonfiles import InputError, load_results
+from .reports.jsonfiles import InputError, load_results
+from .reports.tables import text_table
 from .settings.parsing import is_number, non_negative_float, significance_level
-from .tables import text_table
 
 __all__ = ["add_parsers", "run_compare", "run_history"]
 

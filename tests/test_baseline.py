@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import pytest_advrobust
-from pytest_advrobust import baseline as bl
 from pytest_advrobust.errors import AdvRobustError
+from pytest_advrobust.reports import baseline as bl
 
 ENV = {"torch": "2.14.1", "device_kind": "cpu", "seed": 0, "plugin": "0.1.0", "python": "3.11"}
 
@@ -368,7 +368,7 @@ def test_module_does_not_import_torch():
     code = textwrap.dedent(
         """
         import sys
-        import pytest_advrobust.baseline
+        import pytest_advrobust.reports.baseline
         print("torch" in sys.modules)
         """
     )

@@ -25,7 +25,7 @@ pytest.importorskip("sklearn")  # ships the digits data
 
 from _support import LEAN  # noqa: E402
 
-from pytest_advrobust import images  # noqa: E402  (no torch at import)
+from pytest_advrobust.reports import images  # noqa: E402  (no torch at import)
 
 DIGITS_CONFTEST = '''
 

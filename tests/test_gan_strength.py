@@ -292,7 +292,7 @@ def test_saved_baseline_cleared_cache_retrained_unchanged_model_passes(blobs_rep
 
 
 def test_a_fall_with_a_changed_attack_is_not_called_a_regression():
-    from pytest_advrobust.baseline import compare
+    from pytest_advrobust.reports.baseline import compare
 
     entry = {
         "adversarial_accuracy": 0.9,

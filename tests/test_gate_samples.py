@@ -405,7 +405,7 @@ def gallery_of_samples(repo, rows):
     """A gallery of the given samples of the blobs data, with the fall run's ``x_adv``."""
     import torch
 
-    from pytest_advrobust.images import gallery_image
+    from pytest_advrobust.reports.images import gallery_image
 
     x, y = make_blobs()[:2]
     x_adv = torch.load(repo / "x_adv_fall.pt", weights_only=True)
@@ -420,7 +420,7 @@ def make_blobs():
 
 def assert_same_rows(written, expected):
     """The three image rows (not the caption bands or the title) are pixel for pixel equal."""
-    from pytest_advrobust.images import TEXT_HEIGHT, TITLE_HEIGHT
+    from pytest_advrobust.reports.images import TEXT_HEIGHT, TITLE_HEIGHT
 
     assert written.size[0] == expected.size[0]  # as many columns
     row_h = (expected.size[1] - 3 * TEXT_HEIGHT) // 3

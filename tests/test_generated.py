@@ -23,7 +23,7 @@ from pytest_advrobust.conditional.evaluation import (
 from pytest_advrobust.conditional.training import default_config, train_generator
 from pytest_advrobust.errors import AdvRobustError
 from pytest_advrobust.metrics.accuracy import Predictions, wilson_interval
-from pytest_advrobust.report import build_report
+from pytest_advrobust.reports.report import build_report
 from pytest_advrobust.settings.robust import RobustSettings, from_marker
 
 DIGITS_CONFTEST = textwrap.dedent(

@@ -135,7 +135,7 @@ def test_chromium_renders_the_digits_report_with_its_gallery(tmp_path):
     with Image.open(shot) as img:
         pixels = np.asarray(img.convert("RGB")).astype(int)
     # the first clean digit of the gallery (a 64x64 cell under the title band) is on screen
-    from pytest_advrobust import images
+    from pytest_advrobust.reports import images
 
     top, left = images.TITLE_HEIGHT + images.PADDING, images.PADDING
     ch, cw = images.cell_size(8, 8)
@@ -163,8 +163,8 @@ def embedded(text: str, alt_prefix: str) -> np.ndarray:
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_chromium_shows_the_samples_a_failing_compare_lost(tmp_path):
-    from pytest_advrobust import images
     from pytest_advrobust.metrics.record import SampleRecord, decode, encode
+    from pytest_advrobust.reports import images
 
     saved = digits_run(tmp_path, "--advrobust-save-baseline")
     assert saved.returncode == 0, saved.stdout[-3000:] + saved.stderr[-2000:]
@@ -202,7 +202,7 @@ def test_chromium_shows_the_samples_a_failing_compare_lost(tmp_path):
 def shown_whole(pixels: np.ndarray, picture: np.ndarray) -> bool:
     """Whether the gallery ``picture`` is on screen: somewhere its first clean digit is,
     the whole picture is (a digit may also be in the test's other gallery)."""
-    from pytest_advrobust import images
+    from pytest_advrobust.reports import images
 
     top, left = images.TITLE_HEIGHT + images.PADDING, images.PADDING
     ch, cw = images.cell_size(8, 8)

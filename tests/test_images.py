@@ -10,8 +10,8 @@ np = pytest.importorskip("numpy")
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
 
-from pytest_advrobust import images  # noqa: E402
 from pytest_advrobust.errors import AdvRobustError  # noqa: E402
+from pytest_advrobust.reports import images  # noqa: E402
 
 
 def _expected_size(n, h, w):

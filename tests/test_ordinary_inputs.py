@@ -605,7 +605,7 @@ def test_channels_last_images_are_normalised_and_drawn_on_their_channel_axis(pyt
 
     nhwc = Image.open(pytester.path / "pics" / "test_layout.py_test_nhwc.png")
     nchw = Image.open(pytester.path / "pics" / "test_layout.py_test_nchw.png")
-    from pytest_advrobust.images import TITLE_HEIGHT
+    from pytest_advrobust.reports.images import TITLE_HEIGHT
 
     # the same pictures under titles that name each test
     below = (0, TITLE_HEIGHT, nhwc.size[0], nhwc.size[1])

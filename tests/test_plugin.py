@@ -420,7 +420,7 @@ def test_preprocessing_wraps_the_model(blobs_repo):
 def test_importing_the_plugin_does_not_import_torch():
     code = (
         "import sys, pytest_advrobust.plugin, pytest_advrobust.settings.robust, "
-        "pytest_advrobust.report, pytest_advrobust.plugin.hookspecs; "
+        "pytest_advrobust.reports.report, pytest_advrobust.plugin.hookspecs; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

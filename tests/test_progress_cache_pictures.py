@@ -243,7 +243,7 @@ def robust_data(robust_model):
 def test_gallery_shows_whole_predicted_labels(pytester):
     from PIL import Image, ImageDraw, ImageFont
 
-    from pytest_advrobust import images
+    from pytest_advrobust.reports import images
 
     pytester.makeconftest(LONG_NAMES_CONFTEST)
     pytester.makepyfile(

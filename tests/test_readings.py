@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_advrobust import images  # noqa: E402
+from pytest_advrobust.reports import images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

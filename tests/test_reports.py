@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_advrobust import images  # noqa: F401  (torch-free at import)
+from pytest_advrobust.reports import images  # noqa: F401  (torch-free at import)
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -280,7 +280,7 @@ def test_step_summary_lists_robust_tests_that_errored_before_any_numbers(blobs_r
 
 
 def test_the_json_report_is_strict_json_when_a_number_is_unknown(tmp_path):
-    from pytest_advrobust.report import write_json_report
+    from pytest_advrobust.reports.report import write_json_report
 
     rep = {"nodeid": "t.py::a", "training": {"holdout_success": float("nan")}, "gap": 0.25}
     path = write_json_report(tmp_path / "r.json", [rep], {"torch": "x"}, "0")

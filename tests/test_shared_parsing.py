@@ -14,7 +14,7 @@ from typing import Optional
 
 import pytest
 
-from pytest_advrobust import jsonfiles, tables
+from pytest_advrobust.reports import jsonfiles, tables
 from pytest_advrobust.settings import parsing
 
 

@@ -16,8 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def current_environment(values: Dict[str, Any]) -> Dict[str, Any]:
     """The fingerprint (versions, device, seed) of the environment this run measures in."""
-    from ..baseline import environment_fingerprint
     from ..inputs.model import resolve_device
+    from ..reports.baseline import environment_fingerprint
 
     try:
         device = str(resolve_device(values["device"]))
@@ -28,7 +28,7 @@ def current_environment(values: Dict[str, Any]) -> Dict[str, Any]:
 
 def check_fingerprint(session: AdvRobustSession) -> None:
     """Warn (once, at configuration time) when the baseline was recorded elsewhere."""
-    from ..baseline import fingerprint_differences
+    from ..reports.baseline import fingerprint_differences
 
     try:
         baseline = session.load_baseline()
@@ -64,7 +64,7 @@ def files_narrowed_by_args(config: pytest.Config) -> Set[str]:
 
 def save_run_baseline(session: AdvRobustSession) -> None:
     """``--advrobust-save-baseline``: write this run's entries, keeping the rest."""
-    from ..baseline import save_baseline
+    from ..reports.baseline import save_baseline
 
     config = session.config
     existing = session.load_baseline()

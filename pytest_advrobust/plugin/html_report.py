@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from ..errors import MissingPackage
-from ..report import baseline_text, eps_cell
+from ..reports.report import baseline_text, eps_cell
 
 __all__ = ["HtmlHooks", "numbers_html", "report_of", "verdict_cell"]
 
@@ -138,8 +138,8 @@ class HtmlHooks:
         self.missing = missing
 
     def _pictures(self, item: pytest.Item, rep: Dict[str, Any]) -> List[str]:
-        from ..images import png_bytes
-        from ..pictures import curve_of, gallery_of, newly_fooled_of
+        from ..reports.images import png_bytes
+        from ..reports.pictures import curve_of, gallery_of, newly_fooled_of
 
         outcome = self.outcome_of(item)
         if outcome is None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import pytest
 
 from ..errors import warn
-from ..report import build_report, failure_message, junit_properties
+from ..reports.report import build_report, failure_message, junit_properties
 from ..settings.robust import RobustSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +38,7 @@ def judge(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> Optiona
     if session.compare:
         problems += compare_with_baseline(session, item, rep, outcome.settings)
     if session.images_dir is not None:
-        from ..pictures import write_pictures
+        from ..reports.pictures import write_pictures
 
         rep["images"] = write_pictures(
             session.images_dir, item.nodeid, outcome, rep, session.missing_package
@@ -82,7 +82,7 @@ def compare_with_baseline(
     session: AdvRobustSession, item: pytest.Item, rep: Dict[str, Any], settings: RobustSettings
 ) -> List[str]:
     """Record the baseline comparison in ``rep``; the problems it raises for the verdict."""
-    from ..baseline import compare
+    from ..reports.baseline import compare
 
     baseline = session.load_baseline() or {"tests": {}}
     entry = baseline.get("tests", {}).get(item.nodeid)

@@ -134,7 +134,7 @@ class AdvRobustSession:
 
     def load_baseline(self) -> Any:
         """The baseline file, read once (``None`` when there is none)."""
-        from ..baseline import load_baseline
+        from ..reports.baseline import load_baseline
 
         if not self.baseline_loaded:
             self.baseline = load_baseline(self.baseline_path)
@@ -255,7 +255,7 @@ class AdvRobustSession:
 
     def adversarial_batch(self, request: pytest.FixtureRequest, outcome: Any) -> Any:
         """The ``adversarial_batch`` fixture's value (``outcome``: the gate's, if any)."""
-        from ..report import build_report
+        from ..reports.report import build_report
         from .adversarial_batch import AdversarialBatch
 
         try:
@@ -347,7 +347,7 @@ class AdvRobustSession:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _write_json(self) -> None:
-        from ..report import write_json_report
+        from ..reports.report import write_json_report
         from .baseline_run import current_environment
 
         write_json_report(
@@ -359,14 +359,14 @@ class AdvRobustSession:
         self.notes.append(f"JSON report written to {self.json_path}")
 
     def _write_markdown(self) -> None:
-        from ..markdown import write_run_summary
+        from ..reports.markdown import write_run_summary
 
         for path in write_run_summary(self.markdown_path, self.reports, self.errored):
             self.notes.append(f"Markdown summary written to {path}")
 
     def terminal_summary(self, terminalreporter: Any) -> None:
         """The ``advrobust`` section: one line per robust test, then the notes."""
-        from ..report import summary_lines
+        from ..reports.report import summary_lines
 
         if not self.enabled or not (self.reports or self.notes):
             return

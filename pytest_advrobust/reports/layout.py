@@ -20,7 +20,7 @@ def channel_axis_of(x: Any, settings: Any) -> Optional[int]:
     if settings.channel_axis is not None:
         return settings.channel_axis % 4
     if settings.preprocessing is not None:
-        from .inputs.model import Preprocessed
+        from ..inputs.model import Preprocessed
 
         try:
             axis = Preprocessed(lambda t: t, *settings.preprocessing).axis_for(tuple(x.shape))

@@ -24,8 +24,8 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import MissingPackage
-from .geometry import perturbation_norms
+from ..errors import MissingPackage
+from ..geometry import perturbation_norms
 from .image_cells import (
     MAX_BARS,
     MIN_CELL,

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Union
 
-from .errors import AdvRobustError
-from .gate.comparison import SLACK, Comparison, compare  # noqa: F401  (the rule, re-exported)
-from .gate.comparison_text import attack_change, generator_facts  # noqa: F401
-from .gate.fingerprint import environment_fingerprint, fingerprint_differences  # noqa: F401
+from ..errors import AdvRobustError
+from ..gate.comparison import SLACK, Comparison, compare  # noqa: F401  (the rule, re-exported)
+from ..gate.comparison_text import attack_change, generator_facts  # noqa: F401
+from ..gate.fingerprint import environment_fingerprint, fingerprint_differences  # noqa: F401
+from ..settings.parsing import is_number
+from ..settings.robust import MISSING_POLICIES  # noqa: F401  (what a test without an entry does)
 from .jsonfiles import UnreadableJson, read_json
 from .report import atomic_write_text
-from .settings.parsing import is_number
-from .settings.robust import MISSING_POLICIES  # noqa: F401  (what a test without an entry does)
 
 #: The schema this version writes; it reads every schema in :data:`READABLE_SCHEMAS`.
 SCHEMA_VERSION = 2

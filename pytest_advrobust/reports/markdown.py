@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from .gate.comparison import FAILING
+from ..gate.comparison import FAILING
 from .report import COLUMNS, atomic_write_text, baseline_text, eps_cell, fmt3
 from .tables import markdown_cell, markdown_lines
 
@@ -39,7 +39,7 @@ def _baseline(rep: Dict[str, Any]) -> str:
 def _changed_samples(reports: List[Dict[str, Any]]) -> List[str]:
     """Under the table: per compared test with samples newly fooled, the counts, the
     paired test and the first ids (``#position (id)``)."""
-    from .gate.comparison_text import p_text, sample_list
+    from ..gate.comparison_text import p_text, sample_list
 
     lines = []
     for rep in reports:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from .geometry import per_sample
+from ..geometry import per_sample
 
 __all__ = [
     "MAX_BARS",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .errors import MissingPackage
+from ..errors import MissingPackage
 
 __all__ = [
     "GALLERY_SAMPLES",
@@ -47,7 +47,7 @@ def gallery_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     from .layout import channels_first
 
     if outcome.generated is not None:
-        from .reports.generated_gallery import wrong_gallery_image
+        from .generated_gallery import wrong_gallery_image
 
         return wrong_gallery_image(
             channels_first(outcome.x_adv, outcome.settings),

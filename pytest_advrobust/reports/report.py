@@ -100,7 +100,7 @@ def eps_cell(rep: Dict[str, Any]) -> str:
 def point_message(rep: Dict[str, Any], point: Dict[str, Any]) -> str:
     """``robustness gap 0.231 > threshold 0.100 (clean ... n=512, gan linf eps=0.1)``."""
     if rep.get("generated") is not None:
-        from .reports.generated_text import gap_message
+        from .generated_text import gap_message
 
         return gap_message(rep)
     lo, hi = point["adversarial_ci"]
@@ -133,7 +133,7 @@ def junit_properties(rep: Dict[str, Any]) -> List[tuple]:
     if rep.get("training"):
         props.append(("advrobust_generator", rep["training"].get("mode")))
     if rep.get("generated"):
-        from .reports.generated_text import junit_extra
+        from .generated_text import junit_extra
 
         props += junit_extra(rep)
     return props
