@@ -286,7 +286,7 @@ def _report(path, clean, adv, threshold, verdict):
 
 
 def test_history_draws_the_failing_floor_and_no_floor_below_zero(pytester):
-    from pytest_advrobust.history import history_figure, load_history
+    from pytest_advrobust.cli.history import history_figure, load_history
 
     reports = pytester.path / "reports"
     reports.mkdir()

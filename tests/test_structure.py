@@ -36,8 +36,8 @@ PYTEST_USERS = {
     "plugin/terminal.py",
     "plugin/user_fixtures.py",
     "plugin/html_report.py",
-    "cli_warm.py",
-    "rootdir.py",
+    "cli/warm.py",
+    "cli/rootdir.py",
 }
 
 #: The ``advrobust`` command: its entry point and one module per sub-command.

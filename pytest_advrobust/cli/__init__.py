@@ -18,8 +18,9 @@ pytest's own exit status (under torchrun: the first non-zero status of any
 rank, the same on every rank).
 
 This module holds the parser and the entry point; each sub-command lives in
-its own module: ``cli_cache.py``, ``cli_compare.py`` (``compare`` and
-``history``) and ``cli_warm.py`` (also under ``torchrun``).
+its own module of this package: :mod:`.cache`, :mod:`.compare` (``compare`` and
+``history``, with :mod:`.history`) and :mod:`.warm` (also under ``torchrun``); the
+``python -m pytest_advrobust.cli`` entry is :mod:`.__main__`.
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import cli_cache, cli_compare, cli_warm
-from .cli_output import PROG, err
-from .errors import AdvRobustError
+from ..errors import AdvRobustError
+from . import cache, compare, warm
+from .output import PROG, err
 
 __all__ = ["build_parser", "console_main", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argparse parser; each sub-command's module adds its own parser."""
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -49,15 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    cli_cache.add_parser(commands)
-    cli_compare.add_parsers(commands)
-    warm = commands.add_parser(
+    cache.add_parser(commands)
+    compare.add_parsers(commands)
+    warm_parser = commands.add_parser(
         "warm",
         help="run the robust tests once to train and cache every generator",
         description="Run `pytest --advrobust --advrobust-warm PYTEST_ARGS...`.",
         usage=f"{PROG} warm [PYTEST_ARGS ...]",
     )
-    warm.set_defaults(run=lambda _: cli_warm.run([]))  # main() hands `warm ...` on before this
+    warm_parser.set_defaults(run=lambda _: warm.run([]))  # main() hands `warm ...` on before this
     return parser
 
 
@@ -67,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Everything after `warm` belongs to pytest, options included, so it
     # bypasses argparse (which would try to interpret `-x`, `-k` ...).
     if args_list and args_list[0] == "warm" and not ({"-h", "--help"} & set(args_list[1:2])):
-        return cli_warm.run(args_list[1:])
+        return warm.run(args_list[1:])
 
     parser = build_parser()
     try:
@@ -85,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def console_main() -> None:
     """The ``advrobust`` console script (and ``python -m pytest_advrobust.cli``)."""
     rc = main()
-    if cli_warm.EXIT_HARD["warm"]:
+    if warm.EXIT_HARD["warm"]:
         # A rank of a torchrun launch: everything is written and the process group
         # is gone. Leave without C++ static destructors, which with gloo's worker
         # threads can abort an otherwise successful rank at interpreter exit.
@@ -93,7 +94,3 @@ def console_main() -> None:
         sys.stderr.flush()
         os._exit(rc)
     raise SystemExit(rc)
-
-
-if __name__ == "__main__":
-    console_main()

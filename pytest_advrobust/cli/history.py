@@ -58,7 +58,7 @@ def expand_paths(paths: Sequence[str]) -> List[Path]:
 
 def load_history(paths: Sequence[str]) -> History:
     """Read the reports; raises :class:`~.jsonfiles.InputError` (one sentence) on a bad file."""
-    from .reports.jsonfiles import InputError, load_results
+    from ..reports.jsonfiles import InputError, load_results
 
     files = expand_paths(paths)
     if not files:
@@ -128,7 +128,7 @@ def history_figure(history: History, baseline: Optional[Dict[str, Any]] = None) 
     """The matplotlib figure: a line per test, its floor in each report dashed (so the
     floor a failing build was judged by is drawn), failed reports crossed in red, and its
     baseline dotted, in the test's colour."""
-    from .reports.images import _matplotlib
+    from ..reports.images import _matplotlib
 
     Figure, FigureCanvasAgg = _matplotlib()
     fig = Figure(figsize=(7.0, 4.0), dpi=100)

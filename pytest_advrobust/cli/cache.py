@@ -13,15 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .cli_output import PROG, err, out, out_lines
-from .settings.parsing import non_negative_float, non_negative_int
+from ..settings.parsing import non_negative_float, non_negative_int
+from .output import PROG, err, out, out_lines
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(commands: Any) -> None:
     """The ``cache`` sub-command and its actions, on ``commands`` (argparse sub-parsers)."""
-    from .settings.cache_folder import ENV_CACHE_DIR
+    from ..settings.cache_folder import ENV_CACHE_DIR
 
     folder_help = f"the cache folder (default: ${ENV_CACHE_DIR}, else ./.pytest_cache/d/advrobust)"
     # --cache-dir is accepted before or after the action; SUPPRESS keeps the
@@ -86,14 +86,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _open_cache(root: Path) -> Any:
-    from .cache import GanCache
+    from ..cache import GanCache
 
     return GanCache(root, warn=lambda message: err(f"warning: {message}"))
 
 
 def _evaluations(root: Path) -> Any:
     """The store of evaluations inside the cache folder, or ``None`` when there is none."""
-    from .settings.cache_folder import EVALUATIONS_FOLDER
+    from ..settings.cache_folder import EVALUATIONS_FOLDER
 
     folder = root / EVALUATIONS_FOLDER
     return _open_cache(folder) if folder.is_dir() else None
@@ -115,7 +115,7 @@ def _list(cache: Any, root: Path, args: argparse.Namespace) -> int:
         out(f"no cache entries in {root}")
         _stored_line(root)
         return 0
-    from .reports.tables import text_table
+    from ..reports.tables import text_table
 
     out_lines(text_table([header()] + [entry_row(e) for e in entries], right=(5,)))
     total = sum(e.size for e in entries if isinstance(e.size, (int, float)))

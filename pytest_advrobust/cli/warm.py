@@ -16,7 +16,7 @@ import sys
 import tempfile
 from typing import List, Sequence
 
-from .cli_output import err
+from .output import err
 
 __all__ = ["EXIT_HARD", "run"]
 
@@ -30,7 +30,7 @@ def run(pytest_args: Sequence[str]) -> int:
     non-zero status of any rank, the same on every rank)."""
     import pytest
 
-    from .gan import distributed
+    from ..gan import distributed
 
     args = list(pytest_args)
     if args and args[0] == "--":
@@ -83,7 +83,7 @@ def _warm_distributed(args: List[str]) -> int:
     """``warm`` on one rank of a ``torchrun`` launch: same pytest run, trained together."""
     import pytest
 
-    from .gan import distributed
+    from ..gan import distributed
 
     try:
         distributed.init_from_env()

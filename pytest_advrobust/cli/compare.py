@@ -15,10 +15,10 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .cli_output import err, out, out_lines
-from .reports.jsonfiles import InputError, load_results
-from .reports.tables import text_table
-from .settings.parsing import is_number, non_negative_float, significance_level
+from ..reports.jsonfiles import InputError, load_results
+from ..reports.tables import text_table
+from ..settings.parsing import is_number, non_negative_float, significance_level
+from .output import err, out, out_lines
 
 __all__ = ["add_parsers", "run_compare", "run_history"]
 
@@ -27,7 +27,7 @@ Results = Dict[str, Dict[str, Any]]
 
 def add_parsers(commands: Any) -> None:
     """The ``compare`` and ``history`` sub-commands, on ``commands`` (argparse sub-parsers)."""
-    from .settings.robust import DEFAULTS
+    from ..settings.robust import DEFAULTS
 
     comp = commands.add_parser(
         "compare",
@@ -110,7 +110,7 @@ class _Tally:
         ]
         delta, status, paired = "-", self._status(before, after), ["-"] * 5
         if status is None:
-            from .gate.comparison import compare
+            from ..gate.comparison import compare
 
             result = compare(before, after, self.tolerance, self.significance)
             self.counts["compared"] += 1
@@ -155,7 +155,7 @@ def _has_number(result: Optional[Dict[str, Any]]) -> bool:
 
 def run_compare(args: argparse.Namespace) -> int:
     """``advrobust compare``; returns the exit status."""
-    from .gate.fingerprint import fingerprint_differences
+    from ..gate.fingerprint import fingerprint_differences
 
     try:
         old, old_env = load_results(args.old)

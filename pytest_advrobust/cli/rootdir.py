@@ -49,7 +49,7 @@ def pytest_cache_dir(
     option: Optional[str], env: Mapping[str, str], invocation_dir: Path, args: Sequence[str] = ()
 ) -> Path:
     """The GAN cache folder of a pytest run of ``args`` started in ``invocation_dir``."""
-    from .cache import resolve_cache_dir
+    from ..cache import resolve_cache_dir
 
     rootdir, ini = pytest_setup(args, invocation_dir)
     ini_value: Any = ini.get("advrobust_cache_dir") or None
