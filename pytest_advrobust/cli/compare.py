@@ -2,11 +2,11 @@
 
 ``compare OLD.json NEW.json`` exits 1 when a test's adversarial accuracy fell
 by more than the tolerance and beyond noise (the gate's rule,
-:func:`.comparison.compare`: the exact paired test on the samples both files
+:func:`~pytest_advrobust.gate.comparison.compare`: the exact paired test on the samples both files
 share, or the absolute rule for files without per-sample verdicts),
 ``history`` prints each test across reports; both exit 2 on a file they
 cannot use. Either file may be a JSON report or a baseline file
-(:func:`.jsonfiles.load_results`).
+(:func:`~pytest_advrobust.reports.jsonfiles.load_results`).
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def expand_paths(paths: Sequence[str]) -> List[Path]:
 
 
 def load_history(paths: Sequence[str]) -> History:
-    """Read the reports; raises :class:`~.jsonfiles.InputError` (one sentence) on a bad file."""
+    """Read the reports; raises :class:`~pytest_advrobust.reports.jsonfiles.InputError` (one
+    sentence) on a bad file."""
     from ..reports.jsonfiles import InputError, load_results
 
     files = expand_paths(paths)

@@ -271,7 +271,8 @@ def _model_on(model, device, settings, split, drawn: _Drawn):
 def run_generated(model: Any, data: Any, settings, *, train_data: Any = None, **tools: Any):
     """Evaluate ``model`` on real and on accepted generated samples; an ``Outcome``.
 
-    ``tools``: the keyword arguments of :class:`~..run_tools.RunTools`. Raises
+    ``tools``: the keyword arguments of :class:`~pytest_advrobust.evaluation.run_tools.RunTools`.
+    Raises
     :class:`AdvRobustError` (one sentence) for training data with one class or
     fewer than :data:`MIN_PER_CLASS` samples of a class, evaluation classes the
     training data lacks, and when no generated (or no real) sample is valid.

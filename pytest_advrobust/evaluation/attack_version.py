@@ -1,7 +1,7 @@
 """The version of what the plugin's attacks compute, for reusing stored evaluations.
 
 An evaluation of an unchanged model, data and settings is read back from the cache
-instead of being run again (:mod:`.evaluation_store`); its key includes
+instead of being run again (:mod:`.store`); its key includes
 :data:`ATTACK_VERSION`. **Bump it in any change that can alter an attack's output or
 the numbers computed from it for the same inputs** (a new step rule, another
 default, a fix in the worst-case merge, the GAN's training or fitting): every

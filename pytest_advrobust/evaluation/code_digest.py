@@ -2,7 +2,7 @@
 
 A stored evaluation may only be reused when the model is the same model: the same
 weights, and the same code around them. Weights are digested by
-:func:`~.cache.keys.digest_module`; :func:`code_digest` adds the compiled code (the
+:func:`~pytest_advrobust.cache.keys.digest_module`; :func:`code_digest` adds the compiled code (the
 bytecode, its constants and names, not the source text) of every function defined in
 the Python modules that define the model's classes (or the attack function), so an
 edit to ``forward`` or to a helper in the same file changes the key. Code outside

@@ -47,14 +47,16 @@ class Outcome:
     indices: Optional[torch.Tensor] = None
     # the numbers were read from a stored evaluation of the same model, data and settings
     reused: bool = False
-    # several inputs per sample: the other inputs (an :class:`~.inputs.Extras`), row i of
+    # several inputs per sample: the other inputs (an
+    # :class:`~pytest_advrobust.inputs.several.Extras`), row i of
     # its table belonging to sample i of x
     extras: Any = None
 
     @classmethod
     def of_split(cls, settings: RobustSettings, split: Any, device: Any, **fields: Any) -> Outcome:
-        """An outcome on the evaluation samples of ``split`` (a :class:`~.data.Split`);
-        its tensors are plain (not tagged with their samples)."""
+        """An outcome on the evaluation samples of ``split`` (a
+        :class:`~pytest_advrobust.inputs.data.Split`); its tensors are plain (not tagged with
+        their samples)."""
         from ..inputs.rows import plain
 
         if "x_adv" in fields:
@@ -86,7 +88,8 @@ class Outcome:
 
     def sample_record(self) -> Optional[Dict[str, Any]]:
         """Each evaluated sample's id and its clean and robust verdicts at the headline eps,
-        in the JSON form of :mod:`.sample_record`; ``None`` for ``attack="generated"``,
+        in the JSON form of :mod:`pytest_advrobust.metrics.record`; ``None`` for
+        ``attack="generated"``,
         whose adversarial samples are not perturbed copies of the evaluated ones."""
         from ..metrics.record import ID_BYTES, SampleRecord, encode
 

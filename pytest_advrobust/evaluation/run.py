@@ -3,7 +3,7 @@
 The plugin calls :func:`run_evaluation` from a fixture; everything it needs
 arrives as arguments, so the same function serves the fixtures, the marker
 and the ``advrobust warm`` command. Preparing the model and data lives in
-:mod:`.preparation`, the result in :mod:`.outcome`.
+:mod:`pytest_advrobust.inputs.prepare`, the result in :mod:`.outcome`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def run_evaluation(
     the tests that run later see the random state they would have seen without
     this one. With a ``cache_dir``, an evaluation of the same model, data and
     settings stored by an earlier run is read back instead of computed
-    (:mod:`.evaluation_store`; the outcome's ``reused`` says so), and a computed one
+    (:mod:`.store`; the outcome's ``reused`` says so), and a computed one
     is stored.
     """
     if "generated" in settings.attacks:

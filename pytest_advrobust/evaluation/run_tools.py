@@ -2,7 +2,7 @@
 
 The plugin's session, the ``advrobust`` command and the tests pass these as
 keyword arguments (``cache_dir=..., progress=...``) to
-:func:`~.evaluation.run_evaluation`, :func:`~.warm.generator_for` and
+:func:`~.run.run_evaluation`, :func:`~.warm.generator_for` and
 :func:`~.warm.warm_generators`; :class:`RunTools` is their one list.
 """
 
@@ -21,7 +21,8 @@ class RunTools:
     ``retrain``: train again and replace cache entries; ``progress``/``warn``: where
     progress lines and warnings go; ``quiet``: no progress lines from the attacks;
     ``sanity_level``: overrides the settings' sanity level; ``store``: the session's
-    data conversions (:class:`~.loading.SessionData`); ``label``: what the progress
+    data conversions (:class:`~pytest_advrobust.inputs.loaders.SessionData`); ``label``: what the
+    progress
     lines name (the test); ``progress_every``: the longest time in seconds between two
     progress lines of a long evaluation (:mod:`.heartbeat`)."""
 
@@ -43,7 +44,8 @@ class RunTools:
         return Heartbeat(say, self.progress_every, self.label)
 
     def attack_context(self, device: Any, train_x: Any, train_y: Any, **fields: Any):
-        """An :class:`~.attacks.base.AttackContext` with these tools (``fields`` override)."""
+        """An :class:`~pytest_advrobust.attacks.base.AttackContext` with these tools
+        (``fields`` override)."""
         from ..attacks.base import AttackContext
 
         tools = dict(

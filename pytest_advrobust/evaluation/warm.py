@@ -51,7 +51,8 @@ def generator_for(
 ) -> Any:
     """The ``gan`` attack's generator for this model family, set to the headline eps.
 
-    An ``nn.Module`` in eval mode (:class:`~.gan.networks.Generator`): ``gen(x)`` is a
+    An ``nn.Module`` in eval mode (:class:`~pytest_advrobust.gan.networks.Generator`): ``gen(x)``
+    is a
     bounded ``x_adv`` at ``gen.eps`` (the test's headline eps), ``gen(x, eps)`` at any
     other budget; it is the prior the attack's cascade starts from (trained, or loaded
     from the cache). ``gen.training_facts`` says how it was obtained. ``tools``: the

@@ -1,6 +1,6 @@
 """The regression rule: one test's evaluation against its baseline entry.
 
-When both carry per-sample verdicts (:mod:`.sample_record`), the rule is paired: on
+When both carry per-sample verdicts (:mod:`pytest_advrobust.metrics.record`), the rule is paired: on
 the samples both evaluated, the fall of adversarial accuracy counts the samples the
 model newly lost (newly fooled) against those it newly won (newly robust), and a test
 fails when that fall exceeds the tolerance **and** the one-sided exact test on the

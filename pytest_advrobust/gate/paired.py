@@ -8,7 +8,8 @@ count of samples whose verdict flipped. On the samples both records share
 * ``delta = (newly_robust - newly_fooled) / m``: the change of adversarial accuracy
   on the shared samples (the change of accuracy itself when every sample is shared);
 * its 95% interval: Tango's score interval for the difference of two paired
-  proportions (Tango 1998, Statistics in Medicine 17; see :mod:`.intervals`);
+  proportions (Tango 1998, Statistics in Medicine 17; see
+  :mod:`pytest_advrobust.metrics.intervals`);
 * ``p_fall``: the one-sided exact McNemar test on the discordant pairs, i.e. the
   binomial test of ``newly_fooled`` successes in ``newly_fooled + newly_robust`` trials
   at probability 1/2 (``scipy.stats.binomtest``, alternative "greater"): the chance of

@@ -182,7 +182,7 @@ def prepare(
 def choose_inputs(split: Split, settings: RobustSettings) -> None:
     """Samples with several inputs: keep the one the attack perturbs (``attack_input``) as
     ``split.x`` (and ``split.train_x``), tagged with its samples and the other inputs
-    (:mod:`.rows`, :mod:`.inputs`); one input per sample: check ``attack_input`` fits."""
+    (:mod:`.rows`, :mod:`.several`); one input per sample: check ``attack_input`` fits."""
     from .rows import tag
     from .several import Extras, Inputs, choose, join_tables
 

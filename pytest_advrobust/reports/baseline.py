@@ -19,10 +19,10 @@ Keys are sorted and the file is indented, so a change to it reads well in a
 diff. It is written to a temporary file in the same folder and renamed into
 place, so a reader never sees half a file. Files of schema 1 (no ``samples``)
 still load; their entries are compared by the absolute rule
-(:mod:`.comparison`), and the next save writes schema 2.
+(:mod:`pytest_advrobust.gate.comparison`), and the next save writes schema 2.
 
 This module is imported when the plugin loads: it must not import torch at
-module level (``environment_fingerprint``, from :mod:`.fingerprint`, imports it
+module level (``environment_fingerprint``, from :mod:`pytest_advrobust.gate.fingerprint`, imports it
 when called).
 """
 

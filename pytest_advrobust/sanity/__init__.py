@@ -61,7 +61,7 @@ PGD at a huge eps, PGD with twice the steps, PGD with twice the restarts):
     non-gradient attack under test such as ``gan``) reaches a lower accuracy
     than the strongest gradient attack configured with the same eps
     (autoattack-lite, apgd-t, apgd, else PGD; see
-    :func:`~.attacks.strongest_attack`).
+    :func:`~pytest_advrobust.attacks.strongest_attack`).
 ``large_eps``
     PGD with an eps that covers the whole input range (L-inf: the width of
     ``bounds``; L2: the diameter of the bounds box; 100 x eps without bounds)

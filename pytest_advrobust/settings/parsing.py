@@ -4,7 +4,7 @@ Each parser turns one command-line or ini text into a value, or raises
 :class:`argparse.ArgumentTypeError` with one sentence that quotes the text
 (``'-2' must be at least 0``); argparse (and pytest's option parser, which is
 argparse) turns that into a usage error naming the option. The option
-parsers of :mod:`.option_types` are built from these. Nothing here
+parsers of :mod:`.values` are built from these. Nothing here
 imports torch or touches the disk.
 """
 

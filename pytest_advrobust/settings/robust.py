@@ -6,7 +6,7 @@ word: the marker argument (``robust(eps=...)``), the option
 (``--advrobust-eps``) or the ini key (``advrobust_eps``).
 
 The marker's arguments and their checks live in :mod:`.marker`, the parsers of
-option values in :mod:`.option_types`. This module must not import torch: the
+option values in :mod:`.values`. This module must not import torch: the
 plugin imports it at load time.
 """
 
@@ -174,7 +174,7 @@ class RobustSettings:
         return self.threshold_eps if self.threshold_eps is not None else max(self.eps)
 
     def attack_config(self, eps: float):
-        """The :class:`~.attacks.base.AttackConfig` of these settings at ``eps``."""
+        """The :class:`~pytest_advrobust.attacks.base.AttackConfig` of these settings at ``eps``."""
         from ..attacks.base import AttackConfig
 
         return AttackConfig(eps=float(eps), **{f: getattr(self, f) for f in ATTACK_FIELDS})
