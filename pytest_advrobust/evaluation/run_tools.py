@@ -21,10 +21,9 @@ class RunTools:
     ``retrain``: train again and replace cache entries; ``progress``/``warn``: where
     progress lines and warnings go; ``quiet``: no progress lines from the attacks;
     ``sanity_level``: overrides the settings' sanity level; ``store``: the session's
-    data conversions (:class:`~pytest_advrobust.inputs.loaders.SessionData`); ``label``: what the
-    progress
-    lines name (the test); ``progress_every``: the longest time in seconds between two
-    progress lines of a long evaluation (:mod:`.heartbeat`)."""
+    data conversions (:class:`~pytest_advrobust.inputs.session_data.SessionData`);
+    ``label``: what the progress lines name (the test); ``progress_every``: the longest
+    time in seconds between two progress lines of a long evaluation (:mod:`.heartbeat`)."""
 
     cache_dir: Optional[Path] = None
     retrain: bool = False

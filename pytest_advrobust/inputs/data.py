@@ -30,6 +30,7 @@ from .idx import load_idx_dataset, read_idx
 from .labels import label_tensor as _label_tensor
 from .labels import labels as _labels
 from .several import Inputs, is_several
+from .tensors import as_tensor
 
 __all__ = [
     "Split",
@@ -60,28 +61,6 @@ class Split:
     class_names: Optional[List[str]] = None
 
 
-def _as_tensor(value: Any, what: str, fixture: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind in "USO":
-            raise AdvRobustError(
-                f"fixture {fixture!r} gave {what} of numpy dtype {value.dtype}, "
-                "which is not numbers; give tensors or numeric arrays"
-            )
-        return torch.from_numpy(np.ascontiguousarray(value))
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return torch.as_tensor(value)
-    try:
-        return torch.as_tensor(value)
-    except Exception:
-        raise AdvRobustError(
-            f"fixture {fixture!r} gave {what} of type {type(value).__name__}, "
-            "which is not a tensor or an array; give each sample as (input, label) with "
-            "the input a tensor or array, or a list, tuple or dict of them"
-        ) from None
-
-
 def check_inputs(x: torch.Tensor, fixture: str) -> torch.Tensor:
     """The perturbed input checked: floating (integers cast to float32, uint8 refused),
     at least ``(n, features)``."""
@@ -107,8 +86,8 @@ def _inputs(x: Batch, fixture: str) -> Batch:
 def _input_of(value: Any, fixture: str) -> Batch:
     """One item's or batch's input: a tensor, or :class:`Inputs` for several."""
     if is_several(value):
-        return Inputs.of(value, lambda v, slot: _as_tensor(v, f"input {slot!r}", fixture))
-    return _as_tensor(value, "inputs", fixture)
+        return Inputs.of(value, lambda v, slot: as_tensor(v, f"input {slot!r}", fixture))
+    return as_tensor(value, "inputs", fixture)
 
 
 def _dict_pair(item: dict, fixture: str):

@@ -15,14 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import AdvRobustError
+from .tensors import as_tensor
 
 __all__ = ["label_tensor", "labels"]
-
-
-def _as_tensor(value: Any, what: str, fixture: str) -> torch.Tensor:
-    from .data import _as_tensor as convert
-
-    return convert(value, what, fixture)
 
 
 def _not_an_index(v: Any) -> bool:
@@ -53,7 +48,7 @@ def label_tensor(value: Any, fixture: str) -> torch.Tensor:
             "model's logits, in the order of the model's outputs (e.g. y = "
             "classes.index(label), or a target_transform that does it)"
         )
-    return _as_tensor(value, "labels", fixture)
+    return as_tensor(value, "labels", fixture)
 
 
 def labels(y: torch.Tensor, fixture: str) -> torch.Tensor:

@@ -127,7 +127,7 @@ class AdvRobustSession:
     def session_data(self) -> Any:
         """Fixture values converted to tensors once per session."""
         if self.store is None:
-            from ..inputs.loaders import SessionData
+            from ..inputs.session_data import SessionData
 
             self.store = SessionData()
         return self.store
