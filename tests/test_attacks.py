@@ -183,3 +183,53 @@ def test_agrees_with_torchattacks_pgd_sample_for_sample():
     ours = pgd(model, x, y, AttackConfig(eps=0.05, steps=10, step_size=0.01))
     theirs = torchattacks.PGD(model, eps=0.05, alpha=0.01, steps=10, random_start=False)(x, y)
     assert torch.equal(model(ours).argmax(1) == y, model(theirs).argmax(1) == y)
+
+
+# ------------------------------------------------ the table of per-attack facts
+
+
+def _blind_model():
+    class Blind(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, x):  # the input's gradient never reaches the loss
+            s = x.detach().flatten(1).sum(1)
+            return torch.stack([s, -s], dim=1) * self.w
+
+    return Blind()
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd", "apgd-t", "autoattack-lite", "gan"])
+def test_every_attack_the_table_says_follows_a_gradient_is_checked_before_it_runs(name):
+    from pytest_advrobust.attack_table import facts_of
+    from pytest_advrobust.errors import AdvRobustError
+    from pytest_advrobust.evaluation.run import run_evaluation
+    from pytest_advrobust.settings.robust import RobustSettings
+
+    assert facts_of(name).gradient
+    x, y = torch.rand(40, 4), torch.arange(40) % 2
+    settings = RobustSettings(attacks=(name,), eps=(0.1,), n_samples=20, steps=2, sanity="off")
+    with pytest.raises(AdvRobustError, match=f"attack '{name}' needs the gradient of the loss"):
+        run_evaluation(_blind_model(), (x, y), settings)
+
+
+def test_attacks_that_use_no_training_data_leave_it_unread():
+    from pytest_advrobust.attack_table import ATTACKS, needs_training_data
+    from pytest_advrobust.inputs.data import split_data
+
+    x, y = torch.rand(400, 4), torch.arange(400) % 2
+    for name, facts in ATTACKS.items():
+        split = split_data((x, y), 50, 0, need_train=needs_training_data([name]))
+        assert (split.train_x is not None) == facts.training_data, name
+    assert needs_training_data(["a-custom-attack"])  # registered attacks may train
+
+
+def test_the_registry_gives_every_built_in_attack_of_the_table():
+    from pytest_advrobust.attack_table import ATTACKS
+
+    for name, facts in ATTACKS.items():
+        assert callable(get_attack(name)), name
+        assert get_attack(name).__module__ == facts.module, name
+    assert available()[: len(ATTACKS)] == list(ATTACKS)

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from ..attack_table import makes_samples, needs_training_data
 from ..attacks import get_attack
 from ..attacks.counting import counted
 from ..inputs.calls import find_guard, probe_min_batch
@@ -23,7 +24,6 @@ from ..inputs.model import borrowed
 from ..inputs.precision import into_dtype, working_copy
 from ..inputs.prepare import (
     check_bound,
-    needs_training_data,
     prepare,
     run_model_safely,
     torch_threads,
@@ -40,7 +40,6 @@ __all__ = [
     "Outcome",
     "run_evaluation",
     "check_bound",
-    "needs_training_data",
     "prepare",
     "torch_threads",
 ]
@@ -65,7 +64,7 @@ def run_evaluation(
     (:mod:`.store`; the outcome's ``reused`` says so), and a computed one
     is stored.
     """
-    if "generated" in settings.attacks:
+    if makes_samples(settings.attacks):
         from ..conditional.evaluation import run_generated
 
         return run_generated(model, data, settings, train_data=train_data, **tools)
@@ -78,7 +77,7 @@ def run_evaluation(
             settings,
             train_data,
             store=kit.store,
-            need_train=needs_training_data(settings),
+            need_train=needs_training_data(settings.attacks),
             tick=beat.tick,
         )
 

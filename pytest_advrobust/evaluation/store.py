@@ -60,12 +60,13 @@ _META = ("numbers", "curve", "training", "gan", "sanity", "cost", "class_names",
 def _attack_parts(names) -> Dict[str, Any]:
     """How each attack is identified: built-ins by the attack version, custom ones by
     their name, qualified name and code."""
-    from ..attacks import _BUILTIN, get_attack
+    from ..attack_table import is_builtin
+    from ..attacks import get_attack
     from .code_digest import code_digest
 
     parts: Dict[str, Any] = {}
     for name in names:
-        if name in _BUILTIN:
+        if is_builtin(name):
             parts[name] = "built-in"
             continue
         attack = get_attack(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Dict, List
 
+from ..attack_table import keeps_networks, makes_samples
 from ..inputs.model import borrowed
 from ..inputs.prepare import prepare, with_preprocessing
 from ..settings.robust import RobustSettings
@@ -72,11 +73,11 @@ def warm_generators(
     ``gan`` (every eps of a sweep shares it), the sample generator for ``generated``.
 
     ``tools``: the keyword arguments of :class:`~.run_tools.RunTools`."""
-    if "generated" in settings.attacks:
+    if makes_samples(settings.attacks):
         from ..conditional.fixture import warm_sample_generator
 
         return warm_sample_generator(model, data, settings, train_data=train_data, **tools)
-    if "gan" not in settings.attacks:
+    if not keeps_networks(settings.attacks):
         return []
     kit = RunTools(**tools)
     device, split = prepare(model, data, settings, train_data, store=kit.store)

@@ -16,28 +16,20 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..attack_table import facts_of, needs_gradient
 from ..errors import AdvRobustError
 
 __all__ = [
-    "GRADIENT_ATTACKS",
-    "needs_input_gradient",
     "missing_gradient_error",
     "input_gradient_problem",
     "require_input_gradient",
 ]
 
-#: Built-in attacks that follow the input gradient (GAN: its training does).
-GRADIENT_ATTACKS = ("pgd", "fgsm", "gan", "apgd", "apgd-ce", "apgd-t", "apgd-dlr")
 CAUSES = (
     "usual causes are torch.no_grad() or torch.inference_mode() in forward, .detach() "
     "or a round trip through numpy, and non-differentiable steps such as argmax, round "
     "or a lookup table"
 )
-
-
-def needs_input_gradient(attacks: Sequence[str], refine: int = 0) -> bool:
-    """Whether any of ``attacks`` (names) follows the input gradient."""
-    return refine > 0 or any(a in GRADIENT_ATTACKS for a in attacks)
 
 
 def missing_gradient_error(attack: str, fixture: Optional[str], reason: str) -> AdvRobustError:
@@ -82,10 +74,10 @@ def require_input_gradient(
     refine: int = 0,
 ) -> None:
     """Raise :class:`AdvRobustError` (one sentence) when an attack in ``attacks`` needs the
-    input gradient and none reaches the input."""
-    if not needs_input_gradient(attacks, refine):
+    input gradient (:mod:`pytest_advrobust.attack_table`) and none reaches the input."""
+    if not needs_gradient(attacks, refine):
         return
     reason = input_gradient_problem(model, x, y)
     if reason is not None:
-        name = next((a for a in attacks if a in GRADIENT_ATTACKS), attacks[0])
+        name = next((a for a in attacks if facts_of(a).gradient), attacks[0])
         raise missing_gradient_error(name, fixture, reason)

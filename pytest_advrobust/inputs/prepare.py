@@ -21,10 +21,8 @@ from .model import Preprocessed, resolve_device
 from .precision import model_dtype
 
 __all__ = [
-    "NO_TRAINING_DATA",
     "check_bound",
     "choose_inputs",
-    "needs_training_data",
     "prepare",
     "run_model_safely",
     "torch_threads",
@@ -113,15 +111,6 @@ def run_model_safely(fn: Callable[[], Any], fixture: str, shape) -> Any:
         ) from exc
 
 
-#: Built-in attacks that never use training data (everything else may: the GAN trains).
-NO_TRAINING_DATA = ("pgd", "fgsm")
-
-
-def needs_training_data(settings: RobustSettings) -> bool:
-    """Whether an attack of ``settings`` may use training samples (the GAN, custom ones)."""
-    return any(a not in NO_TRAINING_DATA and not a.startswith("apgd") for a in settings.attacks)
-
-
 def prepare(
     model: Any,
     data: Any,
@@ -134,7 +123,7 @@ def prepare(
 ):
     """Check the model, choose the device, split and check the data.
 
-    ``store`` (a :class:`~pytest_advrobust.inputs.loaders.SessionData`) remembers the
+    ``store`` (a :class:`~pytest_advrobust.inputs.session_data.SessionData`) remembers the
     conversions for the session; with ``need_train=False`` no training
     samples are loaded (``split.train_x`` is ``None``). Samples with several
     inputs come back as the perturbed input, tagged with its samples

@@ -100,7 +100,7 @@ class AdvRobustSession:
 
     def register_attacks(self) -> None:
         """Let other plugins add attacks (the pytest_advrobust_register_attacks hook)."""
-        from ..attacks import register_attack
+        from ..attack_table import register_attack
 
         self.config.hook.pytest_advrobust_register_attacks(register=register_attack)
 
@@ -214,10 +214,10 @@ class AdvRobustSession:
 
     def outcome(self, request: pytest.FixtureRequest, settings: RobustSettings) -> Any:
         """Evaluate (or reuse the evaluation of) this test's model, data and settings."""
+        from ..attack_table import needs_training_data
         from ..evaluation.run import run_evaluation
-        from ..inputs.prepare import needs_training_data
 
-        need_train = needs_training_data(settings)
+        need_train = needs_training_data(settings.attacks)
         model, data, train = user_objects(request, settings, need_train)
         key = (id(model), id(data), id(train), settings.evaluation_key())
         hit = self.outcomes.get(key)
@@ -239,11 +239,12 @@ class AdvRobustSession:
 
     def _warm_only(self, request: pytest.FixtureRequest, settings: RobustSettings) -> None:
         """``--advrobust-warm``: obtain the generators this test needs, then skip it."""
+        from ..attack_table import makes_samples
         from ..evaluation.warm import warm_generators
 
         model, data, train = user_objects(request, settings)
         with self._running():
-            label = None if "generated" in settings.attacks else request.node.nodeid
+            label = None if makes_samples(settings.attacks) else request.node.nodeid
             facts = warm_generators(
                 model, data, settings, train_data=train, **self._tools(True, label)
             )

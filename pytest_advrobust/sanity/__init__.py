@@ -78,6 +78,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..attack_table import reference_order
 from ..attacks.base import AttackConfig, AttackContext
 from .cheap import (
     check_adv_above_clean,
@@ -102,7 +103,6 @@ from .flags import (
     FLAG_WEAK_BEATS_STRONG,
     FULL_FLAGS,
     LEVELS,
-    STRONG,
     sub_indices,
 )
 from .full import full_checks
@@ -245,7 +245,7 @@ def _under_test(
     if (
         x_adv is not None
         and attacks
-        and not set(attacks) & {"pgd", *STRONG}
+        and not set(attacks) & set(reference_order())
         and not set(attacks) <= {"fgsm"}
     ):
         return {"+".join(attacks): x_adv[idx].detach()}

@@ -12,7 +12,6 @@ FLAG_NONDETERMINISTIC = "nondeterministic"
 FLAG_ADV_ABOVE_CLEAN = "adv_above_clean"
 FLAG_CURVE_NOT_MONOTONE = "curve_not_monotone"
 FLAG_WEAK_BEATS_STRONG = "weak_beats_strong"
-STRONG = ("autoattack-lite", "apgd-t", "apgd")  # compared as the reference, not as weak
 FLAG_LARGE_EPS = "large_eps"
 FLAG_NOT_CONVERGED = "not_converged"
 FLAG_GAN_WEAKER = "gan_weaker_than_reference"

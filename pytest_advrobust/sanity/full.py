@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
+from ..attack_table import reference_order
 from ..attacks.base import AttackConfig, AttackContext
 from ..geometry import clip_bounds, project
 from .flags import (
@@ -18,7 +19,6 @@ from .flags import (
     FLAG_WEAK_BEATS_STRONG,
     LARGE_EPS_FACTOR,
     LARGE_EPS_MIN_STEPS,
-    STRONG,
     accuracy,
     make_flag,
     tolerance,
@@ -112,7 +112,7 @@ def _weak_beats_strong(
         "random noise of the same norm": batch.accuracy_on(_noise(batch.xs, cfg), cfg),
     }
     for name, adv in evaluated.items():
-        if name in ("pgd", *STRONG):
+        if name in reference_order():
             continue
         weak[f"the {name} attack"] = batch.accuracy_on(adv, cfg)
     worst_name = min(weak, key=lambda k: weak[k])

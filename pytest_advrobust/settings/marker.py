@@ -100,7 +100,7 @@ def _threshold(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
 
 
 def _known_attacks() -> Sequence[str]:
-    from ..attacks import available
+    from ..attack_table import available
 
     return list(available())
 
