@@ -24,7 +24,8 @@ from pytest_advrobust.conditional.training import default_config, train_generato
 from pytest_advrobust.errors import AdvRobustError
 from pytest_advrobust.metrics.accuracy import Predictions, wilson_interval
 from pytest_advrobust.reports.report import build_report
-from pytest_advrobust.settings.robust import RobustSettings, from_marker
+from pytest_advrobust.settings.marker import from_marker
+from pytest_advrobust.settings.robust import RobustSettings
 
 DIGITS_CONFTEST = textwrap.dedent(
     """

@@ -9,7 +9,8 @@ import pytest
 from pytest_advrobust.errors import AdvRobustError
 from pytest_advrobust.plugin import options
 from pytest_advrobust.settings import marker
-from pytest_advrobust.settings.robust import MARKER_ARGS, RobustSettings, from_marker
+from pytest_advrobust.settings.marker import MARKER_ARGS, from_marker
+from pytest_advrobust.settings.robust import RobustSettings
 
 
 def test_the_marker_help_lists_every_marker_argument():

@@ -33,6 +33,7 @@ from ..inputs.rows import same_samples
 from ..metrics.accuracy import Predictions, merge_worst_case, predict, summarize
 from ..settings.robust import RobustSettings
 from .outcome import Outcome
+from .plan import attack_config
 from .run_tools import RunTools
 from .store import stored_or_computed
 
@@ -179,7 +180,7 @@ def _evaluate(ev: _Evaluation) -> Outcome:
 
 def _at_eps(ev: _Evaluation, eps: float) -> Tuple[Dict[str, Any], _Worst]:
     """Every attack at ``eps``: the numbers of the worst case per sample, and that case."""
-    cfg = ev.settings.attack_config(eps)
+    cfg = attack_config(ev.settings, eps)
     results = []
     for name in ev.settings.attacks:
         with ev.beat.stage(f"attack {name!r} at eps={eps:g}"):
@@ -255,7 +256,7 @@ def _sanity_flags(ev: _Evaluation, main: _Worst, curve, ctx, guard, level: str) 
     from ..sanity import run_sanity
 
     settings = ev.settings
-    cfg = settings.attack_config(settings.main_eps)
+    cfg = attack_config(settings, settings.main_eps)
     flags = run_sanity(
         ev.net_work,
         ev.x_work,

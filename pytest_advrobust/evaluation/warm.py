@@ -9,6 +9,7 @@ from ..attack_table import keeps_networks, makes_samples
 from ..inputs.model import borrowed
 from ..inputs.prepare import prepare, with_preprocessing
 from ..settings.robust import RobustSettings
+from .plan import attack_config
 from .run_tools import RunTools
 
 __all__ = ["generator_for", "warm_generators"]
@@ -44,7 +45,7 @@ def _obtain(model, split, settings: RobustSettings, eps: float, device, tools: R
         if train_x is None:  # as gan_attack: without training samples it trains on x itself
             train_x, train_y = x_work.detach().cpu(), y.detach().cpu()
         ctx = tools.attack_context(device, train_x, train_y)
-        return obtain_generator(net, settings.attack_config(eps), ctx)
+        return obtain_generator(net, attack_config(settings, eps), ctx)
 
 
 def generator_for(

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import pytest
 
 from ..errors import AdvRobustError
-from ..settings.robust import DEFAULTS, MARKER_HELP, VALUE_OPTIONS, resolve_value
+from ..settings.marker import MARKER_HELP
+from ..settings.robust import DEFAULTS, VALUE_OPTIONS, resolve_value
 
 GROUP = ("advrobust", "adversarial robustness tests (pytest-advrobust)")
 

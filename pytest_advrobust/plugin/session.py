@@ -20,7 +20,8 @@ import pytest
 
 from .. import __version__
 from ..errors import AdvRobustError, warn
-from ..settings.robust import RobustSettings, base_settings, resolve_settings
+from ..settings.marker import resolve_settings
+from ..settings.robust import RobustSettings, base_settings
 from .options import flag, path_option, read_values
 from .terminal import lock_wait_lines, progress_writer, quiet, terminal_line
 from .user_fixtures import ROBUST_FIXTURES, SKIP_REASON, fail_cleanly, is_robust, user_objects

@@ -13,15 +13,13 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..errors import AdvRobustError
+from .robust import RobustSettings, check_eps
 from .values import DEFAULT_EPS, METRICS, NORMS, SANITY_LEVELS
 
-if TYPE_CHECKING:
-    from .robust import RobustSettings
-
-__all__ = ["ARGUMENTS", "MARKER_ARGS", "MARKER_HELP", "from_marker"]
+__all__ = ["ARGUMENTS", "MARKER_ARGS", "MARKER_HELP", "from_marker", "resolve_settings"]
 
 
 @dataclass
@@ -302,3 +300,18 @@ def from_marker(
     ):
         raise _bad("threshold_eps", out.threshold_eps, "must be one of the swept eps values")
     return out
+
+
+def resolve_settings(
+    marker: Any, base: RobustSettings, require_threshold: bool
+) -> Tuple[RobustSettings, Optional[str]]:
+    """A test's settings: the ``robust`` marker (``args``/``kwargs``; ``None`` without
+    one) over ``base``, with its eps checked (:func:`check_eps`); ``(settings, warning)``.
+    Raises :class:`AdvRobustError` naming the bad argument or eps."""
+    if marker is None:
+        settings = base
+    else:
+        settings = from_marker(
+            marker.kwargs, marker.args, base, require_threshold=require_threshold
+        )
+    return settings, check_eps(settings, marker is not None and "eps" in marker.kwargs)

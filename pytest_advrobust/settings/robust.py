@@ -5,7 +5,8 @@ values, which override the defaults below. Every error names the user's own
 word: the marker argument (``robust(eps=...)``), the option
 (``--advrobust-eps``) or the ini key (``advrobust_eps``).
 
-The marker's arguments and their checks live in :mod:`.marker`, the parsers of
+The marker's arguments, their checks and :func:`~.marker.resolve_settings` live in
+:mod:`.marker`, the parsers of
 option values in :mod:`.values`. This module must not import torch: the
 plugin imports it at load time.
 """
@@ -17,7 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ..errors import AdvRobustError
-from .marker import MARKER_ARGS, MARKER_HELP, from_marker
 from .values import (
     DEFAULT_EPS,
     MISSING_POLICIES,
@@ -173,12 +173,6 @@ class RobustSettings:
         """The eps reported in the headline numbers: the named one, else the largest."""
         return self.threshold_eps if self.threshold_eps is not None else max(self.eps)
 
-    def attack_config(self, eps: float):
-        """The :class:`~pytest_advrobust.attacks.base.AttackConfig` of these settings at ``eps``."""
-        from ..attacks.base import AttackConfig
-
-        return AttackConfig(eps=float(eps), **{f: getattr(self, f) for f in ATTACK_FIELDS})
-
     def evaluation_key(self) -> Tuple:
         """What decides the numbers and flags (the threshold and tolerance do not;
         threshold_eps picks the headline eps and sanity the checks that run)."""
@@ -269,21 +263,6 @@ def check_eps(settings: RobustSettings, from_marker: bool) -> Optional[str]:
     return warning
 
 
-def resolve_settings(
-    marker: Any, base: RobustSettings, require_threshold: bool
-) -> Tuple[RobustSettings, Optional[str]]:
-    """A test's settings: the ``robust`` marker (``args``/``kwargs``; ``None`` without
-    one) over ``base``, with its eps checked (:func:`check_eps`); ``(settings, warning)``.
-    Raises :class:`AdvRobustError` naming the bad argument or eps."""
-    if marker is None:
-        settings = base
-    else:
-        settings = from_marker(
-            marker.kwargs, marker.args, base, require_threshold=require_threshold
-        )
-    return settings, check_eps(settings, marker is not None and "eps" in marker.kwargs)
-
-
 def _option_bounds(value: Any) -> Optional[Tuple[float, float]]:
     if value is None:
         return (0.0, 1.0)
@@ -292,15 +271,11 @@ def _option_bounds(value: Any) -> Optional[Tuple[float, float]]:
 
 __all__ = [
     "RobustSettings",
-    "from_marker",
     "base_settings",
     "check_eps",
     "eps_problems",
-    "resolve_settings",
     "resolve_value",
     "VALUE_OPTIONS",
-    "MARKER_ARGS",
-    "MARKER_HELP",
     "DEFAULTS",
     "DEFAULT_EPS",
 ]
