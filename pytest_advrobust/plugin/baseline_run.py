@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Set
+from typing import Any, Dict, List, Optional, Set
 
 import pytest
 
-from ..errors import AdvRobustError, AdvRobustWarning
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .session import AdvRobustSession
+from ..errors import AdvRobustError
 
 
 def current_environment(values: Dict[str, Any]) -> Dict[str, Any]:
@@ -26,24 +24,20 @@ def current_environment(values: Dict[str, Any]) -> Dict[str, Any]:
     return environment_fingerprint(device, values["seed"])
 
 
-def check_fingerprint(session: AdvRobustSession) -> None:
-    """Warn (once, at configuration time) when the baseline was recorded elsewhere."""
+def fingerprint_note(baseline: Any, values: Dict[str, Any], path: Path) -> Optional[str]:
+    """The note that the baseline at ``path`` was recorded in another environment than
+    this run's (``values``: the run's options), or ``None``."""
     from ..reports.baseline import fingerprint_differences
 
-    try:
-        baseline = session.load_baseline()
-    except AdvRobustError as exc:
-        raise pytest.UsageError(str(exc)) from None
     if not baseline or not baseline.get("environment"):
-        return
-    diffs = fingerprint_differences(baseline["environment"], current_environment(session.values))
-    if diffs:
-        msg = (
-            f"baseline {session.baseline_path.name} was recorded in another environment "
-            f"({'; '.join(diffs)}); numbers may differ for that reason alone"
-        )
-        session.notes.append(msg)
-        session.config.issue_config_time_warning(AdvRobustWarning(msg), stacklevel=2)
+        return None
+    diffs = fingerprint_differences(baseline["environment"], current_environment(values))
+    if not diffs:
+        return None
+    return (
+        f"baseline {path.name} was recorded in another environment "
+        f"({'; '.join(diffs)}); numbers may differ for that reason alone"
+    )
 
 
 def files_narrowed_by_args(config: pytest.Config) -> Set[str]:
@@ -62,47 +56,61 @@ def files_narrowed_by_args(config: pytest.Config) -> Set[str]:
     return files
 
 
-def save_run_baseline(session: AdvRobustSession) -> None:
-    """``--advrobust-save-baseline``: write this run's entries, keeping the rest."""
+@dataclass(frozen=True)
+class RunBaseline:
+    """What ``--advrobust-save-baseline`` writes: this run's ``reports`` to ``path`` in
+    ``mode``, over the ``existing`` baseline, for the tests this run ``collected``
+    (``compare``: entries of regressed tests stay as they were)."""
+
+    path: Path
+    mode: str
+    existing: Any
+    collected: Set[str]
+    reports: List[Dict[str, Any]]
+    compare: bool
+    values: Dict[str, Any]
+
+
+def save_run_baseline(config: pytest.Config, run: RunBaseline, notes: List[str]) -> None:
+    """``--advrobust-save-baseline``: write this run's entries, keeping the rest; what it
+    did goes to ``notes``."""
     from ..reports.baseline import save_baseline
 
-    config = session.config
-    existing = session.load_baseline()
-    collected = set(session.collected)
+    collected = set(run.collected)
     # Entries of test files that this run did not collect in full are kept, unless
     # the file is gone: a partial run must not prune the rest of the suite.
     narrowed = files_narrowed_by_args(config)
-    collected_files = {nodeid.split("::", 1)[0] for nodeid in session.collected}
-    for nodeid in (existing or {}).get("tests", {}):
+    collected_files = {nodeid.split("::", 1)[0] for nodeid in run.collected}
+    for nodeid in (run.existing or {}).get("tests", {}):
         path = nodeid.split("::", 1)[0]
         if (path not in collected_files or path in narrowed) and (
             Path(config.rootpath) / path
         ).exists():
             collected.add(nodeid)
-    reports = list(session.reports.values())
-    if session.compare:  # a run that regresses does not move its own baseline
+    reports = run.reports
+    if run.compare:  # a run that regresses does not move its own baseline
         held = [
             r["nodeid"] for r in reports if (r.get("baseline") or {}).get("status") == "regressed"
         ]
         reports = [r for r in reports if r["nodeid"] not in held]
         if held:
-            session.notes.append(
+            notes.append(
                 "baseline entries of regressed tests not overwritten "
                 "(--advrobust-compare): " + ", ".join(held)
             )
     result = save_baseline(
-        session.baseline_path,
+        run.path,
         reports,
-        mode=session.save_baseline,
-        existing=existing,
+        mode=run.mode,
+        existing=run.existing,
         collected=collected,
-        environment=current_environment(session.values),
+        environment=current_environment(run.values),
     )
-    session.notes.append(
+    notes.append(
         f"baseline written to {result.path}: {len(result.written)} "
         f"entries written, {len(result.kept)} kept"
     )
     if result.pruned:
-        session.notes.append(
+        notes.append(
             "pruned baseline entries of tests that no longer exist: " + ", ".join(result.pruned)
         )

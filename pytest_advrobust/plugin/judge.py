@@ -8,7 +8,9 @@ and, under ``--advrobust-compare``, a fall below its baseline entry.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
@@ -16,32 +18,52 @@ from ..errors import warn
 from ..reports.report import build_report, failure_message, junit_properties
 from ..settings.robust import RobustSettings
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .session import AdvRobustSession
+__all__ = ["GatePolicy", "judge"]
 
 
-def judge(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> Optional[str]:
+@dataclass(frozen=True)
+class GatePolicy:
+    """What the gate is asked to do in this run, read once from the options.
+
+    ``strict``: sanity flags fail the test; ``compare``: compare with the baseline
+    entry (read by ``baseline()``, once, ``None`` without a file) at
+    ``baseline_path``, a test without one handled as ``missing_baseline`` says
+    (``fail``, ``warn``, ``skip``); ``saving``: a baseline is saved this run;
+    ``images_dir``: where pictures go (``None``: none); ``missing_package(exc)``: a
+    picture needs a package that is not installed."""
+
+    strict: bool
+    compare: bool
+    saving: bool
+    missing_baseline: str
+    baseline_path: Path
+    baseline: Callable[[], Any]
+    images_dir: Optional[Path] = None
+    missing_package: Callable[[Exception], None] = lambda exc: None
+
+
+def judge(policy: GatePolicy, item: pytest.Item, outcome: Any) -> Optional[str]:
     """Build the report, attach it to the item, return a failure message or None."""
     rep = build_report(item.nodeid, outcome)
     item.config.hook.pytest_advrobust_report(report=rep, item=item)
     problems: List[str] = []
-    problems += gate_checks(session, item, outcome)
+    problems += gate_checks(policy, item, outcome)
     failing = outcome.failing_points()
     if failing:
         problems.append(failure_message(rep, failing))
     for flag in rep["sanity"]:
         text = f"sanity flag {flag['flag']}: {flag['message']} {flag.get('suggests', '')}".strip()
-        if session.strict:
+        if policy.strict:
             problems.append(text + " (--advrobust-strict)")
         else:
             warn(f"{item.nodeid}: {text}")
-    if session.compare:
-        problems += compare_with_baseline(session, item, rep, outcome.settings)
-    if session.images_dir is not None:
+    if policy.compare:
+        problems += compare_with_baseline(policy, item, rep, outcome.settings)
+    if policy.images_dir is not None:
         from ..reports.pictures import write_pictures
 
         rep["images"] = write_pictures(
-            session.images_dir, item.nodeid, outcome, rep, session.missing_package
+            policy.images_dir, item.nodeid, outcome, rep, policy.missing_package
         )
     if problems and rep["verdict"] == "pass":
         rep["verdict"] = "fail"
@@ -51,7 +73,7 @@ def judge(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> Optiona
     return "\n".join(problems) if problems else None
 
 
-def gate_checks(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> List[str]:
+def gate_checks(policy: GatePolicy, item: pytest.Item, outcome: Any) -> List[str]:
     """Clean accuracy at chance fails the test; a baseline that cannot fall warns."""
     from ..gate.checks import clean_accuracy_problem, stuck_baseline_warning
 
@@ -66,7 +88,7 @@ def gate_checks(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> L
         labels=outcome.y.tolist(),
         predictions=clean.pred.tolist(),
     )
-    if session.save_baseline or session.compare:
+    if policy.saving or policy.compare:
         stuck = stuck_baseline_warning(
             outcome.numbers["adversarial_accuracy"],
             clean.num_classes,
@@ -79,12 +101,12 @@ def gate_checks(session: AdvRobustSession, item: pytest.Item, outcome: Any) -> L
 
 
 def compare_with_baseline(
-    session: AdvRobustSession, item: pytest.Item, rep: Dict[str, Any], settings: RobustSettings
+    policy: GatePolicy, item: pytest.Item, rep: Dict[str, Any], settings: RobustSettings
 ) -> List[str]:
     """Record the baseline comparison in ``rep``; the problems it raises for the verdict."""
     from ..reports.baseline import compare
 
-    baseline = session.load_baseline() or {"tests": {}}
+    baseline = policy.baseline() or {"tests": {}}
     entry = baseline.get("tests", {}).get(item.nodeid)
     cmp = compare(entry, rep, settings.tolerance, settings.significance)
     rep["baseline"] = cmp.to_report()
@@ -98,14 +120,13 @@ def compare_with_baseline(
             "(--advrobust-save-baseline) so that the comparison means something"
         )
     if cmp.status == "missing":
-        policy = session.values["missing_baseline"]
         text = (
-            f"no baseline entry for this test in {session.baseline_path.name}; "
+            f"no baseline entry for this test in {policy.baseline_path.name}; "
             "save one with --advrobust-save-baseline"
         )
-        if policy == "fail":
+        if policy.missing_baseline == "fail":
             return [text + " (--advrobust-missing-baseline=fail)"]
-        if policy == "warn":
+        if policy.missing_baseline == "warn":
             warn(f"{item.nodeid}: {text}")
         else:
             rep["baseline"]["status"] = "missing (skipped)"

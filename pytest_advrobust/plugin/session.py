@@ -19,7 +19,7 @@ from typing import Any, Dict, Generator, List, Optional, Set
 import pytest
 
 from .. import __version__
-from ..errors import AdvRobustError, warn
+from ..errors import AdvRobustError, AdvRobustWarning, warn
 from ..settings.marker import resolve_settings
 from ..settings.robust import RobustSettings, base_settings
 from .options import flag, path_option, read_values
@@ -285,6 +285,21 @@ class AdvRobustSession:
 
     # ------------------------------------------------------------- the gate
 
+    def gate_policy(self) -> Any:
+        """What the gate is asked to do in this run (:class:`~.judge.GatePolicy`)."""
+        from .judge import GatePolicy
+
+        return GatePolicy(
+            strict=self.strict,
+            compare=self.compare,
+            saving=bool(self.save_baseline),
+            missing_baseline=self.values["missing_baseline"],
+            baseline_path=self.baseline_path,
+            baseline=self.load_baseline,
+            images_dir=self.images_dir,
+            missing_package=self.missing_package,
+        )
+
     def judged_call(self, item: pytest.Item, outcome: Any) -> Generator[None, Any, Any]:
         """The body of the ``pytest_runtest_call`` wrapper: run the test, then judge it."""
         from .judge import judge
@@ -295,12 +310,12 @@ class AdvRobustSession:
             result = yield
         except BaseException:
             try:
-                judge(self, item, outcome)
+                judge(self.gate_policy(), item, outcome)
             except Exception:  # the body already failed; its error is the one to show
                 pass
             raise
         try:
-            message = judge(self, item, outcome)
+            message = judge(self.gate_policy(), item, outcome)
         except AdvRobustError as exc:
             fail_cleanly(exc)
         if message:
@@ -321,10 +336,18 @@ class AdvRobustSession:
 
     def start(self) -> None:
         """Before collection: warn when the baseline comes from another environment."""
-        from .baseline_run import check_fingerprint
+        from .baseline_run import fingerprint_note
 
-        if self.enabled and self.compare and self.is_controller:
-            check_fingerprint(self)
+        if not (self.enabled and self.compare and self.is_controller):
+            return
+        try:
+            baseline = self.load_baseline()
+        except AdvRobustError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        note = fingerprint_note(baseline, self.values, self.baseline_path)
+        if note:
+            self.notes.append(note)
+            self.config.issue_config_time_warning(AdvRobustWarning(note), stacklevel=2)
 
     def finish(self, session: pytest.Session) -> None:
         """Write the JSON report, the Markdown table and the baseline (controller only)."""
@@ -340,10 +363,19 @@ class AdvRobustSession:
         if self.json_path is not None:
             self._write_json()
         if self.save_baseline:
-            from .baseline_run import save_run_baseline
+            from .baseline_run import RunBaseline, save_run_baseline
 
             try:
-                save_run_baseline(self)
+                run = RunBaseline(
+                    path=self.baseline_path,
+                    mode=self.save_baseline,
+                    existing=self.load_baseline(),
+                    collected=set(self.collected),
+                    reports=list(self.reports.values()),
+                    compare=self.compare,
+                    values=self.values,
+                )
+                save_run_baseline(self.config, run, self.notes)
             except AdvRobustError as exc:
                 self.notes.append(f"baseline NOT written: {exc}")
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
