@@ -43,6 +43,7 @@ from pytest_advrobust.attacks import gan as gan_mod  # noqa: E402
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext  # noqa: E402
 from pytest_advrobust.attacks.counting import counted  # noqa: E402
 from pytest_advrobust.attacks.gradient import pgd  # noqa: E402
+from pytest_advrobust.runtime import Runtime  # noqa: E402
 
 ROWS = ("fashion_cnn", "fashion_adv", "fashion_bn")
 
@@ -89,7 +90,7 @@ def measure(name, work, device, batch, gan_steps=None, n=None):
     cache = work / f"gan_cache_device_{name}_{torch.device(device).type}"
     shutil.rmtree(cache, ignore_errors=True)
     gan_mod.clear_memo()
-    ctx = AttackContext(device=device, train_x=xtr, train_y=ytr, cache_dir=cache, quiet=True)
+    ctx = AttackContext(device, xtr, ytr, Runtime(cache_dir=cache, quiet=True))
     (gen, facts), train_seconds = _timed(device, lambda: gan_mod.obtain_generator(model, cfg, ctx))
     gan_mod.clear_memo()  # the attack below loads the entry, as the next CI job would
 
@@ -120,7 +121,7 @@ def measure(name, work, device, batch, gan_steps=None, n=None):
 
 
 def _ctx(device, xtr, ytr, cache):
-    return AttackContext(device=device, train_x=xtr, train_y=ytr, cache_dir=cache, quiet=True)
+    return AttackContext(device, xtr, ytr, Runtime(cache_dir=cache, quiet=True))
 
 
 def _device_name(device):

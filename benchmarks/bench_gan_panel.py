@@ -55,6 +55,7 @@ from pytest_advrobust.attacks.base import AttackConfig, AttackContext  # noqa: E
 from pytest_advrobust.attacks.cascade import DEFAULT_BUDGET, Cascade  # noqa: E402
 from pytest_advrobust.attacks.counting import counted  # noqa: E402
 from pytest_advrobust.attacks.gradient import pgd  # noqa: E402
+from pytest_advrobust.runtime import Runtime  # noqa: E402
 
 N_EVAL = 512
 
@@ -402,7 +403,7 @@ def measure(name, work):
 
     def ctx():
         gan_mod.clear_memo()  # every cell a new process: only the disk cache remains
-        return AttackContext(train_x=xtr, train_y=ytr, cache_dir=cache, quiet=True)
+        return AttackContext(train_x=xtr, train_y=ytr, runtime=Runtime(cache_dir=cache, quiet=True))
 
     first = ctx()
     t0 = time.perf_counter()
@@ -445,10 +446,12 @@ def per_commit(work, repeats=3):
         ROWS["fashion_cnn"](work)[0].requires_grad_(True), xtr[:n_ft], ytr[:n_ft], 1, lr=lr, seed=1
     )
     cache = work / "gan_cache_per_commit"
-    tools = {"cache_dir": cache, "quiet": True}
+    runtime = Runtime(cache_dir=cache, quiet=True)
     gan, pgd_ = (RobustSettings(threshold=1.0, attacks=(a,)) for a in ("gan", "pgd"))
     gan_mod.clear_memo()
-    run_evaluation(model, (xte, yte), gan, train_data=(xtr, ytr), **tools)  # warms the cache
+    run_evaluation(
+        model, (xte, yte), gan, train_data=(xtr, ytr), runtime=runtime
+    )  # warms the cache
     out = []
     for label, m in (("fashion_cnn", model), ("fashion_cnn_tuned", twin)):
         times = {"gan": [], "pgd": []}
@@ -456,7 +459,9 @@ def per_commit(work, repeats=3):
             for attack, settings in (("gan", gan), ("pgd", pgd_)):
                 gan_mod.clear_memo()  # a new CI job: the generator comes from the disk cache
                 t0 = time.perf_counter()
-                res = run_evaluation(m, (xte, yte), settings, train_data=(xtr, ytr), **tools)
+                res = run_evaluation(
+                    m, (xte, yte), settings, train_data=(xtr, ytr), runtime=runtime
+                )
                 times[attack].append(time.perf_counter() - t0)
                 if attack == "gan":
                     mode = res.training["mode"]

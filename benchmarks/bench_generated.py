@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.fashion import load_split, small_cnn
 from pytest_advrobust.evaluation.run import run_evaluation
 from pytest_advrobust.reports.report import build_report
+from pytest_advrobust.runtime import Runtime
 from pytest_advrobust.settings.robust import RobustSettings
 
 THRESHOLD = 0.10
@@ -123,8 +124,7 @@ def main() -> None:
             data,
             settings,
             train_data=(x_train, y_train),
-            cache_dir=args.work / "cache",
-            progress=print,
+            runtime=Runtime(cache_dir=args.work / "cache", progress=print),
         )
         rep = build_report(name, out)
         rep["auditor_accuracy_accepted"] = accuracy(auditor, out.x_adv, out.y_adv)

@@ -21,6 +21,7 @@ from pytest_advrobust.cache import GanCache
 from pytest_advrobust.evaluation.code_digest import code_digest
 from pytest_advrobust.evaluation.run import run_evaluation
 from pytest_advrobust.evaluation.store import EVALUATIONS, KEEP_PER_TEST
+from pytest_advrobust.runtime import Runtime
 from pytest_advrobust.settings.robust import RobustSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -35,7 +36,7 @@ def digits():
 
 
 def evaluate(model, data, cache_dir, **tools):
-    return run_evaluation(model, data, SETTINGS, cache_dir=cache_dir, **tools)
+    return run_evaluation(model, data, SETTINGS, runtime=Runtime(cache_dir, **tools))
 
 
 def test_a_second_evaluation_is_read_back_with_the_same_tensors(digits, tmp_path):
@@ -84,7 +85,7 @@ def test_only_the_newest_evaluations_of_a_test_are_kept(digits, tmp_path):
     cache = GanCache(tmp_path / EVALUATIONS)
     assert len(cache.entries()) == KEEP_PER_TEST
     # another test (other settings) keeps its own
-    run_evaluation(model, (x, y), replace(SETTINGS, steps=6), cache_dir=tmp_path)
+    run_evaluation(model, (x, y), replace(SETTINGS, steps=6), runtime=Runtime(tmp_path))
     assert len(cache.entries()) == KEEP_PER_TEST + 1
 
 
@@ -92,7 +93,7 @@ def test_the_threshold_and_tolerance_do_not_key_an_evaluation(digits, tmp_path):
     x, y, model = digits
     evaluate(model, (x, y), tmp_path)
     other = replace(SETTINGS, threshold=0.2, tolerance=0.05, significance=0.01)
-    out = run_evaluation(model, (x, y), other, cache_dir=tmp_path)
+    out = run_evaluation(model, (x, y), other, runtime=Runtime(tmp_path))
     assert out.reused and out.settings.threshold == 0.2
 
 

@@ -13,6 +13,7 @@ import pytest_advrobust.gan.acquire as acquire_mod
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext, perturbation_norms
 from pytest_advrobust.attacks.counting import counted
 from pytest_advrobust.gan.train import GanConfig
+from pytest_advrobust.runtime import Runtime
 
 EPS = 0.2
 REAL_DEFAULT = gan_mod.default_gan_config
@@ -59,7 +60,7 @@ def small_gan(monkeypatch):
 
 
 def _ctx(x, y, cache_dir=None, **kw):
-    return AttackContext(device="cpu", train_x=x, train_y=y, cache_dir=cache_dir, **kw)
+    return AttackContext(device="cpu", train_x=x, train_y=y, runtime=Runtime(cache_dir, **kw))
 
 
 def _same_weights(a, b):

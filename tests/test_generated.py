@@ -18,12 +18,14 @@ from pytest_advrobust.conditional.evaluation import (
     check_training_data,
     obtain_networks,
     real_and_generated_numbers,
-    run_generated,
 )
-from pytest_advrobust.conditional.training import default_config, train_generator
+from pytest_advrobust.conditional.training import ClassData, default_config, train_generator
 from pytest_advrobust.errors import AdvRobustError
+from pytest_advrobust.evaluation.plan import plan_of
+from pytest_advrobust.evaluation.run import run_evaluation
 from pytest_advrobust.metrics.accuracy import Predictions, wilson_interval
 from pytest_advrobust.reports.report import build_report
+from pytest_advrobust.runtime import Runtime
 from pytest_advrobust.settings.marker import from_marker
 from pytest_advrobust.settings.robust import RobustSettings
 
@@ -291,7 +293,7 @@ def test_marker_validity_and_combining_are_checked():
     settings = from_marker({"attack": ["generated", "pgd"]}, (0.1,), base)
     x, y = digits_tensors(200)
     with pytest.raises(AdvRobustError, match="cannot be combined with perturbation attacks"):
-        run_generated(digits_mlp(x, y, steps=5), (x, y), settings)
+        run_evaluation(digits_mlp(x, y, steps=5), (x, y), settings)
 
 
 def test_check_training_data_rejects_float_labels():
@@ -316,7 +318,7 @@ def digits_case(one_torch_thread):
 
 def _evaluate(case, cache_dir=None, **kw):
     model, data, train, settings = case
-    out = run_generated(model, data, settings, train_data=train, cache_dir=cache_dir, **kw)
+    out = run_evaluation(model, data, settings, train_data=train, runtime=Runtime(cache_dir, **kw))
     return out, build_report("t::x", out)
 
 
@@ -330,11 +332,12 @@ def test_same_seed_gives_identical_json_and_weights(digits_case):
     )
     x, y = digits_case[2]
     cfg = dataclasses.replace(default_config(1200), steps=5)
-    w1 = train_generator(x, y, torch.arange(10), cfg, (0, 1)).network.state_dict()
-    w2 = train_generator(x, y, torch.arange(10), cfg, (0, 1)).network.state_dict()
+    data = ClassData(x, y, torch.arange(10))
+    w1 = train_generator(data, cfg, (0, 1)).network.state_dict()
+    w2 = train_generator(data, cfg, (0, 1)).network.state_dict()
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     cfg1 = dataclasses.replace(cfg, seed=1)
-    w3 = train_generator(x, y, torch.arange(10), cfg1, (0, 1)).network.state_dict()
+    w3 = train_generator(data, cfg1, (0, 1)).network.state_dict()
     assert not torch.equal(w1["fc.weight"], w3["fc.weight"])
 
 
@@ -375,10 +378,13 @@ def test_changed_training_data_warm_starts_the_generator(tmp_path, one_torch_thr
     x, y = digits_tensors(600)
     cfg = dataclasses.replace(default_config(600), steps=40)
     store.clear_memo()
-    _, cold = store.obtain("generator", x, y, torch.arange(10), cfg, (0, 1), cache_dir=tmp_path)
+    cached = Runtime(tmp_path)
+    _, cold = store.obtain(
+        "generator", ClassData(x, y, torch.arange(10)), cfg, (0, 1), "cpu", cached
+    )
     store.clear_memo()
     _, warm = store.obtain(
-        "generator", x[:500], y[:500], torch.arange(10), cfg, (0, 1), cache_dir=tmp_path
+        "generator", ClassData(x[:500], y[:500], torch.arange(10)), cfg, (0, 1), "cpu", cached
     )
     assert (cold["mode"], cold["steps"]) == ("cold", 40)
     assert (warm["mode"], warm["steps"]) == ("warm", 10) and warm["key"] != cold["key"]
@@ -418,8 +424,9 @@ def test_real_side_is_judged_by_the_same_validity_filter():
 
 def test_valid_real_samples_are_those_the_reference_is_confident_on(digits_case):
     model, (x, y), (tx, ty), settings = digits_case
-    out = run_generated(model, (x, y), settings, train_data=(tx, ty))
-    _, ref, _ = obtain_networks(tx, ty, settings, "robust_train_data", device=torch.device("cpu"))
+    out = run_evaluation(model, (x, y), settings, train_data=(tx, ty))
+    sampling = plan_of(settings).sampling
+    _, ref, _ = obtain_networks(tx, ty, sampling, torch.device("cpu"), Runtime())
     with torch.no_grad():
         own = torch.softmax(ref(out.x), 1).gather(1, out.y[:, None]).squeeze(1)
         right = model(out.x).argmax(1) == out.y

@@ -68,7 +68,7 @@ def test_json_report_has_the_cost_of_every_attack(blobs_repo):
 
 def test_weak_beats_strong_compares_against_the_strongest_configured_attack(monkeypatch):
     from pytest_advrobust.attacks import apgd as apgd_module
-    from pytest_advrobust.sanity import FLAG_WEAK_BEATS_STRONG, run_sanity
+    from pytest_advrobust.sanity import FLAG_WEAK_BEATS_STRONG, Evaluated, run_sanity
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(10, 3)).eval()
@@ -79,10 +79,10 @@ def test_weak_beats_strong_compares_against_the_strongest_configured_attack(monk
     # an "APGD-T" that does nothing: FGSM must beat it, and the flag must name it
     monkeypatch.setattr(apgd_module, "apgd_t", lambda m, xx, yy, cfg, ctx=None: xx.clone())
     cfg = AttackConfig(eps=0.3, steps=5)
-    flags = run_sanity(
-        model, x, y, x, cfg, AttackContext(), attacks=["pgd", "apgd-t"], level="full"
-    )
+    found = Evaluated(x, y, x, attacks=["pgd", "apgd-t"])
+    flags = run_sanity(model, found, cfg, AttackContext(), level="full")
     (flag,) = [f for f in flags if f["flag"] == FLAG_WEAK_BEATS_STRONG]
     assert "APGD-T" in flag["message"]
-    flags = run_sanity(model, x, y, x, cfg, AttackContext(), attacks=["pgd"], level="full")
+    found = Evaluated(x, y, x, attacks=["pgd"])
+    flags = run_sanity(model, found, cfg, AttackContext(), level="full")
     assert FLAG_WEAK_BEATS_STRONG not in [f["flag"] for f in flags]

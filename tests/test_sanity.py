@@ -100,7 +100,8 @@ def _run(model, x, y, cfg=None, level="cheap", attacks=("pgd",), x_adv=None, **k
     ctx = AttackContext(device="cpu")
     if x_adv is None:
         x_adv = pgd(model, x, y, cfg, ctx)
-    return sanity.run_sanity(model, x, y, x_adv, cfg, ctx, attacks=list(attacks), level=level, **kw)
+    found = sanity.Evaluated(x, y, x_adv, attacks=list(attacks), **kw)
+    return sanity.run_sanity(model, found, cfg, ctx, level)
 
 
 def _ids(flags):
@@ -173,11 +174,13 @@ def test_quantised_input_flags_gradients_and_large_eps(digits):
         clean = (model(x).argmax(1) == y).float().mean()
         adv = (model(x_adv).argmax(1) == y).float().mean()
     assert adv == clean
-    cheap = sanity.run_sanity(model, x, y, x_adv, cfg, ctx, attacks=["pgd"])
+    cheap = sanity.run_sanity(model, sanity.Evaluated(x, y, x_adv, attacks=["pgd"]), cfg, ctx)
     _check_shape(cheap)
     assert "gradients" in _ids(cheap)
     assert "zero" in next(f["message"] for f in cheap if f["flag"] == "gradients")
-    full = sanity.run_sanity(model, x, y, x_adv, cfg, ctx, attacks=["pgd"], level="full")
+    full = sanity.run_sanity(
+        model, sanity.Evaluated(x, y, x_adv, attacks=["pgd"]), cfg, ctx, "full"
+    )
     _check_shape(full)
     assert {"gradients", "large_eps"} <= _ids(full)
 
@@ -186,22 +189,20 @@ def test_detached_input_flags_gradients(digits):
     net, x, y = digits
     model = _freeze(Wrapped(net, "detached"))
     cfg = _cfg()
-    flags = sanity.run_sanity(model, x[:32], y[:32], x[:32], cfg, AttackContext(), attacks=["gan"])
+    found = sanity.Evaluated(x[:32], y[:32], x[:32], attacks=["gan"])
+    flags = sanity.run_sanity(model, found, cfg, AttackContext())
     assert "gradients" in _ids(flags)
     assert "no gradient" in next(f["message"] for f in flags if f["flag"] == "gradients")
     # full level skips the gradient attacks instead of crashing inside torch
-    full = sanity.run_sanity(
-        model, x[:32], y[:32], x[:32], cfg, AttackContext(), attacks=["gan"], level="full"
-    )
+    full = sanity.run_sanity(model, found, cfg, AttackContext(), level="full")
     assert _ids(full) == {"gradients"}
 
 
 def test_nonfinite_gradient_flags_gradients(digits):
     net, x, y = digits
     model = _freeze(Wrapped(net, "sqrt"))
-    flags = sanity.run_sanity(
-        model, x[:32], y[:32], x[:32], _cfg(), AttackContext(), attacks=["gan"]
-    )
+    found = sanity.Evaluated(x[:32], y[:32], x[:32], attacks=["gan"])
+    flags = sanity.run_sanity(model, found, _cfg(), AttackContext())
     assert "gradients" in _ids(flags)
     assert "NaN or inf" in next(f["message"] for f in flags if f["flag"] == "gradients")
 
@@ -233,7 +234,8 @@ def test_gan_beating_pgd_flags_weak_beats_strong(digits):
     ctx = AttackContext()
     weak_pgd = _cfg(steps=1, step_size=1e-4)
     strong = pgd(net, x, y, _cfg(steps=20), ctx)  # stands in for a strong "gan" result
-    flags = sanity.run_sanity(net, x, y, strong, weak_pgd, ctx, attacks=["gan"], level="full")
+    found = sanity.Evaluated(x, y, strong, attacks=["gan"])
+    flags = sanity.run_sanity(net, found, weak_pgd, ctx, level="full")
     assert any(f["flag"] == "weak_beats_strong" and "gan" in f["message"] for f in flags)
 
 
@@ -242,7 +244,8 @@ def test_adversarial_above_clean_is_flagged(digits):
     x, y = x[:64], y[:64]
     # "clean" inputs the model gets wrong, "adversarial" ones it gets right
     blank = torch.zeros_like(x)
-    flags = sanity.run_sanity(net, blank, y, x, _cfg(), AttackContext(), attacks=["gan"])
+    found = sanity.Evaluated(blank, y, x, attacks=["gan"])
+    flags = sanity.run_sanity(net, found, _cfg(), AttackContext())
     _check_shape(flags)
     assert "adv_above_clean" in _ids(flags)
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 from pytest_advrobust.attacks.base import AttackConfig, AttackContext
 from pytest_advrobust.attacks.gradient import pgd
 from pytest_advrobust.inputs.data import load_idx_dataset
-from pytest_advrobust.sanity import run_sanity
+from pytest_advrobust.sanity import Evaluated, run_sanity
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -63,7 +63,6 @@ def test_normal_fashion_model_raises_no_flag(fashion_model, level):
         curve.append(
             {"eps": eps, "adversarial_accuracy": float((model(xa).argmax(1) == y).float().mean())}
         )
-    flags = run_sanity(
-        model, x, y, x_adv, cfg, ctx, attacks=["pgd"], level=level, curve=curve, num_classes=10
-    )
+    found = Evaluated(x, y, x_adv, attacks=["pgd"], curve=curve, num_classes=10)
+    flags = run_sanity(model, found, cfg, ctx, level=level)
     assert flags == []

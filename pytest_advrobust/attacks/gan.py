@@ -133,8 +133,8 @@ def attack_id(gcfg: GanConfig, ident: PriorIdentity, budget: CascadeBudget) -> s
 # --------------------------------------------------------------------------- the generator
 def identity(
     model: Model, cfg: AttackConfig, ctx: AttackContext, gan_cfg: Optional[GanConfig] = None
-):
-    """``(train_x, train_y, gan_cfg, ident)`` of the generator for ``model``.
+) -> acquire.Job:
+    """The :class:`~pytest_advrobust.gan.acquire.Job` of the generator for ``model``.
 
     Raises ``ValueError`` when ``ctx`` has no usable training data.
     """
@@ -153,7 +153,7 @@ def identity(
         raise ValueError("the gan attack needs at least 2 training samples")
     gcfg = gan_cfg if gan_cfg is not None else default_gan_config(cfg, train_x)
     ident = generator_id(uncounted(model), train_x, train_y, gcfg, ctx.device)
-    return train_x, train_y, gcfg, ident
+    return acquire.Job(model, train_x, train_y, gcfg, ident, ctx)
 
 
 def obtain_generator(
@@ -165,16 +165,15 @@ def obtain_generator(
     how it was obtained (:mod:`pytest_advrobust.gan.acquire`). Under torchrun every
     rank trains together (:mod:`pytest_advrobust.gan.acquire_ranks`).
     """
-    train_x, train_y, gcfg, ident = identity(model, cfg, ctx, gan_cfg)
-    return _obtain(model, train_x, train_y, gcfg, ctx, ident)
+    return _obtain(identity(model, cfg, ctx, gan_cfg))
 
 
-def _obtain(model, train_x, train_y, gcfg: GanConfig, ctx: AttackContext, ident: PriorIdentity):
+def _obtain(job: acquire.Job):
     from ..gan import distributed
 
     how = acquire_ranks if distributed.is_distributed() else acquire
-    gen, facts = how.obtain(model, train_x, train_y, gcfg, ctx, ident)
-    return gen, dict(facts, same_model=facts.get("trained_against") == ident.model_digest)
+    gen, facts = how.obtain(job)
+    return gen, dict(facts, same_model=facts.get("trained_against") == job.ident.model_digest)
 
 
 def reuse_decision(
@@ -239,9 +238,9 @@ def _train_counted(fn, model, ctx: AttackContext):
 def retrain_generator(model: Model, cfg: AttackConfig, ctx: AttackContext, reason: str) -> Dict:
     """Train the generator of ``model``'s family further (a warm start) and replace its cache
     entry, for ``reason`` (one sentence); returns the training's facts."""
-    train_x, train_y, gcfg, ident = identity(model, cfg, ctx)
-    gen, _ = _obtain(model, train_x, train_y, gcfg, ctx, ident)
-    return acquire.retrain(model, train_x, train_y, gcfg, ctx, ident, gen, reason)[1]
+    job = identity(model, cfg, ctx)
+    gen, _ = _obtain(job)
+    return acquire.retrain(job, gen, reason)[1]
 
 
 def gan_attack(
@@ -259,10 +258,8 @@ def gan_attack(
     """
     if ctx.train_x is None or ctx.train_y is None:
         ctx = dataclasses.replace(ctx, train_x=x.detach().cpu(), train_y=y.detach().cpu())
-    train_x, train_y, gcfg, ident = identity(model, cfg, ctx)
-    gen, facts = _train_counted(
-        lambda m: _obtain(m, train_x, train_y, gcfg, ctx, ident), model, ctx
-    )
+    job = identity(model, cfg, ctx)
+    gen, facts = _train_counted(lambda m: _obtain(dataclasses.replace(job, model=m)), model, ctx)
     if tuple(x.shape[1:]) != gen.sample_shape:
         raise ValueError(
             f"the generator was trained on samples of shape {gen.sample_shape}, "
@@ -270,10 +267,10 @@ def gan_attack(
         )
     cascade = Cascade(model, x, y, cfg, DEFAULT_BUDGET)
     success = cascade.start(_generate(gen, x, cfg.eps, cfg.batch_size))
-    reuse = reuse_decision(facts, ident, success, int(x.shape[0]), cfg.eps)
+    reuse = reuse_decision(facts, job.ident, success, int(x.shape[0]), cfg.eps)
     if reuse["decision"] == "retrain":
         gen, facts = _train_counted(
-            lambda m: acquire.retrain(m, train_x, train_y, gcfg, ctx, ident, gen, reuse["reason"]),
+            lambda m: acquire.retrain(dataclasses.replace(job, model=m), gen, reuse["reason"]),
             model,
             ctx,
         )
@@ -287,7 +284,7 @@ def gan_attack(
         out = pgd_from(model, x, y, out, cfg, ctx)
     n = max(int(x.shape[0]), 1)
     ctx.facts["training"] = dict(
-        facts, reuse=reuse, attack_id=attack_id(gcfg, ident, DEFAULT_BUDGET)
+        facts, reuse=reuse, attack_id=attack_id(job.gcfg, job.ident, DEFAULT_BUDGET)
     )
     ctx.facts["cascade"] = {
         "budget": DEFAULT_BUDGET.to_dict(),

@@ -36,7 +36,7 @@ Safety rules:
 
 Intended use by a caller that trains::
 
-    cache = GanCache(root, warn=ctx.warn)
+    cache = GanCache(root, warn=ctx.runtime.warn)
     with cache.lock(key):
         hit = cache.load(key)
         if hit is None:

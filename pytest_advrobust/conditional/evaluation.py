@@ -1,6 +1,6 @@
 """The ``generated`` evaluation: real accuracy against accuracy on valid generated samples.
 
-Steps, all seeded by ``settings.seed``:
+Steps, all seeded by the test's seed:
 
 1. Split the user's data as every evaluation does (``n_samples`` real
    samples); the generator and the reference train on ``robust_train_data``
@@ -32,39 +32,82 @@ Shmelkov et al. 2018), and the reference's accuracy on the real samples.
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
 from ..errors import AdvRobustError
-from ..evaluation.outcome import Outcome
-from ..evaluation.run_tools import RunTools
 from ..inputs.model import borrowed
-from ..inputs.prepare import prepare, with_preprocessing
+from ..inputs.prepare import InputSpec, with_preprocessing
 from ..metrics.accuracy import Predictions, accuracy_numbers, gap_of, predict, wilson_interval
+from ..runtime import Runtime
 from .store import obtain
-from .training import default_config
+from .training import ClassData, default_config
 
 __all__ = [
     "MIN_PER_CLASS",
+    "Generated",
+    "Sampling",
     "check_training_data",
+    "evaluate_generated",
     "generated_attack",
     "obtain_networks",
     "real_and_generated_numbers",
-    "run_generated",
 ]
 
 #: Fewest training samples of each class the generator accepts.
 MIN_PER_CLASS = 5
 
 
-def generated_attack(model, x, y, cfg, ctx):
-    """Registered as ``generated`` so that the marker knows the name; it makes new samples
-    instead of perturbing ``x``, so it never runs as a perturbation attack."""
-    raise AdvRobustError(
+@dataclass(frozen=True)
+class Sampling:
+    """What the generated evaluation draws and judges: samples read as ``inputs`` says
+    (``n_samples`` of them drawn with its ``seed``, inside its ``bounds``), in batches of
+    ``batch_size``, valid at reference confidence ``validity``; the gap in ``metric``;
+    the generator's step budget ``gan_steps`` (``None``: its default); the training
+    data's fixture name ``train_fixture`` (``None``: ``inputs.train_data``)."""
+
+    inputs: InputSpec
+    batch_size: int = 256
+    validity: float = 0.9
+    metric: str = "absolute"
+    gan_steps: Optional[int] = None
+    train_fixture: Optional[str] = None
+
+    @property
+    def trained_on(self) -> str:
+        return self.train_fixture or self.inputs.train_data
+
+
+class Generated(NamedTuple):
+    """What the generated evaluation found, in the outcome's terms: the accepted generated
+    samples ``x_adv`` and their labels ``y_adv``, the model's predictions on the valid real
+    (``clean``) and the accepted generated samples (``adv``), the ``numbers``, the
+    generator's ``training`` facts, the report's ``generated`` object and which real
+    samples are valid (``real_valid``)."""
+
+    x_adv: torch.Tensor
+    y_adv: torch.Tensor
+    clean: Predictions
+    adv: Predictions
+    numbers: Dict[str, Any]
+    training: Dict[str, Any]
+    generated: Dict[str, Any]
+    real_valid: torch.Tensor
+
+
+def alone_error() -> AdvRobustError:
+    return AdvRobustError(
         "attack 'generated' samples new inputs and cannot be combined with "
         "perturbation attacks; give it a robust test of its own"
     )
+
+
+def generated_attack(model, x, y, cfg, ctx):
+    """Registered as ``generated`` so that the marker knows the name; it makes new samples
+    instead of perturbing ``x``, so it never runs as a perturbation attack."""
+    raise alone_error()
 
 
 def check_training_data(y: torch.Tensor, fixture: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -108,24 +151,15 @@ def _check_eval_classes(
 
 
 def obtain_networks(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    settings,
-    train_fixture: str,
-    *,
-    device: Any,
-    **kwargs,
+    train_x: torch.Tensor, train_y: torch.Tensor, sampling: Sampling, device: Any, runtime: Runtime
 ) -> Tuple[Any, Any, Dict[str, Any]]:
     """``(generator, reference, {"generator": facts, "reference": facts})`` for this data."""
-    labels, index = check_training_data(train_y, train_fixture)
-    cfg = default_config(train_x.shape[0], settings.seed, settings.gan_steps)
-    x = train_x.float().contiguous()
-    gen, gfacts = obtain(
-        "generator", x, index, labels, cfg, settings.bounds, device=device, **kwargs
-    )
-    ref, rfacts = obtain(
-        "reference", x, index, labels, cfg, settings.bounds, device=device, **kwargs
-    )
+    labels, index = check_training_data(train_y, sampling.trained_on)
+    spec = sampling.inputs
+    cfg = default_config(train_x.shape[0], spec.seed, sampling.gan_steps)
+    data = ClassData(train_x.float().contiguous(), index, labels)
+    gen, gfacts = obtain("generator", data, cfg, spec.bounds, device, runtime)
+    ref, rfacts = obtain("reference", data, cfg, spec.bounds, device, runtime)
     return gen, ref, {"generator": gfacts, "reference": rfacts}
 
 
@@ -191,7 +225,7 @@ def real_and_generated_numbers(
 
 
 def _facts(
-    settings,
+    sampling: Sampling,
     split,
     classes,
     ref_facts: Dict[str, Any],
@@ -204,7 +238,7 @@ def _facts(
     ref_right, accepted, real_right = judged
     n, m = int(accepted.numel()), int(accepted.sum())
     return {
-        "validity": {"judge": "reference classifier", "min_confidence": settings.validity},
+        "validity": {"judge": "reference classifier", "min_confidence": sampling.validity},
         "drawn": n,
         "accepted": m,
         "acceptance_rate": _rate(m, n),
@@ -238,85 +272,63 @@ class _Drawn(NamedTuple):
         return self.x_gen[acc], self.y_gen[acc]
 
 
-def _draw(gen, ref, split, classes, settings, device) -> _Drawn:
+def _draw(gen, ref, split, classes, sampling: Sampling, device) -> _Drawn:
     """``n_samples`` generated samples balanced over ``classes``, judged by ``ref``."""
-    x_gen, y_gen = gen.sample(
-        settings.n_samples, settings.seed, classes.tolist(), settings.batch_size
-    )
-    ref_right, accepted = _judge(ref, gen, x_gen, y_gen, settings.validity, settings.batch_size)
-    real_right, real_valid = _judge(
-        ref, gen, split.x.to(device), split.y, settings.validity, settings.batch_size
-    )
+    spec, bs, validity = sampling.inputs, sampling.batch_size, sampling.validity
+    x_gen, y_gen = gen.sample(spec.n_samples, spec.seed, classes.tolist(), bs)
+    ref_right, accepted = _judge(ref, gen, x_gen, y_gen, validity, bs)
+    real_right, real_valid = _judge(ref, gen, split.x.to(device), split.y, validity, bs)
     if int(accepted.sum()) == 0:
         raise AdvRobustError(
             f"none of the {x_gen.shape[0]} generated samples passed the validity check "
-            f"(reference confidence >= {settings.validity:g}); train the sample generator "
+            f"(reference confidence >= {validity:g}); train the sample generator "
             "longer with --advrobust-gan-steps or lower robust(validity=...)"
         )
     return _Drawn(x_gen, y_gen, ref_right, accepted, real_right, real_valid)
 
 
-def _model_on(model, device, settings, split, drawn: _Drawn):
+def _model_on(model, device, sampling: Sampling, split, drawn: _Drawn):
     """The model's predictions on the real, the accepted and all generated samples."""
     x_acc, y_acc = drawn.accepted_samples()
     with borrowed(model, device) as mod:
-        net = with_preprocessing(mod, settings, device)
-        bs, name = settings.batch_size, settings.model
+        net = with_preprocessing(mod, sampling.inputs, device)
+        bs, name = sampling.batch_size, sampling.inputs.model
         clean = predict(net, split.x.to(device), split.y.to(device), bs, name)
         adv = predict(net, x_acc, y_acc, bs, name)
         every = predict(net, drawn.x_gen, drawn.y_gen, bs, name)
     return clean, adv, every
 
 
-def run_generated(model: Any, data: Any, settings, *, train_data: Any = None, **tools: Any):
-    """Evaluate ``model`` on real and on accepted generated samples; an ``Outcome``.
+def evaluate_generated(
+    model: Any, split: Any, device: Any, sampling: Sampling, runtime: Runtime
+) -> Generated:
+    """Evaluate ``model`` on the real samples of ``split`` and on accepted generated ones.
 
-    ``tools``: the keyword arguments of :class:`~pytest_advrobust.evaluation.run_tools.RunTools`.
-    Raises
-    :class:`AdvRobustError` (one sentence) for training data with one class or
+    Raises :class:`AdvRobustError` (one sentence) for training data with one class or
     fewer than :data:`MIN_PER_CLASS` samples of a class, evaluation classes the
     training data lacks, and when no generated (or no real) sample is valid.
     """
-    kit = RunTools(**tools)
-    if len(settings.attacks) > 1:
-        generated_attack(None, None, None, None, None)
-    device, split = prepare(model, data, settings, train_data, store=kit.store)
-    train_fixture = settings.train_data if train_data is not None else settings.data
+    train_fixture = sampling.trained_on
     labels, _ = check_training_data(split.train_y, train_fixture)
-    classes = _check_eval_classes(split.y, labels, settings.data, train_fixture)
+    classes = _check_eval_classes(split.y, labels, sampling.inputs.data, train_fixture)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(settings.seed)
-        gen, ref, facts = obtain_networks(
-            split.train_x,
-            split.train_y,
-            settings,
-            train_fixture,
-            device=device,
-            cache_dir=kit.cache_dir,
-            retrain=kit.retrain,
-            warn=kit.warn,
-            progress=None if kit.quiet else kit.progress,
-        )
-        drawn = _draw(gen, ref, split, classes, settings, device)
-        clean, adv, every = _model_on(model, device, settings, split, drawn)
+        torch.manual_seed(sampling.inputs.seed)
+        gen, ref, facts = obtain_networks(split.train_x, split.train_y, sampling, device, runtime)
+        drawn = _draw(gen, ref, split, classes, sampling, device)
+        clean, adv, every = _model_on(model, device, sampling, split, drawn)
     x_acc, y_acc = drawn.accepted_samples()
     numbers = real_and_generated_numbers(
-        split.y, clean, y_acc, adv, settings.metric, drawn.real_valid
+        split.y, clean, y_acc, adv, sampling.metric, drawn.real_valid
     )
     judged = (drawn.ref_right, drawn.accepted, drawn.real_right)
-    generated = _facts(settings, split, classes, facts["reference"], judged, numbers["real"], every)
-    return Outcome.of_split(
-        settings,
-        split,
-        device,
+    generated = _facts(sampling, split, classes, facts["reference"], judged, numbers["real"], every)
+    return Generated(
         x_adv=x_acc.cpu(),
+        y_adv=y_acc.cpu(),
         clean=clean,
         adv=adv,
         numbers=numbers,
-        curve=None,
         training=facts["generator"],
-        sanity=[],
         generated=generated,
-        y_adv=y_acc.cpu(),
         real_valid=drawn.real_valid.cpu(),
     )

@@ -9,37 +9,37 @@ architecture, the input bounds, the role (``generator`` or ``reference``) and
 :data:`FORMAT_VERSION`; neither network depends on the user's model, so a
 changed model reuses both. A generator whose data changed is warm-started
 from the newest cached generator of the same *family* (the key without the
-data) and trains ``warm_fraction`` of its step budget.
+data) and trains ``warm_fraction`` of its step budget. Both go the cache's one path
+(:func:`pytest_advrobust.cache.protocol.obtain`).
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 
+from ..cache import protocol
+from ..runtime import Runtime
 from .networks import arch_for, from_arch
-from .training import GenConfig, TrainResult, train_generator, train_reference
+from .training import ClassData, GenConfig, TrainResult, train_generator, train_reference
 
 __all__ = ["FORMAT_VERSION", "clear_memo", "obtain"]
 
 #: Bumped whenever the meaning of a cached sample generator or reference changes.
 FORMAT_VERSION = 1
 
-_MEMO: Dict[str, Tuple[torch.nn.Module, Dict[str, Any]]] = {}
-
 
 def clear_memo() -> None:
     """Forget the networks memoised in this process."""
-    _MEMO.clear()
+    protocol.clear_memo()
 
 
-def _parts(role: str, train_x, index, labels, cfg: GenConfig, bounds) -> Dict[str, Any]:
+def _parts(role: str, data: ClassData, cfg: GenConfig, bounds) -> Dict[str, Any]:
     from ..cache import digest_tensors
 
-    arch = arch_for(train_x.shape[1:], labels.numel(), role, cfg.noise_dim, cfg.width)
+    arch = arch_for(data.x.shape[1:], data.labels.numel(), role, cfg.noise_dim, cfg.width)
     config = cfg.to_dict()
     if role == "reference":  # the reference does not depend on the GAN's settings
         config = {
@@ -52,7 +52,7 @@ def _parts(role: str, train_x, index, labels, cfg: GenConfig, bounds) -> Dict[st
         "arch": arch,
         "config": config,
         "bounds": list(bounds) if bounds is not None else None,
-        "data": digest_tensors(train_x, index, labels),
+        "data": digest_tensors(data.x, data.index, data.labels),
     }
 
 
@@ -82,109 +82,69 @@ def _facts(result: TrainResult, key: str) -> Dict[str, Any]:
     }
 
 
-def obtain(
-    role: str,
-    train_x: torch.Tensor,
-    index: torch.Tensor,
-    labels: torch.Tensor,
-    cfg: GenConfig,
-    bounds,
-    *,
-    device: Any = "cpu",
-    cache_dir: Optional[Path] = None,
-    retrain: bool = False,
-    warn: Optional[Callable[[str], None]] = None,
-    progress: Optional[Callable[[str], None]] = None,
-):
-    """The ``role`` network (``"generator"`` or ``"reference"``) for this data, and its facts.
+def _hit_facts(key: str, meta: Any, seconds: float) -> Dict[str, Any]:
+    meta = meta if isinstance(meta, dict) else {}
+    return {
+        "mode": "cached",
+        "steps": 0,
+        "seconds": seconds,
+        "device": str(meta.get("device", "cpu")),
+        "holdout_accuracy": meta.get("holdout_accuracy"),
+        "key": key,
+    }
 
-    ``train_x``: float ``(N, *shape)``; ``index``: int64 ``(N,)`` class
-    indices into ``labels`` (int64 ``(K,)``). Returns ``(network, facts)``
-    with the network in eval mode on ``device`` and facts ``{"mode":
-    "cold"|"warm"|"cached", "steps", "seconds", "device", "holdout_accuracy",
-    "key"}`` (``steps`` is 0 for a cache hit).
+
+def _stored(result: TrainResult, key: str, family: str, parts: Dict[str, Any]):
+    """What the cache keeps of a training: the weights and the metadata."""
+    net = result.network
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    meta = {
+        "format": FORMAT_VERSION,
+        "family": family,
+        "role": parts["role"],
+        "arch": parts["arch"],
+        "mode": result.mode,
+        "steps": int(result.steps),
+        "seconds": result.seconds,
+        "device": result.device,
+        "holdout_accuracy": result.holdout_accuracy,
+        "created": time.time(),
+    }
+    return protocol.Trained(net, _facts(result, key), state, meta, result.mode)
+
+
+def obtain(role: str, data: ClassData, cfg: GenConfig, bounds, device: Any, runtime: Runtime):
+    """The ``role`` network (``"generator"`` or ``"reference"``) for ``data``, and its facts.
+
+    Returns ``(network, facts)`` with the network in eval mode on ``device`` and facts
+    ``{"mode": "cold"|"warm"|"cached", "steps", "seconds", "device", "holdout_accuracy",
+    "key"}`` (``steps`` is 0 for a cache hit). ``runtime``: the cache folder, ``retrain``,
+    warnings and progress lines (:class:`~pytest_advrobust.runtime.Runtime`).
     """
     from ..cache import GanCache
 
-    parts = _parts(role, train_x, index, labels, cfg, bounds)
+    parts = _parts(role, data, cfg, bounds)
     key = GanCache.key(parts)
-    memo = _MEMO.get(key)
-    if memo is not None and not (retrain and memo[1]["mode"] == "cached"):
-        return memo[0].to(device), dict(memo[1], mode="cached", steps=0, seconds=0.0)
     family = GanCache.key({k: v for k, v in parts.items() if k != "data"})
+    progress = runtime.shown_progress
 
-    def train(init_state=None) -> TrainResult:
+    def train(init: Optional[torch.nn.Module]) -> protocol.Trained:
         if role == "generator":
-            return train_generator(
-                train_x, index, labels, cfg, bounds, device, init_state, progress
-            )
-        return train_reference(train_x, index, labels.numel(), cfg, bounds, device, progress)
+            state = init.state_dict() if init is not None else None
+            result = train_generator(data, cfg, bounds, device, state, progress)
+        else:
+            result = train_reference(data, cfg, bounds, device, progress)
+        return _stored(result, key, family, parts)
 
-    if cache_dir is None:
-        result = train()
-        net, facts = result.network, _facts(result, key)
-    else:
-        net, facts = _through_cache(
-            GanCache(cache_dir, warn=warn),
-            key,
-            family,
-            parts,
-            train,
-            retrain,
-            warn,
-            role == "generator",
-        )
-    net = net.to(device).eval()
-    _MEMO[key] = (net, dict(facts))
-    return net, facts
-
-
-def _through_cache(
-    cache, key: str, family: str, parts: Dict[str, Any], train, retrain: bool, warn, warm_ok: bool
-):
-    from ..cache import protocol
-
-    arch = parts["arch"]
-
-    def hit_facts(meta, seconds: float) -> Dict[str, Any]:
-        meta = meta if isinstance(meta, dict) else {}
-        return {
-            "mode": "cached",
-            "steps": 0,
-            "seconds": seconds,
-            "device": str(meta.get("device", "cpu")),
-            "holdout_accuracy": meta.get("holdout_accuracy"),
-            "key": key,
-        }
-
-    with cache.lock(key):
-        hit, warm = protocol.look_up(
-            cache,
-            key,
-            family,
-            lambda state, what: _rebuild(arch, state, warn, what),
-            hit_facts,
-            retrain=retrain,
-            warm=warm_ok,
-        )
-        if hit is not None:
-            return hit
-        init_state = warm[1].state_dict() if warm is not None else None
-        result = train(init_state)
-        net = result.network
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        meta = {
-            "format": FORMAT_VERSION,
-            "family": family,
-            "role": parts["role"],
-            "arch": arch,
-            "mode": result.mode,
-            "steps": int(result.steps),
-            "seconds": result.seconds,
-            "device": result.device,
-            "holdout_accuracy": result.holdout_accuracy,
-            "created": time.time(),
-        }
-        role = parts["role"]
-        protocol.store(cache, key, state, meta, result.mode, warn, (f"trained {role}", "trained"))
-        return net, _facts(result, key)
+    recipe = protocol.Recipe(
+        key=key,
+        rebuild=lambda state, meta, what: _rebuild(parts["arch"], state, runtime.warn, what),
+        hit_facts=lambda meta, seconds: _hit_facts(key, meta, seconds),
+        train=train,
+        family=family,
+        warm_start=role == "generator",
+        memo_facts=lambda facts: dict(facts, mode="cached", steps=0, seconds=0.0),
+        finish=lambda net: net.to(device).eval(),
+        what=(f"trained {role}", "trained"),
+    )
+    return protocol.obtain(recipe, runtime)

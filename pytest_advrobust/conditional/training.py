@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .networks import ReferenceClassifier, arch_for, from_arch
 
 __all__ = [
+    "ClassData",
     "GenConfig",
     "TrainResult",
     "data_range",
@@ -38,6 +39,15 @@ __all__ = [
 ]
 
 Progress = Optional[Callable[[str], None]]
+
+
+class ClassData(NamedTuple):
+    """Labelled training samples: ``x`` float ``(N, *shape)``, ``index`` int64 ``(N,)``
+    class indices into ``labels`` (int64 ``(K,)``, the dataset's labels)."""
+
+    x: torch.Tensor
+    index: torch.Tensor
+    labels: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -116,22 +126,21 @@ def _say(progress: Progress, step: int, total: int, what: str, text: str) -> Non
 
 
 def train_generator(
-    x: torch.Tensor,
-    index: torch.Tensor,
-    labels: torch.Tensor,
+    data: ClassData,
     cfg: GenConfig,
     bounds,
     device: Any = "cpu",
     init_state: Optional[Dict[str, Any]] = None,
     progress: Progress = None,
 ) -> TrainResult:
-    """Train a :class:`ConditionalGenerator` on ``x (N, *shape)`` with class indices ``index (N,)``.
+    """Train a :class:`ConditionalGenerator` on ``data`` (:class:`ClassData`).
 
-    ``labels`` (int64 ``(K,)``) maps class index to dataset label. With
-    ``init_state`` (a generator state dict of the same architecture) the
-    generator starts from it and trains ``warm_fraction`` of the steps.
+    ``data.labels`` maps class index to dataset label. With ``init_state`` (a
+    generator state dict of the same architecture) the generator starts from it and
+    trains ``warm_fraction`` of the steps.
     """
     t0 = time.perf_counter()
+    x, labels = data.x, data.labels
     k = int(labels.numel())
     g_arch = arch_for(x.shape[1:], k, "generator", cfg.noise_dim, cfg.width)
     d_arch = dict(arch_for(x.shape[1:], k, "discriminator", cfg.noise_dim, cfg.width))
@@ -150,16 +159,17 @@ def train_generator(
     gen.train()
     disc.train()
     for step in range(1, steps + 1):
-        loss_d, loss_g = _gan_step(gen, disc, (opt_g, opt_d), x, index, cfg, rng, device)
+        loss_d, loss_g = _gan_step(gen, disc, (opt_g, opt_d), data, cfg, rng, device)
         _say(progress, step, steps, "sample generator", f"loss D {loss_d:.3f} G {loss_g:.3f}")
     gen.eval().requires_grad_(False)
     return TrainResult(gen, mode, steps, time.perf_counter() - t0, str(torch.device(device)))
 
 
-def _gan_step(gen, disc, optimizers, x, index, cfg: GenConfig, rng, device) -> Tuple[float, float]:
+def _gan_step(gen, disc, optimizers, data: ClassData, cfg: GenConfig, rng, device):
     """One discriminator step (hinge loss plus the auxiliary classifier's cross-entropy on
     real samples), then one generator step; returns both losses."""
     opt_g, opt_d = optimizers
+    x, index = data.x, data.index
     k = int(gen.labels.numel())
     pick = torch.randint(x.shape[0], (cfg.batch_size,), generator=rng)
     xr, yr = x[pick].to(device), index[pick].to(device)
@@ -185,20 +195,16 @@ def _gan_step(gen, disc, optimizers, x, index, cfg: GenConfig, rng, device) -> T
 
 
 def train_reference(
-    x: torch.Tensor,
-    index: torch.Tensor,
-    num_classes: int,
-    cfg: GenConfig,
-    bounds,
-    device: Any = "cpu",
-    progress: Progress = None,
+    data: ClassData, cfg: GenConfig, bounds, device: Any = "cpu", progress: Progress = None
 ) -> TrainResult:
-    """Train the :class:`ReferenceClassifier` on ``x``/``index`` with cross-entropy.
+    """Train the :class:`ReferenceClassifier` on ``data`` (:class:`ClassData`) with
+    cross-entropy.
 
     A seeded tenth of the samples (at most 2,000) is held out;
     ``holdout_accuracy`` is the reference's accuracy on it.
     """
     t0 = time.perf_counter()
+    x, index, num_classes = data.x, data.index, int(data.labels.numel())
     arch = arch_for(x.shape[1:], num_classes, "reference", cfg.noise_dim, cfg.width)
     center, scale = data_range(x, bounds)
     seed = cfg.seed + 2

@@ -32,7 +32,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from .. import __version__
+from ..cache import protocol
 from ..metrics.accuracy import Predictions
+from ..runtime import Runtime
 from ..settings.cache_folder import EVALUATIONS_FOLDER
 from .attack_version import ATTACK_VERSION
 from .outcome import Outcome
@@ -131,11 +133,11 @@ def _meta(outcome: Outcome) -> Dict[str, Any]:
     return meta
 
 
-def _rebuild(
-    state: Dict[str, torch.Tensor], meta: Dict[str, Any], split, settings
-) -> Optional[Outcome]:
+def _rebuild(state: Dict[str, torch.Tensor], meta: Any, split, settings) -> Optional[Outcome]:
     """The stored outcome on ``split``, or ``None`` when the entry does not fit it."""
-    if not set(_TENSORS) <= set(state) or state["x_adv"].shape != split.x.shape:
+    if not isinstance(meta, dict) or not set(_TENSORS) <= set(state):
+        return None
+    if state["x_adv"].shape != split.x.shape:
         return None
     if state["x_adv"].dtype != split.x.dtype or state["clean_pred"].shape[0] != split.x.shape[0]:
         return None
@@ -156,41 +158,35 @@ def _rebuild(
 
 
 def stored_or_computed(
-    compute: Callable[[], Outcome],
-    model: Any,
-    split: Any,
-    settings: Any,
-    device: Any,
-    tools: Any,
+    compute: Callable[[], Outcome], model: Any, prepared: Any, plan: Any, runtime: Runtime
 ) -> Outcome:
-    """The stored evaluation of this model, data and settings, else ``compute()``'s,
-    stored for the next run. ``tools`` is the run's :class:`~.run_tools.RunTools`
-    (no ``cache_dir``: always computed and not stored; ``retrain``: computed, stored)."""
-    if tools.cache_dir is None:
+    """The stored evaluation of this model, data (``prepared``: ``(device, split)``) and
+    plan (:class:`~.plan.Plan`), else ``compute()``'s, stored for the next run, through
+    the cache's one obtain routine (:func:`pytest_advrobust.cache.protocol.obtain`).
+    Without ``runtime.cache_dir`` it is always computed and not stored; under
+    ``runtime.retrain`` computed and stored."""
+    device, split = prepared
+    settings = plan.settings
+    if runtime.cache_dir is None:
         return compute()
-    keys = evaluation_key(model, split, settings, device, tools.sanity_level or settings.sanity)
+    keys = evaluation_key(model, split, settings, device, plan.sanity)
     if keys is None:
         return compute()
     key, family = keys
-    from ..cache import GanCache
 
-    cache = GanCache(tools.cache_dir / EVALUATIONS, warn=tools.warn)
-    with cache.lock(key):
-        loaded = None if tools.retrain else cache.load(key)
-        if loaded is not None:
-            outcome = _rebuild(loaded[0], loaded[1], split, settings)
-            if outcome is not None:
-                cache.record_event("reused", key)
-                return outcome
+    def computed(init: Any) -> protocol.Trained:
         outcome = compute()
-        try:
-            cache.store(key, _state(outcome), _meta(outcome), family=family)
-            cache.record_event("stored", key)
-            cache.keep_newest(family, KEEP_PER_TEST)
-        except OSError as exc:
-            if tools.warn is not None:
-                tools.warn(
-                    f"advrobust: could not store the evaluation in the cache ({exc}); "
-                    "it will be computed again next run"
-                )
-    return outcome
+        return protocol.Trained(outcome, None, _state(outcome), _meta(outcome), "computed")
+
+    recipe = protocol.Recipe(
+        key=key,
+        rebuild=lambda state, meta, what: _rebuild(state, meta, split, settings),
+        hit_facts=lambda meta, seconds: None,
+        train=computed,
+        family=family,
+        keep=KEEP_PER_TEST,
+        events=("reused", "stored"),
+        what=("evaluation", "computed"),
+        folder=EVALUATIONS,
+    )
+    return protocol.obtain(recipe, runtime)[0]

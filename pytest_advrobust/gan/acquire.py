@@ -1,8 +1,9 @@
 """Obtaining the generator prior in one process: this process's memo, the disk cache, training.
 
 One generator serves a model family (:mod:`.keys`): the next commit's model finds
-the entry its predecessor trained and reuses it unchanged. :func:`obtain` is the
-one path: the memo, else the cache entry under the key's lock (a hit), else a
+the entry its predecessor trained and reuses it unchanged. :func:`obtain` goes the
+cache's one path (:func:`pytest_advrobust.cache.protocol.obtain`, with this module's
+:func:`recipe`): the memo, else the cache entry under the key's lock (a hit), else a
 cold training that is stored. :func:`retrain` trains an existing generator
 further (a warm start with ``warm_fraction`` of the budget) and replaces the
 entry; it runs only on evidence (the attack's one-shot success fell, the
@@ -16,44 +17,53 @@ and ``success_curve`` (held-out success at budgets over the eps range, against
 the model it was trained on), ``trained_against`` (that model's weights digest),
 ``reason`` (why it was trained) and ``cost`` (the training's model passes).
 
-``ctx`` is the attack context (:class:`pytest_advrobust.attacks.base.AttackContext`):
-``device``, ``cache_dir``, ``retrain``, ``warn``, ``progress`` and ``quiet`` are read.
+A :class:`Job` names the generator: the model, its training samples, the GAN settings,
+its identity and the attack context (:class:`pytest_advrobust.attacks.base.AttackContext`),
+whose ``device`` and ``runtime`` (cache folder, ``retrain``, progress, warnings) are read.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from ..cache import protocol
 from .keys import FORMAT_VERSION, PriorIdentity
 from .networks import Generator, generator_from_arch
 from .train import GanConfig, TrainResult, train_generator
 
-__all__ = ["MEMO", "clear_memo", "look_up", "obtain", "rebuild", "retrain", "store_trained"]
-
-#: Generators obtained in this process, by key: ``(generator, facts)``.
-MEMO: Dict[str, Tuple[Generator, Dict[str, Any]]] = {}
+__all__ = ["Job", "obtain", "rebuild", "recipe", "retrain", "train", "train_facts"]
 
 COLD_REASON = "no cached generator for this model family, data and settings"
 ASKED_REASON = "--advrobust-retrain"
 
 
+@dataclass(frozen=True)
+class Job:
+    """One generator to obtain: for ``model`` (frozen, on ``ctx.device``), trained on
+    ``train_x`` ``(N, *sample_shape)`` and ``train_y`` ``(N,)`` with ``gcfg``, known by
+    ``ident``; ``ctx`` is the attack context."""
+
+    model: Any
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    gcfg: GanConfig
+    ident: PriorIdentity
+    ctx: Any
+
+
 def clear_memo() -> None:
-    MEMO.clear()
+    protocol.clear_memo()
 
 
 def memo_facts(facts: Dict[str, Any]) -> Dict[str, Any]:
     """Facts of a generator reused in this process: its training's, marked ``cached``."""
     trained = facts.get("trained_mode", facts.get("mode"))
     return dict(facts, mode="cached", trained_mode=trained)
-
-
-def warn(ctx: Any, msg: str) -> None:
-    if ctx.warn is not None:
-        ctx.warn(msg)
 
 
 def train_facts(result: TrainResult, ident: PriorIdentity, reason: str, budget: int) -> Dict:
@@ -97,38 +107,17 @@ def rebuild(
     try:
         gen.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=True)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        warn(
-            ctx,
+        ctx.runtime.warning(
             f"advrobust: {what} does not fit the generator architecture and is ignored "
-            f"({str(exc).splitlines()[0]})",
+            f"({str(exc).splitlines()[0]})"
         )
         return None
     return gen.eval()
 
 
-def look_up(cache, ident: PriorIdentity, ctx: Any):
-    """The entry of ``ident.key`` as ``(generator, facts)``, or ``None`` (call under
-    ``cache.lock(ident.key)``; :func:`pytest_advrobust.cache.protocol.look_up`). Under
-    ``ctx.retrain`` the entry is read to be trained further, and no hit is recorded."""
-    from ..cache import protocol
-
-    hit, _ = protocol.look_up(
-        cache,
-        ident.key,
-        ident.key,
-        lambda state, what: rebuild(ident.arch, state, ctx, what),
-        lambda meta, seconds: hit_facts(ident.key, meta, seconds),
-        warm=False,
-        record=not ctx.retrain,
-    )
-    return hit
-
-
-def store_trained(cache, ctx: Any, ident: PriorIdentity, gcfg: GanConfig, result, facts) -> None:
-    """Store a trained generator (the bare network's weights) with its facts, replacing any
-    entry of its key; a full or read-only disk costs one warning."""
-    from ..cache import protocol
-
+def stored_meta(job: Job, result: TrainResult, facts: Dict[str, Any]) -> Dict[str, Any]:
+    """The cache entry's metadata of a trained generator."""
+    ident, gcfg = job.ident, job.gcfg
     meta = {
         "format": FORMAT_VERSION,
         "family": ident.key,
@@ -154,10 +143,16 @@ def store_trained(cache, ctx: Any, ident: PriorIdentity, gcfg: GanConfig, result
             "backend": distributed.backend(),
             "samples_per_rank": [int(n) for n in result.rank_samples],
         }
-    gen = getattr(result.generator, "module", result.generator)  # never a wrapper's prefixed names
+    return meta
+
+
+def trained(job: Job, result: TrainResult, facts: Dict[str, Any]) -> protocol.Trained:
+    """What the cache stores of a training: the bare network's weights (never a wrapper's
+    prefixed names) and :func:`stored_meta`."""
+    gen = getattr(result.generator, "module", result.generator)
     state = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
-    protocol.store(
-        cache, ident.key, state, meta, result.mode, ctx.warn, ("trained generator", "trained")
+    return protocol.Trained(
+        result.generator, facts, state, stored_meta(job, result, facts), result.mode
     )
 
 
@@ -166,84 +161,67 @@ def warm_budget(gcfg: GanConfig) -> int:
     return max(1, int(math.ceil(gcfg.max_steps * gcfg.warm_fraction)))
 
 
-def train(
-    model, train_x, train_y, gcfg: GanConfig, ctx, init_state=None, distributed=False, show=True
-) -> TrainResult:
-    """Train on the training split (all ranks together with ``distributed``); ``show``:
-    report progress to ``ctx.progress`` (unless ``ctx.quiet``)."""
-    progress = None if ctx.quiet or not show else ctx.progress
+def train(job: Job, init_state=None, show: bool = True) -> TrainResult:
+    """Train on the training split (all ranks together under torchrun); ``show``: report
+    progress to the runtime's progress lines (unless quiet)."""
+    progress = job.ctx.runtime.shown_progress if show else None
     return train_generator(
-        model,
-        train_x,
-        train_y,
-        gcfg,
-        ctx.device,
+        job.model,
+        job.train_x,
+        job.train_y,
+        job.gcfg,
+        job.ctx.device,
         init_state=init_state,
         progress=progress,
-        distributed=distributed,
     )
 
 
-def _trained(model, train_x, train_y, gcfg, ctx, ident, init: Optional[Generator], reason: str):
-    """Train (warm from ``init`` when given), store when there is a cache; ``(gen, facts)``."""
+def _trained(job: Job, init: Optional[Generator], reason: str) -> protocol.Trained:
+    """Train (warm from ``init`` when given) for ``reason``."""
     state = init.state_dict() if init is not None else None
-    if init is not None and ctx.progress is not None and not ctx.quiet:
-        ctx.progress(f"advrobust gan: retraining the generator {ident.key[:12]}: {reason}")
-    result = train(model, train_x, train_y, gcfg, ctx, init_state=state)
-    budget = warm_budget(gcfg) if init is not None else gcfg.max_steps
-    facts = train_facts(result, ident, reason, budget)
-    if ctx.cache_dir is not None:
-        from ..cache import GanCache
-
-        store_trained(GanCache(ctx.cache_dir, warn=ctx.warn), ctx, ident, gcfg, result, facts)
-    return result.generator, facts
+    if init is not None:
+        say = job.ctx.runtime.shown_progress
+        if say is not None:
+            say(f"advrobust gan: retraining the generator {job.ident.key[:12]}: {reason}")
+    result = train(job, init_state=state)
+    budget = warm_budget(job.gcfg) if init is not None else job.gcfg.max_steps
+    return trained(job, result, train_facts(result, job.ident, reason, budget))
 
 
-def obtain(
-    model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity
-) -> Tuple[Generator, Dict[str, Any]]:
+def recipe(job: Job, reason: Optional[str] = None) -> protocol.Recipe:
+    """How the cache obtains ``job``'s generator (:class:`~pytest_advrobust.cache.protocol.
+    Recipe`): memoised, never warm-started from another entry, trained further from its
+    own entry under ``--advrobust-retrain``. ``reason``: why it is trained (by default
+    :data:`ASKED_REASON` for a further training, :data:`COLD_REASON` for a first one)."""
+    ident = job.ident
+
+    def train_from(init: Optional[Generator]) -> protocol.Trained:
+        why = reason or (ASKED_REASON if init is not None else COLD_REASON)
+        return _trained(job, init, why)
+
+    return protocol.Recipe(
+        key=ident.key,
+        rebuild=lambda state, meta, what: rebuild(ident.arch, state, job.ctx, what),
+        hit_facts=lambda meta, seconds: hit_facts(ident.key, meta, seconds),
+        train=train_from,
+        family=ident.key,
+        renew=True,
+        memo_facts=memo_facts,
+        finish=lambda gen: gen.to(job.ctx.device).eval(),
+        what=("trained generator", "trained"),
+    )
+
+
+def obtain(job: Job) -> Tuple[Generator, Dict[str, Any]]:
     """In one process: the memo, else the cache entry, else a cold training (stored).
 
-    With ``ctx.retrain`` the generator is trained once per session, warm-started from
-    the entry it replaces when there is one.
+    With ``--advrobust-retrain`` the generator is trained once per session, warm-started
+    from the entry it replaces when there is one.
     """
-    memo = MEMO.get(ident.key)
-    if memo is not None and (not ctx.retrain or memo[1]["mode"] in ("cold", "warm")):
-        return memo[0].to(ctx.device).eval(), memo_facts(memo[1])
-    if ctx.cache_dir is None:
-        init = memo[0] if memo is not None else None
-        gen, facts = _trained(
-            model, train_x, train_y, gcfg, ctx, ident, init, ASKED_REASON if init else COLD_REASON
-        )
-    else:
-        from ..cache import GanCache
-
-        cache = GanCache(ctx.cache_dir, warn=ctx.warn)
-        with cache.lock(ident.key):
-            hit = look_up(cache, ident, ctx)
-            if hit is not None and not ctx.retrain:
-                gen, facts = hit
-            else:
-                init = hit[0] if hit is not None else (memo[0] if memo is not None else None)
-                reason = ASKED_REASON if init is not None else COLD_REASON
-                gen, facts = _trained(model, train_x, train_y, gcfg, ctx, ident, init, reason)
-    gen = gen.to(ctx.device).eval()
-    MEMO[ident.key] = (gen, dict(facts))
-    return gen, facts
+    return protocol.obtain(recipe(job), job.ctx.runtime)
 
 
-def retrain(
-    model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity, gen, reason: str
-) -> Tuple[Generator, Dict[str, Any]]:
-    """Train ``gen`` further against ``model`` (a warm start) and replace its entry;
+def retrain(job: Job, gen: Generator, reason: str) -> Tuple[Generator, Dict[str, Any]]:
+    """Train ``gen`` further against ``job.model`` (a warm start) and replace its entry;
     ``reason`` (one sentence) is kept in the facts."""
-    if ctx.cache_dir is None:
-        new, facts = _trained(model, train_x, train_y, gcfg, ctx, ident, gen, reason)
-    else:
-        from ..cache import GanCache
-
-        with GanCache(ctx.cache_dir, warn=ctx.warn).lock(ident.key):
-            new, facts = _trained(model, train_x, train_y, gcfg, ctx, ident, gen, reason)
-    new = new.to(ctx.device).eval()
-    MEMO[ident.key] = (new, dict(facts))
-    return new, facts
+    return protocol.obtain(recipe(job, reason), job.ctx.runtime, init=gen)

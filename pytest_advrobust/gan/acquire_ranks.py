@@ -2,7 +2,8 @@
 
 The ranks first check that they computed the same key and hold the same model
 weights, each on a device of its own. Rank 0 alone takes the cache lock and
-looks the key up with the same :func:`.acquire.look_up` a single process uses,
+looks the key up with the same :func:`pytest_advrobust.cache.protocol.look_up` and
+:func:`.acquire.recipe` a single process uses,
 then broadcasts the decision: a hit is broadcast to the other ranks; a miss
 (or ``--advrobust-retrain``, warm-started on every rank from rank 0's entry) is
 trained by all ranks together (DistributedDataParallel) and stored by rank 0.
@@ -17,22 +18,21 @@ import contextlib
 import socket
 from typing import Any, Dict, Optional, Tuple
 
+from ..cache import protocol
 from ..errors import AdvRobustError
 from . import distributed
 from .acquire import (
     ASKED_REASON,
     COLD_REASON,
-    MEMO,
-    look_up,
-    memo_facts,
+    Job,
     rebuild,
-    store_trained,
+    recipe,
     train,
     train_facts,
+    trained,
     warm_budget,
 )
-from .keys import PriorIdentity
-from .train import GanConfig, _resolve_device
+from .train import _resolve_device
 
 __all__ = ["obtain"]
 
@@ -71,25 +71,28 @@ def _check_ranks_agree(key: str, device: Any) -> None:
             seen[(host, index)] = r
 
 
-def obtain(model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity):
+def obtain(job: Job):
     """:func:`.acquire.obtain` on every rank of the process group (same calls, same order)."""
-    key = ident.key
-    _check_ranks_agree(f"{key}:{ident.model_digest}", ctx.device)
-    memo = MEMO.get(key)
-    usable = memo is not None and (not ctx.retrain or memo[1]["mode"] in ("cold", "warm"))
-    if distributed.all_true(usable):
-        return memo[0].to(ctx.device).eval(), memo_facts(memo[1])
-    use_cache = distributed.broadcast_object(ctx.cache_dir is not None)  # rank 0's view decides
+    key, ctx, runtime = job.ident.key, job.ctx, job.ctx.runtime
+    _check_ranks_agree(f"{key}:{job.ident.model_digest}", ctx.device)
+    how = recipe(job)
+    memo = protocol.remembered(how, runtime.retrain)
+    if distributed.all_true(memo is not None):
+        return memo
+    use_cache = distributed.broadcast_object(runtime.cache_dir is not None)  # rank 0's view
     error: Optional[Exception] = None
     try:
         if not use_cache:
-            lead = distributed.rank() == 0
-            result = train(model, train_x, train_y, gcfg, ctx, distributed=True, show=lead)
-            gen, facts = result.generator, train_facts(result, ident, COLD_REASON, gcfg.max_steps)
+            result = train(job, show=distributed.rank() == 0)
+            gcfg = job.gcfg
+            gen, facts = (
+                result.generator,
+                train_facts(result, job.ident, COLD_REASON, gcfg.max_steps),
+            )
         elif distributed.rank() == 0:
-            gen, facts = _lead(model, train_x, train_y, gcfg, ctx, ident)
+            gen, facts = _lead(job, how)
         else:
-            gen, facts = _follow(model, train_x, train_y, gcfg, ctx, ident)
+            gen, facts = _follow(job)
     except Exception as exc:  # reach the closing collective anyway, so that no rank is left waiting
         error = exc
     everyone_ok = distributed.all_true(error is None)
@@ -99,12 +102,12 @@ def obtain(model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity):
         raise RuntimeError(
             "another rank failed to obtain the GAN generator (its error is in its own output)"
         )
-    gen = gen.to(ctx.device).eval()
-    MEMO[key] = (gen, dict(facts))
+    gen = how.finish(gen)
+    protocol.MEMO[key] = (gen, dict(facts))
     return gen, facts
 
 
-def _lead(model, train_x, train_y, gcfg: GanConfig, ctx, ident):
+def _lead(job: Job, how: protocol.Recipe):
     """Rank 0: look up under the lock, broadcast the decision, store what all ranks trained.
 
     Every path broadcasts exactly one decision (``hit``, ``train`` or ``error``), also when
@@ -112,17 +115,18 @@ def _lead(model, train_x, train_y, gcfg: GanConfig, ctx, ident):
     """
     from ..cache import GanCache
 
-    cache = GanCache(ctx.cache_dir, warn=ctx.warn)
+    runtime = job.ctx.runtime
+    cache = GanCache(runtime.cache_dir, warn=runtime.warn)
     with contextlib.ExitStack() as locked:
         try:
-            locked.enter_context(cache.lock(ident.key))
-            hit = look_up(cache, ident, ctx)
+            locked.enter_context(cache.lock(how.key))
+            hit, _ = protocol.look_up(cache, how, record=not runtime.retrain)
         except Exception as exc:  # let the other ranks stop too instead of waiting
             distributed.broadcast_object(
                 {"action": "error", "message": f"{type(exc).__name__}: {exc}"}
             )
             raise
-        if hit is not None and not ctx.retrain:
+        if hit is not None and not runtime.retrain:
             distributed.broadcast_object({"action": "hit", "facts": hit[1]})
             distributed.broadcast_state(hit[0].state_dict())
             return hit
@@ -130,25 +134,26 @@ def _lead(model, train_x, train_y, gcfg: GanConfig, ctx, ident):
         distributed.broadcast_object({"action": "train", "warm": init is not None})
         if init is not None:
             distributed.broadcast_state(init)
-        result = train(model, train_x, train_y, gcfg, ctx, init_state=init, distributed=True)
-        facts = _facts(result, ident, gcfg, init is not None)
-        store_trained(cache, ctx, ident, gcfg, result, facts)
+        result = train(job, init_state=init)
+        facts = _facts(job, result, init is not None)
+        protocol.store(cache, how, trained(job, result, facts), runtime.warn)
         return result.generator, facts
 
 
-def _facts(result, ident: PriorIdentity, gcfg: GanConfig, warm: bool):
+def _facts(job: Job, result, warm: bool):
+    gcfg = job.gcfg
     reason, budget = (ASKED_REASON, warm_budget(gcfg)) if warm else (COLD_REASON, gcfg.max_steps)
-    return train_facts(result, ident, reason, budget)
+    return train_facts(result, job.ident, reason, budget)
 
 
-def _follow(model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity):
+def _follow(job: Job):
     """Ranks other than 0: do what rank 0 decided."""
-    key = ident.key
+    key = job.ident.key
     decision = distributed.broadcast_object(None)
     action = decision.get("action") if isinstance(decision, dict) else None
     if action == "hit":
         state = distributed.broadcast_state(None)
-        gen = rebuild(ident.arch, state, ctx, f"cache entry {key} from rank 0")
+        gen = rebuild(job.ident.arch, state, job.ctx, f"cache entry {key} from rank 0")
         if gen is None:  # cannot happen: rank 0 rebuilt the same architecture from it
             raise RuntimeError(
                 f"the cache entry {key} broadcast by rank 0 does not fit this rank's generator"
@@ -156,9 +161,7 @@ def _follow(model, train_x, train_y, gcfg: GanConfig, ctx, ident: PriorIdentity)
         return gen, dict(decision["facts"])
     if action == "train":
         init = distributed.broadcast_state(None) if decision.get("warm") else None
-        result = train(
-            model, train_x, train_y, gcfg, ctx, init_state=init, distributed=True, show=False
-        )
-        return result.generator, _facts(result, ident, gcfg, init is not None)
+        result = train(job, init_state=init, show=False)
+        return result.generator, _facts(job, result, init is not None)
     message = decision.get("message") if isinstance(decision, dict) else repr(decision)
     raise RuntimeError(f"rank 0 could not look up GAN cache entry {key}: {message}")

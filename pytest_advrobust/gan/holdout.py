@@ -95,11 +95,14 @@ class Holdout:
     ``forward``/``backward`` count the model's passes in samples.
     """
 
-    def __init__(self, model: Any, x_src, y, hold_idx, cfg: GanConfig, dev, sync, mem_fmt):
-        self.model, self.dev, self.sync, self.mem_fmt = model, dev, sync, mem_fmt
+    def __init__(self, run: Any, x_src, y, hold_idx):
+        """``run``: the training (:class:`~.training_run.TrainingRun`) whose model, settings,
+        device, collectives and memory format the held-out evaluations use."""
+        model, cfg = run.model, run.cfg
+        self.model, self.dev, self.sync, self.mem_fmt = model, run.dev, run.sync, run.mem_fmt
         self.x, self.y = x_src[hold_idx.to(x_src.device)], y[hold_idx.to(y.device)].cpu()
         n = int(self.x.shape[0])
-        self.correct = _predict(model, self.x, dev) == self.y
+        self.correct = _predict(model, self.x, self.dev) == self.y
         self.forward, self.backward = n, 0
         self.eps_range = cfg.eps_range
 

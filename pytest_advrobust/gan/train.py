@@ -108,7 +108,6 @@ def train_generator(
     device: Any = "cpu",
     init_state: Optional[Dict[str, torch.Tensor]] = None,
     progress: Optional[Callable[[str], None]] = None,
-    distributed: Optional[bool] = None,
 ) -> TrainResult:
     """Train an AdvGAN generator against ``model``.
 
@@ -120,11 +119,10 @@ def train_generator(
     from (a warm start: ``mode="warm"``, ``warm_fraction`` of the budget).
     ``progress``: called with one-line messages (on rank 0 only): the start, about every
     eighth of the budget, at least every 30 seconds, and the end.
-    ``distributed``: train with every rank of the process group that
-    :func:`pytest_advrobust.gan.distributed.init_from_env` set up (every rank
-    must call this with the same model, data and settings); ``None`` (the
-    default) does so whenever that group has more than one process. In
-    distributed mode ``init_state`` and the warm/cold decision are rank 0's.
+    When :func:`pytest_advrobust.gan.distributed.init_from_env` set up a process
+    group of more than one process, every rank trains together (every rank must
+    call this with the same model, data and settings); ``init_state`` and the
+    warm/cold decision are then rank 0's.
     """
     if not isinstance(cfg, GanConfig):
         raise TypeError(f"cfg must be a GanConfig, got {type(cfg).__name__}")
@@ -138,19 +136,13 @@ def train_generator(
         raise ValueError(f"x must hold at least 2 samples, got {x.shape[0]}")
     if not torch.is_floating_point(x):
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    dev = _resolve_device(device)
-    if distributed is None:
-        distributed = is_distributed()
-    sync = TrainingSync(bool(distributed))
+    run = TrainingRun(model, cfg, _resolve_device(device), TrainingSync(is_distributed()), progress)
     with frozen(model), torch.random.fork_rng(devices=[]):
-        return _train(model, x, y.long(), cfg, dev, init_state, progress, sync)
+        return _train(run, x, y.long(), init_state)
 
 
 # --------------------------------------------------------------------------- one training
-def _train(
-    model, x, y, cfg: GanConfig, dev: torch.device, init_state, progress, sync: TrainingSync
-) -> TrainResult:
-    run = TrainingRun(model, cfg, dev, sync, progress)
+def _train(run: TrainingRun, x, y, init_state) -> TrainResult:
     setup_networks(run, tuple(x.shape[1:]), init_state)
     setup_data(run, x, y)
     setup_optimisers(run)

@@ -105,9 +105,7 @@ def setup_data(run: TrainingRun, x: torch.Tensor, y: torch.Tensor) -> None:
     if run.dev.type == "cuda" and x_src.device != run.dev and nbytes <= _DEVICE_DATA_LIMIT:
         x_src = x_src.to(run.dev)
     run.x_src, run.y_src = x_src, y.to(x_src.device)
-    run.hold = holdout.Holdout(
-        run.model, x_src, y, hold_idx, run.cfg, run.dev, run.sync, run.mem_fmt
-    )
+    run.hold = holdout.Holdout(run, x_src, y, hold_idx)
 
 
 def setup_optimisers(run: TrainingRun) -> None:

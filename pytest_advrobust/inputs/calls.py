@@ -45,6 +45,7 @@ __all__ = [
     "find_guard",
     "guarded",
     "probe_min_batch",
+    "run_model_safely",
 ]
 
 #: Batch sizes tried, in order, by :func:`probe_min_batch`.
@@ -310,3 +311,18 @@ def find_guard(model: Any) -> Optional[_Guard]:
             return None
         model = model.inner
     return None
+
+
+def run_model_safely(fn: Callable[[], Any], fixture: str, shape) -> Any:
+    """``fn()``; an error of the user's model in it becomes one sentence naming ``fixture``
+    and the input ``shape``."""
+    try:
+        return fn()
+    except AdvRobustError:
+        raise
+    except Exception as exc:  # the user's model failed on a plain batch
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise AdvRobustError(
+            f"model from fixture {fixture!r} raised {type(exc).__name__} on "
+            f"inputs of shape {tuple(shape)}: {first}"
+        ) from exc

@@ -1,41 +1,53 @@
-"""The model and data made ready for an evaluation, and the checks on what comes back.
+"""The model and data made ready for an evaluation.
 
-:func:`prepare` checks the model, chooses the device, splits and checks the
-data (NaN, range, dtype, preprocessing); :func:`check_bound` rejects an attack
-result that is not a bounded perturbation; :func:`run_model_safely` turns an
-error of the user's model into one sentence that names its fixture.
+:func:`prepare` checks the model, chooses the device, splits and checks the data
+(NaN, range, dtype, preprocessing) as an :class:`InputSpec` says: the values the
+evaluation reads from a test's settings for this stage.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Tuple, Union
 
 import torch
 
 from ..errors import AdvRobustError
-from ..geometry import perturbation_norms
-from ..settings.robust import RobustSettings
 from .data import Split, check_inputs, split_data, to_tensor_pair
 from .model import Preprocessed, resolve_device
 from .precision import model_dtype
 
-__all__ = [
-    "check_bound",
-    "choose_inputs",
-    "prepare",
-    "run_model_safely",
-    "torch_threads",
-    "with_preprocessing",
-]
+__all__ = ["InputSpec", "choose_inputs", "prepare", "torch_threads", "with_preprocessing"]
 
 
-def _input_range_check(x: torch.Tensor, settings: RobustSettings, fixture: str) -> None:
+@dataclass(frozen=True)
+class InputSpec:
+    """How one test's model and data are read: the fixtures' names (``model``, ``data``,
+    ``train_data``, for the messages), ``n_samples`` evaluation samples chosen with
+    ``seed``, the ``device``, the inputs' ``bounds`` (``None``: unbounded), the model's
+    ``preprocessing`` ``(mean, std)`` along ``channel_axis``, the input an attack
+    perturbs (``attack_input``) and whether training samples are read (``need_train``)."""
+
+    model: str = "robust_model"
+    data: str = "robust_data"
+    train_data: str = "robust_train_data"
+    n_samples: int = 512
+    seed: int = 0
+    device: str = "auto"
+    bounds: Optional[Tuple[float, float]] = (0.0, 1.0)
+    preprocessing: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+    channel_axis: Optional[int] = None
+    attack_input: Optional[Union[int, str]] = None
+    need_train: bool = True
+
+
+def _input_range_check(x: torch.Tensor, bounds: Any, fixture: str) -> None:
     if not torch.isfinite(x).all():
         raise AdvRobustError(f"fixture {fixture!r} gave inputs with NaN or infinite values")
-    if settings.bounds is None:
+    if bounds is None:
         return
-    lo, hi = settings.bounds
+    lo, hi = bounds
     xmin, xmax = float(x.min()), float(x.max())
     if xmin < lo - 1e-6 or xmax > hi + 1e-6:
         raise AdvRobustError(
@@ -47,128 +59,63 @@ def _input_range_check(x: torch.Tensor, settings: RobustSettings, fixture: str) 
         )
 
 
-def check_bound(
-    name: str, x: torch.Tensor, x_adv: torch.Tensor, cfg, record: Any = None, fixture: str = ""
-) -> None:
-    """Reject an attack result that is not a bounded perturbation of ``x``.
-
-    ``record`` (what the model guard saw) lets a NaN result be traced to the model
-    from ``fixture`` when its outputs or input gradients were not finite.
-    """
-    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
-        shape = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
-        raise AdvRobustError(
-            f"attack {name!r} returned {shape}, not a tensor of the input shape {tuple(x.shape)}"
-        )
-    if not torch.isfinite(x_adv).all():
-        raise _nonfinite_result(name, record, fixture)
-    slack = 1e-5 * max(1.0, cfg.eps)
-    # In float64: exact for the differences of float16/bfloat16/float32 values.
-    worst = (
-        float(perturbation_norms(x.double(), x_adv.double(), cfg.norm).max()) if x.numel() else 0.0
-    )
-    if worst > cfg.eps + slack:
-        raise AdvRobustError(
-            f"attack {name!r} left the {cfg.norm} ball: perturbation {worst:.6g} > eps {cfg.eps:g}"
-        )
-    if cfg.bounds is not None:
-        lo, hi = cfg.bounds
-        if float(x_adv.min()) < lo - 1e-6 or float(x_adv.max()) > hi + 1e-6:
-            raise AdvRobustError(f"attack {name!r} returned inputs outside bounds ({lo:g}, {hi:g})")
-
-
-def _nonfinite_result(name: str, record: Any, fixture: str) -> AdvRobustError:
-    """The sentence for an attack result with NaN or infinite values: the model's own
-    non-finite outputs or gradients when the guard saw any, else the attack's."""
-    outputs = getattr(record, "nonfinite_outputs", 0)
-    grads = getattr(record, "nonfinite_rows", 0)
-    if outputs or grads:
-        seen = []
-        if outputs:
-            seen.append(f"NaN or infinite logits for {outputs} of {record.output_rows} inputs")
-        if grads:
-            seen.append(
-                f"NaN or infinite input gradients for {grads} of {record.gradient_rows} inputs"
-            )
-        return AdvRobustError(
-            f"the model from fixture {fixture!r} gave {' and '.join(seen)} the attacks tried, "
-            f"and attack {name!r} could not find finite adversarial inputs from them; make "
-            "the model's forward pass numerically safe (sqrt, log or division at 0, overflow)"
-        )
-    return AdvRobustError(f"attack {name!r} returned NaN or infinite inputs")
-
-
-def run_model_safely(fn: Callable[[], Any], fixture: str, shape) -> Any:
-    try:
-        return fn()
-    except AdvRobustError:
-        raise
-    except Exception as exc:  # the user's model failed on a plain batch
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise AdvRobustError(
-            f"model from fixture {fixture!r} raised {type(exc).__name__} on "
-            f"inputs of shape {tuple(shape)}: {first}"
-        ) from exc
-
-
 def prepare(
     model: Any,
     data: Any,
-    settings: RobustSettings,
+    spec: InputSpec,
     train_data: Any = None,
     *,
     store: Any = None,
-    need_train: bool = True,
     tick: Any = None,
 ):
     """Check the model, choose the device, split and check the data.
 
     ``store`` (a :class:`~pytest_advrobust.inputs.session_data.SessionData`) remembers the
-    conversions for the session; with ``need_train=False`` no training
+    conversions for the session; with ``spec.need_train`` false no training
     samples are loaded (``split.train_x`` is ``None``). Samples with several
     inputs come back as the perturbed input, tagged with its samples
     (:func:`choose_inputs`). ``tick(k)`` hears of every ``k`` samples read.
     """
     if model is None or not callable(model):
         raise AdvRobustError(
-            f"fixture {settings.model!r} returned {type(model).__name__}, "
+            f"fixture {spec.model!r} returned {type(model).__name__}, "
             "not a torch.nn.Module or callable mapping inputs to logits"
         )
-    device = resolve_device(settings.device)
+    device = resolve_device(spec.device)
     convert = store.convert if store is not None else None
     split: Split = split_data(
         data,
-        settings.n_samples,
-        settings.seed,
-        settings.data,
-        need_train=need_train and train_data is None,
+        spec.n_samples,
+        spec.seed,
+        spec.data,
+        need_train=spec.need_train and train_data is None,
         convert=convert,
         tick=tick,
     )
-    if train_data is not None and need_train:
+    if train_data is not None and spec.need_train:
         tx, ty = (convert or to_tensor_pair)(
-            train_data, settings.train_data, None, settings.seed, tick=tick
+            train_data, spec.train_data, None, spec.seed, tick=tick
         )
         split.train_x, split.train_y, split.train_is_eval = tx, ty, False
-    choose_inputs(split, settings)
-    if train_data is not None and need_train:
+    choose_inputs(split, spec)
+    if train_data is not None and spec.need_train:
         tx = split.train_x
         if tuple(tx.shape[1:]) != tuple(split.x.shape[1:]):
             raise AdvRobustError(
-                f"fixture {settings.train_data!r} gives samples of shape {tuple(tx.shape[1:])} "
-                f"but fixture {settings.data!r} gives {tuple(split.x.shape[1:])}; the GAN "
+                f"fixture {spec.train_data!r} gives samples of shape {tuple(tx.shape[1:])} "
+                f"but fixture {spec.data!r} gives {tuple(split.x.shape[1:])}; the GAN "
                 "trains on one and attacks the other, so give both the same sample shape"
             )
     _match_model_dtype(model, split)
-    _input_range_check(split.x, settings, settings.data)
-    if settings.preprocessing is not None:  # one sentence now, not a broadcast error later
-        Preprocessed(
-            lambda t: t, *settings.preprocessing, channel_axis=settings.channel_axis
-        ).axis_for(tuple(split.x.shape))
+    _input_range_check(split.x, spec.bounds, spec.data)
+    if spec.preprocessing is not None:  # one sentence now, not a broadcast error later
+        Preprocessed(lambda t: t, *spec.preprocessing, channel_axis=spec.channel_axis).axis_for(
+            tuple(split.x.shape)
+        )
     return device, split
 
 
-def choose_inputs(split: Split, settings: RobustSettings) -> None:
+def choose_inputs(split: Split, spec: InputSpec) -> None:
     """Samples with several inputs: keep the one the attack perturbs (``attack_input``) as
     ``split.x`` (and ``split.train_x``), tagged with its samples and the other inputs
     (:mod:`.rows`, :mod:`.several`); one input per sample: check ``attack_input`` fits."""
@@ -177,31 +124,31 @@ def choose_inputs(split: Split, settings: RobustSettings) -> None:
 
     x, tx = split.x, split.train_x
     if not isinstance(x, Inputs):
-        if settings.attack_input not in (None, 0):
+        if spec.attack_input not in (None, 0):
             raise AdvRobustError(
-                f"attack_input={settings.attack_input!r} names an input, but fixture "
-                f"{settings.data!r} gives one input per sample; leave attack_input out"
+                f"attack_input={spec.attack_input!r} names an input, but fixture "
+                f"{spec.data!r} gives one input per sample; leave attack_input out"
             )
         if isinstance(tx, Inputs):
             raise AdvRobustError(
-                f"fixture {settings.train_data!r} gives several inputs per sample but "
-                f"fixture {settings.data!r} gives one; give both the same inputs"
+                f"fixture {spec.train_data!r} gives several inputs per sample but "
+                f"fixture {spec.data!r} gives one; give both the same inputs"
             )
         return
-    xe, slot, others = choose(x, settings.attack_input, settings.data)
-    xe = check_inputs(xe, settings.data)
+    xe, slot, others = choose(x, spec.attack_input, spec.data)
+    xe = check_inputs(xe, spec.data)
     parts, layouts, xt = [others], [x.layout()], None
     if tx is not None and tx is not x:
         if not isinstance(tx, Inputs):
             raise AdvRobustError(
-                f"fixture {settings.data!r} gives several inputs per sample but the "
-                f"training data ({settings.train_data!r}) gives one; give both the same inputs"
+                f"fixture {spec.data!r} gives several inputs per sample but the "
+                f"training data ({spec.train_data!r}) gives one; give both the same inputs"
             )
-        xt, _, others_t = choose(tx, slot, settings.train_data)
-        xt = check_inputs(xt, settings.train_data)
+        xt, _, others_t = choose(tx, slot, spec.train_data)
+        xt = check_inputs(xt, spec.train_data)
         parts.append(others_t)
         layouts.append(tx.layout())
-    extras = Extras(x.kind, slot, tuple(x.slots), join_tables(parts, layouts, settings.data))
+    extras = Extras(x.kind, slot, tuple(x.slots), join_tables(parts, layouts, spec.data))
     n = xe.shape[0]
     split.x = tag(xe, torch.arange(n), extras)
     if tx is x:
@@ -223,15 +170,15 @@ def _match_model_dtype(model: Any, split: Split) -> None:
         split.train_x = tx.to(dtype)
 
 
-def with_preprocessing(model: Any, settings: RobustSettings, device) -> Any:
+def with_preprocessing(model: Any, spec: InputSpec, device) -> Any:
     """The model as every attack calls it: the user's model inside its call guard
-    (:mod:`.calls`), inside ``preprocessing`` when the settings give one."""
+    (:mod:`.calls`), inside ``spec.preprocessing`` when there is one."""
     from .calls import guarded
 
-    net = guarded(model, settings.model)
-    if settings.preprocessing is None:
+    net = guarded(model, spec.model)
+    if spec.preprocessing is None:
         return net
-    return Preprocessed(net, *settings.preprocessing, channel_axis=settings.channel_axis).to(device)
+    return Preprocessed(net, *spec.preprocessing, channel_axis=spec.channel_axis).to(device)
 
 
 @contextlib.contextmanager

@@ -162,8 +162,18 @@ class _XdistHooks:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         """Give each worker the folder whose progress lines the controller shows."""
-        self.session.configure_node(node)
+        from .progress import WORKERINPUT_KEY, ProgressRelay
+        from .terminal import quiet, terminal_line
+
+        session = self.session
+        if not session.enabled or quiet(node.config):
+            return
+        if session.relay is None:
+            session.relay = ProgressRelay(terminal_line(node.config))
+        node.workerinput[WORKERINPUT_KEY] = session.relay.folder
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        self.session.node_down(node)
+        """Merge what a finished worker collected into this run's list."""
+        out = getattr(node, "workeroutput", None) or {}
+        self.session.collected.update(out.get("advrobust_collected", ()))

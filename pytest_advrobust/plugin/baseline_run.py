@@ -1,15 +1,16 @@
-"""The run's own baseline: the environment check before the run and the save after it."""
+"""The run's own files: the baseline's environment check before the run, and after it the
+JSON report, the Markdown summary and the baseline's save."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from ..errors import AdvRobustError
+from ..errors import AdvRobustError, AdvRobustWarning
 
 
 def current_environment(values: Dict[str, Any]) -> Dict[str, Any]:
@@ -24,20 +25,47 @@ def current_environment(values: Dict[str, Any]) -> Dict[str, Any]:
     return environment_fingerprint(device, values["seed"])
 
 
-def fingerprint_note(baseline: Any, values: Dict[str, Any], path: Path) -> Optional[str]:
-    """The note that the baseline at ``path`` was recorded in another environment than
-    this run's (``values``: the run's options), or ``None``."""
+def check_fingerprint(
+    config: pytest.Config, baseline: Tuple[Path, Callable[[], Any]], values, notes: List[str]
+) -> None:
+    """Warn (once, at configuration time, and in ``notes``) when the baseline at
+    ``baseline[0]``, read by ``baseline[1]``, was recorded in another environment than
+    this run's (``values``: its options)."""
     from ..reports.baseline import fingerprint_differences
 
-    if not baseline or not baseline.get("environment"):
-        return None
-    diffs = fingerprint_differences(baseline["environment"], current_environment(values))
-    if not diffs:
-        return None
-    return (
-        f"baseline {path.name} was recorded in another environment "
-        f"({'; '.join(diffs)}); numbers may differ for that reason alone"
-    )
+    path, load = baseline
+    try:
+        recorded = load()
+    except AdvRobustError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if not recorded or not recorded.get("environment"):
+        return
+    diffs = fingerprint_differences(recorded["environment"], current_environment(values))
+    if diffs:
+        msg = (
+            f"baseline {path.name} was recorded in another environment "
+            f"({'; '.join(diffs)}); numbers may differ for that reason alone"
+        )
+        notes.append(msg)
+        config.issue_config_time_warning(AdvRobustWarning(msg), stacklevel=2)
+
+
+def write_json(path: Path, reports: List[Dict[str, Any]], values: Dict[str, Any], notes) -> None:
+    """``--advrobust-json``: the run's reports with its environment, noted in ``notes``."""
+    from .. import __version__
+    from ..reports.report import write_json_report
+
+    write_json_report(path, reports, current_environment(values), __version__)
+    notes.append(f"JSON report written to {path}")
+
+
+def write_markdown(path: Optional[Path], reports, errored, notes: List[str]) -> None:
+    """The Markdown summary (``--advrobust-markdown``, the CI job summary), noted in
+    ``notes``."""
+    from ..reports.markdown import write_run_summary
+
+    for written in write_run_summary(path, reports, errored):
+        notes.append(f"Markdown summary written to {written}")
 
 
 def files_narrowed_by_args(config: pytest.Config) -> Set[str]:

@@ -18,12 +18,12 @@ from typing import Any, Dict, Generator, List, Optional, Set
 
 import pytest
 
-from .. import __version__
-from ..errors import AdvRobustError, AdvRobustWarning, warn
+from ..errors import AdvRobustError, warn
+from ..runtime import Runtime
 from ..settings.marker import resolve_settings
 from ..settings.robust import RobustSettings, base_settings
 from .options import flag, path_option, read_values
-from .terminal import lock_wait_lines, progress_writer, quiet, terminal_line
+from .terminal import lock_wait_lines, progress_writer, quiet
 from .user_fixtures import ROBUST_FIXTURES, SKIP_REASON, fail_cleanly, is_robust, user_objects
 
 __all__ = ["ROBUST_FIXTURES", "SKIP_REASON", "AdvRobustSession", "fail_cleanly", "is_robust"]
@@ -174,16 +174,17 @@ class AdvRobustSession:
             warn(warning)
         return settings
 
-    def _tools(self, need_cache: bool = True, label: Optional[str] = None) -> Dict[str, Any]:
-        """The keyword arguments every evaluation and generator look-up shares; ``label``
-        (the test progress lines name) adds RunTools' ``label`` and ``progress_every``."""
+    def _runtime(self, label: Optional[str] = None, quiet: bool = False) -> Runtime:
+        """What every evaluation and generator look-up borrows from this run; ``label``
+        (the test the progress lines name) adds the longest silence between them."""
         every = self.values["progress_seconds"]
         extra = {} if label is None else dict(label=label, progress_every=every)
-        return dict(
-            cache_dir=self.cache_folder() if need_cache else None,
+        return Runtime(
+            cache_dir=self.cache_folder(),
             retrain=self.retrain,
             progress=progress_writer(self.config),
             warn=warn,
+            quiet=quiet,
             store=self.session_data(),
             **extra,
         )
@@ -225,14 +226,8 @@ class AdvRobustSession:
         if hit is not None:  # same numbers; this test's own threshold and tolerance
             return hit[0].for_test(settings)
         with self._running():
-            outcome = run_evaluation(
-                model,
-                data,
-                settings,
-                train_data=train,
-                quiet=quiet(self.config),
-                **self._tools(True, request.node.nodeid),
-            )
+            runtime = self._runtime(request.node.nodeid, quiet(self.config))
+            outcome = run_evaluation(model, data, settings, train_data=train, runtime=runtime)
         if self.cache_note:
             outcome.kept_in_memory()
         self.outcomes[key] = (outcome, model, data, train)  # keep objects alive: ids stay unique
@@ -247,7 +242,7 @@ class AdvRobustSession:
         with self._running():
             label = None if makes_samples(settings.attacks) else request.node.nodeid
             facts = warm_generators(
-                model, data, settings, train_data=train, **self._tools(True, label)
+                model, data, settings, train_data=train, runtime=self._runtime(label)
             )
         modes = (
             ", ".join(f"{f.get('role') or 'eps=%g' % f['eps']}: {f['mode']}" for f in facts)
@@ -271,15 +266,15 @@ class AdvRobustSession:
         """The ``gan_generator`` (or, with ``conditional``, ``conditional_generator``)
         fixture's value: trained, or read from the cache."""
         if conditional:
-            from ..conditional.fixture import conditional_generator_for as look_up
+            from ..evaluation.warm import conditional_generator_for as look_up
         else:
             from ..evaluation.warm import generator_for as look_up
         try:
             settings = self.settings_for(request, require_threshold=False)
             model, data, train = user_objects(request, settings)
             with self._running():
-                tools = self._tools(True, None if conditional else request.node.nodeid)
-                return look_up(model, data, settings, train_data=train, **tools)
+                runtime = self._runtime(None if conditional else request.node.nodeid)
+                return look_up(model, data, settings, train_data=train, runtime=runtime)
         except AdvRobustError as exc:
             fail_cleanly(exc)
 
@@ -336,18 +331,11 @@ class AdvRobustSession:
 
     def start(self) -> None:
         """Before collection: warn when the baseline comes from another environment."""
-        from .baseline_run import fingerprint_note
+        from .baseline_run import check_fingerprint
 
-        if not (self.enabled and self.compare and self.is_controller):
-            return
-        try:
-            baseline = self.load_baseline()
-        except AdvRobustError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        note = fingerprint_note(baseline, self.values, self.baseline_path)
-        if note:
-            self.notes.append(note)
-            self.config.issue_config_time_warning(AdvRobustWarning(note), stacklevel=2)
+        if self.enabled and self.compare and self.is_controller:
+            baseline = (self.baseline_path, self.load_baseline)
+            check_fingerprint(self.config, baseline, self.values, self.notes)
 
     def finish(self, session: pytest.Session) -> None:
         """Write the JSON report, the Markdown table and the baseline (controller only)."""
@@ -359,9 +347,11 @@ class AdvRobustSession:
             self.relay = None
         if not self.enabled or self.warm:
             return
-        self._write_markdown()
+        from .baseline_run import write_json, write_markdown
+
+        write_markdown(self.markdown_path, self.reports, self.errored, self.notes)
         if self.json_path is not None:
-            self._write_json()
+            write_json(self.json_path, list(self.reports.values()), self.values, self.notes)
         if self.save_baseline:
             from .baseline_run import RunBaseline, save_run_baseline
 
@@ -380,24 +370,6 @@ class AdvRobustSession:
                 self.notes.append(f"baseline NOT written: {exc}")
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def _write_json(self) -> None:
-        from ..reports.report import write_json_report
-        from .baseline_run import current_environment
-
-        write_json_report(
-            self.json_path,
-            list(self.reports.values()),
-            current_environment(self.values),
-            __version__,
-        )
-        self.notes.append(f"JSON report written to {self.json_path}")
-
-    def _write_markdown(self) -> None:
-        from ..reports.markdown import write_run_summary
-
-        for path in write_run_summary(self.markdown_path, self.reports, self.errored):
-            self.notes.append(f"Markdown summary written to {path}")
-
     def terminal_summary(self, terminalreporter: Any) -> None:
         """The ``advrobust`` section: one line per robust test, then the notes."""
         from ..reports.report import summary_lines
@@ -410,20 +382,3 @@ class AdvRobustSession:
                 terminalreporter.write_line(line)
         for note in self.notes:
             terminalreporter.write_line(note)
-
-    # ---------------------------------------------------------------- xdist
-
-    def configure_node(self, node: Any) -> None:
-        """Give each worker the folder whose progress lines the controller shows."""
-        from .progress import WORKERINPUT_KEY, ProgressRelay
-
-        if not self.enabled or quiet(node.config):
-            return
-        if self.relay is None:
-            self.relay = ProgressRelay(terminal_line(node.config))
-        node.workerinput[WORKERINPUT_KEY] = self.relay.folder
-
-    def node_down(self, node: Any) -> None:
-        """Merge what a finished worker collected into this run's list."""
-        out = getattr(node, "workeroutput", None) or {}
-        self.collected.update(out.get("advrobust_collected", ()))

@@ -74,6 +74,7 @@ PGD at a huge eps, PGD with twice the steps, PGD with twice the restarts):
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -105,7 +106,7 @@ from .flags import (
     LEVELS,
     sub_indices,
 )
-from .full import full_checks
+from .full import SubBatch, full_checks
 from .model_state import check_batch_dependence, check_state, nonfinite_during_attacks
 from .strength import GanRecord, strength_check
 
@@ -125,6 +126,7 @@ __all__ = [
     "FLAG_WEAK_BEATS_STRONG",
     "FULL_FLAGS",
     "LEVELS",
+    "Evaluated",
     "GanRecord",
     "check_curve",
     "strength_check",
@@ -132,70 +134,78 @@ __all__ = [
 ]
 
 
-def run_sanity(
-    model: Callable,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    x_adv: torch.Tensor,
-    cfg: AttackConfig,
-    ctx: AttackContext,
-    *,
-    attacks: Sequence[str],
-    level: str = "cheap",
-    curve: Optional[List[dict]] = None,
-    num_classes: Optional[int] = None,
-    adversarial: Optional[Dict[str, torch.Tensor]] = None,
-    correct_counts: Optional[Tuple[int, int]] = None,
-    fixture: str = "robust_model",
-    record: Any = None,
-    min_batch: int = 1,
-    gan: Optional[GanRecord] = None,
-) -> List[dict]:
-    """Run the sanity checks of ``level`` and return the flags raised.
+@dataclass
+class Evaluated:
+    """What an evaluation found, as the sanity checks read it.
 
-    ``model`` is frozen, in eval mode and on the device of ``x``; ``x``, ``y`` and
-    ``x_adv`` are the evaluation batch and its adversarial twin under ``attacks`` (the
-    names that produced ``x_adv``). ``curve`` is an eps sweep (dicts with ``eps`` and
-    ``adversarial_accuracy``). ``num_classes`` defaults to the width of the model's
-    output. ``adversarial`` optionally maps single attack names to their own adversarial
-    batch (same samples as ``x``); at level full each non-PGD attack in it (or ``x_adv``
-    itself when ``attacks`` holds neither ``pgd`` nor an APGD variant) is compared against
-    the strongest gradient attack configured. ``gan`` (what the ``gan`` attack left)
-    runs its strength check (:func:`.strength.strength_check`, at every level but off);
-    its record goes to ``ctx.facts["strength_check"]`` and its cost to
-    ``ctx.facts["strength_check_cost"]``. ``correct_counts`` (clean and adversarial correct
-    counts) spare two forward passes. ``fixture`` names the model; ``record``: what the model
-    guard saw (:class:`~pytest_advrobust.inputs.calls.CallRecord`); ``min_batch``: the least
-    batch it takes.
+    ``x``, ``y`` and ``x_adv`` are the evaluation batch and its adversarial twin under
+    ``attacks`` (the names that produced ``x_adv``; ``None``: no adversarial batch).
+    ``curve`` is an eps sweep (dicts with ``eps`` and ``adversarial_accuracy``).
+    ``num_classes`` defaults to the width of the model's output. ``adversarial``
+    optionally maps single attack names to their own adversarial batch (same samples as
+    ``x``); at level full each non-reference attack in it (or ``x_adv`` itself when
+    ``attacks`` holds no reference attack) is compared against the strongest gradient
+    attack configured. ``gan`` (what the ``gan`` attack left) runs its strength check.
+    ``correct_counts`` (clean and adversarial correct counts) spare two forward passes.
+    ``fixture`` names the model; ``record``: what the model guard saw
+    (:class:`~pytest_advrobust.inputs.calls.CallRecord`); ``min_batch``: the least batch
+    it takes.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_adv: Optional[torch.Tensor] = None
+    attacks: Sequence[str] = ()
+    curve: Optional[List[dict]] = None
+    num_classes: Optional[int] = None
+    adversarial: Optional[Dict[str, torch.Tensor]] = None
+    correct_counts: Optional[Tuple[int, int]] = None
+    fixture: str = "robust_model"
+    record: Any = None
+    min_batch: int = 1
+    gan: Optional[GanRecord] = None
+
+
+def run_sanity(
+    model: Callable, found: Evaluated, cfg: AttackConfig, ctx: AttackContext, level: str = "cheap"
+) -> List[dict]:
+    """Run the sanity checks of ``level`` on what the evaluation ``found``; the flags raised.
+
+    ``model`` is frozen, in eval mode and on the device of ``found.x``. The strength check
+    of the ``gan`` attack runs at every level but off; its record goes to
+    ``ctx.facts["strength_check"]`` and its cost to ``ctx.facts["strength_check_cost"]``.
     """
     if _level(level) == "off":
         return []
-    attacks = [attacks] if isinstance(attacks, str) else list(attacks)
+    x, y, x_adv = found.x, found.y, found.x_adv
+    attacks = [found.attacks] if isinstance(found.attacks, str) else list(found.attacks)
     n = x.shape[0]
     idx = sub_indices(n, x.device)
     xs, ys = x[idx].detach(), y[idx].detach()
     flags: List[Optional[dict]] = []
     has_grad = True  # no samples: nothing says the gradient is missing
+    num_classes = found.num_classes
     if n:  # the model itself, then what the attacks made of it
-        found, has_grad, width = _model_checks(model, xs, ys, fixture)
-        found.extend(_call_checks(model, xs, fixture, record, min_batch, found, n))
+        checks, has_grad, width = _model_checks(model, xs, ys, found.fixture)
+        checks.extend(_call_checks(model, xs, found, checks))
         num_classes = width if num_classes is None else num_classes
-        flags.extend(found)
+        flags.extend(checks)
         if x_adv is not None:
-            flags.append(check_adv_above_clean(model, x, y, x_adv, cfg.batch_size, correct_counts))
-    flags.append(check_curve(curve, n))
-    if n and gan is not None:
-        flags.append(_strength(model, x, y, gan, cfg, ctx, level, int(num_classes or 2)))
+            counts = found.correct_counts
+            flags.append(check_adv_above_clean(model, x, y, x_adv, cfg.batch_size, counts))
+    flags.append(check_curve(found.curve, n))
+    if n and found.gan is not None:
+        flags.append(_strength(model, found, cfg, ctx, level, int(num_classes or 2)))
     if level == "full" and n and has_grad:  # gradient attacks need an input gradient
-        evaluated = _under_test(adversarial, x_adv, attacks, idx)
+        evaluated = _under_test(found.adversarial, x_adv, attacks, idx)
         k = int(num_classes or 2)
-        flags.extend(full_checks(model, xs, ys, cfg, ctx, k, evaluated, configured=attacks))
+        flags.extend(full_checks(SubBatch(model, xs, ys, ctx), cfg, k, evaluated, attacks))
     return [f for f in flags if f]
 
 
-def _strength(model, x, y, gan: GanRecord, cfg, ctx, level: str, classes: int) -> Optional[dict]:
+def _strength(model, found: Evaluated, cfg, ctx, level: str, classes: int) -> Optional[dict]:
     """The ``gan`` attack's strength check; its record and cost go to ``ctx.facts``."""
-    check, flag, cost = strength_check(model, x, y, gan, cfg, level, classes)
+    check, flag, cost = strength_check(model, found.x, found.y, found.gan, cfg, level, classes)
     ctx.facts["strength_check"], ctx.facts["strength_check_cost"] = check, cost
     return flag
 
@@ -223,12 +233,16 @@ def _model_checks(
     return found, has_grad, width
 
 
-def _call_checks(model, xs, fixture: str, record: Any, min_batch: int, found, n: int) -> List:
-    """``batch_dependent``, ``stateful`` and, unless the clean inputs already raised it,
-    ``gradients`` from what the model guard saw during the attacks."""
-    out = [check_batch_dependence(model, xs, fixture, min_batch), check_state(record, fixture)]
-    if not any(f and f["flag"] == FLAG_GRADIENTS for f in found):
-        out.append(nonfinite_during_attacks(record, fixture, n))
+def _call_checks(model, xs, found: Evaluated, raised: List) -> List:
+    """``batch_dependent``, ``stateful`` and, unless the clean inputs already raised it
+    (``raised``), ``gradients`` from what the model guard saw during the attacks."""
+    fixture, record = found.fixture, found.record
+    out = [
+        check_batch_dependence(model, xs, fixture, found.min_batch),
+        check_state(record, fixture),
+    ]
+    if not any(f and f["flag"] == FLAG_GRADIENTS for f in raised):
+        out.append(nonfinite_during_attacks(record, fixture, int(found.x.shape[0])))
     return out
 
 

@@ -49,7 +49,7 @@ def _large_eps(cfg: AttackConfig, x: torch.Tensor) -> float:
     return width * math.sqrt(dim)
 
 
-class _Batch(NamedTuple):
+class SubBatch(NamedTuple):
     """The sub-batch the full checks attack, with the model and the attack context."""
 
     model: Callable
@@ -66,23 +66,20 @@ class _Batch(NamedTuple):
 
 
 def full_checks(
-    model: Callable,
-    xs: torch.Tensor,
-    ys: torch.Tensor,
+    batch: SubBatch,
     cfg: AttackConfig,
-    ctx: AttackContext,
     num_classes: int,
     evaluated: Dict[str, torch.Tensor],
     configured: Sequence[str] = (),
 ) -> List[dict]:
     """The ``weak_beats_strong``, ``large_eps`` and ``not_converged`` flags raised on the
-    sub-batch ``xs (n, ...)``, ``ys (n,)``; ``evaluated`` maps attacks under test to their
-    adversarial sub-batch, ``configured`` names the attacks that pick the strongest one."""
+    sub-batch ``batch.xs (n, ...)``, ``batch.ys (n,)``; ``evaluated`` maps attacks under
+    test to their adversarial sub-batch, ``configured`` names the attacks that pick the
+    strongest one."""
     from ..attacks import strongest_attack
 
-    if xs.shape[0] == 0:
+    if batch.xs.shape[0] == 0:
         return []
-    batch = _Batch(model, xs, ys, ctx)
     strong_name, strong = strongest_attack(configured)
     acc_strong = batch.accuracy_under(strong, cfg)
     found = [
@@ -94,7 +91,7 @@ def full_checks(
 
 
 def _weak_beats_strong(
-    batch: _Batch, cfg: AttackConfig, evaluated, strong_name: str, acc_strong: float
+    batch: SubBatch, cfg: AttackConfig, evaluated, strong_name: str, acc_strong: float
 ) -> Optional[dict]:
     """FGSM, noise, and any non-gradient attack under test against the strongest attack."""
     from ..attacks.gradient import fgsm
@@ -129,7 +126,7 @@ def _weak_beats_strong(
     )
 
 
-def _large_eps_check(batch: _Batch, cfg: AttackConfig, num_classes: int) -> Optional[dict]:
+def _large_eps_check(batch: SubBatch, cfg: AttackConfig, num_classes: int) -> Optional[dict]:
     """An attack with an unbounded budget must reach chance or below."""
     from ..attacks.gradient import pgd
 
@@ -157,7 +154,7 @@ def _large_eps_check(batch: _Batch, cfg: AttackConfig, num_classes: int) -> Opti
     )
 
 
-def _not_converged(batch: _Batch, cfg: AttackConfig, acc_pgd: float) -> Optional[dict]:
+def _not_converged(batch: SubBatch, cfg: AttackConfig, acc_pgd: float) -> Optional[dict]:
     """Twice the steps or twice the restarts must not matter."""
     from ..attacks.gradient import pgd
 
