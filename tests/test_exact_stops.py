@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pytest_advrobust.attacks.base import AttackConfig
 from pytest_advrobust.attacks.counting import counted
 from pytest_advrobust.attacks.gradient import pgd
-from pytest_advrobust.attacks.pgd_core import iterate_hashes, margins, pgd_run
+from pytest_advrobust.attacks.pgd_core import Run, iterate_hashes, margins, pgd_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,7 +50,11 @@ def run_one_by_one(model, x, y, eps, step, steps):
     """pgd_run on each sample alone, so no result depends on the batch it ran in."""
     outs = [
         pgd_run(
-            model, x[i : i + 1], y[i : i + 1], x[i : i + 1], eps, "linf", steps, step, (0.0, 1.0)
+            model,
+            Run(x[i : i + 1], y[i : i + 1], x[i : i + 1]),
+            AttackConfig(eps=eps, norm="linf", bounds=(0.0, 1.0)),
+            steps,
+            step,
         )
         for i in range(x.shape[0])
     ]

@@ -409,7 +409,8 @@ def gallery_of_samples(repo, rows):
 
     x, y = make_blobs()[:2]
     x_adv = torch.load(repo / "x_adv_fall.pt", weights_only=True)
-    return gallery_image(x[rows], x_adv[rows], y[rows], y[rows], y[rows], max_images=len(rows))
+    labels = (y[rows], y[rows], y[rows])
+    return gallery_image(x[rows], x_adv[rows], labels, max_images=len(rows))
 
 
 def make_blobs():

@@ -41,7 +41,7 @@ def _region(img, row, col, h, w):
 
 def test_gallery_grayscale_small_images(tmp_path):
     x, x_adv, y, pc, pa = _batch((5, 1, 8, 8))
-    out = images.save_gallery(tmp_path / "g.png", x, x_adv, y, pc, pa)
+    out = images.save_gallery(tmp_path / "g.png", x, x_adv, (y, pc, pa))
     assert out == tmp_path / "g.png" and out.exists()
     with Image.open(out) as img:
         assert img.format == "PNG"
@@ -69,7 +69,7 @@ def test_gallery_perturbation_row_is_centred(tmp_path):
     x, _, y, pc, pa = _batch((3, 1, 8, 8))
     x_adv = x.clone()
     x_adv[:, :, :4] += 0.1  # top half pushed up, bottom half untouched
-    out = images.save_gallery(tmp_path / "p.png", x, x_adv, y, pc, pa)
+    out = images.save_gallery(tmp_path / "p.png", x, x_adv, (y, pc, pa))
     with Image.open(out) as img:
         cell = _region(img.convert("RGB"), 2, 0, 8, 8)
     assert (cell[:32] == 255).all()  # amplified to the top of the range
@@ -83,9 +83,7 @@ def test_gallery_rgb_caps_columns_and_names(tmp_path):
         tmp_path / "sub" / "rgb.png",
         x.to(torch.float64),
         x_adv,
-        y,
-        pc,
-        pa,
+        (y, pc, pa),
         max_images=4,
         class_names=names,
         amplify=3.0,
@@ -99,11 +97,11 @@ def test_gallery_rgb_caps_columns_and_names(tmp_path):
 
 def test_gallery_flat_square_and_strip(tmp_path):
     x, x_adv, y, pc, pa = _batch((4, 64))
-    out = images.save_gallery(tmp_path / "sq.png", x, x_adv, y, pc, pa)
+    out = images.save_gallery(tmp_path / "sq.png", x, x_adv, (y, pc, pa))
     with Image.open(out) as img:
         assert img.size == _expected_size(4, 8, 8)
     x, x_adv, y, pc, pa = _batch((4, 10))
-    out = images.save_gallery(tmp_path / "strip.png", x * 5 - 2, x_adv * 5 - 2, y, pc, pa)
+    out = images.save_gallery(tmp_path / "strip.png", x * 5 - 2, x_adv * 5 - 2, (y, pc, pa))
     with Image.open(out) as img:
         h, w = images.strip_shape(10)
         assert (h, w) == (images.STRIP_HEIGHT, 70) and images.cell_size(h, w) == (h, w)
@@ -113,7 +111,7 @@ def test_gallery_flat_square_and_strip(tmp_path):
         assert set(np.unique(clean)) <= {51, 255}  # dark bars on white
     # long vectors are binned so the picture stays a sensible size
     x, x_adv, y, pc, pa = _batch((2, 1000))
-    out = images.save_gallery(tmp_path / "long.png", x, x_adv, y, pc, pa)
+    out = images.save_gallery(tmp_path / "long.png", x, x_adv, (y, pc, pa))
     with Image.open(out) as img:
         assert img.size == _expected_size(2, *images.strip_shape(1000))
         assert images.strip_shape(1000)[1] == images.MAX_BARS
@@ -122,7 +120,7 @@ def test_gallery_flat_square_and_strip(tmp_path):
 def test_gallery_rejects_mismatched_shapes(tmp_path):
     x, x_adv, y, pc, pa = _batch((2, 1, 8, 8))
     with pytest.raises(ValueError, match="same shape"):
-        images.save_gallery(tmp_path / "bad.png", x, x_adv[:1], y, pc, pa)
+        images.save_gallery(tmp_path / "bad.png", x, x_adv[:1], (y, pc, pa))
 
 
 def test_curve_png(tmp_path):

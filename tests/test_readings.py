@@ -104,7 +104,7 @@ def test_gallery_takes_class_names_from_the_data():
     ]
     assert split_data((x, y), 20, 0).class_names is None
     # the names change the captions: the pictures differ where the labels are drawn
-    args = (x[:3].view(3, 1, 2, 2), x[:3].view(3, 1, 2, 2), y[:3], y[:3], y[:3])
+    args = (x[:3].view(3, 1, 2, 2), x[:3].view(3, 1, 2, 2), (y[:3], y[:3], y[:3]))
     import numpy as np
 
     plain = np.asarray(images.gallery_image(*args))

@@ -28,6 +28,7 @@ import torch
 from ..geometry import KeepWorst, ascent_direction, bound, per_sample, unit_noise
 from .base import AttackConfig, AttackContext, Model
 from .steps import (
+    Run,
     batch_slices,
     cross_entropy,
     loss_gradient,
@@ -141,11 +142,10 @@ def _improve(st: _State, loss: torch.Tensor, grad: torch.Tensor, margin: torch.T
     st.margin_best = torch.where(better, margin, st.margin_best)
 
 
-def _start(
-    model: Model, x, y, target, start, cfg: AttackConfig, loss_fn: Callable, tally, on_start
-):
+def _start(model: Model, run: Run, cfg: AttackConfig, loss_fn: Callable, tally, on_start):
     """The state at the (bounded) start point, and a :class:`KeepWorst` holding it;
     ``on_start(logits)`` (when given) sees the logits there."""
+    x, y, target, start = run.x, run.y, run.target, run.start
     st = _State()
     st.idx = torch.arange(x.shape[0], device=x.device)
     st.x0, st.y, st.t = x, y, target
@@ -170,16 +170,14 @@ def _start(
 
 def _apgd_run(
     model: Model,
-    x,
-    y,
-    target,
-    start,
+    run: Run,
     cfg: AttackConfig,
     loss_fn: Callable,
     tally: Optional[Callable] = None,
     on_start: Optional[Callable] = None,
 ):
-    """One APGD run on a batch; return (x_result, fooled, loss at x_result, margin there).
+    """One APGD run on a batch (:class:`~.steps.Run`); return (x_result, fooled, loss at
+    x_result, margin there).
 
     ``margin`` (float32 (n,)) is ``z_y - max_{j != y} z_j`` at ``x_result`` for the
     samples not fooled, and negative for the fooled ones. ``tally(idx)`` is called
@@ -189,7 +187,8 @@ def _apgd_run(
     n_iter = max(int(cfg.steps), 1)
     window, min_window = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1)
     shrink = max(int(0.03 * n_iter), 1)
-    st, best = _start(model, x, y, target, start, cfg, loss_fn, tally, on_start)
+    x = run.x
+    st, best = _start(model, run, cfg, loss_fn, tally, on_start)
     since = 0
     for i in range(n_iter):
         if st.idx.numel() == 0:
@@ -224,7 +223,8 @@ def _attack(model: Model, x, y, cfg: AttackConfig, n_targets: int) -> torch.Tens
             start = xb[idx] + cfg.eps * unit_noise(xb[idx].shape, cfg.norm, gen).to(xb)
             target = ranked[idx, t] if t is not None else None
             loss_fn = cross_entropy if t is None else dlr_targeted_loss
-            best.offer(idx, *_apgd_run(model, xb[idx], yb[idx], target, start, cfg, loss_fn)[:3])
+            run = Run(xb[idx], yb[idx], start, target)
+            best.offer(idx, *_apgd_run(model, run, cfg, loss_fn)[:3])
         result[sl] = best.x
     return result
 

@@ -35,7 +35,7 @@ import torch
 from ..geometry import KeepWorst, bound
 from .apgd import _apgd_run, dlr_targeted_loss
 from .base import AttackConfig, Model
-from .steps import cross_entropy, margins
+from .steps import Run, cross_entropy, margins
 
 __all__ = ["CascadeBudget", "Cascade", "Tally", "DEFAULT_BUDGET", "STAGES"]
 
@@ -182,9 +182,8 @@ class Cascade:
                 if target is None:  # the untargeted stage starts at the clean input
                     self._note_clean(idx, logits)
 
-            x_res, fooled, _, margin = _apgd_run(
-                self.model, self.x[idx], self.y[idx], tg, start[idx], cfg, loss_fn, tally, at_start
-            )
+            run = Run(self.x[idx], self.y[idx], start[idx], tg)
+            x_res, fooled, _, margin = _apgd_run(self.model, run, cfg, loss_fn, tally, at_start)
             open_now = ~self.clean_wrong[idx]
             self.best.offer(idx[open_now], x_res[open_now], fooled[open_now], -margin[open_now])
             width = width or (None if self.ranked is None else int(self.ranked.shape[1]))

@@ -18,6 +18,7 @@ from ..geometry import KeepWorst, ascent_direction, bound, uniform_ball_noise
 from .base import AttackConfig, AttackContext, Model
 from .pgd_core import pgd_run
 from .steps import (
+    Run,
     batch_slices,
     cross_entropy,
     loss_gradient,
@@ -60,19 +61,12 @@ def fgsm(
     return out
 
 
-def _pgd_run(model: Model, x, y, start, cfg: AttackConfig, steps: int, step: float, target=None):
-    return pgd_run(
-        model, x, y, start, cfg.eps, cfg.norm, steps, step, cfg.bounds, cfg.early_stop, target
-    )
-
-
-def _run(model: Model, x, y, start, target, best: KeepWorst, cfg, steps, step) -> bool:
+def _run(model: Model, run: Run, best: KeepWorst, cfg: AttackConfig, steps: int, step) -> bool:
     """One PGD run on the samples ``best`` has not seen fooled; False when none is left."""
     idx = best.open()
     if idx.numel() == 0:
         return False
-    tg = target[idx] if target is not None else None
-    adv, fooled, margin = _pgd_run(model, x[idx], y[idx], start[idx], cfg, steps, step, tg)
+    adv, fooled, margin = pgd_run(model, run.at(idx), cfg, steps, step)
     best.offer(idx, adv, fooled, -margin)
     return True
 
@@ -97,7 +91,7 @@ def pgd_from(
     step = cfg.step_size if cfg.step_size is not None else 2.5 * cfg.eps / max(steps, 1)
     out = torch.empty_like(x)
     for sl in batch_slices(x.shape[0], cfg.batch_size):
-        out[sl] = _pgd_run(model, x[sl], y[sl], x_start[sl], cfg, steps, step)[0]
+        out[sl] = pgd_run(model, Run(x[sl], y[sl], x_start[sl]), cfg, steps, step)[0]
     return out
 
 
@@ -126,12 +120,12 @@ def pgd(
         best = KeepWorst(xb)
         for r in range(max(1, cfg.restarts)):
             start = random_start(xb, cfg.eps, cfg.norm, gen) if (cfg.random_start or r > 0) else xb
-            if not _run(model, xb, yb, start, None, best, cfg, cfg.steps, step):
+            if not _run(model, Run(xb, yb, start), best, cfg, cfg.steps, step):
                 break
         if cfg.targets > 0:
             ranked = ranked_wrong_classes(model, xb, yb)
             for t in range(min(cfg.targets, ranked.shape[1] - 1)):
-                if not _run(model, xb, yb, xb, ranked[:, t], best, cfg, cfg.steps, step):
+                if not _run(model, Run(xb, yb, xb, ranked[:, t]), best, cfg, cfg.steps, step):
                     break
         out[sl] = best.x
     return out

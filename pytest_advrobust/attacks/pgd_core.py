@@ -23,15 +23,15 @@ else the iterate of lowest margin ``z_y - max_{j != y} z_j`` seen at any step.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
 from ..geometry import KeepWorst, ascent_direction, bound
-from .base import Model
-from .steps import cross_entropy, loss_gradient, margins, target_margin
+from .base import AttackConfig, Model
+from .steps import Run, cross_entropy, loss_gradient, margins, target_margin
 
-__all__ = ["margins", "pgd_run", "iterate_hashes"]
+__all__ = ["Run", "margins", "pgd_run", "iterate_hashes"]
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -79,34 +79,25 @@ def _offer(best: KeepWorst, idx, xa, logits, y) -> torch.Tensor:
     return fooled
 
 
-def pgd_run(
-    model: Model,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    x_start: torch.Tensor,
-    eps: float,
-    norm: str,
-    steps: int,
-    step: float,
-    bounds,
-    early_stop: bool = True,
-    target: Optional[torch.Tensor] = None,
-):
-    """PGD on one batch from ``x_start``; return (x_best, fooled, margin) per sample.
+def pgd_run(model: Model, run: Run, cfg: AttackConfig, steps: int, step: float):
+    """PGD on one batch from ``run.start``; return (x_best, fooled, margin) per sample.
 
-    ``x`` (n, ...) any float dtype; ``y`` and ``target`` (n,) int64. The loss is
-    the cross-entropy, or with ``target`` the margin ``z_target - z_y``. With
-    ``early_stop`` a sample stops at its first success or at a repeated
-    iterate (see the module docstring); without it every sample runs all
-    ``steps``. ``x_best`` lies in the eps-ball (``norm``) and in ``bounds``;
+    ``run.x`` (n, ...) any float dtype; ``run.y`` and ``run.target`` (n,) int64 (:class:`
+    ~.steps.Run`). The loss is the cross-entropy, or with a target the margin
+    ``z_target - z_y``. ``steps`` steps of size ``step`` within ``cfg.eps`` in
+    ``cfg.norm``, inside ``cfg.bounds``. With ``cfg.early_stop`` a sample stops at its
+    first success or at a repeated iterate (see the module docstring); without it every
+    sample runs all ``steps``. ``x_best`` lies in the eps-ball and in the bounds;
     ``margin`` (float32) is ``z_y - max_{j != y} z_j`` at ``x_best``. Raises
-    AdvRobustError when no gradient reaches the model's input and ValueError
-    for an unknown ``norm``.
+    AdvRobustError when no gradient reaches the model's input and ValueError for an
+    unknown norm.
     """
-    x_adv = bound(x, x_start, eps, norm, bounds).detach()
+    x, y, target = run.x, run.y, run.target
+    eps, norm, bounds = cfg.eps, cfg.norm, cfg.bounds
+    x_adv = bound(x, run.start, eps, norm, bounds).detach()
     best = KeepWorst(x_adv)
     active = torch.arange(x.shape[0], device=x.device)
-    seen = _Seen(x, steps) if early_stop else None
+    seen = _Seen(x, steps) if cfg.early_stop else None
     loss_fn = cross_entropy if target is None else target_margin
     for t in range(steps):
         if active.numel() == 0:

@@ -9,7 +9,7 @@ int64 (N,); losses are float32 per sample (N,).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .base import Model
 
 __all__ = [
+    "Run",
     "batch_slices",
     "cross_entropy",
     "loss_gradient",
@@ -37,6 +38,22 @@ _SHAPE = """
         AdvRobustError: no gradient reaches the model's input.
         ValueError: ``cfg.norm`` is not "linf" or "l2".
 """
+
+
+class Run(NamedTuple):
+    """The samples of one attack run: inputs ``x`` ``(n, ...)``, labels ``y`` ``(n,)``
+    int64, the points the run starts from ``start`` (shape of ``x``) and, for a targeted
+    run, each sample's target class ``target`` ``(n,)`` int64 (``None``: untargeted)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    start: torch.Tensor
+    target: Optional[torch.Tensor] = None
+
+    def at(self, idx: torch.Tensor) -> "Run":
+        """The run of the samples ``idx``."""
+        target = self.target[idx] if self.target is not None else None
+        return Run(self.x[idx], self.y[idx], self.start[idx], target)
 
 
 def shape_documented(attack: Callable) -> Callable:

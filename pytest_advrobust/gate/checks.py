@@ -44,12 +44,13 @@ def clean_accuracy_problem(
     n: int,
     num_classes: int,
     min_clean_accuracy: Optional[float],
-    model: str,
-    data: str,
+    fixtures: Tuple[str, str],
     labels: Sequence[int] = (),
     predictions: Sequence[int] = (),
 ) -> Optional[str]:
     """One sentence when clean accuracy (``correct`` of ``n``) fails its floor, else None.
+
+    ``fixtures``: the names of the model's and the data's fixtures, for the sentence.
 
     Without ``min_clean_accuracy`` the floor is chance (see the module docstring):
     the share of the most frequent of ``labels`` (``1 / num_classes`` when no labels
@@ -60,6 +61,7 @@ def clean_accuracy_problem(
     """
     if n <= 0:
         return None
+    model, data = fixtures
     acc = correct / n
     if min_clean_accuracy is not None:
         if acc + 1e-12 >= min_clean_accuracy:

@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 MIN_TRAIN = 64
+#: Most samples a learned attack trains on (the rest of the data after the evaluation samples).
+MAX_TRAIN = 60000
 LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 Batch = Union[torch.Tensor, Inputs]
 Tick = Optional[Callable[[int], None]]
@@ -277,7 +279,6 @@ def split_data(
     n_samples: int,
     seed: int,
     fixture: str = "robust_data",
-    max_train: int = 60000,
     *,
     need_train: bool = True,
     convert: Optional[Callable[..., Tuple[Batch, torch.Tensor]]] = None,
@@ -285,7 +286,7 @@ def split_data(
 ) -> Split:
     """Choose ``n_samples`` evaluation samples with a seeded permutation.
 
-    The remaining samples (up to ``max_train``) are for training a learned
+    The remaining samples (up to :data:`MAX_TRAIN`) are for training a learned
     attack. When fewer than ``MIN_TRAIN`` remain, the learned attack trains
     on the evaluation samples themselves and ``train_is_eval`` says so.
     With ``need_train=False`` the training samples of a Dataset are not
@@ -307,7 +308,7 @@ def split_data(
     perm = torch.randperm(total, generator=gen)
     n = min(int(n_samples), total)
     eval_idx = perm[:n].sort().values
-    train_idx = perm[n : n + max_train].sort().values
+    train_idx = perm[n : n + MAX_TRAIN].sort().values
     train_is_eval = train_idx.numel() < MIN_TRAIN
     if train_is_eval:
         train_idx = eval_idx

@@ -83,8 +83,7 @@ def gate_checks(policy: GatePolicy, item: pytest.Item, outcome: Any) -> List[str
         int(clean.correct.numel()),
         clean.num_classes,
         s.min_clean_accuracy,
-        s.model,
-        s.data,
+        (s.model, s.data),
         labels=outcome.y.tolist(),
         predictions=clean.pred.tolist(),
     )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from ..errors import MissingPackage
 from ..geometry import perturbation_norms
@@ -184,14 +184,14 @@ def _batch_pair(x, x_adv, max_images: int):
     return x[:n], x_adv[:n]
 
 
-def _captions(x, x_adv, y, pred_clean, pred_adv, class_names) -> list:
-    """Per row, the (text, colour) caption of each sample."""
+def _captions(x, x_adv, given, class_names) -> list:
+    """Per row, the (text, colour) caption of each sample; ``given``: the true labels and
+    the clean and adversarial predictions."""
     import torch
 
     n = x.shape[0]
     labels, p_clean, p_adv = (
-        torch.as_tensor(v).detach().cpu().reshape(-1)[:n].tolist()
-        for v in (y, pred_clean, pred_adv)
+        torch.as_tensor(v).detach().cpu().reshape(-1)[:n].tolist() for v in given
     )
 
     def name(value: int) -> str:
@@ -239,9 +239,7 @@ def _compose(rows: list, captions: list, cell_width: int, title: Optional[str]):
 def gallery_image(
     x,
     x_adv,
-    y,
-    pred_clean,
-    pred_adv,
+    labels: Tuple[Any, Any, Any],
     *,
     max_images: int = 8,
     amplify: Optional[float] = None,
@@ -259,7 +257,8 @@ def gallery_image(
 
     Shape:
         - x, x_adv: (N, C, H, W), (N, H, W) or (N, D), any float dtype and device.
-        - y, pred_clean, pred_adv: (N,) integer labels.
+        - labels: ``(y, pred_clean, pred_adv)``, the true labels and the model's
+          predictions on ``x`` and ``x_adv``, each (N,) integer labels.
 
     Raises:
         ValueError: ``x`` and ``x_adv`` differ in shape, the batch is empty,
@@ -271,7 +270,7 @@ def gallery_image(
     n = x.shape[0]
     imgs = row_images(x, x_adv, amplify)
     rows = [make_grid(upscale(t.clamp(0, 1)), nrow=n, padding=PADDING, pad_value=1.0) for t in imgs]
-    captions = _captions(x, x_adv, y, pred_clean, pred_adv, class_names)
+    captions = _captions(x, x_adv, labels, class_names)
     return _compose(rows, captions, cell_size(*imgs[0].shape[-2:])[1], title)
 
 

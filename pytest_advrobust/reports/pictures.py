@@ -64,9 +64,7 @@ def gallery_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     return gallery_image(
         x[idx],
         x_adv[idx],
-        outcome.y[idx],
-        outcome.clean.pred[idx],
-        outcome.adv.pred[idx],
+        (outcome.y[idx], outcome.clean.pred[idx], outcome.adv.pred[idx]),
         class_names=outcome.class_names,
         title=title,
         max_images=GALLERY_SAMPLES,
@@ -104,9 +102,7 @@ def newly_fooled_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     return gallery_image(
         x[shown],
         x_adv[shown],
-        outcome.y[shown],
-        outcome.clean.pred[shown],
-        outcome.adv.pred[shown],
+        (outcome.y[shown], outcome.clean.pred[shown], outcome.adv.pred[shown]),
         class_names=outcome.class_names,
         title=title,
         max_images=len(shown),

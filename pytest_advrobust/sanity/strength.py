@@ -156,7 +156,7 @@ def _reference(model, x, y, cfg: AttackConfig, ref: Reference) -> torch.Tensor:
 
     from ..attacks.apgd import _apgd_run, dlr_targeted_loss
     from ..attacks.square import square_search
-    from ..attacks.steps import ranked_wrong_classes
+    from ..attacks.steps import Run, ranked_wrong_classes
     from ..geometry import unit_noise
 
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -170,9 +170,8 @@ def _reference(model, x, y, cfg: AttackConfig, ref: Reference) -> torch.Tensor:
         if idx.numel() == 0:
             return fooled
         start = x[idx] + cfg.eps * unit_noise(x[idx].shape, cfg.norm, gen).to(x)
-        _, hit, _, _ = _apgd_run(
-            model, x[idx], y[idx], ranked[idx, t], start, run_cfg, dlr_targeted_loss
-        )
+        run = Run(x[idx], y[idx], start, ranked[idx, t])
+        _, hit, _, _ = _apgd_run(model, run, run_cfg, dlr_targeted_loss)
         fooled[idx[hit]] = True
     idx = (~fooled).nonzero(as_tuple=True)[0]
     if ref.queries > 0 and idx.numel():
