@@ -33,6 +33,7 @@ __all__ = [
     "per_sample",
     "perturbation_norms",
     "project",
+    "takes_over",
     "uniform_ball_noise",
     "unit_noise",
 ]
@@ -171,6 +172,19 @@ def unit_noise(shape, norm: str, generator) -> "torch.Tensor":
     return t / (per_sample(ball.sizes(t.reshape(t.shape[0], -1)), t) + _TINY)
 
 
+def takes_over(
+    fooled: "torch.Tensor",
+    loss: "torch.Tensor",
+    new_fooled: "torch.Tensor",
+    new_loss: "torch.Tensor",
+) -> "torch.Tensor":
+    """The keep-the-worst rule, per sample (bool ``(n,)``): a candidate replaces the worst
+    case so far (``fooled``, ``loss``) when that has not fooled the model yet and the
+    candidate does (``new_fooled``) or has a higher loss (``new_loss``). A first success
+    is never replaced; a NaN loss never takes over."""
+    return ~fooled & (new_fooled | (new_loss > loss))
+
+
 class KeepWorst:
     """Per sample, the worst case found so far: the first success, else the highest loss.
 
@@ -203,7 +217,7 @@ class KeepWorst:
         """Candidates ``x_new`` for samples ``idx``: each one taken when it fools the model
         (``fooled``) or its ``loss`` beats the best so far, unless the sample is already
         fooled."""
-        take = ~self.fooled[idx] & (fooled | (loss > self.loss[idx]))
+        take = takes_over(self.fooled[idx], self.loss[idx], fooled, loss)
         chosen = idx[take]
         self.x[chosen] = x_new[take]
         self.loss[chosen] = loss[take]

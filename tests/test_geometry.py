@@ -101,3 +101,31 @@ def test_every_gradient_attack_names_itself_when_no_gradient_reaches_the_input()
         with pytest.raises(AdvRobustError, match=f"attack '{name}' needs the gradient") as err:
             attack(blind, x, y, AttackConfig(eps=0.1, steps=2))
         assert str(err.value).count(". ") == 0  # one sentence
+
+
+def test_merging_attacks_keeps_the_worst_case_as_every_attack_does():
+    """The worst case over attacks (metrics) and over one attack's runs (KeepWorst) follow
+    one rule: the first success, else the highest loss; a NaN loss never takes over."""
+    from pytest_advrobust.geometry import KeepWorst
+    from pytest_advrobust.metrics.accuracy import Predictions, merge_worst_case
+
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    runs = []
+    for r in range(4):
+        x = torch.randn(n, 3, generator=g)
+        correct = torch.rand(n, generator=g) > 0.3
+        loss = torch.randn(n, generator=g)
+        if r:
+            loss[r::7] = float("nan")
+        runs.append((x, correct, loss))
+    pred = torch.zeros(n, dtype=torch.long)
+    merged_x, merged = merge_worst_case(
+        [(x, Predictions(pred, loss.double(), c, 3)) for x, c, loss in runs]
+    )
+    best = KeepWorst(runs[0][0])
+    for x, c, loss in runs:
+        best.offer(torch.arange(n), x, ~c, loss)
+    assert torch.equal(best.x, merged_x)
+    assert torch.equal(best.fooled, ~merged.correct)
+    assert 0 < int(best.fooled.sum()) < n

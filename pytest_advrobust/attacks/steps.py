@@ -14,6 +14,7 @@ from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..metrics.accuracy import margins
 from .base import Model
 
 __all__ = [
@@ -69,14 +70,6 @@ def batch_slices(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` (at least 1) covering ``range(n)``."""
     for start in range(0, n, max(1, size)):
         yield slice(start, min(n, start + size))
-
-
-def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y - max_{j != y} z_j`` per sample (float32, shape (n,)); negative: fooled."""
-    z = logits.float()
-    zy = z.gather(1, y[:, None]).squeeze(1)
-    other = z.scatter(1, y[:, None], -float("inf")).amax(dim=1)
-    return zy - other
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, target=None) -> torch.Tensor:

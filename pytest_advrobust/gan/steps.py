@@ -18,17 +18,10 @@ from typing import Tuple
 
 import torch
 
+from ..metrics.accuracy import margins as margin
 from .training_run import TrainingRun
 
 __all__ = ["margin", "train_step"]
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``Z_y - max_{j != y} Z_j`` (negative when misclassified); float32."""
-    logits = logits.float()
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
-    return true - other
 
 
 def _log_uniform(u: torch.Tensor, eps_range) -> torch.Tensor:

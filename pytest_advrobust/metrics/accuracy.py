@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AdvRobustError
+from ..geometry import takes_over
 from ..inputs.model import check_logits
 from .intervals import wilson_interval
 
@@ -21,6 +22,7 @@ __all__ = [
     "Predictions",
     "accuracy_numbers",
     "gap_of",
+    "margins",
     "merge_worst_case",
     "predict",
     "summarize",
@@ -70,15 +72,24 @@ def predict(
     )
 
 
+def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` per sample (float32, shape (n,)); negative: fooled."""
+    z = logits.float()
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    other = z.scatter(1, y[:, None], -float("inf")).amax(dim=1)
+    return zy - other
+
+
 def merge_worst_case(
     results: List[Tuple[torch.Tensor, Predictions]],
 ) -> Tuple[torch.Tensor, Predictions]:
-    """Per sample, the first attack that fools the model, else the highest loss."""
+    """Per sample, the first attack that fools the model, else the highest loss
+    (:func:`~pytest_advrobust.geometry.takes_over`, the rule every attack keeps too)."""
     x_best, best = results[0]
     x_best = x_best.clone()
     pred, loss, correct = best.pred.clone(), best.loss.clone(), best.correct.clone()
     for x_adv, p in results[1:]:
-        take = correct & (~p.correct | (p.loss > loss))
+        take = takes_over(~correct, loss, ~p.correct, p.loss)
         take_dev = take.to(x_best.device)
         x_best[take_dev] = x_adv[take_dev]
         pred[take], loss[take], correct[take] = p.pred[take], p.loss[take], p.correct[take]
