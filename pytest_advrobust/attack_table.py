@@ -19,9 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
+from .errors import AdvRobustError
+
 __all__ = [
     "ATTACKS",
     "AttackFacts",
+    "alone_error",
     "available",
     "custom_attack",
     "facts_of",
@@ -38,7 +41,8 @@ __all__ = [
 @dataclass(frozen=True)
 class AttackFacts:
     """What one attack needs. ``module``/``attr``: where a built-in attack's callable lives
-    (``None`` for registered ones); ``gradient``: follows the input gradient;
+    (``None`` for registered ones, and for one that makes samples: it is no perturbation
+    attack, but an evaluation of its own); ``gradient``: follows the input gradient;
     ``training_data``: may use training samples; ``cache``: trains a network it keeps
     in the cache; ``samples``: makes new samples (its own evaluation) instead of
     perturbing the evaluation samples; ``reference``: rank among the gradient attacks
@@ -68,13 +72,8 @@ ATTACKS: Dict[str, AttackFacts] = {
     "autoattack-lite": _builtin(
         "attacks.apgd", "autoattack_lite", gradient=True, training_data=False, reference=1
     ),
-    "generated": _builtin(
-        "conditional.evaluation",
-        "generated_attack",
-        gradient=False,
-        training_data=True,
-        cache=True,
-        samples=True,
+    "generated": AttackFacts(
+        None, None, gradient=False, training_data=True, cache=True, samples=True
     ),
 }
 #: What an attack registered by another plugin is taken to need.
@@ -111,6 +110,14 @@ def custom_attack(name: str) -> Optional[Callable]:
 def facts_of(name: str) -> AttackFacts:
     """The facts of attack ``name`` (a registered or unknown name: :data:`REGISTERED`)."""
     return ATTACKS.get(name, REGISTERED)
+
+
+def alone_error(name: str) -> AdvRobustError:
+    """The sentence for an attack that makes samples, asked to perturb them."""
+    return AdvRobustError(
+        f"attack {name!r} samples new inputs and cannot be combined with "
+        "perturbation attacks; give it a robust test of its own"
+    )
 
 
 def needs_gradient(names: Iterable[str], refine: int = 0) -> bool:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from pytest_advrobust.attacks import available, get_attack, register_attack
 from pytest_advrobust.attacks.base import AttackConfig, perturbation_norms
 from pytest_advrobust.attacks.gradient import fgsm, pgd, pgd_from
+from pytest_advrobust.errors import AdvRobustError
 
 
 def linear_problem(k, d=12, n=300, seed=0):
@@ -204,7 +205,6 @@ def _blind_model():
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd", "apgd-t", "autoattack-lite", "gan"])
 def test_every_attack_the_table_says_follows_a_gradient_is_checked_before_it_runs(name):
     from pytest_advrobust.attack_table import facts_of
-    from pytest_advrobust.errors import AdvRobustError
     from pytest_advrobust.evaluation.run import run_evaluation
     from pytest_advrobust.settings.robust import RobustSettings
 
@@ -230,6 +230,10 @@ def test_the_registry_gives_every_built_in_attack_of_the_table():
     from pytest_advrobust.attack_table import ATTACKS
 
     for name, facts in ATTACKS.items():
+        if facts.samples:  # an evaluation of its own, not a perturbation attack
+            with pytest.raises(AdvRobustError, match=f"attack '{name}' samples new inputs"):
+                get_attack(name)
+            continue
         assert callable(get_attack(name)), name
         assert get_attack(name).__module__ == facts.module, name
     assert available()[: len(ATTACKS)] == list(ATTACKS)

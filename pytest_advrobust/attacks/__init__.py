@@ -11,7 +11,14 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from ..attack_table import available, custom_attack, facts_of, reference_order, register_attack
+from ..attack_table import (
+    alone_error,
+    available,
+    custom_attack,
+    facts_of,
+    reference_order,
+    register_attack,
+)
 from .base import AttackConfig, AttackContext, bound, clip_bounds, project
 
 __all__ = [
@@ -28,11 +35,14 @@ __all__ = [
 
 
 def get_attack(name: str) -> Callable:
-    """The attack registered as ``name``; KeyError if unknown."""
+    """The attack registered as ``name``; KeyError if unknown. An attack that makes samples
+    (``generated``) is no perturbation attack: :class:`AdvRobustError` says so."""
     custom = custom_attack(name)
     if custom is not None:
         return custom
     facts = facts_of(name)
+    if facts.samples:
+        raise alone_error(name)
     if facts.module is None:
         raise KeyError(name)
     return getattr(importlib.import_module(facts.module), facts.attr)

@@ -51,7 +51,6 @@ __all__ = [
     "Sampling",
     "check_training_data",
     "evaluate_generated",
-    "generated_attack",
     "obtain_networks",
     "real_and_generated_numbers",
 ]
@@ -95,19 +94,6 @@ class Generated(NamedTuple):
     training: Dict[str, Any]
     generated: Dict[str, Any]
     real_valid: torch.Tensor
-
-
-def alone_error() -> AdvRobustError:
-    return AdvRobustError(
-        "attack 'generated' samples new inputs and cannot be combined with "
-        "perturbation attacks; give it a robust test of its own"
-    )
-
-
-def generated_attack(model, x, y, cfg, ctx):
-    """Registered as ``generated`` so that the marker knows the name; it makes new samples
-    instead of perturbing ``x``, so it never runs as a perturbation attack."""
-    raise alone_error()
 
 
 def check_training_data(y: torch.Tensor, fixture: str) -> Tuple[torch.Tensor, torch.Tensor]:

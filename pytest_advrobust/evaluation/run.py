@@ -15,7 +15,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from ..attack_table import makes_samples
+from ..attack_table import alone_error, makes_samples
 from ..attacks import get_attack
 from ..attacks.base import AttackContext, check_bound
 from ..attacks.counting import counted
@@ -83,10 +83,10 @@ def run_evaluation(
 def _generated(model: Any, data: Any, train_data: Any, plan: Plan, runtime: Runtime) -> Outcome:
     """``attack="generated"``: real accuracy against accuracy on valid generated samples
     (:mod:`pytest_advrobust.conditional.evaluation`)."""
-    from ..conditional.evaluation import alone_error, evaluate_generated
+    from ..conditional.evaluation import evaluate_generated
 
     if len(plan.attacks) > 1:
-        raise alone_error()
+        raise alone_error("generated")
     device, split = prepare(
         model, data, replace(plan.inputs, need_train=True), train_data, store=runtime.store
     )
