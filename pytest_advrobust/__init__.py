@@ -1,38 +1,35 @@
 """pytest-advrobust: adversarial robustness as a regression test for PyTorch models.
 
-The flow of one robust test, and the module that holds each stage:
+One folder per stage, in the order a robust test flows through them; a module imports
+only from its own stage and the ones above it in this list (``tests/test_structure.py``
+checks it, and that no modules import each other in a loop):
 
-1. **plugin** (``plugin.py``: hooks only; ``session.py``, ``gate.py``, ``options.py``,
-   ``adversarial_batch.py``): options, the ``robust`` marker, fixtures, the verdict after
-   the test body.
-2. **settings** (``settings.py``, ``marker.py``, ``option_types.py``, ``parsing.py``): marker,
-   command line and ini -> one frozen settings object; the marker's arguments in one table;
-   the option value parsers, built on the parsers shared with the ``advrobust`` command.
-3. **data** (``data.py``, ``loading.py``, ``layout.py``): the user's data -> seeded,
-   fixed evaluation and training tensors, converted once per session.
-4. **attack** (``attacks/``): the protocol and registry, PGD/FGSM (``gradient.py``,
-   ``pgd_core.py``), APGD (``apgd.py``), their shared losses and gradients (``steps.py``),
-   the generator attack (``gan.py``, ``gan_fit.py``), query counts (``counting.py``); norm
-   geometry and keep-the-worst in ``geometry.py``.
-   - **gan** (``gan/``): generator networks, AdvGAN training, fitting to the evaluation inputs,
-     generator keys and acquisition (memo, cache, warm start; one process or torchrun ranks).
-   - **cache** (``cache/``): keys, the safe store, maintenance, and the one look-up-or-train
-     protocol every cached network uses; weights only, checksummed.
-   - **generated** (``generated/``): the class-conditional generator and the real vs
-     generated gap.
-5. **evaluate** (``evaluation.py`` with ``preparation.py``, ``model.py``, ``run_tools.py``,
-   ``outcome.py``; ``metrics.py``, ``sanity/``, ``gatechecks.py``, ``precision.py``,
-   ``gradcheck.py``): the model and data made ready and checked (the user's model borrowed
-   and given back as it came), clean vs adversarial metrics, sanity flags.
-6. **report** (``report.py``, ``tables.py``, ``jsonfiles.py``, ``baseline.py``,
-   ``fingerprint.py``, ``markdown.py``, ``html_report.py``, ``pictures.py``, ``images.py``,
-   ``image_cells.py``, ``history.py``): the terminal table (one renderer for every table),
-   JSON and its one reader, JUnit, pictures, baselines, the CI job summary and the
-   pytest-html rows.
-
-``cli.py`` (the ``advrobust`` command; ``cli_cache.py``, ``cli_compare.py``, ``cli_warm.py``
-hold its sub-commands), ``warm.py`` and ``distributed.py`` reuse the stages outside a pytest
-run. Imports flow one way, down this list; ``tests/test_structure.py`` checks it.
+- the ground, the modules at this level: ``errors`` (every exception), ``geometry`` (norm
+  geometry and the keep-the-worst rule), ``runtime`` (what a run lends an evaluation: the
+  cache folder, ``--advrobust-retrain``, progress lines, warnings) and ``attack_table``
+  (every attack by name, with what it needs: a gradient, training data, the cache).
+- ``settings/``: the ``robust`` marker, the ini keys and the command line -> frozen
+  settings; torch-free.
+- ``cache/``: keys, the safe store (weights only, checksummed, atomic, one lock per key),
+  maintenance, and the one routine that obtains every cached network.
+- ``inputs/``: the user's model and data made ready and checked: seeded splits, labels,
+  several inputs per sample, the model borrowed and guarded, low precision.
+- ``metrics/``: clean vs adversarial numbers, their intervals, the per-sample record.
+- ``gan/``: the generator prior of the ``gan`` attack: networks, training (also under
+  torchrun), keys, obtaining one.
+- ``attacks/``: the attack protocol and registry, PGD, FGSM, APGD, the ``gan`` cascade.
+- ``conditional/``: the class-conditional generator and the real vs generated gap of
+  ``attack="generated"``.
+- ``sanity/``: the checks for gradient masking and a broken evaluation.
+- ``evaluation/``: one robust test: its settings read once into a plan, the attacks, the
+  worst case per sample, the outcome, stored evaluations, generators outside a test.
+- ``gate/``: the regression rule against the baseline and the checks no threshold can
+  express; values in, sentences out.
+- ``reports/``: the per-test report, tables, JSON, the baseline file, Markdown, pictures.
+- ``cli/``: the ``advrobust`` command (``cache``, ``compare``, ``history``, ``warm``).
+- ``plugin/``: pytest's hooks (this folder's ``__init__``), the session, the gate's
+  verdict, options and fixtures. Only ``plugin/`` and ``cli/`` import pytest, and loading
+  the plugin imports no torch.
 """
 
 __version__ = "0.1.0"
