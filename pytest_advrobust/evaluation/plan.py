@@ -8,7 +8,7 @@ everything below receives those values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 from ..attack_table import needs_training_data
@@ -17,7 +17,7 @@ from ..conditional.evaluation import Sampling
 from ..inputs.prepare import InputSpec
 from ..settings.robust import ATTACK_FIELDS, RobustSettings
 
-__all__ = ["Plan", "attack_config", "input_spec", "plan_of"]
+__all__ = ["Plan", "attack_config", "input_spec", "plan_of", "sampling_for"]
 
 
 def attack_config(settings: RobustSettings, eps: float) -> AttackConfig:
@@ -84,3 +84,12 @@ def plan_of(settings: RobustSettings, sanity_level: Optional[str] = None) -> Pla
             gan_steps=settings.gan_steps,
         ),
     )
+
+
+def sampling_for(plan: Plan, own_training_data: bool) -> Sampling:
+    """What ``attack="generated"`` draws under ``plan``: its networks train on the training
+    data fixture when the test has one (``own_training_data``), else on the rest of the
+    data fixture, so the training samples are always read."""
+    inputs = replace(plan.inputs, need_train=True)
+    trained_on = inputs.train_data if own_training_data else inputs.data
+    return replace(plan.sampling, inputs=inputs, train_fixture=trained_on)

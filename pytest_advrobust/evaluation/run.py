@@ -10,7 +10,7 @@ and the ``advrobust warm`` command. The settings are read once, into a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -31,7 +31,7 @@ from ..runtime import Runtime
 from ..settings.robust import RobustSettings
 from .heartbeat import Heartbeat
 from .outcome import Outcome
-from .plan import Plan, plan_of
+from .plan import Plan, plan_of, sampling_for
 from .store import stored_or_computed
 
 __all__ = ["Outcome", "run_evaluation"]
@@ -87,11 +87,8 @@ def _generated(model: Any, data: Any, train_data: Any, plan: Plan, runtime: Runt
 
     if len(plan.attacks) > 1:
         raise alone_error("generated")
-    device, split = prepare(
-        model, data, replace(plan.inputs, need_train=True), train_data, store=runtime.store
-    )
-    trained_on = plan.inputs.train_data if train_data is not None else plan.inputs.data
-    sampling = replace(plan.sampling, train_fixture=trained_on)
+    sampling = sampling_for(plan, train_data is not None)
+    device, split = prepare(model, data, sampling.inputs, train_data, store=runtime.store)
     found = evaluate_generated(
         model, split, device, sampling, runtime.but(progress=runtime.shown_progress)
     )

@@ -9,7 +9,6 @@ evaluation afterwards finds it in this process or in the cache.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -21,7 +20,7 @@ from ..inputs.model import borrowed
 from ..inputs.prepare import InputSpec, prepare, with_preprocessing
 from ..runtime import Runtime
 from ..settings.robust import RobustSettings
-from .plan import attack_config, input_spec, plan_of
+from .plan import attack_config, input_spec, plan_of, sampling_for
 
 __all__ = ["conditional_generator_for", "generator_for", "warm_generators"]
 
@@ -85,12 +84,8 @@ def generator_for(
 
 def _sample_networks(model, data, train_data, settings: RobustSettings, runtime: Runtime):
     """``(generator, reference, facts)`` of ``attack="generated"``."""
-    spec = input_spec(settings, need_train=True)
-    device, split = prepare(model, data, spec, train_data, store=runtime.store)
-    train_fixture = settings.train_data if train_data is not None else settings.data
-    sampling = dataclasses.replace(
-        plan_of(settings).sampling, inputs=spec, train_fixture=train_fixture
-    )
+    sampling = sampling_for(plan_of(settings), train_data is not None)
+    device, split = prepare(model, data, sampling.inputs, train_data, store=runtime.store)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         return obtain_networks(split.train_x, split.train_y, sampling, device, runtime)

@@ -43,7 +43,7 @@ def gallery_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     with class names from the data when it has them, titled with test, attack, eps.
     Under ``attack="generated"``: the accepted generated samples the model got
     wrong, or ``None`` when it got every one right."""
-    from .images import gallery_image, pick_samples
+    from .images import pick_samples
     from .layout import channels_first
 
     if outcome.generated is not None:
@@ -60,14 +60,23 @@ def gallery_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     idx = pick_samples(clean_ok, adv_ok, GALLERY_SAMPLES)
     turned = int((clean_ok & ~adv_ok).sum())
     title = gallery_title(nodeid, dict(rep, _turned=(turned, int(clean_ok.sum()))))
+    return _gallery_of_rows(outcome, idx, title, GALLERY_SAMPLES)
+
+
+def _gallery_of_rows(outcome: Any, rows, title: str, max_images: int):
+    """The gallery of ``outcome``'s samples at ``rows``: clean, adversarial, perturbation."""
+    from .images import gallery_image
+    from .layout import channels_first
+
     x, x_adv = (channels_first(t, outcome.settings) for t in (outcome.x, outcome.x_adv))
+    labels = (outcome.y[rows], outcome.clean.pred[rows], outcome.adv.pred[rows])
     return gallery_image(
-        x[idx],
-        x_adv[idx],
-        (outcome.y[idx], outcome.clean.pred[idx], outcome.adv.pred[idx]),
+        x[rows],
+        x_adv[rows],
+        labels,
         class_names=outcome.class_names,
         title=title,
-        max_images=GALLERY_SAMPLES,
+        max_images=max_images,
     )
 
 
@@ -85,8 +94,6 @@ def newly_fooled_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
     """A PIL image of the samples robust in the baseline and fooled now (clean,
     adversarial, amplified perturbation, with labels and predictions), in the order the
     failure message lists their ids; ``None`` when there are none."""
-    from .images import gallery_image
-    from .layout import channels_first
 
     rows = newly_fooled_rows(outcome, rep)
     if not rows:
@@ -98,15 +105,7 @@ def newly_fooled_of(nodeid: str, outcome: Any, rep: Dict[str, Any]):
         f"newly fooled since the baseline: {len(rows)} of {paired['shared']} shared "
         f"samples{more} | {nodeid}"
     )
-    x, x_adv = (channels_first(t, outcome.settings) for t in (outcome.x, outcome.x_adv))
-    return gallery_image(
-        x[shown],
-        x_adv[shown],
-        (outcome.y[shown], outcome.clean.pred[shown], outcome.adv.pred[shown]),
-        class_names=outcome.class_names,
-        title=title,
-        max_images=len(shown),
-    )
+    return _gallery_of_rows(outcome, shown, title, len(shown))
 
 
 def curve_of(nodeid: str, rep: Dict[str, Any]):
