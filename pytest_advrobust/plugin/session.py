@@ -1,7 +1,7 @@
 """The state of one pytest run of pytest-advrobust, and what the hooks hand off to it.
 
 One :class:`AdvRobustSession` is made in ``pytest_configure`` and kept in
-``config.stash``; the hooks and fixtures of ``plugin.py`` call its methods.
+``config.stash``; the hooks and fixtures of the plugin's ``__init__`` call its methods.
 It owns the run's options, the evaluations made so far (so that tests sharing a
 model, data and settings evaluate once), the reports gathered for the summary,
 JSON, Markdown and baseline, and the notes shown at the end.

@@ -10,7 +10,7 @@ A baseline file is JSON meant to be committed next to the tests::
           "adversarial_accuracy": 0.75, "clean_accuracy": 0.91, "gap": 0.16,
           "attack": "pgd", "eps": 0.1, "norm": "linf", "n": 512, "seed": 0,
           "settings": {...}, "environment": {...},
-          "samples": {...each sample's id and verdicts, see sample_record...}
+          "samples": {...each sample's id and verdicts, see pytest_advrobust.metrics.record...}
         }
       }
     }

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 ENV_CACHE_DIR = "ADVROBUST_CACHE_DIR"
-#: The folder of stored evaluations inside the cache folder (see ``evaluation_store``).
+#: The folder of stored evaluations inside the cache folder
+#: (:mod:`pytest_advrobust.evaluation.store`).
 EVALUATIONS_FOLDER = "evaluations"
 
 __all__ = [
