@@ -458,6 +458,8 @@ def per_commit(work, repeats=3):
         for _ in range(repeats):
             for attack, settings in (("gan", gan), ("pgd", pgd_)):
                 gan_mod.clear_memo()  # a new CI job: the generator comes from the disk cache
+                # a new commit's model: its evaluation is not stored yet (only the generator is)
+                shutil.rmtree(cache / "evaluations", ignore_errors=True)
                 t0 = time.perf_counter()
                 res = run_evaluation(
                     m, (xte, yte), settings, train_data=(xtr, ytr), runtime=runtime

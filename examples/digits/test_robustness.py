@@ -17,7 +17,8 @@ EPS = 0.1  # L-inf, in units of the [0, 1] pixel range: 1.6 of the 16 grey level
 
 @pytest.mark.robust(threshold=0.25)
 def test_survives_gan_attack():
-    """The default attack: an AdvGAN generator trained against this model (then cached)."""
+    """The default attack: a generator trained for this model family (then cached), then
+    short APGD stages on the images it does not fool."""
 
 
 @pytest.mark.robust(threshold=0.25, attack="pgd", eps=EPS, steps=40)
