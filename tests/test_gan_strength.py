@@ -206,6 +206,10 @@ def test_a_normal_attack_raises_no_flag_and_reports_the_control(blobs_repo):
     stages = rep["cost"]["gan"]["stages"]
     assert set(stages) == {"start", "untargeted", "targeted"}
     result.stdout.fnmatch_lines(["*test_gan*gan linf*PASS*cold * steps *s*"])
+    # the summary says what the generator's start saved (or cost) against the clean start
+    saved = control["passes_saved"]
+    word = "saved" if saved >= 0 else "cost"
+    result.stdout.fnmatch_lines([f"*test_gan*; start {word} {abs(saved):.0%} passes, * pts*"])
 
 
 def _strip_timings(obj):

@@ -154,7 +154,7 @@ def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
     for rep in sorted(reports, key=lambda r: r["nodeid"]):
         lo, hi = rep["adversarial_ci"]
         btxt = baseline_text(rep.get("baseline"))
-        gen = _generator_cell(rep.get("training"))
+        gen = _generator_cell(rep.get("training")) + _saved_text(rep.get("gan"))
         flags = f" ({len(rep['sanity'])} flags)" if rep.get("sanity") else ""
         flags += ", reused" if rep.get("reused") else ""
         what = rep["attack"] + " " + rep["norm"]
@@ -221,6 +221,20 @@ def _generator_cell(tr: Optional[Dict[str, Any]]) -> str:
         return mode + cache + said
     out = f"{mode} {trained}{cache}"
     return out + " CUT SHORT" if tr.get("cut_short") else out
+
+
+def _saved_text(gan: Optional[Dict[str, Any]]) -> str:
+    """``; start saved 64% passes``: what the generator's start saved (``cost`` when it
+    added passes) on the strength check's control, as a suffix of the generator cell;
+    empty without a control."""
+    check = (gan or {}).get("strength_check") or {}
+    control = check.get("control") or {}
+    if not control.get("n"):
+        return ""
+    saved = float(control.get("passes_saved") or 0.0)
+    word = "saved" if saved >= 0 else "cost"
+    acc = control["generator_start"]["robust_accuracy"] - control["clean_start"]["robust_accuracy"]
+    return f"; start {word} {abs(saved):.0%} passes, {acc * 100:+.1f} pts vs clean start"
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
