@@ -17,7 +17,7 @@ plugin loads; the attacks themselves are imported on first use, from ``module``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import AdvRobustError
 
@@ -33,6 +33,7 @@ __all__ = [
     "makes_samples",
     "needs_gradient",
     "needs_training_data",
+    "readers_of",
     "reference_order",
     "register_attack",
 ]
@@ -55,22 +56,39 @@ class AttackFacts:
     cache: bool = False
     samples: bool = False
     reference: Optional[int] = None
+    reads: Tuple[str, ...] = ()  # the attack-specific marker arguments it reads
 
 
 def _builtin(module: str, attr: str, **facts: Any) -> AttackFacts:
     return AttackFacts(f"pytest_advrobust.{module}", attr, **facts)
 
 
+#: Marker arguments that only some attacks read (``targets``: PGD's targeted runs and
+#: APGD-T's classes; ``refine``: PGD steps after the ``gan`` attack's cascade).
+TARGETED = ("targets",)
+REFINED = ("refine",)
+
 #: The built-in attacks. Targeted APGD ranks first among L-inf attacks in AttackBench;
 #: autoattack-lite runs it after APGD-CE, so it is the strongest reference.
 ATTACKS: Dict[str, AttackFacts] = {
     "fgsm": _builtin("attacks.gradient", "fgsm", gradient=True, training_data=False),
-    "pgd": _builtin("attacks.gradient", "pgd", gradient=True, training_data=False, reference=4),
-    "gan": _builtin("attacks.gan", "gan_attack", gradient=True, training_data=True, cache=True),
+    "pgd": _builtin(
+        "attacks.gradient", "pgd", gradient=True, training_data=False, reference=4, reads=TARGETED
+    ),
+    "gan": _builtin(
+        "attacks.gan", "gan_attack", gradient=True, training_data=True, cache=True, reads=REFINED
+    ),
     "apgd": _builtin("attacks.apgd", "apgd", gradient=True, training_data=False, reference=3),
-    "apgd-t": _builtin("attacks.apgd", "apgd_t", gradient=True, training_data=False, reference=2),
+    "apgd-t": _builtin(
+        "attacks.apgd", "apgd_t", gradient=True, training_data=False, reference=2, reads=TARGETED
+    ),
     "autoattack-lite": _builtin(
-        "attacks.apgd", "autoattack_lite", gradient=True, training_data=False, reference=1
+        "attacks.apgd",
+        "autoattack_lite",
+        gradient=True,
+        training_data=False,
+        reference=1,
+        reads=TARGETED,
     ),
     "generated": AttackFacts(
         None, None, gradient=False, training_data=True, cache=True, samples=True
@@ -118,6 +136,12 @@ def alone_error(name: str) -> AdvRobustError:
         f"attack {name!r} samples new inputs and cannot be combined with "
         "perturbation attacks; give it a robust test of its own"
     )
+
+
+def readers_of(argument: str) -> List[str]:
+    """The built-in attacks that read the attack-specific marker ``argument`` (empty for
+    an argument every attack reads, or none)."""
+    return [n for n, f in ATTACKS.items() if argument in f.reads]
 
 
 def needs_gradient(names: Iterable[str], refine: int = 0) -> bool:

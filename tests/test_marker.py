@@ -46,7 +46,10 @@ def test_an_unknown_argument_names_every_known_one():
         ("sanity", "some", "must be one of off, cheap, full"),
         ("tolerance", -0.1, "must lie in [0, 1]"),
         ("significance", 1.0, "must lie strictly between 0 and 1"),
-        ("significance", "0.05", "is not a number"),
+        ("significance", "0.05", "is text, not a number: write it without quotes"),
+        ("significance", "often", "is not a number"),
+        ("eps", "8/255", "is text, not a number: write it without quotes (eps=8/255)"),
+        ("threshold", 50, "must lie in [0, 1]: a gap of 50% is threshold=0.5"),
         ("validity", 1.0, "must lie in [0.5, 1)"),
         ("model", "not a name", "must be the name of a fixture"),
         ("bounds", (1, 0), "must have low < high"),
@@ -65,7 +68,13 @@ def test_each_bad_argument_gets_one_sentence_naming_it(arg, value, why):
 
 def test_good_arguments_land_in_the_settings():
     s = from_marker(
-        {"eps": [0.2, 0.1, 0.2], "threshold_eps": 0.2, "targets": 3, "validity": 0.5},
+        {
+            "attack": "pgd",
+            "eps": [0.2, 0.1, 0.2],
+            "threshold_eps": 0.2,
+            "targets": 3,
+            "validity": 0.5,
+        },
         (0.25,),
         RobustSettings(),
         known_attacks=["pgd"],
@@ -86,3 +95,56 @@ def test_good_arguments_land_in_the_settings():
         known_attacks=["pgd"],
     )
     assert (l2.norm, l2.eps, l2.min_clean_accuracy, l2.bounds) == ("l2", (0.5,), None, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, why",
+    [
+        (
+            {"attack": "pgd", "refine": 3},
+            "robust marker argument refine=3 has no effect with attack='pgd': only 'gan' reads "
+            "it; remove it, or add such an attack to the list",
+        ),
+        (
+            {"attack": ["apgd", "fgsm"], "targets": 2},
+            "robust marker argument targets=2 has no effect with attack=['apgd', 'fgsm']: only "
+            "'pgd', 'apgd-t' or 'autoattack-lite' read it;",
+        ),
+    ],
+)
+def test_an_argument_no_attack_of_the_test_reads_is_refused(kwargs, why):
+    with pytest.raises(AdvRobustError) as info:
+        from_marker({"threshold": 0.1, **kwargs}, (), RobustSettings())
+    assert str(info.value).startswith(why)
+
+
+def test_an_argument_some_attack_of_the_test_reads_is_taken():
+    kwargs = {"threshold": 0.1, "attack": ["gan", "pgd"], "refine": 3}
+    both = from_marker(kwargs, (), RobustSettings())
+    assert (both.attacks, both.refine) == (("gan", "pgd"), 3)
+    # zero is every attack's default: nothing to refuse
+    off = from_marker({"threshold": 0.1, "attack": "apgd", "targets": 0}, (), RobustSettings())
+    assert off.targets == 0
+    # an attack another plugin registered may read anything
+    mine = from_marker(
+        {"threshold": 0.1, "attack": "mine", "refine": 2},
+        (),
+        RobustSettings(),
+        known_attacks=["pgd", "mine"],
+    )
+    assert mine.refine == 2
+
+
+def test_a_label_without_a_logit_names_both_fixtures_and_the_range():
+    import torch
+
+    from pytest_advrobust.metrics.accuracy import predict
+
+    x, y = torch.zeros(4, 3), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(AdvRobustError) as info:
+        predict(torch.nn.Linear(3, 3), x, y, 8, "my_model", "my_data")
+    assert str(info.value) == (
+        "fixture 'my_data' has label 3, but the model from fixture 'my_model' gives 3 logits, "
+        "so labels must lie in 0..2: number the classes from 0, or give the model an output "
+        "for every class"
+    )

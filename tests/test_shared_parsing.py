@@ -27,6 +27,7 @@ from pytest_advrobust.settings import parsing
         (parsing.non_negative_float, "0.25", 0.25),
         (parsing.non_negative_float, "0", 0.0),
         (parsing.real(0.0, 1.0), "1", 1.0),
+        (parsing.non_negative_float, "8/255", 8 / 255),  # eps as it is often written
     ],
 )
 def test_parsers_accept_values_in_range(parse, text, value):
@@ -41,6 +42,8 @@ def test_parsers_accept_values_in_range(parse, text, value):
         (parsing.non_negative_int, "1.5", "'1.5' is not an integer"),
         (parsing.integer(1), "0", "'0' must be at least 1"),
         (parsing.non_negative_float, "abc", "'abc' is not a number"),
+        (parsing.non_negative_float, "1/0", "'1/0' is not a number"),
+        (parsing.non_negative_float, "8/x", "'8/x' is not a number"),
         (parsing.non_negative_float, "-0.1", "'-0.1' must be a finite number of at least 0"),
         (parsing.non_negative_float, "nan", "'nan' must be a finite number of at least 0"),
         (parsing.non_negative_float, "inf", "'inf' must be a finite number of at least 0"),

@@ -137,7 +137,9 @@ def _start(model, prepared, plan: Plan, runtime: Runtime, beat: Any):
     bs, fixture = plan.main.batch_size, plan.fixture
     probe_min_batch(net, x)  # no call gets a batch smaller than the model takes
     with beat.stage("clean predictions"):
-        clean = run_model_safely(lambda: predict(net, x, y, bs, fixture), fixture, x.shape)
+        clean = run_model_safely(
+            lambda: predict(net, x, y, bs, fixture, plan.inputs.data), fixture, x.shape
+        )
     with find_guard(net).raw_gradients():  # judged as the model gives them
         run_model_safely(
             lambda: require_input_gradient(net, x, y, plan.attacks, fixture, plan.main.refine),

@@ -46,8 +46,12 @@ def predict(
     y: torch.Tensor,
     batch_size: int,
     fixture: str = "robust_model",
+    data: str = "robust_data",
 ) -> Predictions:
-    """Run ``model`` on ``x`` in batches; check its logits; return predictions."""
+    """Run ``model`` on ``x`` in batches; check its logits; return predictions.
+
+    ``fixture`` and ``data``: the model's and the data's fixture names, for the error
+    raised (:class:`AdvRobustError`) when a label has no logit of its own."""
     preds, losses = [], []
     num_classes = None
     with torch.no_grad():
@@ -57,9 +61,11 @@ def predict(
             if num_classes is None:
                 num_classes = logits.shape[1]
             if int(yb.max()) >= logits.shape[1]:
+                k = logits.shape[1]
                 raise AdvRobustError(
-                    f"data has label {int(yb.max())} but the model from fixture {fixture!r} "
-                    f"gives only {logits.shape[1]} classes"
+                    f"fixture {data!r} has label {int(yb.max())}, but the model from fixture "
+                    f"{fixture!r} gives {k} logits, so labels must lie in 0..{k - 1}: number "
+                    "the classes from 0, or give the model an output for every class"
                 )
             preds.append(logits.argmax(dim=1).cpu())
             losses.append(F.cross_entropy(logits, yb, reduction="none").cpu())

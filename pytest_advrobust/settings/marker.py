@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+from ..attack_table import is_builtin, readers_of
 from ..errors import AdvRobustError
+from .parsing import number
 from .robust import RobustSettings, check_eps
 from .values import DEFAULT_EPS, METRICS, NORMS, SANITY_LEVELS
 
@@ -37,12 +40,22 @@ def _bad(arg: str, value: Any, why: str) -> AdvRobustError:
 
 
 def _number(arg: str, value: Any) -> float:
+    if isinstance(value, str) and _reads_as_number(value):  # eps="8/255": quoted
+        raise _bad(arg, value, f"is text, not a number: write it without quotes ({arg}={value})")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _bad(arg, value, "is not a number")
     out = float(value)
     if not math.isfinite(out):
         raise _bad(arg, value, "is not a finite number")
     return out
+
+
+def _reads_as_number(text: str) -> bool:
+    try:
+        number(text)
+    except ArgumentTypeError:
+        return False
+    return True
 
 
 def _int(arg: str, value: Any, minimum: int) -> int:
@@ -94,7 +107,11 @@ def _fixture_name(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
 
 
 def _threshold(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
-    return {} if value is None else _in_range(0.0, 1.0)(arg, value, marker)
+    if value is None:
+        return {}
+    if _number(arg, value) > 1 and value <= 100:  # a percentage
+        raise _bad(arg, value, f"must lie in [0, 1]: a gap of {value:g}% is {arg}={value / 100:g}")
+    return _in_range(0.0, 1.0)(arg, value, marker)
 
 
 def _known_attacks() -> Sequence[str]:
@@ -299,7 +316,32 @@ def from_marker(
         math.isclose(out.threshold_eps, e) for e in out.eps
     ):
         raise _bad("threshold_eps", out.threshold_eps, "must be one of the swept eps values")
+    _check_applies(kwargs, out.attacks)
     return out
+
+
+def _check_applies(kwargs: Mapping[str, Any], attacks: Sequence[str]) -> None:
+    """Raise when the marker sets an argument that only some attacks read (such as
+    ``refine``, which only ``gan`` reads) and none of the test's attacks reads it; an
+    attack another plugin registered may read anything."""
+    if not all(is_builtin(a) for a in attacks):
+        return
+    for arg, value in kwargs.items():
+        readers = readers_of(arg)
+        if readers and value and not set(readers) & set(attacks):
+            quoted = [repr(r) for r in readers]
+            names = ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+            raise _bad(
+                arg,
+                value,
+                f"has no effect with attack={_attack_words(attacks)}: only {names} "
+                f"{'reads' if len(readers) == 1 else 'read'} it; "
+                "remove it, or add such an attack to the list",
+            )
+
+
+def _attack_words(attacks: Sequence[str]) -> str:
+    return repr(attacks[0]) if len(attacks) == 1 else repr(list(attacks))
 
 
 def resolve_settings(

@@ -30,10 +30,15 @@ def is_number(value: Any) -> bool:
 
 
 def number(text: str) -> float:
-    """``text`` as a float, or one sentence saying it is not a number."""
+    """``text`` as a float (a fraction such as ``8/255`` too, as eps are often written),
+    or one sentence saying it is not a number."""
+    words = str(text).strip()
     try:
-        return float(str(text).strip())
-    except ValueError:
+        if "/" in words:
+            top, bottom = words.split("/", 1)
+            return float(top) / float(bottom)
+        return float(words)
+    except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
