@@ -1,9 +1,36 @@
 """Shared pieces of the test suite (imported by conftest.py and test modules)."""
 
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+
+import pytest_advrobust
+
+#: The checkout the package is imported from (a subprocess imports the same one).
+ROOT = Path(pytest_advrobust.__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None, env_extra=None, timeout=120):
+    """``python -m pytest_advrobust.cli ARGS`` in a subprocess that imports this checkout,
+    without the caller's ``ADVROBUST_CACHE_DIR``; ``env_extra`` is added to its
+    environment. Returns the finished process (text output captured)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("ADVROBUST_CACHE_DIR", None)
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_advrobust.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+
 
 # A model repository in miniature: a nearest-centre linear classifier on
 # well-separated synthetic blobs in [0, 1]^20. Fast to build, exact to reason about.

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 import types
@@ -13,26 +11,16 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
+from _support import run_cli
 
 import pytest_advrobust
 from pytest_advrobust import cli
 
-ROOT = Path(pytest_advrobust.__file__).resolve().parents[1]
 ENV = {"torch": "2.14.1", "device_kind": "cpu", "seed": 0, "plugin": "0.1.0", "python": "3.11"}
 
 
 def run_module(*args, cwd, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("ADVROBUST_CACHE_DIR", None)
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "pytest_advrobust.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=60,
-    )
+    return run_cli(*args, cwd=cwd, env_extra=env_extra, timeout=60)
 
 
 def json_report(path, accuracies):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
-from _support import BLOBS_CONFTEST
+from _support import BLOBS_CONFTEST, run_cli
 
 from pytest_advrobust.gate.comparison_text import p_text
 from pytest_advrobust.metrics.record import decode
@@ -312,13 +312,7 @@ def test_the_cli_prints_the_paired_table_and_the_message_of_a_fall(story):
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest_advrobust.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 # ------------------------------------------------------- an edited data set

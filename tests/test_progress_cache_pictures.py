@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _support import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,16 +23,7 @@ def run(pytester, *args):
 
 
 def cli(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("ADVROBUST_CACHE_DIR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "pytest_advrobust.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 # ------------------------------------------------------------ progress lines

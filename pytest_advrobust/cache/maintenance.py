@@ -7,7 +7,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import CacheIntegrityError
 from . import files
@@ -126,8 +126,14 @@ class GanCache(CacheStore):
         An entry whose lock another process holds is left alone.
         """
         candidates = sorted(self._family_candidates(family, None), key=lambda c: (-c[0], c[1]))
+        return self._remove_unlocked(
+            key for _created, key, _path in candidates[max(0, int(keep)) :]
+        )
+
+    def _remove_unlocked(self, keys: Iterable[str]) -> List[str]:
+        """Remove each of ``keys`` whose lock no other process holds; the keys removed."""
         removed = []
-        for _created, key, _path in candidates[max(0, int(keep)) :]:
+        for key in keys:
             lock = self._try_lock(key)
             if lock is None:
                 continue
@@ -327,16 +333,7 @@ class GanCache(CacheStore):
             raise ValueError("older_than_days must be a non-negative number")
         if not self.root.is_dir():
             return []
-        removed = []
-        for key in self._doomed(keep, older_than_days, other_versions):
-            lock = self._try_lock(key)
-            if lock is None:
-                continue
-            try:
-                if self.remove(key):
-                    removed.append(key)
-            finally:
-                lock.release()
+        removed = self._remove_unlocked(self._doomed(keep, older_than_days, other_versions))
         self._clean_tmp()
         self._empty_quarantine()
         return removed

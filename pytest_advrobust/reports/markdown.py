@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..gate.comparison import FAILING
-from .report import COLUMNS, atomic_write_text, baseline_text, eps_cell, fmt3
+from .report import COLUMNS, atomic_write_text, baseline_text, number_cells
 from .tables import markdown_cell, markdown_lines
 
 __all__ = [
@@ -58,18 +58,12 @@ def _changed_samples(reports: List[Dict[str, Any]]) -> List[str]:
 
 
 def _row(rep: Dict[str, Any]) -> List[str]:
-    lo, hi = rep["adversarial_ci"]
     verdict = rep["verdict"].upper()
     return [
         f"**{verdict}**" if verdict != "PASS" else verdict,
         f"`{rep['nodeid']}`",
         f"{rep['attack']} {rep['norm']}",
-        eps_cell(rep),
-        str(rep["n"]),
-        fmt3(rep["clean_accuracy"]),
-        f"{fmt3(rep['adversarial_accuracy'])} [{fmt3(lo)}, {fmt3(hi)}]",
-        fmt3(rep["gap"]) + (" (relative)" if rep.get("metric") == "relative" else ""),
-        fmt3(rep["threshold"]),
+        *number_cells(rep),
         _baseline(rep),
     ]
 

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_text",
     "baseline_text",
     "junit_properties",
+    "number_cells",
 ]
 
 
@@ -148,11 +149,25 @@ def fmt3(v: Optional[float]) -> str:
     return "-" if v is None else f"{float(v):.3f}"
 
 
+def number_cells(rep: Dict[str, Any]) -> List[str]:
+    """The cells of :data:`COLUMNS` from ``eps`` to ``threshold`` that the terminal table
+    and the Markdown summary share: eps, n, clean, adversarial with its interval, the gap
+    (marked when relative) and the threshold."""
+    lo, hi = rep["adversarial_ci"]
+    return [
+        eps_cell(rep),
+        str(rep["n"]),
+        fmt3(rep["clean_accuracy"]),
+        f"{fmt3(rep['adversarial_accuracy'])} [{fmt3(lo)}, {fmt3(hi)}]",
+        fmt3(rep["gap"]) + (" (relative)" if rep.get("metric") == "relative" else ""),
+        fmt3(rep["threshold"]),
+    ]
+
+
 def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
     """Rows of the terminal summary, one per robust test, in node id order."""
     rows = [[*COLUMNS, "baseline", "verdict", "generator"]]
     for rep in sorted(reports, key=lambda r: r["nodeid"]):
-        lo, hi = rep["adversarial_ci"]
         btxt = baseline_text(rep.get("baseline"))
         gen = _generator_cell(rep.get("training")) + _saved_text(rep.get("gan"))
         flags = f" ({len(rep['sanity'])} flags)" if rep.get("sanity") else ""
@@ -164,12 +179,7 @@ def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
             [
                 rep["nodeid"],
                 what,
-                eps_cell(rep),
-                str(rep["n"]),
-                fmt3(rep["clean_accuracy"]),
-                f"{fmt3(rep['adversarial_accuracy'])} [{fmt3(lo)}, {fmt3(hi)}]",
-                fmt3(rep["gap"]) + (" (relative)" if rep.get("metric") == "relative" else ""),
-                fmt3(rep["threshold"]),
+                *number_cells(rep),
                 btxt,
                 rep["verdict"].upper() + flags,
                 gen,
