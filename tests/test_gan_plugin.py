@@ -232,3 +232,27 @@ def test_advrobust_warm_fills_the_cache_ahead_of_the_run(blobs_repo):
     assert train_events(cache) == ONE_EVALUATION
     training = report(blobs_repo)["test_default_is_gan"]["training"]
     assert "cached" in training["mode"], training
+
+
+def test_a_sweep_reports_the_training_its_first_eps_did(blobs_repo):
+    """The generator is obtained at the sweep's first eps and found in memory at the
+    headline eps: the report says it was trained in this run, and counts its passes."""
+    blobs_repo.makepyfile(
+        test_sweep="""
+        import pytest
+
+        @pytest.mark.robust(threshold=1.0, eps=[0.05, 0.1, 0.2], n_samples=90)
+        def test_sweep(): pass
+        """
+    )
+    cache = blobs_repo.path / "gan-cache"
+    args = ("--advrobust", f"--advrobust-cache-dir={cache}", "--advrobust-json=r.json")
+    run(blobs_repo, *args).assert_outcomes(passed=1)
+    rep = report(blobs_repo)["test_sweep"]
+    assert rep["training"]["mode"] == "cold" and rep["training"]["reuse"]["decision"] == "trained"
+    assert rep["cost"]["gan_training"]["forward_passes"] > 0
+    assert rep["cost"]["gan_training"]["backward_passes"] > 0
+    again = run(blobs_repo, *args, "--advrobust-retrain")
+    again.assert_outcomes(passed=1)
+    assert report(blobs_repo)["test_sweep"]["training"]["mode"] == "warm"
+    again.stdout.fnmatch_lines(["*test_sweep*PASS*warm * steps*"])

@@ -207,8 +207,12 @@ def _attack(ev: _Evaluation, name: str, cfg) -> Tuple[torch.Tensor, Predictions]
     ctx = ev.ctx.fresh()
     x_adv, count = counted(attack, ev.net_work, ev.x_work, ev.y, cfg, ctx)
     headline = math.isclose(cfg.eps, ev.plan.settings.main_eps)
+    costs = _attack_cost(name, count, ctx.facts, ev.x.shape[0])
+    trained = f"{name}_training"
+    if trained in costs:  # whichever eps of a sweep trained the generator, it is counted
+        ev.cost[trained] = _sum_passes(ev.cost.get(trained), costs.pop(trained))
     if headline:
-        ev.cost.update(_attack_cost(name, count, ctx.facts, ev.x.shape[0]))
+        ev.cost.update(costs)
     guard = find_guard(ev.net)
     check_bound(name, ev.x_work, x_adv, cfg, guard.record if guard else None, ev.plan.fixture)
     # then the bound holds after rounding to the input dtype, to the last bit
@@ -217,7 +221,9 @@ def _attack(ev: _Evaluation, name: str, cfg) -> Tuple[torch.Tensor, Predictions]
     x_adv = same_samples(x_adv.detach(), ev.x)  # row i of x_adv is sample i of x
     bs, fixture = cfg.batch_size, ev.plan.fixture
     preds = run_model_safely(lambda: predict(ev.net, x_adv, ev.y, bs, fixture), fixture, ev.x.shape)
-    if "training" in ctx.facts and headline:
+    if "training" in ctx.facts and (ev.training is None or _trained(ctx.facts["training"])):
+        # the first eps of a sweep obtains the generator (later ones find it in memory);
+        # a training in this run is what the report says
         ev.training = dict(ctx.facts["training"])
         if ev.split.train_is_eval:
             ev.training["trained_on_eval"] = True
@@ -225,6 +231,16 @@ def _attack(ev: _Evaluation, name: str, cfg) -> Tuple[torch.Tensor, Predictions]
         ev.gan, ev.gan_passes = dict(ctx.facts["cascade"]), ctx.facts["cascade_passes"]
         ev.gan_robust = ev.clean.correct & preds.correct
     return x_adv, preds
+
+
+def _trained(facts: Dict[str, Any]) -> bool:
+    """Whether the generator these facts describe was trained in this call."""
+    return facts.get("mode") in ("cold", "warm")
+
+
+def _sum_passes(a: Optional[Dict[str, Any]], b: Dict[str, Any]) -> Dict[str, Any]:
+    """Two ``{"forward_passes", "backward_passes", "seconds"}`` added up (``a`` may be None)."""
+    return b if a is None else {k: a[k] + b[k] for k in b}
 
 
 def _attack_cost(name: str, count, facts: Dict[str, Any], n: int) -> Dict[str, Dict[str, Any]]:
