@@ -314,3 +314,24 @@ def test_a_fall_with_a_changed_attack_is_not_called_a_regression():
     assert "the GAN attack changed" in cmp.message and "400 -> 900 steps" in cmp.message
     report["training"]["attack_id"] = "a" * 64
     assert compare(entry, report, tolerance=0.02).status == "regressed"
+
+
+def test_a_fall_under_other_settings_names_them_instead_of_the_model():
+    from pytest_advrobust.reports.baseline import compare
+
+    entry = {"adversarial_accuracy": 0.9, "attack": "pgd", "eps": 2 / 255, "n": 200}
+    report = {"adversarial_accuracy": 0.3, "attack": "pgd", "eps": 3 / 255, "n": 200}
+    cmp = compare(entry, report, tolerance=0.02)
+    assert cmp.status == "attack_changed" and cmp.fails and not cmp.regressed
+    assert "recorded with other settings (eps 0.00784314 -> 0.0117647)" in cmp.message
+    assert "not the model's" in cmp.message and "--advrobust-save-baseline" in cmp.message
+    # the same eps: the fall is the model's
+    report["eps"] = 2 / 255
+    assert compare(entry, report, tolerance=0.02).status == "regressed"
+    # other settings without a fall: passes, with the note
+    report.update(eps=3 / 255, adversarial_accuracy=0.9)
+    calm = compare(entry, report, tolerance=0.02)
+    assert (
+        calm.status == "ok"
+        and "note: the baseline was recorded with other settings" in calm.message
+    )

@@ -50,7 +50,8 @@ class Comparison:
 
     ``status``: ``"ok"``, ``"regressed"``, ``"improved"``, ``"not_significant"`` (a fall
     beyond the tolerance that the paired test does not find beyond noise),
-    ``"attack_changed"`` (the GAN attack is not the baseline's), ``"nondeterministic"``
+    ``"attack_changed"`` (the GAN attack, or the eps, norm, attack or a setting that
+    makes the attack stronger or weaker, is not the baseline's), ``"nondeterministic"``
     (the model is random in eval mode) or ``"missing"``. ``rule`` is ``"paired"`` or
     ``"absolute"`` (``None`` when missing); ``delta`` is ``current - baseline`` (on the
     shared samples under the paired rule); ``paired`` is the JSON form of the paired
@@ -150,7 +151,8 @@ def compare(
 
     Paired when both carry per-sample verdicts that share samples, else absolute (see
     the module docstring); ``attack_changed`` or ``nondeterministic`` replace
-    ``regressed`` when the GAN attack changed or the model is random in eval mode.
+    ``regressed`` when the GAN attack or the settings changed, or the model is random in
+    eval mode.
     Raises :class:`ValueError` for a negative tolerance, a significance outside
     (0, 1) or a report without a numeric adversarial accuracy.
     """
@@ -175,9 +177,18 @@ def compare(
         message += f"; judged by the absolute rule: {why}"
         rule, paired = "absolute", None
     note = None if rule == "paired" else why
-    status, message = _blame(status, message, entry, report)
     mismatches = settings_mismatches(entry, report)
-    if mismatches:
+    status, message = _blame(status, message, entry, report)
+    if status == "regressed" and mismatches:  # other eps, norm, attack or steps
+        status, message = (
+            "attack_changed",
+            (
+                f"{message}; but the baseline was recorded with other settings "
+                f"({', '.join(mismatches)}): the fall may be the settings', not the model's; "
+                "save the baseline again with these settings (--advrobust-save-baseline)"
+            ),
+        )
+    elif mismatches:
         message += (
             f"; note: the baseline was recorded with other settings ({', '.join(mismatches)})"
         )

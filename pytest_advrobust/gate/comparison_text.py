@@ -150,12 +150,17 @@ def settings_mismatches(entry: Mapping[str, Any], report: Mapping[str, Any]) -> 
         else:
             same = old == new
         if not same:
-            out.append(f"{key} {old} -> {new}")
+            out.append(f"{key} {_setting(old)} -> {_setting(new)}")
     old_s, new_s = entry.get("settings") or {}, report.get("settings") or {}
     for key in _ATTACK_SETTINGS:  # what makes the attack stronger or weaker
         if key in old_s and key in new_s and old_s[key] != new_s[key]:
             out.append(f"{key} {old_s[key]} -> {new_s[key]}")
     return out
+
+
+def _setting(value: Any) -> str:
+    """A setting as the tables show it: a float to 6 significant digits (``0.0313725``)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def generator_facts(training: Any) -> Optional[Dict[str, Any]]:
