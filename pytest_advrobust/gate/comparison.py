@@ -178,20 +178,7 @@ def compare(
         rule, paired = "absolute", None
     note = None if rule == "paired" else why
     mismatches = settings_mismatches(entry, report)
-    status, message = _blame(status, message, entry, report)
-    if status == "regressed" and mismatches:  # other eps, norm, attack or steps
-        status, message = (
-            "attack_changed",
-            (
-                f"{message}; but the baseline was recorded with other settings "
-                f"({', '.join(mismatches)}): the fall may be the settings', not the model's; "
-                "save the baseline again with these settings (--advrobust-save-baseline)"
-            ),
-        )
-    elif mismatches:
-        message += (
-            f"; note: the baseline was recorded with other settings ({', '.join(mismatches)})"
-        )
+    status, message = _blame(status, message, entry, report, mismatches)
     return Comparison(
         status,
         base,
@@ -208,11 +195,22 @@ def compare(
 
 
 def _blame(
-    status: str, message: str, entry: Mapping[str, Any], report: Mapping[str, Any]
+    status: str,
+    message: str,
+    entry: Mapping[str, Any],
+    report: Mapping[str, Any],
+    mismatches: List[str],
 ) -> Tuple[str, str]:
-    """A fall that the attack or the model's own noise may explain says so."""
+    """A fall that the attack, its settings (``mismatches``: other eps, norm, attack or
+    steps) or the model's own noise may explain says so; other settings are noted."""
+    other = f"the baseline was recorded with other settings ({', '.join(mismatches)})"
     if status != "regressed":
-        return status, message
+        return status, f"{message}; note: {other}" if mismatches else message
+    if mismatches:
+        return "attack_changed", (
+            f"{message}; but {other}: the fall may be the settings', not the model's; "
+            "save the baseline again with these settings (--advrobust-save-baseline)"
+        )
     changed = attack_change(entry, report)
     if changed:
         return "attack_changed", (
