@@ -223,7 +223,12 @@ W = torch.randn(16, 3, generator=g)
 
 @pytest.fixture(scope="session")
 def robust_model():
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    # fixed weights, centred on the inputs' mean, so that all three classes are predicted
+    linear = torch.nn.Linear(16, 3)
+    with torch.no_grad():
+        linear.weight.copy_(W.T)
+        linear.bias.copy_(-0.5 * W.sum(0))
+    return torch.nn.Sequential(torch.nn.Flatten(), linear)
 
 @pytest.fixture(scope="session")
 def robust_data(robust_model):
