@@ -126,10 +126,14 @@ def test_a_wait_for_the_cache_lock_names_the_holder_and_the_generator(tmp_path):
         holder.wait(timeout=60)
     assert len(lines) >= 2  # at once, then every 0.3 s while it waits
     assert lines[0].startswith(
-        f"advrobust: waiting 0 s for the cache lock of generator a1b2c3d4e5f6, held by "
+        f"advrobust: waiting for the cache lock of generator a1b2c3d4e5f6, held by "
         f"process {holder.pid} on "
     )
     assert "(xdist worker gw3, running tests/test_models.py::test_resnet, since " in lines[0]
+    # the later lines count whole seconds waited, never "0 s"
+    assert all(
+        re.match(r"advrobust: waiting( [1-9][0-9]* s)? for the cache lock", line) for line in lines
+    )
     assert not (tmp_path / "locks" / f"{key}.holder").exists()  # the holder cleaned up
 
 
@@ -159,7 +163,7 @@ def test_workers_waiting_for_one_generator_say_who_trains_it(blobs_repo):
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
-            "[[]gw?[]] advrobust: waiting 0 s for the cache lock of generator *, held by "
+            "[[]gw?[]] advrobust: waiting for the cache lock of generator *, held by "
             "process * on * (xdist worker gw?, running test_two.py::test_*, since *)"
         ]
     )

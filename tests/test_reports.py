@@ -274,9 +274,15 @@ def test_step_summary_lists_robust_tests_that_errored_before_any_numbers(blobs_r
     result = run(blobs_repo, "--advrobust", env={"GITHUB_STEP_SUMMARY": str(summary)})
     result.assert_outcomes(passed=1, errors=1)
     text = summary.read_text()
-    assert "1 robust tests, 0 failed, 1 passed." in text
-    assert "1 more robust tests ended in an error before any numbers" in text
+    assert "1 robust test, 0 failed, 1 passed." in text
+    assert "1 more robust test ended in an error before any numbers" in text
     assert "`test_e.py::test_broken`" in text
+
+
+def test_counts_in_reports_agree_with_their_noun():
+    from pytest_advrobust.reports.tables import counted
+
+    assert [counted(n, "flag") for n in (0, 1, 2)] == ["0 flags", "1 flag", "2 flags"]
 
 
 def test_the_json_report_is_strict_json_when_a_number_is_unknown(tmp_path):

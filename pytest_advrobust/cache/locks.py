@@ -92,8 +92,9 @@ class KeyLock(filelock.FileLock):
         start = time.monotonic()
         while True:
             held = int(time.monotonic() - start)
+            waited = f" {held} s" if held else ""
             say(
-                f"advrobust: waiting {held} s for the cache lock of generator {self.key[:12]}, "
+                f"advrobust: waiting{waited} for the cache lock of generator {self.key[:12]}, "
                 f"held by {_holder_text(self.holder_path)}"
             )
             step = every if wait < 0 else min(every, max(wait - held, 0.0))

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..gate.comparison import FAILING
 from .report import COLUMNS, atomic_write_text, baseline_text, number_cells
-from .tables import markdown_cell, markdown_lines
+from .tables import counted, markdown_cell, markdown_lines
 
 __all__ = [
     "ENV_STEP_SUMMARY",
@@ -86,7 +86,7 @@ def markdown_table(
     lines = [
         f"### {title}",
         "",
-        f"{len(ordered)} robust tests, {failed} failed, {len(ordered) - failed} passed.",
+        f"{counted(len(ordered), 'robust test')}, {failed} failed, {len(ordered) - failed} passed.",
         "",
         *markdown_lines([_HEADER] + [_row(rep) for rep in ordered]),
         *_changed_samples(ordered),
@@ -96,7 +96,7 @@ def markdown_table(
         names = ", ".join(f"`{markdown_cell(n)}`" for n in errored)
         lines += [
             "",
-            f"**{len(errored)} more robust tests ended in an error before any "
+            f"**{counted(len(errored), 'more robust test')} ended in an error before any "
             f"numbers** (see the test log): {names}",
         ]
     return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from .tables import text_table
+from .tables import counted, text_table
 
 SCHEMA_VERSION = 1
 
@@ -170,7 +170,7 @@ def summary_lines(reports: List[Dict[str, Any]]) -> List[str]:
     for rep in sorted(reports, key=lambda r: r["nodeid"]):
         btxt = baseline_text(rep.get("baseline"))
         gen = _generator_cell(rep.get("training")) + _saved_text(rep.get("gan"))
-        flags = f" ({len(rep['sanity'])} flags)" if rep.get("sanity") else ""
+        flags = f" ({counted(len(rep['sanity']), 'flag')})" if rep.get("sanity") else ""
         flags += ", reused" if rep.get("reused") else ""
         what = rep["attack"] + " " + rep["norm"]
         if rep.get("generated"):

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Container, List, Sequence
 
-__all__ = ["markdown_cell", "markdown_lines", "text_table"]
+__all__ = ["counted", "markdown_cell", "markdown_lines", "text_table"]
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, with an ``s`` unless ``n`` is one: ``1 flag``, ``2 flags``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def text_table(
