@@ -26,8 +26,23 @@ def test_an_unknown_argument_names_every_known_one():
     with pytest.raises(AdvRobustError) as info:
         from_marker({"threshold": 0.1, "epsilon": 0.1}, (), RobustSettings(), known_attacks=["pgd"])
     message = str(info.value)
-    assert "'epsilon'" in message
+    assert "unknown argument 'epsilon' (did you mean 'eps'?); " in message
     assert message.endswith("known arguments: " + ", ".join(MARKER_ARGS))
+
+
+def test_a_misspelled_attack_is_met_with_the_closest_name_and_a_far_one_without():
+    def message(name):
+        with pytest.raises(AdvRobustError) as info:
+            from_marker(
+                {"threshold": 0.1, "attack": name},
+                (),
+                RobustSettings(),
+                known_attacks=["pgd", "apgd-t"],
+            )
+        return str(info.value)
+
+    assert "names unknown attack 'pdg' (did you mean 'pgd'?); known: pgd, apgd-t" in message("pdg")
+    assert "names unknown attack 'deepfool'; known: pgd, apgd-t" in message("deepfool")
 
 
 @pytest.mark.parametrize(

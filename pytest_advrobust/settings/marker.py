@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..attack_table import is_builtin, readers_of
 from ..errors import AdvRobustError
-from .parsing import number
+from .parsing import did_you_mean, number
 from .robust import RobustSettings, check_eps
 from .values import DEFAULT_EPS, METRICS, NORMS, SANITY_LEVELS
 
@@ -131,7 +131,8 @@ def _attack(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
     known = list(marker.known_attacks) if marker.known_attacks is not None else _known_attacks()
     for n in names:
         if n not in known:
-            raise _bad(arg, value, f"names unknown attack {n!r}; known: {', '.join(known)}")
+            hint = did_you_mean(n, known)
+            raise _bad(arg, value, f"names unknown attack {n!r}{hint}; known: {', '.join(known)}")
     return {"attacks": tuple(dict.fromkeys(names))}
 
 
@@ -282,7 +283,8 @@ def _arguments(kwargs: Mapping[str, Any], args: Sequence[Any]) -> Mapping[str, A
     unknown = sorted(set(kwargs) - set(MARKER_ARGS))
     if unknown:
         raise AdvRobustError(
-            f"robust marker got unknown argument {unknown[0]!r}; "
+            f"robust marker got unknown argument {unknown[0]!r}"
+            f"{did_you_mean(unknown[0], MARKER_ARGS)}; "
             f"known arguments: {', '.join(MARKER_ARGS)}"
         )
     return kwargs

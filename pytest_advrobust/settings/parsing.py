@@ -11,10 +11,12 @@ imports torch or touches the disk.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 __all__ = [
+    "did_you_mean",
     "integer",
     "is_number",
     "number",
@@ -27,6 +29,13 @@ __all__ = [
 def is_number(value: Any) -> bool:
     """A finite int or float (``True``/``False`` and NaN are not numbers)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'eps'?)`` for the closest of ``choices`` to a misspelled ``word``
+    (:func:`difflib.get_close_matches`, ratio at least 0.6), or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def number(text: str) -> float:
