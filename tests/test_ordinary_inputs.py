@@ -931,6 +931,57 @@ def test_baseline_at_zero_or_chance_warns_that_it_cannot_regress(blobs_repo):
     )
 
 
+FRAGILE_CONFTEST = """
+import os
+
+@pytest.fixture(scope="session")
+def fragile_model(robust_model):
+    # FRAGILE=<scale>: seeded noise on the weights; at 0.5 the model keeps 2/3 of its clean
+    # accuracy and PGD at eps=0.1 takes it below 1/3, chance for 3 classes (the sound model
+    # keeps about half)
+    scale = float(os.environ.get("FRAGILE", "0"))
+    model = NearestCentre(make_blobs()[2])
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.fc.weight.add_(scale * torch.randn(model.fc.weight.shape, generator=g))
+    return model
+"""
+
+
+def test_a_compare_judges_the_saved_entry_for_cannot_fall_not_the_run(blobs_repo, monkeypatch):
+    blobs_repo.makeconftest(blobs_repo.path.joinpath("conftest.py").read_text() + FRAGILE_CONFTEST)
+    blobs_repo.makepyfile(
+        test_f="""
+        import pytest
+
+        @pytest.mark.robust(threshold=1.0, attack="pgd", eps=0.1, steps=10, n_samples=90,
+                            model="fragile_model", sanity="off")
+        def test_fragile(): pass
+    """
+    )
+    stuck = (
+        "the baseline's adversarial accuracy {:.3f} under pgd at eps=0.1 is at chance for 3 classes"
+    )
+
+    def runs(saved, compared):
+        monkeypatch.setenv("FRAGILE", saved)
+        run(blobs_repo, "--advrobust", "--advrobust-save-baseline").assert_outcomes(passed=1)
+        monkeypatch.setenv("FRAGILE", compared)
+        return run(blobs_repo, "--advrobust", "--advrobust-compare")
+
+    # a sound baseline, and a run that fell to chance: the fall is caught, nothing is stuck
+    fell = runs("0", "0.5")
+    fell.assert_outcomes(failed=1)
+    assert "REGRESSED" in fell.stdout.str() and "can never fall" not in fell.stdout.str()
+    # a baseline at chance, and a run that is sound again: the warning quotes the baseline
+    stuck_baseline = runs("0.5", "0")
+    stuck_baseline.assert_outcomes(passed=1)
+    saved = json.loads((blobs_repo.path / "advrobust-baseline.json").read_text())
+    accuracy = saved["tests"]["test_f.py::test_fragile"]["adversarial_accuracy"]
+    assert accuracy < 1 / 3
+    assert stuck.format(accuracy) in stuck_baseline.stdout.str()
+
+
 # ------------------------------------------- baseline compared under a weaker attack
 
 

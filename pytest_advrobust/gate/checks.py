@@ -101,7 +101,7 @@ def stuck_baseline_warning(
     chance = 1.0 / max(2, int(num_classes))
     if adversarial_accuracy > chance + 1e-12:
         return None
-    where = "0" if adversarial_accuracy <= 0 else f"chance ({chance:.3f})"
+    where = "0" if adversarial_accuracy <= 0 else f"chance for {num_classes} classes ({chance:.3f})"
     return (
         f"the baseline's adversarial accuracy {adversarial_accuracy:.3f} under {attack} at "
         f"eps={eps:g} is at {where}, so it can never fall and --advrobust-compare can "

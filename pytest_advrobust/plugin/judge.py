@@ -16,7 +16,6 @@ import pytest
 
 from ..errors import warn
 from ..reports.report import build_report, failure_message, junit_properties
-from ..settings.robust import RobustSettings
 
 __all__ = ["GatePolicy", "judge"]
 
@@ -58,7 +57,7 @@ def judge(policy: GatePolicy, item: pytest.Item, outcome: Any) -> Optional[str]:
         else:
             warn(f"{item.nodeid}: {text}")
     if policy.compare:
-        problems += compare_with_baseline(policy, item, rep, outcome.settings)
+        problems += compare_with_baseline(policy, item, rep, outcome)
     if policy.images_dir is not None:
         from ..reports.pictures import write_pictures
 
@@ -74,7 +73,8 @@ def judge(policy: GatePolicy, item: pytest.Item, outcome: Any) -> Optional[str]:
 
 
 def gate_checks(policy: GatePolicy, item: pytest.Item, outcome: Any) -> List[str]:
-    """Clean accuracy at chance fails the test; a baseline that cannot fall warns."""
+    """Clean accuracy at chance fails the test; a baseline saved now that cannot fall warns
+    (a baseline compared with is judged from its own entry, in :func:`compare_with_baseline`)."""
     from ..gate.checks import clean_accuracy_problem, stuck_baseline_warning
 
     s, clean = outcome.settings, outcome.clean
@@ -87,7 +87,7 @@ def gate_checks(policy: GatePolicy, item: pytest.Item, outcome: Any) -> List[str
         labels=outcome.y.tolist(),
         predictions=clean.pred.tolist(),
     )
-    if policy.saving or policy.compare:
+    if policy.saving:  # this run's numbers become the baseline
         stuck = stuck_baseline_warning(
             outcome.numbers["adversarial_accuracy"],
             clean.num_classes,
@@ -100,13 +100,26 @@ def gate_checks(policy: GatePolicy, item: pytest.Item, outcome: Any) -> List[str
 
 
 def compare_with_baseline(
-    policy: GatePolicy, item: pytest.Item, rep: Dict[str, Any], settings: RobustSettings
+    policy: GatePolicy, item: pytest.Item, rep: Dict[str, Any], outcome: Any
 ) -> List[str]:
-    """Record the baseline comparison in ``rep``; the problems it raises for the verdict."""
+    """Record the baseline comparison in ``rep``; the problems it raises for the verdict.
+    A baseline entry at 0 or chance warns that it cannot fall (its own numbers, not this
+    run's: a fall from it to chance is a regression, caught here)."""
+    from ..gate.checks import stuck_baseline_warning
     from ..reports.baseline import compare
 
+    settings = outcome.settings
     baseline = policy.baseline() or {"tests": {}}
     entry = baseline.get("tests", {}).get(item.nodeid)
+    if entry and not policy.saving:  # when saving, gate_checks judges the new entry
+        stuck = stuck_baseline_warning(
+            entry["adversarial_accuracy"],
+            outcome.clean.num_classes,
+            entry.get("eps", rep["eps"]),
+            entry.get("attack", rep["attack"]),
+        )
+        if stuck:
+            warn(f"{item.nodeid}: {stuck}")
     cmp = compare(entry, rep, settings.tolerance, settings.significance)
     rep["baseline"] = cmp.to_report()
     if cmp.fails:  # a fall beyond tolerance and noise never passes unnoticed
