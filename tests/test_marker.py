@@ -43,6 +43,16 @@ def test_a_misspelled_attack_is_met_with_the_closest_name_and_a_far_one_without(
 
     assert "names unknown attack 'pdg' (did you mean 'pgd'?); known: pgd, apgd-t" in message("pdg")
     assert "names unknown attack 'deepfool'; known: pgd, apgd-t" in message("deepfool")
+    assert "names unknown attack 'PGD' (did you mean 'pgd'?)" in message("PGD")
+
+
+@pytest.mark.parametrize("spelling", ["Linf", "inf", "LINF"])
+def test_the_peers_spellings_of_the_norm_are_met_with_ours(spelling):
+    with pytest.raises(AdvRobustError) as info:
+        from_marker(
+            {"threshold": 0.1, "norm": spelling}, (), RobustSettings(), known_attacks=["pgd"]
+        )
+    assert f"norm={spelling!r} must be 'linf' or 'l2' (did you mean 'linf'?)" in str(info.value)
 
 
 @pytest.mark.parametrize(

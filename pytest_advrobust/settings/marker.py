@@ -94,7 +94,8 @@ def _choice(choices: Sequence[str]) -> Check:
 
     def check(arg: str, value: Any, marker: _Marker) -> Dict[str, Any]:
         if value not in choices:
-            raise _bad(arg, value, f"must be {'' if len(choices) == 2 else 'one of '}{words}")
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+            raise _bad(arg, value, f"must be {'' if len(choices) == 2 else 'one of '}{words}{hint}")
         return {arg: value}
 
     return check

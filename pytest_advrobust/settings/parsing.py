@@ -32,10 +32,12 @@ def is_number(value: Any) -> bool:
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'eps'?)`` for the closest of ``choices`` to a misspelled ``word``
-    (:func:`difflib.get_close_matches`, ratio at least 0.6), or ``""`` when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """`` (did you mean 'eps'?)`` for the closest of ``choices`` to a misspelled ``word``,
+    letter case aside (:func:`difflib.get_close_matches`, ratio at least 0.6), or ``""``
+    when none is close."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 def number(text: str) -> float:
