@@ -929,6 +929,11 @@ def test_baseline_at_zero_or_chance_warns_that_it_cannot_regress(blobs_repo):
         "test_broken_at_large_eps: the baseline's adversarial accuracy 0.000 under pgd "
         "at eps=0.5 is at 0" in out
     )
+    # the warning points at the user's test, not at the plugin's code
+    result.stdout.fnmatch_lines(
+        ["*test_stuck.py:*: AdvRobustWarning: test_stuck.py::test_broken_at_large_eps: *"]
+    )
+    assert "pytest_advrobust" not in out.split("warnings summary")[1]
 
 
 FRAGILE_CONFTEST = """

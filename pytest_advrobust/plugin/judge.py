@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from ..errors import warn
+from ..errors import AdvRobustWarning
 from ..reports.report import build_report, failure_message, junit_properties
 
 __all__ = ["GatePolicy", "judge"]
@@ -41,6 +41,12 @@ class GatePolicy:
     missing_package: Callable[[Exception], None] = lambda exc: None
 
 
+def warn_for(item: pytest.Item, text: str) -> None:
+    """An AdvRobustWarning about one robust test, at the test's own line (pytest's
+    :meth:`~pytest.Item.warn`), its node id leading the text."""
+    item.warn(AdvRobustWarning(f"{item.nodeid}: {text}"))
+
+
 def judge(policy: GatePolicy, item: pytest.Item, outcome: Any) -> Optional[str]:
     """Build the report, attach it to the item, return a failure message or None."""
     rep = build_report(item.nodeid, outcome)
@@ -55,7 +61,7 @@ def judge(policy: GatePolicy, item: pytest.Item, outcome: Any) -> Optional[str]:
         if policy.strict:
             problems.append(text + " (--advrobust-strict)")
         else:
-            warn(f"{item.nodeid}: {text}")
+            warn_for(item, text)
     if policy.compare:
         problems += compare_with_baseline(policy, item, rep, outcome)
     if policy.images_dir is not None:
@@ -95,7 +101,7 @@ def gate_checks(policy: GatePolicy, item: pytest.Item, outcome: Any) -> List[str
             s.attack_label,
         )
         if stuck:
-            warn(f"{item.nodeid}: {stuck}")
+            warn_for(item, stuck)
     return [problem] if problem else []
 
 
@@ -119,17 +125,18 @@ def compare_with_baseline(
             entry.get("attack", rep["attack"]),
         )
         if stuck:
-            warn(f"{item.nodeid}: {stuck}")
+            warn_for(item, stuck)
     cmp = compare(entry, rep, settings.tolerance, settings.significance)
     rep["baseline"] = cmp.to_report()
     if cmp.fails:  # a fall beyond tolerance and noise never passes unnoticed
         return [cmp.message]
     if cmp.mismatches and cmp.status in ("ok", "improved", "not_significant"):
         # a weaker attack than the baseline's (fgsm for pgd, fewer steps) would pass here
-        warn(
-            f"{item.nodeid}: compared with a baseline recorded with other settings "
+        warn_for(
+            item,
+            f"compared with a baseline recorded with other settings "
             f"({', '.join(cmp.mismatches)}); save the baseline again with these settings "
-            "(--advrobust-save-baseline) so that the comparison means something"
+            "(--advrobust-save-baseline) so that the comparison means something",
         )
     if cmp.status == "missing":
         text = (
@@ -139,7 +146,7 @@ def compare_with_baseline(
         if policy.missing_baseline == "fail":
             return [text + " (--advrobust-missing-baseline=fail)"]
         if policy.missing_baseline == "warn":
-            warn(f"{item.nodeid}: {text}")
+            warn_for(item, text)
         else:
             rep["baseline"]["status"] = "missing (skipped)"
     return []
