@@ -137,6 +137,44 @@ def test_a_wait_for_the_cache_lock_names_the_holder_and_the_generator(tmp_path):
     assert not (tmp_path / "locks" / f"{key}.holder").exists()  # the holder cleaned up
 
 
+LATE_HOLDER = """
+import os, sys, time
+import filelock
+from pytest_advrobust.cache import GanCache
+os.environ["PYTEST_XDIST_WORKER"] = "gw5"
+lock = GanCache(sys.argv[1]).lock(sys.argv[2])
+filelock.FileLock.acquire(lock)  # the lock is taken, its holder file not yet written
+print("held", flush=True)
+time.sleep(0.5)
+lock._mark()
+time.sleep(0.5)
+lock.release()
+"""
+
+
+def test_a_waiter_names_a_holder_that_writes_its_file_just_after_taking_the_lock(tmp_path):
+    from pytest_advrobust.cache import GanCache
+    from pytest_advrobust.cache.locks import lock_waits
+
+    key = "f0e1d2c3b4a5968778695a4b"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LATE_HOLDER, str(tmp_path), key],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lines = []
+        with lock_waits(lines.append, every=30), GanCache(tmp_path).lock(key):
+            pass
+    finally:
+        holder.wait(timeout=60)
+    assert lines, "the waiter said nothing"
+    assert f"held by process {holder.pid} on " in lines[0] and "xdist worker gw5" in lines[0]
+
+
 def test_workers_waiting_for_one_generator_say_who_trains_it(blobs_repo):
     blobs_repo.makepyfile(
         test_two="""

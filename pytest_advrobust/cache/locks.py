@@ -2,7 +2,8 @@
 
 :class:`KeyLock` is a :class:`filelock.FileLock` for one key. Its holder writes
 ``locks/<key>.holder`` (process id, host, xdist worker, the test it runs, since
-when); a process that finds the lock taken prints, at once and then every
+when); a process that finds the lock taken prints, as soon as the holder has
+written that file (:data:`HOLDER_GRACE` seconds at most) and then every
 ``every`` seconds while it waits, one line naming the generator's key and that
 holder, through the reporter that :func:`lock_waits` sets for the block (the
 evaluation's progress lines). Without a reporter it waits silently, as a plain
@@ -25,6 +26,9 @@ import filelock
 from . import files
 
 __all__ = ["KeyLock", "key_lock", "lock_waits"]
+
+#: Seconds a waiter gives a new holder to write its ``.holder`` file before the first line.
+HOLDER_GRACE = 2.0
 
 _REPORTER: contextvars.ContextVar[Optional[Tuple[Callable[[str], None], float]]] = (
     contextvars.ContextVar("advrobust_lock_waits", default=None)
@@ -90,6 +94,14 @@ class KeyLock(filelock.FileLock):
     def _wait(self, wait: float, report, kw) -> Any:
         say, every = report
         start = time.monotonic()
+        # The holder writes its file just after it takes the lock: give it that moment
+        # (HOLDER_GRACE s at most), so that the first line can name it.
+        while not self.holder_path.exists() and time.monotonic() - start < HOLDER_GRACE:
+            try:
+                return super().acquire(timeout=0.05, **kw)
+            except filelock.Timeout:
+                if wait >= 0 and time.monotonic() - start >= wait:
+                    raise
         while True:
             held = int(time.monotonic() - start)
             waited = f" {held} s" if held else ""
