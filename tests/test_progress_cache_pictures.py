@@ -105,14 +105,16 @@ with GanCache(sys.argv[1]).lock(sys.argv[2]):
 """
 
 
-def test_a_wait_for_the_cache_lock_names_the_holder_and_the_generator(tmp_path):
+def _wait_behind(holder_script, args, every):
+    """Start ``holder_script`` (which prints ``held`` once it has the lock of ``args[1]``
+    in the cache at ``args[0]``), take that lock in this process with waits reported
+    every ``every`` s; return the holder's pid and the lines printed while waiting."""
     from pytest_advrobust.cache import GanCache
     from pytest_advrobust.cache.locks import lock_waits
 
-    key = "a1b2c3d4e5f6a7b8c9d0"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path), key, "1.5"],
+        [sys.executable, "-c", holder_script, *map(str, args)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -120,14 +122,20 @@ def test_a_wait_for_the_cache_lock_names_the_holder_and_the_generator(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         lines = []
-        with lock_waits(lines.append, every=0.3), GanCache(tmp_path).lock(key):
+        with lock_waits(lines.append, every=every), GanCache(args[0]).lock(args[1]):
             pass
     finally:
         holder.wait(timeout=60)
+    return holder.pid, lines
+
+
+def test_a_wait_for_the_cache_lock_names_the_holder_and_the_generator(tmp_path):
+    key = "a1b2c3d4e5f6a7b8c9d0"
+    pid, lines = _wait_behind(HOLDER, (tmp_path, key, 1.5), every=0.3)
     assert len(lines) >= 2  # at once, then every 0.3 s while it waits
     assert lines[0].startswith(
         f"advrobust: waiting for the cache lock of generator a1b2c3d4e5f6, held by "
-        f"process {holder.pid} on "
+        f"process {pid} on "
     )
     assert "(xdist worker gw3, running tests/test_models.py::test_resnet, since " in lines[0]
     # the later lines count whole seconds waited, never "0 s"
@@ -153,26 +161,9 @@ lock.release()
 
 
 def test_a_waiter_names_a_holder_that_writes_its_file_just_after_taking_the_lock(tmp_path):
-    from pytest_advrobust.cache import GanCache
-    from pytest_advrobust.cache.locks import lock_waits
-
-    key = "f0e1d2c3b4a5968778695a4b"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LATE_HOLDER, str(tmp_path), key],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        lines = []
-        with lock_waits(lines.append, every=30), GanCache(tmp_path).lock(key):
-            pass
-    finally:
-        holder.wait(timeout=60)
+    pid, lines = _wait_behind(LATE_HOLDER, (tmp_path, "f0e1d2c3b4a5968778695a4b"), every=30)
     assert lines, "the waiter said nothing"
-    assert f"held by process {holder.pid} on " in lines[0] and "xdist worker gw5" in lines[0]
+    assert f"held by process {pid} on " in lines[0] and "xdist worker gw5" in lines[0]
 
 
 def test_workers_waiting_for_one_generator_say_who_trains_it(blobs_repo):
